@@ -1,0 +1,177 @@
+//! The command line as clap sees it: raw types only. `request.rs` turns these into a validated
+//! request; nothing below that layer sees clap.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::ffi::OsString;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "pglock",
+    version,
+    about = "Run a command while holding a PostgreSQL advisory lock",
+    long_about = "Run a command while holding a PostgreSQL advisory lock.\n\n\
+        pglock opens one dedicated PostgreSQL connection, takes an advisory lock, runs COMMAND as \
+        its child, forwards signals to it, watches the lock while it runs, and on exit releases \
+        the lock and exits with the child's status.",
+    after_help = "Examples:\n  \
+        pglock run --key seed -- ./seed.sh\n  \
+        pglock run -n --key nightly-report -- ./report.sh     # skip if already running\n  \
+        pglock run -w 5m --key migrate -- ./migrate up         # wait at most 5 minutes\n  \
+        pglock key seed --sql                                  # take the same lock from SQL",
+    propagate_version = true,
+    disable_help_subcommand = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Take the lock, run COMMAND, release the lock, exit with COMMAND's status
+    #[command(after_long_help = RUN_EXAMPLES)]
+    Run(RunArgs),
+    /// Print the advisory lock id of a key NAME (or the SQL that computes it)
+    Key(KeyArgs),
+}
+
+const RUN_EXAMPLES: &str = "Examples:\n  \
+    pglock run --key seed -- ./seed.sh\n  \
+    pglock run --no-wait --key nightly -- ./nightly.sh      # exit 75 if another run holds it\n  \
+    pglock run --timeout 30s --key migrate -- ./migrate up  # give up after 30 seconds\n  \
+    PGLOCK_KEY=seed pglock run -- ./seed.sh                 # options from the environment\n\n\
+    Exit status: COMMAND's own; 128+N if a signal N killed it; 2 usage error; 69 PostgreSQL \
+    unavailable; 74 lock lost while COMMAND ran; 75 lock not acquired (see -E); 126 COMMAND not \
+    executable; 127 COMMAND not found.";
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Lock NAME: mapped to a 64-bit advisory lock id (see `pglock key`)
+    #[arg(long, value_name = "NAME", env = "PGLOCK_KEY", help_heading = "Lock")]
+    pub key: Option<String>,
+
+    /// Raw advisory lock id, decimal or hex (0x47524f4f), as used by pg_advisory_lock(bigint)
+    #[arg(
+        long,
+        value_name = "ID",
+        env = "PGLOCK_KEY_ID",
+        allow_hyphen_values = true,
+        help_heading = "Lock"
+    )]
+    pub key_id: Option<String>,
+
+    /// Try once; if the lock is held, do not run COMMAND and exit 75
+    #[arg(short = 'n', long, env = "PGLOCK_NO_WAIT", help_heading = "Lock")]
+    pub no_wait: bool,
+
+    /// Wait at most DURATION for the lock (500ms, 30s, 5m, 1h), then exit 75
+    #[arg(
+        short = 'w',
+        long,
+        value_name = "DURATION",
+        env = "PGLOCK_TIMEOUT",
+        help_heading = "Lock"
+    )]
+    pub timeout: Option<String>,
+
+    /// Take a shared lock: shared holders run together, exclusive holders wait for all of them
+    #[arg(long, env = "PGLOCK_SHARED", help_heading = "Lock")]
+    pub shared: bool,
+
+    /// Exit code when the lock is not acquired
+    #[arg(
+        short = 'E',
+        long,
+        value_name = "N",
+        env = "PGLOCK_CONFLICT_EXIT_CODE",
+        default_value = "75",
+        help_heading = "Lock"
+    )]
+    pub conflict_exit_code: String,
+
+    /// PostgreSQL connection URI or key=value string [default: DATABASE_URL, then libpq's PG* variables]
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "PGLOCK_DATABASE_URL",
+        hide_env_values = true,
+        help_heading = "Connection"
+    )]
+    pub database_url: Option<String>,
+
+    /// Interval of the lock connection's heartbeat while COMMAND runs
+    #[arg(
+        long,
+        value_name = "DURATION",
+        env = "PGLOCK_HEARTBEAT",
+        default_value = "5s",
+        help_heading = "Child"
+    )]
+    pub heartbeat: String,
+
+    /// After a lock loss, wait this long after SIGTERM before sending COMMAND SIGKILL
+    #[arg(
+        long,
+        value_name = "DURATION",
+        env = "PGLOCK_KILL_AFTER",
+        default_value = "10s",
+        help_heading = "Child"
+    )]
+    pub kill_after: String,
+
+    /// Errors only
+    #[arg(short, long, env = "PGLOCK_QUIET", help_heading = "Output")]
+    pub quiet: bool,
+
+    /// More detail (connection, queries, signals)
+    #[arg(short, long, env = "PGLOCK_VERBOSE", help_heading = "Output")]
+    pub verbose: bool,
+
+    /// Log line format on stderr
+    #[arg(
+        long,
+        value_name = "FORMAT",
+        env = "PGLOCK_LOG_FORMAT",
+        default_value = "text",
+        help_heading = "Output"
+    )]
+    pub log_format: LogFormat,
+
+    /// The command to run while the lock is held, and its arguments (no shell)
+    #[arg(
+        value_name = "COMMAND",
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        required = true,
+        num_args = 1..
+    )]
+    pub command: Vec<OsString>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct KeyArgs {
+    /// The key name
+    #[arg(value_name = "NAME")]
+    pub name: String,
+
+    /// Print the SQL expression that computes the id instead of the id
+    #[arg(long)]
+    pub sql: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

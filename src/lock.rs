@@ -1,0 +1,367 @@
+//! Taking and releasing the advisory lock (contract §4) on the dedicated connection.
+//!
+//! Uncontended, taking the lock is one round trip (`pg_try_advisory_lock`). Contended, pglock
+//! names the holder, then waits with the server's own blocking `pg_advisory_lock`, so a waiter
+//! wakes the moment the holder releases; `--timeout` is the server's `lock_timeout` for that one
+//! statement, so the server-side wait ends with it. A cancelling signal sends a CancelRequest and
+//! waits for the server to confirm, so no backend of pglock's is left waiting in `pg_locks`.
+
+use crate::conninfo::ConnParams;
+use crate::error::{Error, Kind, Result};
+use crate::key::LockKey;
+use crate::log::{self, V};
+use crate::pg::{Conn, QueryResult, ReadErr, Rows, Startup};
+use crate::request::{Mode, Wait};
+use crate::signals::Signals;
+use std::time::{Duration, Instant};
+
+/// Who holds a lock, as `pg_locks` and `pg_stat_activity` show it to this role.
+#[derive(Debug, Clone)]
+pub struct Holder {
+    pub pid: String,
+    pub mode: String,
+    pub application: Option<String>,
+    pub user: Option<String>,
+    pub client: String,
+    pub since: Option<String>,
+    pub age_s: Option<i64>,
+}
+
+impl Holder {
+    fn from_row(r: &[Option<String>]) -> Holder {
+        let get = |i: usize| r.get(i).cloned().flatten();
+        let client = match (get(3), get(7)) {
+            (Some(addr), _) => addr,
+            (None, Some(port)) if port == "-1" => "local socket".into(),
+            _ => "not visible to this role".into(),
+        };
+        Holder {
+            pid: get(0).unwrap_or_default(),
+            mode: get(1).unwrap_or_default(),
+            application: get(2).filter(|s| !s.is_empty()),
+            user: get(4),
+            client,
+            since: get(5),
+            age_s: get(6).and_then(|s| s.parse().ok()),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        let mut s = format!("pid {}", self.pid);
+        let mut parts = Vec::new();
+        if let Some(a) = &self.application {
+            parts.push(format!("application \"{a}\""));
+        }
+        if let Some(u) = &self.user {
+            parts.push(format!("user {u}"));
+        }
+        parts.push(format!("client {}", self.client));
+        if let Some(since) = &self.since {
+            let age = self
+                .age_s
+                .map(|a| format!(", {}", human_secs(a)))
+                .unwrap_or_default();
+            parts.push(format!("connected since {since}{age}"));
+        }
+        if self.mode == "ShareLock" {
+            parts.push("shared".into());
+        }
+        s.push_str(&format!(" ({})", parts.join(", ")));
+        s
+    }
+}
+
+fn human_secs(s: i64) -> String {
+    match s {
+        s if s < 120 => format!("{s}s ago"),
+        s if s < 7200 => format!("{}m ago", s / 60),
+        s => format!("{}h{:02}m ago", s / 3600, s % 3600 / 60),
+    }
+}
+
+pub fn describe_holders(h: &[Holder]) -> String {
+    match h.len() {
+        0 => "held by a session this role cannot see (or just released)".into(),
+        1..=3 => format!(
+            "held by {}",
+            h.iter()
+                .map(Holder::describe)
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+        n => format!(
+            "held by {} and {} more",
+            h[..3]
+                .iter()
+                .map(Holder::describe)
+                .collect::<Vec<_>>()
+                .join("; "),
+            n - 3
+        ),
+    }
+}
+
+/// The `pg_locks` condition that selects this lock (contract §2's bigint form).
+pub fn locks_filter(key: &LockKey) -> String {
+    format!(
+        "l.locktype = 'advisory' AND l.classid = {} AND l.objid = {} AND l.objsubid = 1 \
+         AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        key.classid(),
+        key.objid()
+    )
+}
+
+fn holders_sql(key: &LockKey) -> String {
+    format!(
+        "SELECT l.pid, l.mode, a.application_name, host(a.client_addr), a.usename, \
+         to_char(a.backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
+         floor(extract(epoch FROM now() - a.backend_start))::bigint, a.client_port \
+         FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid \
+         WHERE l.granted AND {} ORDER BY a.backend_start NULLS LAST",
+        locks_filter(key)
+    )
+}
+
+/// The query that confirms that this session's own backend holds the lock: one row, `t` or `f`.
+pub fn ownership_sql(key: &LockKey, mode: Mode) -> String {
+    format!(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = pg_backend_pid() AND l.granted \
+         AND l.mode = '{}' AND {})",
+        mode.pg_mode(),
+        locks_filter(key)
+    )
+}
+
+fn fn_suffix(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Exclusive => "",
+        Mode::Shared => "_shared",
+    }
+}
+
+fn lost_connection(conn: &Conn, m: String) -> Error {
+    Error::unavailable(format!(
+        "lost the connection to {} while taking the lock: {m}",
+        conn.target().describe()
+    ))
+}
+
+fn query(conn: &mut Conn, sql: &str, signals: &Signals) -> Result<Rows> {
+    match conn.query(sql, None, signals) {
+        Ok(QueryResult::Rows(r)) => Ok(r),
+        Ok(QueryResult::Error(e)) => {
+            Err(Error::unavailable(format!("the server refused a query: {e}")).with_code(&e.code))
+        }
+        Err(ReadErr::Signal(s)) => Err(Error::new(
+            Kind::Signal(s as i32),
+            format!("{s} received while taking the lock; nothing was run"),
+        )),
+        Err(ReadErr::Timeout) => Err(Error::unavailable("timed out")),
+        Err(ReadErr::Closed(m)) => Err(lost_connection(conn, m)),
+    }
+}
+
+fn first_bool(rows: &Rows) -> bool {
+    matches!(
+        rows.first()
+            .and_then(|r| r.first())
+            .cloned()
+            .flatten()
+            .as_deref(),
+        Some("t")
+    )
+}
+
+pub fn holders(conn: &mut Conn, key: &LockKey, signals: &Signals) -> Result<Vec<Holder>> {
+    Ok(query(conn, &holders_sql(key), signals)?
+        .iter()
+        .map(|r| Holder::from_row(r))
+        .collect())
+}
+
+/// What acquisition needs besides the connection.
+pub struct Acquire<'a> {
+    pub key: &'a LockKey,
+    pub mode: Mode,
+    pub wait: Wait,
+    pub conflict_exit_code: i32,
+    pub params: &'a ConnParams,
+    pub startup: &'a Startup<'a>,
+}
+
+/// The backend pid that served the lock statement, from its second column.
+fn pid_of(rows: &Rows) -> i32 {
+    rows.first()
+        .and_then(|r| r.get(1))
+        .cloned()
+        .flatten()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Takes the lock, waiting as `a.wait` says. Returns the pid of the backend that took it (which
+/// differs from the connection's own when a pooler sits in between).
+pub fn acquire(conn: &mut Conn, a: &Acquire, signals: &Signals) -> Result<i32> {
+    let start = Instant::now();
+    let suffix = fn_suffix(a.mode);
+    let id = a.key.id;
+    let label = a.key.label();
+    let try_sql = format!("SELECT pg_try_advisory_lock{suffix}({id}), pg_backend_pid()");
+    let rows = query(conn, &try_sql, signals)?;
+    if first_bool(&rows) {
+        return Ok(pid_of(&rows));
+    }
+    let mut seen = holders(conn, a.key, signals)?;
+    let busy = |h: &[Holder], why: &str| {
+        Error::new(
+            Kind::NotAcquired(a.conflict_exit_code),
+            format!(
+                "lock \"{label}\" not acquired ({why}): {}; {} was not run",
+                describe_holders(h),
+                "the command"
+            ),
+        )
+    };
+    if a.wait == Wait::NoWait {
+        // The holder may have let go between the two queries: one more try, then report.
+        if seen.is_empty() {
+            let rows = query(conn, &try_sql, signals)?;
+            if first_bool(&rows) {
+                return Ok(pid_of(&rows));
+            }
+        }
+        return Err(busy(&seen, "busy, --no-wait"));
+    }
+    log::info(
+        "waiting",
+        &format!(
+            "waiting for lock \"{label}\" ({} mode): {}",
+            a.mode.as_str(),
+            describe_holders(&seen)
+        ),
+        &[("holders", V::I(seen.len() as i64))],
+    );
+    let sql = match a.wait {
+        Wait::Timeout(d) => {
+            let left = d.saturating_sub(start.elapsed()).as_millis().max(1);
+            // One round trip: the timeout applies to this statement only. On timeout the implicit
+            // transaction aborts and takes the first SET with it; on success the last SET resets.
+            format!("SET lock_timeout = {left}; SELECT pg_advisory_lock{suffix}({id}), pg_backend_pid(); SET lock_timeout = 0")
+        }
+        _ => format!("SELECT pg_advisory_lock{suffix}({id}), pg_backend_pid()"),
+    };
+    conn.send_query(&sql).map_err(|e| match e {
+        ReadErr::Closed(m) => lost_connection(conn, m),
+        _ => Error::internal("sending the lock query failed"),
+    })?;
+    let mut interval = Duration::from_secs(10);
+    let mut next_report = Instant::now() + interval;
+    loop {
+        match conn.wait_result(Some(next_report), signals) {
+            Ok(QueryResult::Rows(rows)) => return Ok(pid_of(&rows)),
+            Ok(QueryResult::Error(e)) if e.code == "55P03" => {
+                seen = holders(conn, a.key, signals).unwrap_or(seen);
+                return Err(busy(
+                    &seen,
+                    &format!(
+                        "--timeout {} reached",
+                        crate::duration::format(match a.wait {
+                            Wait::Timeout(d) => d,
+                            _ => Duration::ZERO,
+                        })
+                    ),
+                ));
+            }
+            Ok(QueryResult::Error(e)) => {
+                return Err(Error::unavailable(format!(
+                    "the server ended the wait for lock \"{label}\": {e}"
+                ))
+                .with_code(&e.code))
+            }
+            Err(ReadErr::Timeout) => {
+                match report_holders(a, signals) {
+                    Ok(h) => {
+                        log::info(
+                            "waiting",
+                            &format!(
+                                "still waiting for lock \"{label}\" after {}s: {}",
+                                start.elapsed().as_secs(),
+                                describe_holders(&h)
+                            ),
+                            &[
+                                ("holders", V::I(h.len() as i64)),
+                                ("waited_ms", V::I(start.elapsed().as_millis() as i64)),
+                            ],
+                        );
+                        seen = h;
+                    }
+                    Err(e) if matches!(e.kind, Kind::Signal(_)) => {
+                        return Err(cancel_wait(conn, e, signals))
+                    }
+                    Err(e) => log::debug("waiting", &format!("cannot look up the holder: {e}")),
+                }
+                interval = (interval * 3).min(Duration::from_secs(900));
+                next_report = Instant::now() + interval;
+            }
+            Err(ReadErr::Signal(s)) => {
+                let e = Error::new(Kind::Signal(s as i32), format!("{s} received while waiting for lock \"{label}\"; the wait was cancelled and nothing was run"));
+                return Err(cancel_wait(conn, e, signals));
+            }
+            Err(ReadErr::Closed(m)) => return Err(lost_connection(conn, m)),
+        }
+    }
+}
+
+/// Cancels the server-side wait and waits (briefly) for the server to confirm it, releasing the
+/// lock if it was granted in the meantime. Returns `err` for the caller to pass up.
+fn cancel_wait(conn: &mut Conn, err: Error, signals: &Signals) -> Error {
+    if let Err(e) = conn.cancel() {
+        log::debug("cancel", &format!("cancel request failed: {e}"));
+        return err;
+    }
+    let deadline = Some(Instant::now() + Duration::from_secs(2));
+    loop {
+        match conn.wait_result(deadline, signals) {
+            Ok(QueryResult::Rows(_)) => {
+                // Granted just before the cancel: the session ends right after, releasing it.
+                log::debug(
+                    "cancel",
+                    "the lock was granted as the wait was cancelled; releasing it",
+                );
+                return err;
+            }
+            Ok(QueryResult::Error(_)) | Err(ReadErr::Timeout) | Err(ReadErr::Closed(_)) => {
+                return err
+            }
+            Err(ReadErr::Signal(_)) => continue,
+        }
+    }
+}
+
+/// Looks up the holders through a short-lived second connection (the lock connection is busy
+/// waiting, and leaving the queue would lose our place in it).
+fn report_holders(a: &Acquire, signals: &Signals) -> Result<Vec<Holder>> {
+    let mut side = Conn::connect(a.params, a.startup, signals)?;
+    let h = holders(&mut side, a.key, signals);
+    side.close();
+    h
+}
+
+/// Confirms that this session's own backend holds the lock.
+pub fn owns(conn: &mut Conn, key: &LockKey, mode: Mode, signals: &Signals) -> Result<bool> {
+    Ok(first_bool(&query(
+        conn,
+        &ownership_sql(key, mode),
+        signals,
+    )?))
+}
+
+/// Releases the lock: `Ok(true)` when the server confirms it was held.
+pub fn release(conn: &mut Conn, key: &LockKey, mode: Mode, signals: &Signals) -> Result<bool> {
+    let rows = query(
+        conn,
+        &format!("SELECT pg_advisory_unlock{}({})", fn_suffix(mode), key.id),
+        signals,
+    )?;
+    Ok(first_bool(&rows))
+}

@@ -1,0 +1,136 @@
+//! pglock: run a command while holding a PostgreSQL advisory lock.
+//!
+//! `main` parses, dispatches, prints the one error line and exits with the error's code; the
+//! work is in the modules.
+
+mod child;
+mod cli;
+mod conninfo;
+mod duration;
+mod error;
+mod key;
+mod lock;
+mod log;
+mod pg;
+mod request;
+mod run;
+mod signals;
+
+use clap::{CommandFactory, FromArgMatches};
+use error::{Error, Kind};
+use std::io::Write;
+
+fn main() {
+    let code = match real_main() {
+        Ok(code) => code,
+        Err(e) => {
+            report(&e);
+            e.exit_code()
+        }
+    };
+    let _ = std::io::stdout().flush();
+    std::process::exit(code);
+}
+
+fn real_main() -> Result<i32, Error> {
+    let matches = match cli::Cli::command().try_get_matches() {
+        Ok(m) => m,
+        Err(e) => return clap_error(e),
+    };
+    let parsed = cli::Cli::from_arg_matches(&matches).map_err(|e| Error::usage(first_line(&e)))?;
+    match parsed.command {
+        cli::Command::Key(k) => {
+            key::validate_name(&k.name)?;
+            if k.sql {
+                println!("{}", key::sql_expr(&k.name));
+            } else {
+                println!("{}", key::id_of(&k.name));
+            }
+            Ok(0)
+        }
+        cli::Command::Run(args) => {
+            let sub = matches.subcommand_matches("run").expect("run matched");
+            let req = request::run_request(args, sub)?;
+            let run_id = log::new_run_id();
+            log::init(req.log.clone(), run_id.clone(), req.key.label(), req.key.id);
+            let result = run::run(req, &run_id);
+            if let Ok(code) = result {
+                let (waited, ran) = log::timings();
+                log::info(
+                    "released",
+                    &format!(
+                        "released the lock; the command exited with status {code} after {ran} ms"
+                    ),
+                    &[
+                        ("waited_ms", log::V::I(waited)),
+                        ("ran_ms", log::V::I(ran)),
+                        ("exit_code", log::V::I(i64::from(code))),
+                    ],
+                );
+            }
+            result
+        }
+    }
+}
+
+/// The last event of a failed run: the error, with the run's timings and the exit code.
+fn report(e: &Error) {
+    let event = match e.kind {
+        Kind::Usage => "usage_error",
+        Kind::Unavailable => "unavailable",
+        Kind::NotAcquired(_) => "not_acquired",
+        Kind::LockLost => "lock_lost",
+        Kind::Signal(_) => "signal",
+        Kind::NotExecutable | Kind::NotFound => "exec_failed",
+        Kind::Internal => "internal_error",
+    };
+    let (waited, ran) = log::timings();
+    let level = match e.kind {
+        Kind::NotAcquired(_) | Kind::Signal(_) => log::Level::Warn,
+        _ => log::Level::Error,
+    };
+    // Not acquired and interrupted are outcomes, not faults: shown unless -q.
+    log::event(
+        if log::enabled(level) {
+            level
+        } else {
+            log::Level::Error
+        },
+        event,
+        &e.msg,
+        &[
+            ("waited_ms", log::V::I(waited)),
+            ("ran_ms", log::V::I(ran)),
+            ("exit_code", log::V::I(i64::from(e.exit_code()))),
+        ],
+    );
+}
+
+fn first_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let line = text.lines().next().unwrap_or("invalid arguments").trim();
+    line.strip_prefix("error: ").unwrap_or(line).to_string()
+}
+
+/// Help and version print as clap does (exit 0); every other clap error becomes one line, exit 2.
+fn clap_error(e: clap::Error) -> Result<i32, Error> {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            Ok(
+                if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                    2
+                } else {
+                    0
+                },
+            )
+        }
+        _ => Err(Error::usage(format!(
+            "{} (see 'pglock --help')",
+            first_line(&e)
+        ))),
+    }
+}

@@ -1,0 +1,765 @@
+//! A small PostgreSQL client for exactly what pglock needs, speaking the v3 wire protocol itself:
+//! connect (TCP or Unix socket, optional TLS), authenticate (trust, password, MD5, SCRAM-SHA-256),
+//! simple queries, cancel requests, and a view of the socket for the main loop's `poll`.
+//!
+//! Why not a general client: pglock's one thread waits on the lock socket and on signals at the
+//! same time (a signal cancels a server-side wait at once; a connection closed by the server is
+//! noticed at once while the child runs), and every session setting goes in the startup packet so
+//! that the uncontended path costs one round trip for the lock and one for the release. Every read
+//! goes through `poll` with the signal pipe and an optional deadline, so no wait ignores a signal.
+
+pub mod scram;
+mod tls;
+
+use crate::conninfo::{ConnParams, Host, SslMode, Target};
+use crate::error::{Error, Result};
+use crate::signals::Signals;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+/// An error or notice sent by the server.
+#[derive(Debug, Clone, Default)]
+pub struct ServerError {
+    pub severity: String,
+    pub code: String,
+    pub message: String,
+    pub detail: Option<String>,
+    pub hint: Option<String>,
+}
+
+impl ServerError {
+    pub fn parse(body: &[u8]) -> ServerError {
+        let mut e = ServerError::default();
+        for field in body.split(|b| *b == 0) {
+            if field.is_empty() {
+                continue;
+            }
+            let v = String::from_utf8_lossy(&field[1..]).into_owned();
+            match field[0] {
+                b'V' => e.severity = v,
+                b'S' if e.severity.is_empty() => e.severity = v,
+                b'C' => e.code = v,
+                b'M' => e.message = v,
+                b'D' => e.detail = Some(v),
+                b'H' => e.hint = Some(v),
+                _ => {}
+            }
+        }
+        e
+    }
+}
+
+impl std::fmt::Display for ServerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.message)?;
+        if let Some(d) = &self.detail {
+            write!(f, " ({d})")?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a read returned without a message.
+#[derive(Debug)]
+pub enum ReadErr {
+    /// The deadline passed.
+    Timeout,
+    /// A signal that cancels waiting arrived.
+    Signal(nix::sys::signal::Signal),
+    /// The server closed the connection or the socket failed.
+    Closed(String),
+}
+
+/// Rows of a simple query's last result set, as text.
+pub type Rows = Vec<Vec<Option<String>>>;
+
+#[derive(Debug)]
+pub enum QueryResult {
+    Rows(Rows),
+    Error(ServerError),
+}
+
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+    Tls(Box<tls::TlsStream>),
+}
+
+pub struct Conn {
+    stream: Stream,
+    buf: Vec<u8>,
+    target: Target,
+    user: String,
+    pub backend_pid: i32,
+    secret_key: i32,
+    pub server_params: HashMap<String, String>,
+    // A query's state while its result arrives across several reads.
+    rows: Rows,
+    error: Option<ServerError>,
+}
+
+/// Session settings for the startup packet.
+pub struct Startup<'a> {
+    pub application_name: &'a str,
+    /// `-c name=value` settings (the lock session's timeouts).
+    pub settings: Vec<(&'a str, String)>,
+}
+
+const SSL_REQUEST: i32 = 80_877_103;
+const CANCEL_REQUEST: i32 = 80_877_102;
+const PROTOCOL_3_0: i32 = 196_608;
+
+fn deadline_after(t: Option<Duration>) -> Option<Instant> {
+    t.map(|d| Instant::now() + d)
+}
+
+/// Waits until `fd` is readable (or writable), a cancelling signal arrives, or the deadline passes.
+fn wait_fd(
+    fd: BorrowedFd<'_>,
+    write: bool,
+    deadline: Option<Instant>,
+    signals: &Signals,
+) -> std::result::Result<(), ReadErr> {
+    loop {
+        let timeout = match deadline {
+            None => PollTimeout::NONE,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(ReadErr::Timeout);
+                }
+                PollTimeout::try_from(left.as_millis().clamp(1, i32::MAX as u128) as i32)
+                    .unwrap_or(PollTimeout::MAX)
+            }
+        };
+        let want = if write {
+            PollFlags::POLLOUT
+        } else {
+            PollFlags::POLLIN
+        };
+        let mut fds = [
+            PollFd::new(fd, want),
+            PollFd::new(signals.fd(), PollFlags::POLLIN),
+        ];
+        match nix::poll::poll(&mut fds, timeout) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(ReadErr::Closed(format!("poll failed: {e}"))),
+        }
+        if fds[1].revents().is_some_and(|r| !r.is_empty()) {
+            if let Some(sig) = signals.take_cancel() {
+                return Err(ReadErr::Signal(sig));
+            }
+        }
+        if fds[0].revents().is_some_and(|r| !r.is_empty()) {
+            return Ok(());
+        }
+    }
+}
+
+fn put_cstr(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(s.as_bytes());
+    out.push(0);
+}
+
+/// A tagged frontend message.
+fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(body.len() + 5);
+    m.push(tag);
+    m.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
+    m.extend_from_slice(body);
+    m
+}
+
+/// Quotes a `-c` setting value for the `options` startup parameter (spaces and backslashes).
+fn options_escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace(' ', "\\ ")
+}
+
+impl Conn {
+    /// Connects to the first target that accepts (contract §3: hosts in order).
+    pub fn connect(params: &ConnParams, startup: &Startup, signals: &Signals) -> Result<Conn> {
+        let mut last = None;
+        for target in &params.targets {
+            match Self::connect_target(params, target, startup, signals) {
+                Ok(c) => return Ok(c),
+                Err(e) if e.kind == crate::error::Kind::Unavailable && params.targets.len() > 1 => {
+                    crate::log::debug("connect", &e.msg);
+                    last = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::usage("no host to connect to")))
+    }
+
+    fn who(params: &ConnParams, t: &Target) -> String {
+        format!("{} as user \"{}\"", t.describe(), params.user)
+    }
+
+    fn connect_target(
+        params: &ConnParams,
+        t: &Target,
+        startup: &Startup,
+        signals: &Signals,
+    ) -> Result<Conn> {
+        let who = Self::who(params, t);
+        let deadline = deadline_after(params.connect_timeout);
+        let fail = |what: String| Error::unavailable(format!("cannot connect to {who}: {what}"));
+        let io_fail = |e: ReadErr| match e {
+            ReadErr::Signal(s) => Error::new(
+                crate::error::Kind::Signal(s as i32),
+                format!("{s} received while connecting; nothing was run"),
+            ),
+            ReadErr::Timeout => fail("timed out (connect_timeout)".into()),
+            ReadErr::Closed(m) => fail(m),
+        };
+        let plain = Self::open_socket(t, deadline, signals).map_err(io_fail)?;
+        let tls_wanted = matches!(t.host, Host::Tcp(_))
+            && matches!(
+                params.sslmode,
+                SslMode::Prefer | SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull
+            );
+        let mut conn = Conn {
+            stream: plain,
+            buf: Vec::with_capacity(8192),
+            target: t.clone(),
+            user: params.user.clone(),
+            backend_pid: 0,
+            secret_key: 0,
+            server_params: HashMap::new(),
+            rows: Vec::new(),
+            error: None,
+        };
+        if tls_wanted {
+            let mut req = Vec::with_capacity(8);
+            req.extend_from_slice(&8i32.to_be_bytes());
+            req.extend_from_slice(&SSL_REQUEST.to_be_bytes());
+            conn.write_all(&req).map_err(|e| fail(e.to_string()))?;
+            let mut answer = [0u8; 1];
+            conn.read_raw_exact(&mut answer, deadline, signals)
+                .map_err(io_fail)?;
+            match answer[0] {
+                b'S' => {
+                    let Stream::Tcp(sock) = std::mem::replace(
+                        &mut conn.stream,
+                        Stream::Unix(UnixStream::pair().map_err(|e| fail(e.to_string()))?.0),
+                    ) else {
+                        unreachable!("TLS is only requested on TCP")
+                    };
+                    let name = t.host_name();
+                    match tls::handshake(sock, &name, params, deadline, signals) {
+                        Ok(s) => conn.stream = Stream::Tls(Box::new(s)),
+                        Err(tls::TlsErr::Read(e)) => return Err(io_fail(e)),
+                        Err(tls::TlsErr::Tls(m)) if params.sslmode == SslMode::Prefer => {
+                            crate::log::debug(
+                                "connect",
+                                &format!("TLS failed ({m}); sslmode=prefer retries without TLS"),
+                            );
+                            let mut p = params.clone();
+                            p.sslmode = SslMode::Disable;
+                            return Self::connect_target(&p, t, startup, signals);
+                        }
+                        Err(tls::TlsErr::Tls(m)) => {
+                            return Err(fail(format!("TLS handshake failed: {m}")))
+                        }
+                    }
+                }
+                b'N' if params.sslmode == SslMode::Prefer => {}
+                b'N' => {
+                    return Err(fail(format!(
+                        "the server does not accept TLS, and sslmode={} requires it",
+                        sslmode_name(params.sslmode)
+                    )))
+                }
+                _ => {
+                    return Err(fail(
+                        "unexpected answer to the TLS request (not a PostgreSQL server?)".into(),
+                    ))
+                }
+            }
+        }
+        conn.startup(params, startup, deadline, signals, &who)?;
+        Ok(conn)
+    }
+
+    fn open_socket(
+        t: &Target,
+        deadline: Option<Instant>,
+        signals: &Signals,
+    ) -> std::result::Result<Stream, ReadErr> {
+        match &t.host {
+            Host::Unix(dir) => {
+                let path = t.socket_path(dir);
+                UnixStream::connect(&path)
+                    .map(Stream::Unix)
+                    .map_err(|e| ReadErr::Closed(e.to_string()))
+            }
+            Host::Tcp(h) => {
+                let addrs: Vec<SocketAddr> = (h.as_str(), t.port)
+                    .to_socket_addrs()
+                    .map_err(|e| ReadErr::Closed(format!("cannot resolve host name \"{h}\": {e}")))?
+                    .collect();
+                let mut last = ReadErr::Closed(format!("host name \"{h}\" has no address"));
+                for addr in addrs {
+                    match tcp_connect(addr, deadline, signals) {
+                        Ok(s) => {
+                            let _ = s.set_nodelay(true);
+                            return Ok(Stream::Tcp(s));
+                        }
+                        Err(e @ ReadErr::Signal(_)) => return Err(e),
+                        Err(e) => last = e,
+                    }
+                }
+                Err(last)
+            }
+        }
+    }
+
+    fn startup(
+        &mut self,
+        params: &ConnParams,
+        st: &Startup,
+        deadline: Option<Instant>,
+        signals: &Signals,
+        who: &str,
+    ) -> Result<()> {
+        let mut body = Vec::with_capacity(256);
+        body.extend_from_slice(&PROTOCOL_3_0.to_be_bytes());
+        put_cstr(&mut body, "user");
+        put_cstr(&mut body, &params.user);
+        put_cstr(&mut body, "database");
+        put_cstr(&mut body, &params.dbname);
+        put_cstr(&mut body, "application_name");
+        put_cstr(&mut body, st.application_name);
+        let mut options: Vec<String> = st
+            .settings
+            .iter()
+            .map(|(k, v)| format!("-c {k}={}", options_escape(v)))
+            .collect();
+        if let Some(user_opts) = &params.options {
+            options.push(user_opts.clone());
+        }
+        if !options.is_empty() {
+            put_cstr(&mut body, "options");
+            put_cstr(&mut body, &options.join(" "));
+        }
+        body.push(0);
+        let mut msg = Vec::with_capacity(body.len() + 4);
+        msg.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
+        msg.extend_from_slice(&body);
+        let fail = |m: String| Error::unavailable(format!("cannot connect to {who}: {m}"));
+        self.write_all(&msg).map_err(|e| fail(e.to_string()))?;
+
+        let mut scram: Option<scram::Scram> = None;
+        loop {
+            let (tag, body) = self.read_message(deadline, signals).map_err(|e| match e {
+                ReadErr::Signal(s) => Error::new(
+                    crate::error::Kind::Signal(s as i32),
+                    format!("{s} received while connecting; nothing was run"),
+                ),
+                ReadErr::Timeout => fail("timed out (connect_timeout)".into()),
+                ReadErr::Closed(m) => fail(m),
+            })?;
+            match tag {
+                b'R' => {
+                    let kind = be_i32(&body, 0);
+                    let password = || {
+                        params.password_for(&self.target).ok_or_else(|| {
+                            fail("the server asks for a password and none is set (PGPASSWORD, ~/.pgpass or the connection string)".into())
+                        })
+                    };
+                    match kind {
+                        0 => {}
+                        3 => {
+                            let mut b = Vec::new();
+                            put_cstr(&mut b, &password()?);
+                            self.write_all(&message(b'p', &b)).map_err(|e| fail(e.to_string()))?;
+                        }
+                        5 => {
+                            let resp = scram::md5_response(&params.user, &password()?, &body[4..8.min(body.len())]);
+                            let mut b = Vec::new();
+                            put_cstr(&mut b, &resp);
+                            self.write_all(&message(b'p', &b)).map_err(|e| fail(e.to_string()))?;
+                        }
+                        10 => {
+                            let mechs: Vec<&[u8]> = body[4..].split(|b| *b == 0).collect();
+                            if !mechs.contains(&&b"SCRAM-SHA-256"[..]) {
+                                return Err(fail("the server offers no SASL mechanism pglock supports (SCRAM-SHA-256)".into()));
+                            }
+                            let s = scram::Scram::new(&password()?).map_err(|e| Error::internal(format!("no randomness for SCRAM: {e}")))?;
+                            let first = s.client_first();
+                            let mut b = Vec::new();
+                            put_cstr(&mut b, "SCRAM-SHA-256");
+                            b.extend_from_slice(&(first.len() as i32).to_be_bytes());
+                            b.extend_from_slice(first.as_bytes());
+                            self.write_all(&message(b'p', &b)).map_err(|e| fail(e.to_string()))?;
+                            scram = Some(s);
+                        }
+                        11 => {
+                            let s = scram.as_mut().ok_or_else(|| fail("unexpected SASL message".into()))?;
+                            let fin = s.client_final(&String::from_utf8_lossy(&body[4..])).map_err(fail)?;
+                            self.write_all(&message(b'p', fin.as_bytes())).map_err(|e| fail(e.to_string()))?;
+                        }
+                        12 => {
+                            let s = scram.as_ref().ok_or_else(|| fail("unexpected SASL message".into()))?;
+                            s.verify_final(&String::from_utf8_lossy(&body[4..])).map_err(fail)?;
+                        }
+                        other => {
+                            return Err(fail(format!("the server asks for an authentication method pglock does not support (code {other}; use password, md5 or scram-sha-256)")))
+                        }
+                    }
+                }
+                b'K' => {
+                    self.backend_pid = be_i32(&body, 0);
+                    self.secret_key = be_i32(&body, 4);
+                }
+                b'S' => self.param_status(&body),
+                b'N' => {}
+                b'E' => {
+                    let e = ServerError::parse(&body);
+                    let mut m = e.message.clone();
+                    if e.code == "53300" {
+                        m.push_str(" (the server is at max_connections; raise it or wait)");
+                    }
+                    return Err(Error::new(
+                        crate::error::Kind::Unavailable,
+                        format!("cannot connect to {who}: {m}"),
+                    )
+                    .with_code(&e.code));
+                }
+                b'Z' => return Ok(()),
+                other => {
+                    return Err(fail(format!(
+                        "unexpected message '{}' during startup",
+                        other as char
+                    )))
+                }
+            }
+        }
+    }
+
+    fn param_status(&mut self, body: &[u8]) {
+        let mut parts = body.split(|b| *b == 0);
+        if let (Some(k), Some(v)) = (parts.next(), parts.next()) {
+            self.server_params.insert(
+                String::from_utf8_lossy(k).into_owned(),
+                String::from_utf8_lossy(v).into_owned(),
+            );
+        }
+    }
+
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    /// The socket's fd, for the main loop's poll.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        match &self.stream {
+            Stream::Tcp(s) => s.as_fd(),
+            Stream::Unix(s) => s.as_fd(),
+            Stream::Tls(s) => s.sock.as_fd(),
+        }
+    }
+
+    /// Bytes already read (and decrypted) but not yet consumed: poll would not show them.
+    pub fn has_buffered(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
+    fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        match &mut self.stream {
+            Stream::Tcp(s) => s.write_all(data),
+            Stream::Unix(s) => s.write_all(data),
+            Stream::Tls(s) => s.write_all(data),
+        }
+    }
+
+    /// Reads more bytes into the buffer, waiting with poll.
+    fn fill(
+        &mut self,
+        deadline: Option<Instant>,
+        signals: &Signals,
+    ) -> std::result::Result<(), ReadErr> {
+        loop {
+            wait_fd(self.fd(), false, deadline, signals)?;
+            let mut tmp = [0u8; 8192];
+            let n = match &mut self.stream {
+                Stream::Tcp(s) => s.read(&mut tmp),
+                Stream::Unix(s) => s.read(&mut tmp),
+                Stream::Tls(s) => match s.read_into(&mut self.buf) {
+                    Ok(0) => continue,
+                    Ok(_) => return Ok(()),
+                    Err(e) => Err(e),
+                },
+            };
+            match n {
+                Ok(0) => return Err(ReadErr::Closed("the server closed the connection".into())),
+                Ok(n) => {
+                    self.buf.extend_from_slice(&tmp[..n]);
+                    return Ok(());
+                }
+                Err(e)
+                    if e.kind() == io::ErrorKind::Interrupted
+                        || e.kind() == io::ErrorKind::WouldBlock =>
+                {
+                    continue
+                }
+                Err(e) => return Err(ReadErr::Closed(e.to_string())),
+            }
+        }
+    }
+
+    fn read_raw_exact(
+        &mut self,
+        out: &mut [u8],
+        deadline: Option<Instant>,
+        signals: &Signals,
+    ) -> std::result::Result<(), ReadErr> {
+        while self.buf.len() < out.len() {
+            self.fill(deadline, signals)?;
+        }
+        out.copy_from_slice(&self.buf[..out.len()]);
+        self.buf.drain(..out.len());
+        Ok(())
+    }
+
+    /// The next complete backend message, if one is already buffered.
+    fn buffered_message(&mut self) -> Option<(u8, Vec<u8>)> {
+        if self.buf.len() < 5 {
+            return None;
+        }
+        let len = be_i32(&self.buf, 1) as usize;
+        if self.buf.len() < len + 1 {
+            return None;
+        }
+        let body = self.buf[5..len + 1].to_vec();
+        let tag = self.buf[0];
+        self.buf.drain(..len + 1);
+        Some((tag, body))
+    }
+
+    /// Reads one backend message: (tag, body).
+    pub fn read_message(
+        &mut self,
+        deadline: Option<Instant>,
+        signals: &Signals,
+    ) -> std::result::Result<(u8, Vec<u8>), ReadErr> {
+        loop {
+            if let Some(m) = self.buffered_message() {
+                return Ok(m);
+            }
+            self.fill(deadline, signals)?;
+        }
+    }
+
+    /// Sends a simple query without waiting for its result.
+    pub fn send_query(&mut self, sql: &str) -> std::result::Result<(), ReadErr> {
+        let mut b = Vec::with_capacity(sql.len() + 1);
+        put_cstr(&mut b, sql);
+        self.rows.clear();
+        self.error = None;
+        self.write_all(&message(b'Q', &b))
+            .map_err(|e| ReadErr::Closed(e.to_string()))
+    }
+
+    /// Waits for the result of the query sent last. On Timeout or Signal the query is still under
+    /// way and this may be called again.
+    pub fn wait_result(
+        &mut self,
+        deadline: Option<Instant>,
+        signals: &Signals,
+    ) -> std::result::Result<QueryResult, ReadErr> {
+        loop {
+            let (tag, body) = self.read_message(deadline, signals)?;
+            match tag {
+                b'T' => self.rows.clear(),
+                b'D' => self.rows.push(parse_row(&body)),
+                b'E' => {
+                    let e = ServerError::parse(&body);
+                    if e.severity == "FATAL" || e.severity == "PANIC" {
+                        return Err(ReadErr::Closed(format!(
+                            "the server ended the session: {e}"
+                        )));
+                    }
+                    self.error.get_or_insert(e);
+                }
+                b'Z' => {
+                    return Ok(match self.error.take() {
+                        Some(e) => QueryResult::Error(e),
+                        None => QueryResult::Rows(std::mem::take(&mut self.rows)),
+                    })
+                }
+                b'S' => self.param_status(&body),
+                // CommandComplete, EmptyQueryResponse, NoticeResponse, NotificationResponse.
+                _ => {}
+            }
+        }
+    }
+
+    /// Sends a query and waits for its result.
+    pub fn query(
+        &mut self,
+        sql: &str,
+        deadline: Option<Instant>,
+        signals: &Signals,
+    ) -> std::result::Result<QueryResult, ReadErr> {
+        self.send_query(sql)?;
+        self.wait_result(deadline, signals)
+    }
+
+    /// For the main loop, after poll found the socket readable: reads what is there and returns
+    /// the complete messages. `Err` when the connection is gone.
+    pub fn read_available(&mut self) -> std::result::Result<Vec<(u8, Vec<u8>)>, String> {
+        let mut out = Vec::new();
+        if self.buffered_message().map(|m| out.push(m)).is_none() {
+            let mut tmp = [0u8; 8192];
+            let n = match &mut self.stream {
+                Stream::Tcp(s) => s.read(&mut tmp),
+                Stream::Unix(s) => s.read(&mut tmp),
+                Stream::Tls(s) => s.read_into(&mut self.buf).map(|_| 0),
+            };
+            match n {
+                Ok(0) if !matches!(self.stream, Stream::Tls(_)) => {
+                    return Err("the server closed the connection".into())
+                }
+                Ok(n) => self.buf.extend_from_slice(&tmp[..n]),
+                Err(e)
+                    if e.kind() == io::ErrorKind::Interrupted
+                        || e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        while let Some(m) = self.buffered_message() {
+            out.push(m);
+        }
+        Ok(out)
+    }
+
+    /// Asks the server to cancel the query under way, through a new connection (the protocol's
+    /// CancelRequest). The result of the cancelled query still arrives on this connection.
+    pub fn cancel(&self) -> io::Result<()> {
+        let mut req = Vec::with_capacity(16);
+        req.extend_from_slice(&16i32.to_be_bytes());
+        req.extend_from_slice(&CANCEL_REQUEST.to_be_bytes());
+        req.extend_from_slice(&self.backend_pid.to_be_bytes());
+        req.extend_from_slice(&self.secret_key.to_be_bytes());
+        let mut buf = [0u8; 1];
+        match &self.target.host {
+            Host::Unix(dir) => {
+                let mut s = UnixStream::connect(self.target.socket_path(dir))?;
+                s.write_all(&req)?;
+                // The server closes the connection once it has read the request.
+                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                let _ = s.read(&mut buf);
+            }
+            Host::Tcp(_) => {
+                let addr = match &self.stream {
+                    Stream::Tcp(s) => s.peer_addr()?,
+                    Stream::Tls(s) => s.sock.peer_addr()?,
+                    Stream::Unix(_) => unreachable!("TCP target"),
+                };
+                let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+                s.write_all(&req)?;
+                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                let _ = s.read(&mut buf);
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the session politely (Terminate) and closes the socket.
+    pub fn close(mut self) {
+        let _ = self.write_all(&message(b'X', &[]));
+        if let Stream::Tls(s) = &mut self.stream {
+            s.close_notify();
+        }
+    }
+}
+
+fn sslmode_name(m: SslMode) -> &'static str {
+    match m {
+        SslMode::Disable => "disable",
+        SslMode::Allow => "allow",
+        SslMode::Prefer => "prefer",
+        SslMode::Require => "require",
+        SslMode::VerifyCa => "verify-ca",
+        SslMode::VerifyFull => "verify-full",
+    }
+}
+
+fn be_i32(b: &[u8], at: usize) -> i32 {
+    b.get(at..at + 4)
+        .map_or(0, |s| i32::from_be_bytes([s[0], s[1], s[2], s[3]]))
+}
+
+fn parse_row(body: &[u8]) -> Vec<Option<String>> {
+    let n = body
+        .get(..2)
+        .map_or(0, |b| i16::from_be_bytes([b[0], b[1]]))
+        .max(0) as usize;
+    let mut out = Vec::with_capacity(n);
+    let mut at = 2;
+    for _ in 0..n {
+        let len = be_i32(body, at);
+        at += 4;
+        if len < 0 {
+            out.push(None);
+        } else {
+            let end = (at + len as usize).min(body.len());
+            out.push(Some(String::from_utf8_lossy(&body[at..end]).into_owned()));
+            at = end;
+        }
+    }
+    out
+}
+
+/// A non-blocking TCP connect that a signal or the deadline interrupts.
+fn tcp_connect(
+    addr: SocketAddr,
+    deadline: Option<Instant>,
+    signals: &Signals,
+) -> std::result::Result<TcpStream, ReadErr> {
+    use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, SockaddrStorage};
+    let family = if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let fd: OwnedFd = socket::socket(
+        family,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )
+    .map_err(|e| ReadErr::Closed(e.to_string()))?;
+    let sa = SockaddrStorage::from(addr);
+    match socket::connect(fd.as_raw_fd(), &sa) {
+        Ok(()) => {}
+        Err(nix::errno::Errno::EINPROGRESS) | Err(nix::errno::Errno::EINTR) => {
+            wait_fd(fd.as_fd(), true, deadline, signals)?;
+            let err = socket::getsockopt(&fd, socket::sockopt::SocketError)
+                .map_err(|e| ReadErr::Closed(e.to_string()))?;
+            if err != 0 {
+                return Err(ReadErr::Closed(
+                    io::Error::from_raw_os_error(err).to_string(),
+                ));
+            }
+        }
+        Err(e) => return Err(ReadErr::Closed(io::Error::from(e).to_string())),
+    }
+    let stream = unsafe { TcpStream::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(fd)) };
+    stream
+        .set_nonblocking(false)
+        .map_err(|e| ReadErr::Closed(e.to_string()))?;
+    Ok(stream)
+}

@@ -1,0 +1,169 @@
+//! Turns the raw command line (`cli.rs`) into a validated request. Every bad value and every bad
+//! combination of options is rejected here, as a usage error (exit 2) with one line that says what
+//! to change. Nothing below this module sees clap.
+
+use crate::cli::{LogFormat, RunArgs};
+use crate::duration;
+use crate::error::{code, Error, Result};
+use crate::key::LockKey;
+use clap::parser::ValueSource;
+use clap::ArgMatches;
+use std::ffi::OsString;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Exclusive,
+    Shared,
+}
+
+impl Mode {
+    /// The `pg_locks.mode` of an advisory lock taken in this mode.
+    pub fn pg_mode(self) -> &'static str {
+        match self {
+            Mode::Exclusive => "ExclusiveLock",
+            Mode::Shared => "ShareLock",
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Exclusive => "exclusive",
+            Mode::Shared => "shared",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    Forever,
+    NoWait,
+    Timeout(Duration),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Verbosity {
+    Quiet,
+    Normal,
+    Verbose,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    pub verbosity: Verbosity,
+    pub json: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    pub key: LockKey,
+    pub mode: Mode,
+    pub wait: Wait,
+    pub conflict_exit_code: i32,
+    pub database_url: Option<String>,
+    pub heartbeat: Duration,
+    pub kill_after: Duration,
+    pub log: LogSettings,
+    pub command: Vec<OsString>,
+}
+
+fn from_cli(m: &ArgMatches, id: &str) -> bool {
+    m.value_source(id) == Some(ValueSource::CommandLine)
+}
+
+fn duration_opt(name: &str, text: &str) -> Result<Duration> {
+    duration::parse(text).map_err(|e| Error::usage(format!("--{name}: {e}")))
+}
+
+/// Validates `pglock run`. `m` is the run subcommand's matches, used to tell command-line values
+/// from environment ones: a key given on the command line wins over the other kind of key in the
+/// environment (a nested pglock inherits `PGLOCK_KEY` from its parent).
+pub fn run_request(args: RunArgs, m: &ArgMatches) -> Result<RunRequest> {
+    let log = LogSettings {
+        verbosity: if args.quiet {
+            Verbosity::Quiet
+        } else if args.verbose {
+            Verbosity::Verbose
+        } else {
+            Verbosity::Normal
+        },
+        json: args.log_format == LogFormat::Json,
+    };
+
+    let (key_cli, id_cli) = (from_cli(m, "key"), from_cli(m, "key_id"));
+    let key = match (&args.key, &args.key_id) {
+        (Some(_), Some(_)) if key_cli == id_cli => return Err(Error::usage(
+            "give either --key NAME or --key-id ID, not both (check PGLOCK_KEY and PGLOCK_KEY_ID)",
+        )),
+        (Some(name), Some(_)) if key_cli => LockKey::from_name(name)?,
+        (Some(_), Some(id)) => LockKey::from_id_text(id)?,
+        (Some(name), None) => LockKey::from_name(name)?,
+        (None, Some(id)) => LockKey::from_id_text(id)?,
+        (None, None) => {
+            return Err(Error::usage(
+                "no lock given: add --key NAME (or --key-id ID, or set PGLOCK_KEY)",
+            ))
+        }
+    };
+
+    let wait = match (args.no_wait, &args.timeout) {
+        (true, Some(_)) => {
+            return Err(Error::usage(
+                "--no-wait and --timeout exclude each other: choose one",
+            ))
+        }
+        (true, None) => Wait::NoWait,
+        (false, Some(t)) => {
+            let d = duration_opt("timeout", t)?;
+            if d.is_zero() {
+                Wait::NoWait
+            } else {
+                Wait::Timeout(d)
+            }
+        }
+        (false, None) => Wait::Forever,
+    };
+
+    let conflict_exit_code = match args.conflict_exit_code.trim().parse::<i32>() {
+        Ok(n) if (0..=255).contains(&n) => n,
+        _ => {
+            return Err(Error::usage(format!(
+                "--conflict-exit-code '{}': give a number from 0 to 255 (default {})",
+                args.conflict_exit_code,
+                code::NOT_ACQUIRED
+            )))
+        }
+    };
+
+    let heartbeat = duration_opt("heartbeat", &args.heartbeat)?;
+    if heartbeat < Duration::from_millis(100) {
+        return Err(Error::usage("--heartbeat must be at least 100ms"));
+    }
+    let kill_after = duration_opt("kill-after", &args.kill_after)?;
+
+    if args.command.first().is_none_or(|c| c.is_empty()) {
+        return Err(Error::usage(
+            "no COMMAND given: pglock run --key NAME -- COMMAND [ARG...]",
+        ));
+    }
+
+    let database_url = args
+        .database_url
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("DATABASE_URL").ok().filter(|s| !s.is_empty()));
+
+    Ok(RunRequest {
+        key,
+        mode: if args.shared {
+            Mode::Shared
+        } else {
+            Mode::Exclusive
+        },
+        wait,
+        conflict_exit_code,
+        database_url,
+        heartbeat,
+        kill_after,
+        log,
+        command: args.command,
+    })
+}

@@ -1,0 +1,159 @@
+//! Signals as events: a handler writes each signal into a pipe that the main loop polls beside the
+//! lock connection's socket (the self-pipe trick, portable across Unix systems).
+//!
+//! The handler records whether a process sent the signal (`kill`, `sigqueue`) or the kernel did
+//! (a terminal's Ctrl-C, Ctrl-\ or resize, which reach the child directly as a member of the
+//! terminal's foreground process group). pglock forwards only the former, so a Ctrl-C reaches the
+//! child once, not twice. No disposition is ever set to SIG_IGN: ignored dispositions survive
+//! exec, handled ones are reset to the default in the child.
+
+use crate::error::{Error, Result};
+use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicI32, Ordering};
+
+/// The signals forwarded to the child (contract §5).
+pub const FORWARDED: [Signal; 7] = [
+    Signal::SIGHUP,
+    Signal::SIGINT,
+    Signal::SIGQUIT,
+    Signal::SIGTERM,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGWINCH,
+];
+
+/// The signals that cancel a wait for the lock (contract §4).
+pub fn cancels_wait(sig: Signal) -> bool {
+    matches!(
+        sig,
+        Signal::SIGHUP | Signal::SIGINT | Signal::SIGQUIT | Signal::SIGTERM
+    )
+}
+
+static PIPE_WRITE: AtomicI32 = AtomicI32::new(-1);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Received {
+    pub sig: Signal,
+    /// Sent by a process (kill, sigqueue), as opposed to the kernel (a terminal).
+    pub from_process: bool,
+}
+
+extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+    // Only async-signal-safe calls here: read si_code, write(2), keep errno.
+    let code = if info.is_null() {
+        0
+    } else {
+        unsafe { (*info).si_code }
+    };
+    let from_process = sent_by_process(code);
+    let fd = PIPE_WRITE.load(Ordering::Relaxed);
+    if fd >= 0 {
+        let errno = nix::errno::Errno::last_raw();
+        let rec = [sig as u8, from_process as u8];
+        unsafe { libc::write(fd, rec.as_ptr().cast(), 2) };
+        nix::errno::Errno::set_raw(errno);
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn sent_by_process(code: libc::c_int) -> bool {
+    // SI_USER (0), SI_QUEUE (-1), SI_TKILL (-6) ...: Linux's SI_FROMUSER is si_code <= 0.
+    code <= 0
+}
+
+#[cfg(not(target_os = "linux"))]
+fn sent_by_process(code: libc::c_int) -> bool {
+    code == libc::SI_USER || code == libc::SI_QUEUE
+}
+
+/// The installed handlers and the read end of their pipe.
+pub struct Signals {
+    read: OwnedFd,
+    _write: OwnedFd,
+}
+
+impl Signals {
+    /// Installs the handlers for the forwarded signals and SIGCHLD. Call once, before connecting.
+    pub fn install() -> Result<Signals> {
+        let (read, write) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+                .map_err(|e| Error::internal(format!("cannot create the signal pipe: {e}")))?;
+        PIPE_WRITE.store(write.as_raw_fd(), Ordering::Relaxed);
+        let action = SigAction::new(
+            SigHandler::SigAction(on_signal),
+            SaFlags::SA_SIGINFO | SaFlags::SA_RESTART,
+            SigSet::empty(),
+        );
+        for sig in FORWARDED.iter().copied().chain([Signal::SIGCHLD]) {
+            unsafe { signal::sigaction(sig, &action) }
+                .map_err(|e| Error::internal(format!("cannot handle {sig}: {e}")))?;
+        }
+        Ok(Signals {
+            read,
+            _write: write,
+        })
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.read.as_fd()
+    }
+
+    /// The signals received since the last call, in order.
+    pub fn drain(&self) -> Vec<Received> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 128];
+        loop {
+            match nix::unistd::read(&self.read, &mut buf) {
+                Ok(n) if n > 0 => {
+                    for rec in buf[..n].chunks_exact(2) {
+                        if let Ok(sig) = Signal::try_from(i32::from(rec[0])) {
+                            out.push(Received {
+                                sig,
+                                from_process: rec[1] != 0,
+                            });
+                        }
+                    }
+                }
+                Err(nix::errno::Errno::EINTR) => continue,
+                _ => break,
+            }
+        }
+        out
+    }
+
+    /// The first signal that cancels a wait, among those received since the last call.
+    pub fn take_cancel(&self) -> Option<Signal> {
+        let got = self.drain();
+        for r in &got {
+            if !cancels_wait(r.sig) && r.sig != Signal::SIGCHLD {
+                crate::log::debug(
+                    "signal",
+                    &format!("ignored {} while not running a command", r.sig),
+                );
+            }
+        }
+        got.into_iter().map(|r| r.sig).find(|s| cancels_wait(*s))
+    }
+}
+
+/// Blocks the handled signals until dropped: held across spawning the child so that no handler
+/// runs in the forked child before exec (the child's mask is cleared by `Command`).
+pub struct Blocked(SigSet);
+
+pub fn block() -> Blocked {
+    let mut set = SigSet::empty();
+    for s in FORWARDED.iter().copied().chain([Signal::SIGCHLD]) {
+        set.add(s);
+    }
+    let mut old = SigSet::empty();
+    let _ = signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut old));
+    Blocked(old)
+}
+
+impl Drop for Blocked {
+    fn drop(&mut self) {
+        let _ = signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&self.0), None);
+    }
+}
