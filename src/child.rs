@@ -36,11 +36,10 @@ pub fn spawn(command: &[OsString], env: &[(&str, String)], remove: &[&str]) -> R
     for (k, v) in env {
         cmd.env(k, v);
     }
-    // Signals stay blocked until the child exists: no handler runs between fork and exec, and a
-    // signal that arrives meanwhile is forwarded once the pid is known.
-    let blocked = crate::signals::block();
+    // No signal is blocked around the spawn: a blocked mask would be inherited by the child.
+    // posix_spawn resets handled signals to their defaults in the child, and a signal that
+    // arrives meanwhile waits in the pipe and is forwarded once the pid is known.
     let spawned = cmd.spawn();
-    drop(blocked);
     let name = command[0].to_string_lossy();
     match spawned {
         Ok(child) => Ok(Pid::from_raw(child.id() as i32)),

@@ -141,7 +141,6 @@ pub struct RunArgs {
     #[arg(
         value_name = "COMMAND",
         trailing_var_arg = true,
-        allow_hyphen_values = true,
         required = true,
         num_args = 1..
     )]

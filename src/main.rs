@@ -107,9 +107,16 @@ fn report(e: &Error) {
 }
 
 fn first_line(e: &clap::Error) -> String {
+    // clap's first paragraph, on one line ("the following required arguments were not
+    // provided: <COMMAND>...").
     let text = e.render().to_string();
-    let line = text.lines().next().unwrap_or("invalid arguments").trim();
-    line.strip_prefix("error: ").unwrap_or(line).to_string()
+    let para: Vec<&str> = text.lines().map(str::trim).take_while(|l| !l.is_empty()).collect();
+    let line = para.join(" ");
+    match line.strip_prefix("error: ") {
+        Some(rest) => rest.to_string(),
+        None if line.is_empty() => "invalid arguments".into(),
+        None => line,
+    }
 }
 
 /// Help and version print as clap does (exit 0); every other clap error becomes one line, exit 2.

@@ -8,7 +8,7 @@
 //! exec, handled ones are reset to the default in the child.
 
 use crate::error::{Error, Result};
-use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal};
+use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, Signal};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicI32, Ordering};
 
@@ -135,25 +135,5 @@ impl Signals {
             }
         }
         got.into_iter().map(|r| r.sig).find(|s| cancels_wait(*s))
-    }
-}
-
-/// Blocks the handled signals until dropped: held across spawning the child so that no handler
-/// runs in the forked child before exec (the child's mask is cleared by `Command`).
-pub struct Blocked(SigSet);
-
-pub fn block() -> Blocked {
-    let mut set = SigSet::empty();
-    for s in FORWARDED.iter().copied().chain([Signal::SIGCHLD]) {
-        set.add(s);
-    }
-    let mut old = SigSet::empty();
-    let _ = signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut old));
-    Blocked(old)
-}
-
-impl Drop for Blocked {
-    fn drop(&mut self) {
-        let _ = signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&self.0), None);
     }
 }

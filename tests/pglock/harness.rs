@@ -1,0 +1,297 @@
+//! The test suite's own PostgreSQL: a throwaway cluster per test run (initdb into a temp dir, a
+//! free port, password authentication over TCP), run as the `postgres` OS user when the tests run
+//! as root, and removed by a watchdog process once the test binary exits. Also: running the
+//! pglock binary the way a user does, and assertions that print everything on failure.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub const SUPERUSER_PASSWORD: &str = "s3cret-super";
+pub const APP_PASSWORD: &str = "app-pw-7f3a";
+
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub port: u16,
+    pub bin: PathBuf,
+}
+
+fn pg_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("PG_BIN") {
+        return PathBuf::from(p);
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path().join("bin")).filter(|p| p.join("initdb").exists()).collect())
+        .unwrap_or_default();
+    found.sort();
+    found.pop().expect("PostgreSQL server binaries (set PG_BIN or install postgresql)")
+}
+
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Runs a PostgreSQL server program, as `postgres` when we are root.
+fn as_pg(bin: &Path, prog: &str) -> Command {
+    let mut c = Command::new(bin.join(prog));
+    if is_root() {
+        let u = nix::unistd::User::from_name("postgres").unwrap().expect("a postgres OS user");
+        use std::os::unix::process::CommandExt;
+        c.uid(u.uid.as_raw()).gid(u.gid.as_raw());
+    }
+    c.env_remove("PGDATA");
+    c
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn chown_pg(p: &Path) {
+    if is_root() {
+        let u = nix::unistd::User::from_name("postgres").unwrap().unwrap();
+        nix::unistd::chown(p, Some(u.uid), Some(u.gid)).unwrap();
+    }
+}
+
+fn run_ok(mut c: Command, what: &str) {
+    let out = c.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(out.status.success(), "{what} failed: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
+impl Cluster {
+    /// Starts a new cluster. `extra_conf` lines go into postgresql.conf.
+    pub fn start(name: &str, extra_conf: &str) -> Cluster {
+        let bin = pg_bin();
+        let dir = std::env::temp_dir().join(format!("pglock-test-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        chown_pg(&dir);
+        let pwfile = dir.join("pw");
+        std::fs::write(&pwfile, SUPERUSER_PASSWORD).unwrap();
+        chown_pg(&pwfile);
+        let data = dir.join("data");
+        let mut c = as_pg(&bin, "initdb");
+        c.args(["-D", data.to_str().unwrap(), "-U", "postgres", "--auth-host=scram-sha-256", "--auth-local=trust", "--no-sync", "--pwfile", pwfile.to_str().unwrap()]);
+        run_ok(c, "initdb");
+        let port = free_port();
+        let conf = format!(
+            "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nmax_connections = 300\nfsync = off\nsynchronous_commit = off\nshared_buffers = 16MB\nlog_min_messages = warning\n{extra_conf}\n",
+            dir.display()
+        );
+        let conf_path = data.join("postgresql.auto.conf");
+        let mut existing = std::fs::read_to_string(&conf_path).unwrap_or_default();
+        existing.push_str(&conf);
+        std::fs::write(&conf_path, existing).unwrap();
+        let cluster = Cluster { dir, port, bin };
+        cluster.pg_ctl_start();
+        cluster.watchdog();
+        cluster.psql_super(&format!(
+            "CREATE ROLE app LOGIN PASSWORD '{APP_PASSWORD}'; GRANT ALL ON DATABASE postgres TO app;"
+        ));
+        cluster
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    pub fn pg_ctl_start(&self) {
+        let mut c = as_pg(&self.bin, "pg_ctl");
+        c.args(["-D", self.data().to_str().unwrap(), "-l", self.dir.join("log").to_str().unwrap(), "-w", "-t", "60", "start"]);
+        run_ok(c, "pg_ctl start");
+    }
+
+    /// `pg_ctl restart -m fast`.
+    pub fn restart(&self) {
+        let mut c = as_pg(&self.bin, "pg_ctl");
+        c.args(["-D", self.data().to_str().unwrap(), "-l", self.dir.join("log").to_str().unwrap(), "-w", "-t", "60", "-m", "fast", "restart"]);
+        run_ok(c, "pg_ctl restart");
+    }
+
+    /// Stops the server and removes the directory once this test process is gone.
+    fn watchdog(&self) {
+        let script = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {stop}; rm -rf '{dir}'",
+            pid = std::process::id(),
+            stop = if is_root() {
+                format!("runuser -u postgres -- '{}/pg_ctl' -D '{}' -m immediate stop >/dev/null 2>&1", self.bin.display(), self.data().display())
+            } else {
+                format!("'{}/pg_ctl' -D '{}' -m immediate stop >/dev/null 2>&1", self.bin.display(), self.data().display())
+            },
+            dir = self.dir.display()
+        );
+        use std::os::unix::process::CommandExt;
+        Command::new("sh")
+            .args(["-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("watchdog");
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres:{SUPERUSER_PASSWORD}@127.0.0.1:{}/postgres?sslmode=disable", self.port)
+    }
+
+    pub fn app_url(&self) -> String {
+        format!("postgres://app:{APP_PASSWORD}@127.0.0.1:{}/postgres?sslmode=disable", self.port)
+    }
+
+    /// Superuser over the Unix socket (trust): for the suite's own queries.
+    pub fn socket_url(&self) -> String {
+        format!("host={} port={} user=postgres dbname=postgres", self.dir.display(), self.port)
+    }
+
+    pub fn psql_cmd(&self) -> Command {
+        let mut c = Command::new(self.bin.join("psql"));
+        c.args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-d", &self.socket_url()]);
+        c.env_remove("PGHOST").env_remove("PGPORT").env_remove("PGUSER").env_remove("PGDATABASE");
+        c
+    }
+
+    /// Runs SQL as the superuser; returns stdout, trimmed.
+    pub fn psql_super(&self, sql: &str) -> String {
+        let out = self.psql_cmd().args(["-c", sql]).stdin(Stdio::null()).output().unwrap();
+        assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Advisory locks on `id` as (pid, mode, granted, application_name).
+    pub fn locks_on(&self, id: i64) -> Vec<String> {
+        let classid = ((id as u64) >> 32) as u32;
+        let objid = (id as u64 & 0xffff_ffff) as u32;
+        let out = self.psql_super(&format!(
+            "SELECT l.mode || ',' || CASE WHEN l.granted THEN 't' ELSE 'f' END || ',' || coalesce(a.application_name, '') FROM pg_locks l \
+             LEFT JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.classid = {classid} \
+             AND l.objid = {objid} AND l.objsubid = 1 ORDER BY 1"
+        ));
+        out.lines().map(str::to_string).filter(|l| !l.is_empty()).collect()
+    }
+}
+
+/// The main cluster of this test run: TCP with scram-sha-256, no TLS.
+pub fn pg() -> &'static Cluster {
+    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| Cluster::start("main", ""))
+}
+
+/// A unique key name for one test.
+pub fn key(test: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("{test}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_pglock")
+}
+
+/// `pglock ARGS` with a clean environment that points at the main cluster.
+pub fn pglock(args: &[&str]) -> Command {
+    let mut c = pglock_bare(args);
+    c.env("PGLOCK_DATABASE_URL", pg().url());
+    c
+}
+
+/// `pglock ARGS` with no connection settings at all.
+pub fn pglock_bare(args: &[&str]) -> Command {
+    let mut c = Command::new(bin());
+    c.args(args);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("PG") || k == "DATABASE_URL" {
+            c.env_remove(k);
+        }
+    }
+    c.env("HOME", "/nonexistent").stdin(Stdio::null());
+    c
+}
+
+pub fn show(cmd: &Command, out: &Output) -> String {
+    format!(
+        "command: {:?}\nstatus: {:?}\nstdout:\n{}\nstderr:\n{}",
+        cmd,
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Runs to completion; asserts the exit code. Returns (stdout, stderr).
+pub fn expect_code(mut cmd: Command, code: i32) -> (String, String) {
+    let out = cmd.output().expect("spawn pglock");
+    assert_eq!(out.status.code(), Some(code), "{}", show(&cmd, &out));
+    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+pub fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("pglock-t-{}-{}", std::process::id(), key(name)));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Polls `cond` every 10 ms until it holds or `limit` passes.
+pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    cond()
+}
+
+pub fn lock_id(name: &str) -> i64 {
+    let (out, _) = expect_code(pglock_bare(&["key", name]), 0);
+    out.trim().parse().unwrap()
+}
+
+/// CLOCK_REALTIME in nanoseconds, comparable with `date +%s%N` in the children.
+pub fn now_ns() -> i128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i128
+}
+
+/// Sends `sig` to a spawned process.
+pub fn signal(child: &std::process::Child, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
+}
+
+/// SIGTERM, then waits; returns the exit code.
+pub fn stop(mut child: std::process::Child) -> Option<i32> {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+    child.wait().ok().and_then(|s| s.code())
+}
+
+/// Reads `start NS` / `end NS` lines that children append to a file, as (start, end) intervals
+/// in order of start.
+pub fn intervals(path: &Path) -> Vec<(i128, i128)> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut starts = std::collections::HashMap::new();
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        match f.as_slice() {
+            ["start", id, ns] => {
+                starts.insert(id.to_string(), ns.parse::<i128>().unwrap());
+            }
+            ["end", id, ns] => out.push((starts[*id], ns.parse::<i128>().unwrap())),
+            _ => panic!("bad line {line:?} in {}", path.display()),
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A child script that records its interval in `file` and sleeps `secs` in between.
+pub fn stamp_script(file: &Path, secs: &str) -> String {
+    format!(
+        "echo start $PGLOCK_RUN_ID $(date +%s%N) >> {f}; sleep {secs}; echo end $PGLOCK_RUN_ID $(date +%s%N) >> {f}",
+        f = file.display()
+    )
+}

@@ -1,0 +1,11 @@
+//! Integration tests: the built pglock binary against a real PostgreSQL that the suite starts
+//! itself (see `harness.rs`). No mock of PostgreSQL anywhere.
+
+mod harness;
+
+mod child;
+mod cli;
+mod connection;
+mod exit_codes;
+mod locking;
+mod signals;
