@@ -222,7 +222,7 @@ pub fn acquire(conn: &mut Conn, a: &Acquire, signals: &Signals) -> Result<i32> {
             ),
         )
     };
-    if a.wait == Wait::NoWait {
+    if a.wait == Wait::Once {
         // The holder may have let go between the two queries: one more try, then report.
         if seen.is_empty() {
             let rows = query(conn, &try_sql, signals)?;

@@ -110,7 +110,11 @@ fn first_line(e: &clap::Error) -> String {
     // clap's first paragraph, on one line ("the following required arguments were not
     // provided: <COMMAND>...").
     let text = e.render().to_string();
-    let para: Vec<&str> = text.lines().map(str::trim).take_while(|l| !l.is_empty()).collect();
+    let para: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.is_empty())
+        .collect();
     let line = para.join(" ");
     match line.strip_prefix("error: ") {
         Some(rest) => rest.to_string(),

@@ -36,7 +36,7 @@ impl Mode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wait {
     Forever,
-    NoWait,
+    Once,
     Timeout(Duration),
 }
 
@@ -111,11 +111,11 @@ pub fn run_request(args: RunArgs, m: &ArgMatches) -> Result<RunRequest> {
                 "--no-wait and --timeout exclude each other: choose one",
             ))
         }
-        (true, None) => Wait::NoWait,
+        (true, None) => Wait::Once,
         (false, Some(t)) => {
             let d = duration_opt("timeout", t)?;
             if d.is_zero() {
-                Wait::NoWait
+                Wait::Once
             } else {
                 Wait::Timeout(d)
             }

@@ -10,10 +10,19 @@ fn the_child_gets_stdio_cwd_env_and_the_pglock_variables() {
     let dir = tmpdir("childenv");
     let script = "read line; echo \"in=$line\"; echo \"cwd=$(pwd)\"; echo \"key=$PGLOCK_KEY\"; echo \"id=$PGLOCK_LOCK_ID\"; echo \"run=$PGLOCK_RUN_ID\"; echo \"mine=$MY_VAR\"; echo \"keyid=${PGLOCK_KEY_ID-unset}\"";
     let mut c = pglock(&["run", "--key", &name, "--", "sh", "-c", script]);
-    c.current_dir(&dir).env("MY_VAR", "kept").env("PGLOCK_KEY_ID", "should-be-removed");
-    c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    c.current_dir(&dir)
+        .env("MY_VAR", "kept")
+        .env("PGLOCK_KEY_ID", "should-be-removed");
+    c.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = c.spawn().unwrap();
-    child.stdin.take().unwrap().write_all(b"piped input\n").unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"piped input\n")
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -27,12 +36,18 @@ fn the_child_gets_stdio_cwd_env_and_the_pglock_variables() {
         "mine=kept".to_string(),
         "keyid=unset".to_string(),
     ] {
-        assert!(stdout.lines().any(|l| l == want), "missing {want:?} in:\n{stdout}");
+        assert!(
+            stdout.lines().any(|l| l == want),
+            "missing {want:?} in:\n{stdout}"
+        );
     }
     let run_id = stdout.lines().find_map(|l| l.strip_prefix("run=")).unwrap();
     assert_eq!(run_id.len(), 16, "{run_id}");
     for line in stderr.lines() {
-        assert!(line.starts_with("pglock: ") && line.contains(run_id), "log line without the run id: {line}");
+        assert!(
+            line.starts_with("pglock: ") && line.contains(run_id),
+            "log line without the run id: {line}"
+        );
     }
 }
 
@@ -41,30 +56,63 @@ fn no_descriptor_of_pglock_reaches_the_child() {
     let name = key("fds");
     // ls lists its own descriptors. Run straight from here, it shows what this test process
     // passes on (cargo's jobserver, say); under pglock it must show exactly the same set.
-    let baseline = std::process::Command::new("ls").arg("/proc/self/fd").stdin(std::process::Stdio::null()).output().unwrap();
+    let baseline = std::process::Command::new("ls")
+        .arg("/proc/self/fd")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
     let baseline = String::from_utf8_lossy(&baseline.stdout).into_owned();
-    let (out, err) = expect_code(pglock(&["run", "--key", &name, "--", "ls", "/proc/self/fd"]), 0);
+    let (out, err) = expect_code(
+        pglock(&["run", "--key", &name, "--", "ls", "/proc/self/fd"]),
+        0,
+    );
     let mut fds: Vec<&str> = out.split_whitespace().collect();
     let mut want: Vec<&str> = baseline.split_whitespace().collect();
     fds.sort();
     want.sort();
-    assert_eq!(fds, want, "the child has descriptors that plain ls does not: {err}");
+    assert_eq!(
+        fds, want,
+        "the child has descriptors that plain ls does not: {err}"
+    );
     assert!(fds.len() >= 4);
 }
 
 #[test]
 fn json_logs_carry_the_contract_fields_and_the_last_event_the_totals() {
     let name = key("json");
-    let (_, err) = expect_code(pglock(&["run", "--log-format", "json", "--key", &name, "--", "sh", "-c", "exit 7"]), 7);
+    let (_, err) = expect_code(
+        pglock(&[
+            "run",
+            "--log-format",
+            "json",
+            "--key",
+            &name,
+            "--",
+            "sh",
+            "-c",
+            "exit 7",
+        ]),
+        7,
+    );
     let lines: Vec<&str> = err.lines().collect();
     assert!(lines.len() >= 2, "{err}");
     for l in &lines {
         assert!(l.starts_with('{') && l.ends_with('}'), "{l}");
-        for f in ["\"ts\":", "\"level\":", "\"event\":", "\"key\":", "\"lock_id\":", "\"run_id\":"] {
+        for f in [
+            "\"ts\":",
+            "\"level\":",
+            "\"event\":",
+            "\"key\":",
+            "\"lock_id\":",
+            "\"run_id\":",
+        ] {
             assert!(l.contains(f), "{f} missing in {l}");
         }
         assert!(l.contains(&format!("\"key\":\"{name}\"")), "{l}");
-        assert!(l.contains(&format!("\"lock_id\":{}", lock_id(&name))), "{l}");
+        assert!(
+            l.contains(&format!("\"lock_id\":{}", lock_id(&name))),
+            "{l}"
+        );
     }
     let last = lines.last().unwrap();
     for f in ["\"waited_ms\":", "\"ran_ms\":", "\"exit_code\":7"] {
@@ -72,12 +120,33 @@ fn json_logs_carry_the_contract_fields_and_the_last_event_the_totals() {
     }
     assert!(lines[0].contains("\"event\":\"acquired\""), "{}", lines[0]);
     // A failure's last event carries them too.
-    let holder = pglock(&["run", "--key", &name, "--", "sleep", "30"]).spawn().unwrap();
+    let holder = pglock(&["run", "--key", &name, "--", "sleep", "30"])
+        .spawn()
+        .unwrap();
     let id = lock_id(&name);
-    assert!(wait_until(std::time::Duration::from_secs(10), || !pg().locks_on(id).is_empty()));
-    let (_, err) = expect_code(pglock(&["run", "-n", "--log-format", "json", "--key", &name, "--", "true"]), 75);
+    assert!(wait_until(std::time::Duration::from_secs(10), || !pg()
+        .locks_on(id)
+        .is_empty()));
+    let (_, err) = expect_code(
+        pglock(&[
+            "run",
+            "-n",
+            "--log-format",
+            "json",
+            "--key",
+            &name,
+            "--",
+            "true",
+        ]),
+        75,
+    );
     let last = err.lines().last().unwrap();
-    assert!(last.contains("\"event\":\"not_acquired\"") && last.contains("\"exit_code\":75") && last.contains("\"waited_ms\":"), "{last}");
+    assert!(
+        last.contains("\"event\":\"not_acquired\"")
+            && last.contains("\"exit_code\":75")
+            && last.contains("\"waited_ms\":"),
+        "{last}"
+    );
     stop(holder);
 }
 
@@ -88,6 +157,12 @@ fn quiet_prints_nothing_on_success_and_verbose_more() {
     assert_eq!(err, "");
     let (_, normal) = expect_code(pglock(&["run", "--key", &name, "--", "true"]), 0);
     let (_, verbose) = expect_code(pglock(&["run", "-v", "--key", &name, "--", "true"]), 0);
-    assert!(verbose.lines().count() > normal.lines().count(), "{normal}\n---\n{verbose}");
-    assert!(normal.contains("acquired") && normal.contains("released"), "{normal}");
+    assert!(
+        verbose.lines().count() > normal.lines().count(),
+        "{normal}\n---\n{verbose}"
+    );
+    assert!(
+        normal.contains("acquired") && normal.contains("released"),
+        "{normal}"
+    );
 }

@@ -11,7 +11,10 @@ fn one_line_usage(args: &[&str], env: &[(&str, &str)], needle: &str) {
     let lines: Vec<&str> = err.lines().collect();
     assert_eq!(lines.len(), 1, "one line expected for {args:?}: {err}");
     assert!(lines[0].starts_with("pglock: "), "{err}");
-    assert!(err.contains(needle), "{args:?}: expected '{needle}' in: {err}");
+    assert!(
+        err.contains(needle),
+        "{args:?}: expected '{needle}' in: {err}"
+    );
 }
 
 #[test]
@@ -19,21 +22,85 @@ fn bad_input_is_a_one_line_usage_error() {
     let long = "x".repeat(1025);
     one_line_usage(&["run", "--key", "", "--", "true"], &[], "empty");
     one_line_usage(&["run", "--key", &long, "--", "true"], &[], "1025 bytes");
-    one_line_usage(&["run", "--key-id", "12abc", "--", "true"], &[], "invalid --key-id");
-    one_line_usage(&["run", "--key-id", "99999999999999999999", "--", "true"], &[], "invalid --key-id");
-    one_line_usage(&["run", "--key", "a", "--key-id", "1", "--", "true"], &[], "not both");
+    one_line_usage(
+        &["run", "--key-id", "12abc", "--", "true"],
+        &[],
+        "invalid --key-id",
+    );
+    one_line_usage(
+        &["run", "--key-id", "99999999999999999999", "--", "true"],
+        &[],
+        "invalid --key-id",
+    );
+    one_line_usage(
+        &["run", "--key", "a", "--key-id", "1", "--", "true"],
+        &[],
+        "not both",
+    );
     one_line_usage(&["run", "--", "true"], &[], "no lock given");
     one_line_usage(&["run", "--key", "a"], &[], "COMMAND");
-    one_line_usage(&["run", "--key", "a", "-n", "-w", "5s", "--", "true"], &[], "exclude each other");
-    one_line_usage(&["run", "--key", "a", "-w", "5 parsecs", "--", "true"], &[], "invalid duration");
-    one_line_usage(&["run", "--key", "a", "-w", "10", "--", "true"], &[], "invalid duration");
-    one_line_usage(&["run", "--key", "a", "-E", "300", "--", "true"], &[], "0 to 255");
-    one_line_usage(&["run", "--key", "a", "--frobnicate", "--", "true"], &[], "--frobnicate");
+    one_line_usage(
+        &["run", "--key", "a", "-n", "-w", "5s", "--", "true"],
+        &[],
+        "exclude each other",
+    );
+    one_line_usage(
+        &["run", "--key", "a", "-w", "5 parsecs", "--", "true"],
+        &[],
+        "invalid duration",
+    );
+    one_line_usage(
+        &["run", "--key", "a", "-w", "10", "--", "true"],
+        &[],
+        "invalid duration",
+    );
+    one_line_usage(
+        &["run", "--key", "a", "-E", "300", "--", "true"],
+        &[],
+        "0 to 255",
+    );
+    one_line_usage(
+        &["run", "--key", "a", "--frobnicate", "--", "true"],
+        &[],
+        "--frobnicate",
+    );
     one_line_usage(&["bogus"], &[], "bogus");
-    one_line_usage(&["run", "--", "true"], &[("PGLOCK_TIMEOUT", "soon")], "no lock given");
-    one_line_usage(&["run", "--key", "a", "--", "true"], &[("PGLOCK_TIMEOUT", "soon")], "invalid duration");
-    one_line_usage(&["run", "--key", "a", "--database-url", "postgres://h/db?sslmode=sometimes", "--", "true"], &[], "invalid sslmode");
-    one_line_usage(&["run", "--key", "a", "--database-url", "host=h frob=1", "--", "true"], &[], "invalid connection option");
+    one_line_usage(
+        &["run", "--", "true"],
+        &[("PGLOCK_TIMEOUT", "soon")],
+        "no lock given",
+    );
+    one_line_usage(
+        &["run", "--key", "a", "--", "true"],
+        &[("PGLOCK_TIMEOUT", "soon")],
+        "invalid duration",
+    );
+    one_line_usage(
+        &[
+            "run",
+            "--key",
+            "a",
+            "--database-url",
+            "postgres://h/db?sslmode=sometimes",
+            "--",
+            "true",
+        ],
+        &[],
+        "invalid sslmode",
+    );
+    one_line_usage(
+        &[
+            "run",
+            "--key",
+            "a",
+            "--database-url",
+            "host=h frob=1",
+            "--",
+            "true",
+        ],
+        &[],
+        "invalid connection option",
+    );
     one_line_usage(&["key", ""], &[], "empty");
 }
 
@@ -46,14 +113,28 @@ fn key_prints_the_contract_mapping() {
 
 #[test]
 fn key_sql_evaluated_by_the_server_equals_key() {
-    for name in ["seed", "it's", r"back\slash'quote", "ünïcödé ✓", "with space", &"long".repeat(200)] {
+    for name in [
+        "seed",
+        "it's",
+        r"back\slash'quote",
+        "ünïcödé ✓",
+        "with space",
+        &"long".repeat(200),
+    ] {
         let (id, _) = expect_code(pglock_bare(&["key", name]), 0);
         let (sql, _) = expect_code(pglock_bare(&["key", name, "--sql"]), 0);
         let got = pg().psql_super(&format!("SELECT {}", sql.trim()));
         assert_eq!(got, id.trim(), "name {name:?}: sql {sql}");
         // And with the other setting of standard_conforming_strings.
-        let got = pg().psql_super(&format!("SET standard_conforming_strings = off; SELECT {}", sql.trim()));
-        assert_eq!(got.lines().last().unwrap(), id.trim(), "name {name:?} (scs off)");
+        let got = pg().psql_super(&format!(
+            "SET standard_conforming_strings = off; SELECT {}",
+            sql.trim()
+        ));
+        assert_eq!(
+            got.lines().last().unwrap(),
+            id.trim(),
+            "name {name:?} (scs off)"
+        );
     }
 }
 
@@ -63,8 +144,15 @@ fn key_id_forms() {
     let dir = tmpdir("keyid");
     let f = dir.join("env");
     let script = format!("echo \"$PGLOCK_LOCK_ID\" > {}", f.display());
-    for (arg, id) in [(k, 0x4752_4f4f_i64), ("-42", -42), ("9223372036854775807", i64::MAX)] {
-        expect_code(pglock(&["run", "--key-id", arg, "--", "sh", "-c", &script]), 0);
+    for (arg, id) in [
+        (k, 0x4752_4f4f_i64),
+        ("-42", -42),
+        ("9223372036854775807", i64::MAX),
+    ] {
+        expect_code(
+            pglock(&["run", "--key-id", arg, "--", "sh", "-c", &script]),
+            0,
+        );
         assert_eq!(std::fs::read_to_string(&f).unwrap().trim(), id.to_string());
     }
 }
@@ -72,7 +160,14 @@ fn key_id_forms() {
 #[test]
 fn help_names_env_vars_and_version_works() {
     let (out, _) = expect_code(pglock_bare(&["run", "--help"]), 0);
-    for needle in ["PGLOCK_KEY", "PGLOCK_TIMEOUT", "PGLOCK_NO_WAIT", "PGLOCK_DATABASE_URL", "PGLOCK_CONFLICT_EXIT_CODE", "Examples:"] {
+    for needle in [
+        "PGLOCK_KEY",
+        "PGLOCK_TIMEOUT",
+        "PGLOCK_NO_WAIT",
+        "PGLOCK_DATABASE_URL",
+        "PGLOCK_CONFLICT_EXIT_CODE",
+        "Examples:",
+    ] {
         assert!(out.contains(needle), "run --help lacks {needle}:\n{out}");
     }
     let (out, _) = expect_code(pglock_bare(&["--version"]), 0);
@@ -87,11 +182,20 @@ fn options_come_from_the_environment() {
     // the exit code from PGLOCK_CONFLICT_EXIT_CODE.
     let id = lock_id(&name);
     let mut h = holder;
-    h.args(["-c", &format!("SELECT pg_advisory_lock({id})"), "-c", "SELECT pg_sleep(3)"]);
+    h.args([
+        "-c",
+        &format!("SELECT pg_advisory_lock({id})"),
+        "-c",
+        "SELECT pg_sleep(3)",
+    ]);
     let h = h.spawn().unwrap();
-    assert!(wait_until(std::time::Duration::from_secs(5), || !pg().locks_on(id).is_empty()));
+    assert!(wait_until(std::time::Duration::from_secs(5), || !pg()
+        .locks_on(id)
+        .is_empty()));
     let mut c = pglock(&["run", "--", "true"]);
-    c.env("PGLOCK_KEY", &name).env("PGLOCK_NO_WAIT", "true").env("PGLOCK_CONFLICT_EXIT_CODE", "9");
+    c.env("PGLOCK_KEY", &name)
+        .env("PGLOCK_NO_WAIT", "true")
+        .env("PGLOCK_CONFLICT_EXIT_CODE", "9");
     expect_code(c, 9);
     stop(h);
 }

@@ -9,7 +9,16 @@ fn every_child_exit_code_passes_through() {
     let url = pg().socket_url();
     for code in 0..=255 {
         let c = {
-            let mut c = pglock_bare(&["run", "-q", "--key", &name, "--", "sh", "-c", &format!("exit {code}")]);
+            let mut c = pglock_bare(&[
+                "run",
+                "-q",
+                "--key",
+                &name,
+                "--",
+                "sh",
+                "-c",
+                &format!("exit {code}"),
+            ]);
             c.env("PGLOCK_DATABASE_URL", &url);
             c
         };
@@ -21,7 +30,18 @@ fn every_child_exit_code_passes_through() {
 fn a_child_killed_by_a_signal_gives_128_plus_n() {
     let name = key("sigdeath");
     for (sig, n) in [("KILL", 9), ("TERM", 15), ("SEGV", 11), ("USR1", 10)] {
-        expect_code(pglock(&["run", "--key", &name, "--", "sh", "-c", &format!("kill -{sig} $$")]), 128 + n);
+        expect_code(
+            pglock(&[
+                "run",
+                "--key",
+                &name,
+                "--",
+                "sh",
+                "-c",
+                &format!("kill -{sig} $$"),
+            ]),
+            128 + n,
+        );
     }
     assert!(pg().locks_on(lock_id(&name)).is_empty(), "lock left behind");
 }
@@ -29,17 +49,33 @@ fn a_child_killed_by_a_signal_gives_128_plus_n() {
 #[test]
 fn not_found_127_not_executable_126_and_the_lock_is_released() {
     let name = key("exec");
-    let (_, err) = expect_code(pglock(&["run", "--key", &name, "--", "/no/such/program"]), 127);
+    let (_, err) = expect_code(
+        pglock(&["run", "--key", &name, "--", "/no/such/program"]),
+        127,
+    );
     assert!(err.contains("command not found: /no/such/program"), "{err}");
-    let (_, err) = expect_code(pglock(&["run", "--key", &name, "--", "no-such-program-in-path"]), 127);
+    let (_, err) = expect_code(
+        pglock(&["run", "--key", &name, "--", "no-such-program-in-path"]),
+        127,
+    );
     assert!(err.contains("not found"), "{err}");
     let dir = tmpdir("exec");
     let f = dir.join("not-executable");
     std::fs::write(&f, "#!/bin/sh\necho hi\n").unwrap();
-    let (_, err) = expect_code(pglock(&["run", "--key", &name, "--", f.to_str().unwrap()]), 126);
+    let (_, err) = expect_code(
+        pglock(&["run", "--key", &name, "--", f.to_str().unwrap()]),
+        126,
+    );
     assert!(err.contains("cannot execute"), "{err}");
-    expect_code(pglock(&["run", "--key", &name, "--", dir.to_str().unwrap()]), 126);
-    assert!(pg().locks_on(lock_id(&name)).is_empty(), "lock left behind: {:?}", pg().locks_on(lock_id(&name)));
+    expect_code(
+        pglock(&["run", "--key", &name, "--", dir.to_str().unwrap()]),
+        126,
+    );
+    assert!(
+        pg().locks_on(lock_id(&name)).is_empty(),
+        "lock left behind: {:?}",
+        pg().locks_on(lock_id(&name))
+    );
     // And the next run takes it at once.
     expect_code(pglock(&["run", "-n", "--key", &name, "--", "true"]), 0);
 }
@@ -52,35 +88,107 @@ fn unavailable_is_69_with_host_port_user() {
         l.local_addr().unwrap().port()
     };
     let refused = format!("postgres://postgres:pw@127.0.0.1:{port}/postgres");
-    let mut c = pglock_bare(&["run", "--key", &name, "--database-url", &refused, "--", "true"]);
+    let mut c = pglock_bare(&[
+        "run",
+        "--key",
+        &name,
+        "--database-url",
+        &refused,
+        "--",
+        "true",
+    ]);
     c.env("HOME", "/nonexistent");
     let (_, err) = expect_code(c, 69);
-    assert!(err.contains(&format!("127.0.0.1:{port}")) && err.contains("\"postgres\""), "{err}");
+    assert!(
+        err.contains(&format!("127.0.0.1:{port}")) && err.contains("\"postgres\""),
+        "{err}"
+    );
     assert_eq!(err.lines().count(), 1, "{err}");
 
     let unknown = "postgres://u:pw@no-such-host.invalid/db";
-    let (_, err) = expect_code(pglock_bare(&["run", "--key", &name, "--database-url", unknown, "--", "true"]), 69);
+    let (_, err) = expect_code(
+        pglock_bare(&[
+            "run",
+            "--key",
+            &name,
+            "--database-url",
+            unknown,
+            "--",
+            "true",
+        ]),
+        69,
+    );
     assert!(err.contains("no-such-host.invalid"), "{err}");
 
-    let bad_db = format!("postgres://postgres:{SUPERUSER_PASSWORD}@127.0.0.1:{}/nodb?sslmode=disable", pg().port);
-    let (_, err) = expect_code(pglock_bare(&["run", "--key", &name, "--database-url", &bad_db, "--", "true"]), 69);
+    let bad_db = format!(
+        "postgres://postgres:{SUPERUSER_PASSWORD}@127.0.0.1:{}/nodb?sslmode=disable",
+        pg().port
+    );
+    let (_, err) = expect_code(
+        pglock_bare(&[
+            "run",
+            "--key",
+            &name,
+            "--database-url",
+            &bad_db,
+            "--",
+            "true",
+        ]),
+        69,
+    );
     assert!(err.contains("nodb"), "{err}");
 }
 
 #[test]
 fn not_acquired_is_75_or_the_conflict_exit_code() {
     let name = key("conflict");
-    let holder = pglock(&["run", "--key", &name, "--", "sleep", "5"]).spawn().unwrap();
+    let holder = pglock(&["run", "--key", &name, "--", "sleep", "5"])
+        .spawn()
+        .unwrap();
     let id = lock_id(&name);
-    assert!(wait_until(std::time::Duration::from_secs(10), || !pg().locks_on(id).is_empty()));
+    assert!(wait_until(std::time::Duration::from_secs(10), || !pg()
+        .locks_on(id)
+        .is_empty()));
     let dir = tmpdir("conflict");
     let marker = dir.join("ran");
     let touch = format!("touch {}", marker.display());
-    let (_, err) = expect_code(pglock(&["run", "-n", "--key", &name, "--", "sh", "-c", &touch]), 75);
-    assert!(err.contains("pid ") && err.contains(&format!("pglock:{name}")) && err.contains("127.0.0.1"), "holder not named: {err}");
-    expect_code(pglock(&["run", "-n", "-E", "0", "--key", &name, "--", "sh", "-c", &touch]), 0);
-    expect_code(pglock(&["run", "--no-wait", "--conflict-exit-code", "3", "--key", &name, "--", "sh", "-c", &touch]), 3);
-    expect_code(pglock(&["run", "-w", "300ms", "-E", "4", "--key", &name, "--", "sh", "-c", &touch]), 4);
+    let (_, err) = expect_code(
+        pglock(&["run", "-n", "--key", &name, "--", "sh", "-c", &touch]),
+        75,
+    );
+    assert!(
+        err.contains("pid ")
+            && err.contains(&format!("pglock:{name}"))
+            && err.contains("127.0.0.1"),
+        "holder not named: {err}"
+    );
+    expect_code(
+        pglock(&[
+            "run", "-n", "-E", "0", "--key", &name, "--", "sh", "-c", &touch,
+        ]),
+        0,
+    );
+    expect_code(
+        pglock(&[
+            "run",
+            "--no-wait",
+            "--conflict-exit-code",
+            "3",
+            "--key",
+            &name,
+            "--",
+            "sh",
+            "-c",
+            &touch,
+        ]),
+        3,
+    );
+    expect_code(
+        pglock(&[
+            "run", "-w", "300ms", "-E", "4", "--key", &name, "--", "sh", "-c", &touch,
+        ]),
+        4,
+    );
     assert!(!marker.exists(), "the command ran without the lock");
     stop(holder);
 }

@@ -25,10 +25,17 @@ fn pg_bin() -> PathBuf {
         return PathBuf::from(p);
     }
     let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path().join("bin")).filter(|p| p.join("initdb").exists()).collect())
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin"))
+                .filter(|p| p.join("initdb").exists())
+                .collect()
+        })
         .unwrap_or_default();
     found.sort();
-    found.pop().expect("PostgreSQL server binaries (set PG_BIN or install postgresql)")
+    found
+        .pop()
+        .expect("PostgreSQL server binaries (set PG_BIN or install postgresql)")
 }
 
 pub fn is_root() -> bool {
@@ -39,7 +46,9 @@ pub fn is_root() -> bool {
 fn as_pg(bin: &Path, prog: &str) -> Command {
     let mut c = Command::new(bin.join(prog));
     if is_root() {
-        let u = nix::unistd::User::from_name("postgres").unwrap().expect("a postgres OS user");
+        let u = nix::unistd::User::from_name("postgres")
+            .unwrap()
+            .expect("a postgres OS user");
         use std::os::unix::process::CommandExt;
         c.uid(u.uid.as_raw()).gid(u.gid.as_raw());
     }
@@ -48,7 +57,11 @@ fn as_pg(bin: &Path, prog: &str) -> Command {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn chown_pg(p: &Path) {
@@ -59,8 +72,16 @@ fn chown_pg(p: &Path) {
 }
 
 fn run_ok(mut c: Command, what: &str) {
-    let out = c.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(out.status.success(), "{what} failed: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = c
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 impl Cluster {
@@ -76,7 +97,17 @@ impl Cluster {
         chown_pg(&pwfile);
         let data = dir.join("data");
         let mut c = as_pg(&bin, "initdb");
-        c.args(["-D", data.to_str().unwrap(), "-U", "postgres", "--auth-host=scram-sha-256", "--auth-local=trust", "--no-sync", "--pwfile", pwfile.to_str().unwrap()]);
+        c.args([
+            "-D",
+            data.to_str().unwrap(),
+            "-U",
+            "postgres",
+            "--auth-host=scram-sha-256",
+            "--auth-local=trust",
+            "--no-sync",
+            "--pwfile",
+            pwfile.to_str().unwrap(),
+        ]);
         run_ok(c, "initdb");
         let port = free_port();
         let conf = format!(
@@ -102,26 +133,55 @@ impl Cluster {
 
     pub fn pg_ctl_start(&self) {
         let mut c = as_pg(&self.bin, "pg_ctl");
-        c.args(["-D", self.data().to_str().unwrap(), "-l", self.dir.join("log").to_str().unwrap(), "-w", "-t", "60", "start"]);
+        c.args([
+            "-D",
+            self.data().to_str().unwrap(),
+            "-l",
+            self.dir.join("log").to_str().unwrap(),
+            "-w",
+            "-t",
+            "60",
+            "start",
+        ]);
         run_ok(c, "pg_ctl start");
     }
 
     /// `pg_ctl restart -m fast`.
     pub fn restart(&self) {
         let mut c = as_pg(&self.bin, "pg_ctl");
-        c.args(["-D", self.data().to_str().unwrap(), "-l", self.dir.join("log").to_str().unwrap(), "-w", "-t", "60", "-m", "fast", "restart"]);
+        c.args([
+            "-D",
+            self.data().to_str().unwrap(),
+            "-l",
+            self.dir.join("log").to_str().unwrap(),
+            "-w",
+            "-t",
+            "60",
+            "-m",
+            "fast",
+            "restart",
+        ]);
         run_ok(c, "pg_ctl restart");
     }
 
     /// Stops the server and removes the directory once this test process is gone.
+    #[allow(clippy::zombie_processes)] // it must outlive this process; init reaps it
     fn watchdog(&self) {
         let script = format!(
             "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {stop}; rm -rf '{dir}'",
             pid = std::process::id(),
             stop = if is_root() {
-                format!("runuser -u postgres -- '{}/pg_ctl' -D '{}' -m immediate stop >/dev/null 2>&1", self.bin.display(), self.data().display())
+                format!(
+                    "runuser -u postgres -- '{}/pg_ctl' -D '{}' -m immediate stop >/dev/null 2>&1",
+                    self.bin.display(),
+                    self.data().display()
+                )
             } else {
-                format!("'{}/pg_ctl' -D '{}' -m immediate stop >/dev/null 2>&1", self.bin.display(), self.data().display())
+                format!(
+                    "'{}/pg_ctl' -D '{}' -m immediate stop >/dev/null 2>&1",
+                    self.bin.display(),
+                    self.data().display()
+                )
             },
             dir = self.dir.display()
         );
@@ -137,29 +197,58 @@ impl Cluster {
     }
 
     pub fn url(&self) -> String {
-        format!("postgres://postgres:{SUPERUSER_PASSWORD}@127.0.0.1:{}/postgres?sslmode=disable", self.port)
+        format!(
+            "postgres://postgres:{SUPERUSER_PASSWORD}@127.0.0.1:{}/postgres?sslmode=disable",
+            self.port
+        )
     }
 
     pub fn app_url(&self) -> String {
-        format!("postgres://app:{APP_PASSWORD}@127.0.0.1:{}/postgres?sslmode=disable", self.port)
+        format!(
+            "postgres://app:{APP_PASSWORD}@127.0.0.1:{}/postgres?sslmode=disable",
+            self.port
+        )
     }
 
     /// Superuser over the Unix socket (trust): for the suite's own queries.
     pub fn socket_url(&self) -> String {
-        format!("host={} port={} user=postgres dbname=postgres", self.dir.display(), self.port)
+        format!(
+            "host={} port={} user=postgres dbname=postgres",
+            self.dir.display(),
+            self.port
+        )
     }
 
     pub fn psql_cmd(&self) -> Command {
         let mut c = Command::new(self.bin.join("psql"));
-        c.args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-d", &self.socket_url()]);
-        c.env_remove("PGHOST").env_remove("PGPORT").env_remove("PGUSER").env_remove("PGDATABASE");
+        c.args([
+            "-X",
+            "-At",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            &self.socket_url(),
+        ]);
+        c.env_remove("PGHOST")
+            .env_remove("PGPORT")
+            .env_remove("PGUSER")
+            .env_remove("PGDATABASE");
         c
     }
 
     /// Runs SQL as the superuser; returns stdout, trimmed.
     pub fn psql_super(&self, sql: &str) -> String {
-        let out = self.psql_cmd().args(["-c", sql]).stdin(Stdio::null()).output().unwrap();
-        assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = self
+            .psql_cmd()
+            .args(["-c", sql])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "psql {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
@@ -172,7 +261,10 @@ impl Cluster {
              LEFT JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.classid = {classid} \
              AND l.objid = {objid} AND l.objsubid = 1 ORDER BY 1"
         ));
-        out.lines().map(str::to_string).filter(|l| !l.is_empty()).collect()
+        out.lines()
+            .map(str::to_string)
+            .filter(|l| !l.is_empty())
+            .collect()
     }
 }
 
@@ -185,7 +277,11 @@ pub fn pg() -> &'static Cluster {
 /// A unique key name for one test.
 pub fn key(test: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
-    format!("{test}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{test}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 pub fn bin() -> &'static str {
@@ -226,7 +322,10 @@ pub fn show(cmd: &Command, out: &Output) -> String {
 pub fn expect_code(mut cmd: Command, code: i32) -> (String, String) {
     let out = cmd.output().expect("spawn pglock");
     assert_eq!(out.status.code(), Some(code), "{}", show(&cmd, &out));
-    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 pub fn tmpdir(name: &str) -> PathBuf {
@@ -254,7 +353,10 @@ pub fn lock_id(name: &str) -> i64 {
 
 /// CLOCK_REALTIME in nanoseconds, comparable with `date +%s%N` in the children.
 pub fn now_ns() -> i128 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i128
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i128
 }
 
 /// Sends `sig` to a spawned process.
@@ -264,7 +366,10 @@ pub fn signal(child: &std::process::Child, sig: nix::sys::signal::Signal) {
 
 /// SIGTERM, then waits; returns the exit code.
 pub fn stop(mut child: std::process::Child) -> Option<i32> {
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
     child.wait().ok().and_then(|s| s.code())
 }
 

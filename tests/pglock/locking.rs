@@ -11,11 +11,21 @@ fn eight_concurrent_runs_never_overlap_and_all_run() {
     let file = dir.join("stamps");
     let script = stamp_script(&file, "0.05");
     let children: Vec<_> = (0..8)
-        .map(|_| pglock(&["run", "-q", "--key", &name, "--", "sh", "-c", &script]).stderr(std::process::Stdio::piped()).spawn().unwrap())
+        .map(|_| {
+            pglock(&["run", "-q", "--key", &name, "--", "sh", "-c", &script])
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
         .collect();
     for c in children {
         let out = c.wait_with_output().unwrap();
-        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let iv = intervals(&file);
     assert_eq!(iv.len(), 8, "all 8 ran: {iv:?}");
@@ -28,17 +38,26 @@ fn eight_concurrent_runs_never_overlap_and_all_run() {
 fn the_lock_shows_in_pg_locks_as_the_contract_says() {
     let name = key("pglocks");
     let id = lock_id(&name);
-    let holder = pglock(&["run", "--key", &name, "--", "sleep", "30"]).spawn().unwrap();
+    let holder = pglock(&["run", "--key", &name, "--", "sleep", "30"])
+        .spawn()
+        .unwrap();
     // locks_on selects locktype advisory, classid = id >> 32, objid = id & 0xffffffff, objsubid 1.
-    assert!(wait_until(Duration::from_secs(10), || !pg().locks_on(id).is_empty()));
-    assert_eq!(pg().locks_on(id), vec![format!("ExclusiveLock,t,pglock:{name}")]);
+    assert!(wait_until(Duration::from_secs(10), || !pg()
+        .locks_on(id)
+        .is_empty()));
+    assert_eq!(
+        pg().locks_on(id),
+        vec![format!("ExclusiveLock,t,pglock:{name}")]
+    );
     assert_eq!(stop(holder), Some(143));
     assert!(pg().locks_on(id).is_empty(), "released on exit");
 }
 
 #[test]
 fn negative_ids_map_to_classid_and_objid() {
-    let holder = pglock(&["run", "--key-id", "-2", "--", "sleep", "30"]).spawn().unwrap();
+    let holder = pglock(&["run", "--key-id", "-2", "--", "sleep", "30"])
+        .spawn()
+        .unwrap();
     // -2 = 0xfffffffffffffffe: classid 4294967295, objid 4294967294.
     let q = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = 4294967295 AND objid = 4294967294 AND objsubid = 1 AND granted";
     assert!(wait_until(Duration::from_secs(10), || pg().psql_super(q) == "1"));
@@ -49,20 +68,40 @@ fn negative_ids_map_to_classid_and_objid() {
 fn no_wait_returns_at_once_and_timeout_waits_then_gives_up_server_side_too() {
     let name = key("timeout");
     let id = lock_id(&name);
-    let holder = pglock(&["run", "--key", &name, "--", "sleep", "30"]).spawn().unwrap();
-    assert!(wait_until(Duration::from_secs(10), || !pg().locks_on(id).is_empty()));
+    let holder = pglock(&["run", "--key", &name, "--", "sleep", "30"])
+        .spawn()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(10), || !pg()
+        .locks_on(id)
+        .is_empty()));
 
     let t = Instant::now();
     expect_code(pglock(&["run", "-n", "--key", &name, "--", "true"]), 75);
-    assert!(t.elapsed() < Duration::from_secs(2), "--no-wait took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "--no-wait took {:?}",
+        t.elapsed()
+    );
 
     let t = Instant::now();
-    let (_, err) = expect_code(pglock(&["run", "-w", "1s", "--key", &name, "--", "true"]), 75);
+    let (_, err) = expect_code(
+        pglock(&["run", "-w", "1s", "--key", &name, "--", "true"]),
+        75,
+    );
     let took = t.elapsed();
-    assert!(took >= Duration::from_millis(950) && took < Duration::from_secs(4), "--timeout 1s took {took:?}");
-    assert!(err.contains("--timeout 1s reached") && err.contains("pid "), "{err}");
+    assert!(
+        took >= Duration::from_millis(950) && took < Duration::from_secs(4),
+        "--timeout 1s took {took:?}"
+    );
+    assert!(
+        err.contains("--timeout 1s reached") && err.contains("pid "),
+        "{err}"
+    );
     // No backend of pglock's is left waiting.
-    assert_eq!(pg().locks_on(id), vec![format!("ExclusiveLock,t,pglock:{name}")]);
+    assert_eq!(
+        pg().locks_on(id),
+        vec![format!("ExclusiveLock,t,pglock:{name}")]
+    );
     stop(holder);
 }
 
@@ -73,16 +112,45 @@ fn a_waiter_starts_well_under_100ms_after_the_release() {
     let dir = tmpdir("handoff");
     let end = dir.join("end");
     let start = dir.join("start");
-    let holder = pglock(&["run", "--key", &name, "--", "sh", "-c", &format!("sleep 1; date +%s%N > {}", end.display())])
-        .spawn()
-        .unwrap();
-    assert!(wait_until(Duration::from_secs(10), || !pg().locks_on(id).is_empty()));
-    let waiter = pglock(&["run", "--key", &name, "--", "sh", "-c", &format!("date +%s%N > {}", start.display())]).spawn().unwrap();
-    assert!(wait_until(Duration::from_secs(10), || pg().locks_on(id).len() == 2), "waiter queued");
+    let holder = pglock(&[
+        "run",
+        "--key",
+        &name,
+        "--",
+        "sh",
+        "-c",
+        &format!("sleep 1; date +%s%N > {}", end.display()),
+    ])
+    .spawn()
+    .unwrap();
+    assert!(wait_until(Duration::from_secs(10), || !pg()
+        .locks_on(id)
+        .is_empty()));
+    let waiter = pglock(&[
+        "run",
+        "--key",
+        &name,
+        "--",
+        "sh",
+        "-c",
+        &format!("date +%s%N > {}", start.display()),
+    ])
+    .spawn()
+    .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || pg().locks_on(id).len() == 2),
+        "waiter queued"
+    );
     for c in [holder, waiter] {
         assert_eq!(c.wait_with_output().unwrap().status.code(), Some(0));
     }
-    let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap().trim().parse::<i128>().unwrap();
+    let read = |p: &std::path::Path| {
+        std::fs::read_to_string(p)
+            .unwrap()
+            .trim()
+            .parse::<i128>()
+            .unwrap()
+    };
     let gap_ms = (read(&start) - read(&end)) as f64 / 1e6;
     assert!(gap_ms > 0.0 && gap_ms < 100.0, "handoff took {gap_ms} ms");
 }
@@ -91,18 +159,31 @@ fn a_waiter_starts_well_under_100ms_after_the_release() {
 fn shared_holders_run_together_and_exclude_exclusive_ones() {
     let name = key("shared");
     let id = lock_id(&name);
-    let s1 = pglock(&["run", "--shared", "--key", &name, "--", "sleep", "30"]).spawn().unwrap();
-    assert!(wait_until(Duration::from_secs(10), || !pg().locks_on(id).is_empty()));
+    let s1 = pglock(&["run", "--shared", "--key", &name, "--", "sleep", "30"])
+        .spawn()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(10), || !pg()
+        .locks_on(id)
+        .is_empty()));
     // A second shared holder runs at once, beside the first.
-    expect_code(pglock(&["run", "--shared", "-n", "--key", &name, "--", "true"]), 0);
+    expect_code(
+        pglock(&["run", "--shared", "-n", "--key", &name, "--", "true"]),
+        0,
+    );
     // An exclusive one cannot.
     let (_, err) = expect_code(pglock(&["run", "-n", "--key", &name, "--", "true"]), 75);
     assert!(err.contains("shared"), "{err}");
     stop(s1);
     // And while an exclusive holder runs, a shared one cannot.
-    let x = pglock(&["run", "--key", &name, "--", "sleep", "30"]).spawn().unwrap();
-    assert!(wait_until(Duration::from_secs(10), || pg().locks_on(id) == vec![format!("ExclusiveLock,t,pglock:{name}")]));
-    expect_code(pglock(&["run", "--shared", "-n", "--key", &name, "--", "true"]), 75);
+    let x = pglock(&["run", "--key", &name, "--", "sleep", "30"])
+        .spawn()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(10), || pg().locks_on(id)
+        == vec![format!("ExclusiveLock,t,pglock:{name}")]));
+    expect_code(
+        pglock(&["run", "--shared", "-n", "--key", &name, "--", "true"]),
+        75,
+    );
     stop(x);
 }
 
@@ -112,21 +193,43 @@ fn application_sql_and_pglock_exclude_each_other() {
     let id = lock_id(&name);
     // Application code holds pg_advisory_lock(<id>) through psql: pglock must not run.
     let mut app = pg().psql_cmd();
-    app.args(["-c", &format!("SELECT pg_advisory_lock({id})"), "-c", "SELECT pg_sleep(30)"]);
+    app.args([
+        "-c",
+        &format!("SELECT pg_advisory_lock({id})"),
+        "-c",
+        "SELECT pg_sleep(30)",
+    ]);
     let app = app.stdout(std::process::Stdio::null()).spawn().unwrap();
-    assert!(wait_until(Duration::from_secs(10), || !pg().locks_on(id).is_empty()));
+    assert!(wait_until(Duration::from_secs(10), || !pg()
+        .locks_on(id)
+        .is_empty()));
     let (_, err) = expect_code(pglock(&["run", "-n", "--key", &name, "--", "true"]), 75);
     assert!(err.contains("psql"), "holder's application named: {err}");
     // End the application's session (psql's own death would leave its backend in pg_sleep).
-    pg().psql_super(&format!("SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND objid = {}", (id as u64 & 0xffff_ffff) as u32));
+    pg().psql_super(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND objid = {}",
+        (id as u64 & 0xffff_ffff) as u32
+    ));
     stop(app);
-    assert!(wait_until(Duration::from_secs(10), || pg().locks_on(id).is_empty()));
+    assert!(wait_until(Duration::from_secs(10), || pg()
+        .locks_on(id)
+        .is_empty()));
     // pglock holds it: application code's pg_try_advisory_lock(<id>) fails, using the SQL from
     // `pglock key --sql`.
-    let holder = pglock(&["run", "--key", &name, "--", "sleep", "30"]).spawn().unwrap();
-    assert!(wait_until(Duration::from_secs(10), || !pg().locks_on(id).is_empty()));
+    let holder = pglock(&["run", "--key", &name, "--", "sleep", "30"])
+        .spawn()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(10), || !pg()
+        .locks_on(id)
+        .is_empty()));
     let (sql, _) = expect_code(pglock_bare(&["key", &name, "--sql"]), 0);
-    assert_eq!(pg().psql_super(&format!("SELECT pg_try_advisory_lock({})", sql.trim())), "f");
+    assert_eq!(
+        pg().psql_super(&format!("SELECT pg_try_advisory_lock({})", sql.trim())),
+        "f"
+    );
     stop(holder);
-    assert_eq!(pg().psql_super(&format!("SELECT pg_try_advisory_lock({id})")), "t");
+    assert_eq!(
+        pg().psql_super(&format!("SELECT pg_try_advisory_lock({id})")),
+        "t"
+    );
 }

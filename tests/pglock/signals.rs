@@ -18,12 +18,23 @@ const FORWARDED: [(Signal, &str); 7] = [
 ];
 
 fn trap_script(log: &std::path::Path, stop: &std::path::Path) -> String {
-    let traps: String = FORWARDED.iter().map(|(_, n)| format!("trap 'echo {n} >> {}' {n}; ", log.display())).collect();
-    format!("{traps} echo ready >> {log}; while [ ! -e {stop} ]; do sleep 0.02; done", log = log.display(), stop = stop.display())
+    let traps: String = FORWARDED
+        .iter()
+        .map(|(_, n)| format!("trap 'echo {n} >> {}' {n}; ", log.display()))
+        .collect();
+    format!(
+        "{traps} echo ready >> {log}; while [ ! -e {stop} ]; do sleep 0.02; done",
+        log = log.display(),
+        stop = stop.display()
+    )
 }
 
 fn count(log: &std::path::Path, word: &str) -> usize {
-    std::fs::read_to_string(log).unwrap_or_default().lines().filter(|l| *l == word).count()
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| *l == word)
+        .count()
 }
 
 #[test]
@@ -31,15 +42,36 @@ fn each_forwarded_signal_reaches_the_child_exactly_once() {
     let name = key("forward");
     let dir = tmpdir("forward");
     let (log, stopf) = (dir.join("log"), dir.join("stop"));
-    let child = pglock(&["run", "--key", &name, "--", "bash", "-c", &trap_script(&log, &stopf)]).spawn().unwrap();
-    assert!(wait_until(Duration::from_secs(10), || count(&log, "ready") == 1), "child ready");
+    let child = pglock(&[
+        "run",
+        "--key",
+        &name,
+        "--",
+        "bash",
+        "-c",
+        &trap_script(&log, &stopf),
+    ])
+    .spawn()
+    .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || count(&log, "ready") == 1),
+        "child ready"
+    );
     for (sig, n) in FORWARDED {
         signal(&child, sig);
-        assert!(wait_until(Duration::from_secs(5), || count(&log, n) >= 1), "{n} did not reach the child");
+        assert!(
+            wait_until(Duration::from_secs(5), || count(&log, n) >= 1),
+            "{n} did not reach the child"
+        );
     }
     std::thread::sleep(Duration::from_millis(300));
     for (_, n) in FORWARDED {
-        assert_eq!(count(&log, n), 1, "{n} reached the child {} times", count(&log, n));
+        assert_eq!(
+            count(&log, n),
+            1,
+            "{n} reached the child {} times",
+            count(&log, n)
+        );
     }
     std::fs::write(&stopf, "").unwrap();
     let out = child.wait_with_output().unwrap();
@@ -52,22 +84,54 @@ fn a_signal_while_waiting_cancels_the_wait_at_once() {
     let id = lock_id(&name);
     let dir = tmpdir("waitsig");
     let marker = dir.join("ran");
-    let holder = pglock(&["run", "--key", &name, "--", "sleep", "60"]).spawn().unwrap();
-    assert!(wait_until(Duration::from_secs(10), || !pg().locks_on(id).is_empty()));
-    for (sig, n) in [(Signal::SIGINT, 2), (Signal::SIGTERM, 15), (Signal::SIGHUP, 1), (Signal::SIGQUIT, 3)] {
-        let waiter = pglock(&["run", "--key", &name, "--", "touch", marker.to_str().unwrap()])
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        assert!(wait_until(Duration::from_secs(10), || pg().locks_on(id).len() == 2), "waiter queued");
+    let holder = pglock(&["run", "--key", &name, "--", "sleep", "60"])
+        .spawn()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(10), || !pg()
+        .locks_on(id)
+        .is_empty()));
+    for (sig, n) in [
+        (Signal::SIGINT, 2),
+        (Signal::SIGTERM, 15),
+        (Signal::SIGHUP, 1),
+        (Signal::SIGQUIT, 3),
+    ] {
+        let waiter = pglock(&[
+            "run",
+            "--key",
+            &name,
+            "--",
+            "touch",
+            marker.to_str().unwrap(),
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+        assert!(
+            wait_until(Duration::from_secs(10), || pg().locks_on(id).len() == 2),
+            "waiter queued"
+        );
         let t = Instant::now();
         signal(&waiter, sig);
         let out = waiter.wait_with_output().unwrap();
-        assert!(t.elapsed() < Duration::from_secs(2), "took {:?}", t.elapsed());
-        assert_eq!(out.status.code(), Some(128 + n), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "took {:?}",
+            t.elapsed()
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(128 + n),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(String::from_utf8_lossy(&out.stderr).contains("nothing was run"));
         // The server-side wait ended too: only the holder is left.
-        assert_eq!(pg().locks_on(id), vec![format!("ExclusiveLock,t,pglock:{name}")], "after {sig}");
+        assert_eq!(
+            pg().locks_on(id),
+            vec![format!("ExclusiveLock,t,pglock:{name}")],
+            "after {sig}"
+        );
     }
     assert!(!marker.exists(), "the command ran");
     stop(holder);
@@ -118,13 +182,30 @@ fn ctrl_c_on_a_terminal_reaches_the_child_once_and_the_child_reads_the_terminal(
         stop = stopf.display()
     );
     let (child, mut master) = spawn_on_pty(&["run", "--key", &name, "--", "bash", "-c", &script]);
-    assert!(wait_until(Duration::from_secs(10), || count(&log, "ready") == 1), "child ready");
+    assert!(
+        wait_until(Duration::from_secs(10), || count(&log, "ready") == 1),
+        "child ready"
+    );
     master.write_all(b"hello from the terminal\n").unwrap();
-    assert!(wait_until(Duration::from_secs(5), || count(&log, "got hello from the terminal") == 1), "the child could not read the terminal");
+    assert!(
+        wait_until(Duration::from_secs(5), || count(
+            &log,
+            "got hello from the terminal"
+        ) == 1),
+        "the child could not read the terminal"
+    );
     master.write_all(&[0x03]).unwrap(); // Ctrl-C
-    assert!(wait_until(Duration::from_secs(5), || count(&log, "INT") >= 1), "Ctrl-C did not reach the child");
+    assert!(
+        wait_until(Duration::from_secs(5), || count(&log, "INT") >= 1),
+        "Ctrl-C did not reach the child"
+    );
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(count(&log, "INT"), 1, "Ctrl-C reached the child {} times", count(&log, "INT"));
+    assert_eq!(
+        count(&log, "INT"),
+        1,
+        "Ctrl-C reached the child {} times",
+        count(&log, "INT")
+    );
     std::fs::write(&stopf, "").unwrap();
     let status = child.wait_with_output().unwrap().status;
     assert_eq!(status.code(), Some(0));
