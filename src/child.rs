@@ -36,9 +36,17 @@ pub fn spawn(command: &[OsString], env: &[(&str, String)], remove: &[&str]) -> R
     for (k, v) in env {
         cmd.env(k, v);
     }
-    // No signal is blocked around the spawn: a blocked mask would be inherited by the child.
-    // posix_spawn resets handled signals to their defaults in the child, and a signal that
-    // arrives meanwhile waits in the pipe and is forwarded once the pid is known.
+    let parent = std::process::id() as i32;
+    // Safety: die_with_parent calls only prctl, getppid and _exit.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            crate::guard::die_with_parent(parent)
+        });
+    }
+    // No signal is blocked around the spawn: a blocked mask would be inherited by the child. A
+    // signal that arrives meanwhile waits in the pipe and is forwarded once the pid is known (in
+    // the forked child before exec, a handler may write a record to the pipe: it is drained
+    // like any other).
     let spawned = cmd.spawn();
     let name = command[0].to_string_lossy();
     match spawned {
@@ -60,15 +68,19 @@ pub enum End {
     Exited(i32),
     /// The lock was lost while the child ran; the child was stopped.
     LockLost(String),
+    /// `--max-runtime` elapsed; the child was stopped.
+    MaxRuntime,
 }
 
-/// What the loop watches besides the child.
+/// What the loop watches besides the child: the lock connection (absent when an ancestor pglock
+/// holds the lock) and the time limits.
 pub struct Watch<'a> {
-    pub conn: &'a mut Conn,
+    pub conn: Option<&'a mut Conn>,
     /// A query that returns `t` while this session holds the lock.
     pub check_sql: String,
     pub heartbeat: Duration,
     pub kill_after: Duration,
+    pub max_runtime: Option<Duration>,
 }
 
 fn status_code(ws: WaitStatus) -> Option<(Pid, i32)> {
@@ -90,7 +102,7 @@ fn reap(child: Pid) -> Option<i32> {
                     if pid == child {
                         found = Some(code);
                     } else {
-                        log::debug("reap", &format!("reaped orphaned process {pid}"));
+                        log::debug("reap", &format!("reaped process {pid} (status {code})"));
                     }
                 }
             }
@@ -106,70 +118,82 @@ fn should_forward(r: &Received) -> bool {
     r.sig == Signal::SIGHUP && nix::unistd::getsid(None).ok() == Some(nix::unistd::getpid())
 }
 
+/// The child's stop, once a reason to stop it has come: SIGTERM now, SIGKILL at `kill_at`.
+struct Stopping {
+    end: End,
+    kill_at: Option<Instant>,
+}
+
 /// Supervises `child` until it exits.
-pub fn supervise(child: Pid, w: Watch, signals: &Signals) -> End {
+pub fn supervise(child: Pid, mut w: Watch, signals: &Signals) -> End {
+    let started = Instant::now();
     let mut status = reap(child);
-    let mut lost: Option<String> = None;
-    let mut kill_at: Option<Instant> = None;
+    let mut stopping: Option<Stopping> = None;
     let mut hb_sent: Option<Instant> = None;
     let mut hb_ok = false;
-    let mut next_hb = Instant::now() + w.heartbeat;
+    let mut next_hb = started + w.heartbeat;
+    let deadline = w.max_runtime.map(|d| started + d);
 
-    let lose = |why: String, lost: &mut Option<String>, kill_at: &mut Option<Instant>| {
-        if lost.is_some() {
+    let stop = |end: End, stopping: &mut Option<Stopping>| {
+        if stopping.is_some() {
             return;
         }
-        log::event(
-            log::Level::Error,
-            "lock_lost",
-            &format!(
-                "lock lost while the command ran: {why}; stopping it (SIGTERM, SIGKILL after {})",
-                crate::duration::format(w.kill_after)
+        let after = crate::duration::format(w.kill_after);
+        match &end {
+            End::LockLost(why) => log::event(
+                log::Level::Error,
+                "lock_lost",
+                &format!("lock lost while the command ran: {why}; stopping it (SIGTERM, SIGKILL after {after})"),
+                &[("reason", log::V::S(why))],
             ),
-            &[("reason", log::V::S(&why))],
-        );
+            _ => log::warn(
+                "max_runtime",
+                &format!("--max-runtime reached; stopping the command (SIGTERM, SIGKILL after {after})"),
+                &[],
+            ),
+        }
         let _ = kill(child, Signal::SIGTERM);
-        *kill_at = Some(Instant::now() + w.kill_after);
-        *lost = Some(why);
+        *stopping = Some(Stopping {
+            end,
+            kill_at: Some(Instant::now() + w.kill_after),
+        });
     };
 
     while status.is_none() {
         let now = Instant::now();
-        let mut wake = if lost.is_none() {
-            next_hb
-        } else {
-            now + Duration::from_secs(3600)
-        };
-        if let Some(k) = kill_at {
+        let watching = stopping.is_none() && w.conn.is_some();
+        let mut wake = now + Duration::from_secs(3600);
+        if watching {
+            wake = wake.min(next_hb);
+        }
+        if let (Some(d), None) = (deadline, &stopping) {
+            wake = wake.min(d);
+        }
+        if let Some(k) = stopping.as_ref().and_then(|s| s.kill_at) {
             wake = wake.min(k);
         }
-        let timeout = wake
-            .saturating_duration_since(now)
-            .as_millis()
-            .min(i32::MAX as u128) as i32;
-        let watching = lost.is_none();
+        let buffered = watching && w.conn.as_ref().is_some_and(|c| c.has_buffered());
+        let timeout = if buffered {
+            0
+        } else {
+            wake.saturating_duration_since(now)
+                .as_millis()
+                .min(i32::MAX as u128) as i32
+        };
         let (sig_ready, sock_ready) = {
             let mut fds = vec![PollFd::new(signals.fd(), PollFlags::POLLIN)];
-            if watching {
-                fds.push(PollFd::new(w.conn.fd(), PollFlags::POLLIN));
+            if let (true, Some(c)) = (watching, w.conn.as_ref()) {
+                fds.push(PollFd::new(c.fd(), PollFlags::POLLIN));
             }
-            let t = if watching && w.conn.has_buffered() {
-                0
-            } else {
-                timeout
-            };
             match nix::poll::poll(
                 &mut fds,
-                PollTimeout::try_from(t).unwrap_or(PollTimeout::MAX),
+                PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX),
             ) {
                 Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                 Err(e) => log::debug("poll", &format!("poll failed: {e}")),
             }
             let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
-            (
-                ready(&fds[0]),
-                fds.get(1).is_some_and(ready) || (watching && w.conn.has_buffered()),
-            )
+            (ready(&fds[0]), fds.get(1).is_some_and(ready) || buffered)
         };
 
         if sig_ready {
@@ -193,44 +217,38 @@ pub fn supervise(child: Pid, w: Watch, signals: &Signals) -> End {
             }
         }
 
-        if sock_ready && lost.is_none() {
-            match w.conn.read_available() {
-                Err(m) => lose(
-                    format!("the connection to the server broke ({m})"),
-                    &mut lost,
-                    &mut kill_at,
-                ),
-                Ok(msgs) => {
-                    for (tag, body) in msgs {
-                        match tag {
-                            b'E' => {
-                                let e = ServerError::parse(&body);
-                                if e.severity == "FATAL"
-                                    || e.severity == "PANIC"
-                                    || hb_sent.is_none()
-                                {
-                                    lose(
-                                        format!("the server ended the session: {e}"),
-                                        &mut lost,
-                                        &mut kill_at,
-                                    );
-                                } else {
-                                    lose(
-                                        format!("the lock check failed: {e}"),
-                                        &mut lost,
-                                        &mut kill_at,
-                                    );
+        if sock_ready {
+            if let Some(conn) = w.conn.as_deref_mut() {
+                match conn.read_available() {
+                    Err(m) => stop(
+                        End::LockLost(format!("the connection to the server broke ({m})")),
+                        &mut stopping,
+                    ),
+                    Ok(msgs) => {
+                        for (tag, body) in msgs {
+                            match tag {
+                                b'E' => {
+                                    let e = ServerError::parse(&body);
+                                    let why = if e.severity == "FATAL"
+                                        || e.severity == "PANIC"
+                                        || hb_sent.is_none()
+                                    {
+                                        format!("the server ended the session: {e}")
+                                    } else {
+                                        format!("the lock check failed: {e}")
+                                    };
+                                    stop(End::LockLost(why), &mut stopping);
                                 }
-                            }
-                            b'D' => hb_ok = body.len() >= 7 && body[6] == b't',
-                            b'Z' if hb_sent.is_some() => {
-                                if !hb_ok && lost.is_none() {
-                                    lose("this session's backend no longer holds the lock (pg_locks)".into(), &mut lost, &mut kill_at);
+                                b'D' => hb_ok = body.len() >= 7 && body[6] == b't',
+                                b'Z' if hb_sent.is_some() => {
+                                    if !hb_ok {
+                                        stop(End::LockLost("this session's backend no longer holds the lock (pg_locks)".into()), &mut stopping);
+                                    }
+                                    hb_sent = None;
+                                    hb_ok = false;
                                 }
-                                hb_sent = None;
-                                hb_ok = false;
+                                _ => {}
                             }
-                            _ => {}
                         }
                     }
                 }
@@ -238,47 +256,41 @@ pub fn supervise(child: Pid, w: Watch, signals: &Signals) -> End {
         }
 
         let now = Instant::now();
-        if lost.is_none() && now >= next_hb {
-            if let Some(sent) = hb_sent {
-                lose(
-                    format!(
-                        "no answer from the server for {} ms",
+        if stopping.is_none() && now >= next_hb {
+            if let Some(conn) = w.conn.as_deref_mut() {
+                if let Some(sent) = hb_sent {
+                    let why = format!(
+                        "no answer from the server for {} ms (heartbeat)",
                         now.duration_since(sent).as_millis()
-                    ),
-                    &mut lost,
-                    &mut kill_at,
-                );
-            } else if let Err(e) = w.conn.send_query(&w.check_sql) {
-                lose(
-                    format!("the connection to the server broke ({e:?})"),
-                    &mut lost,
-                    &mut kill_at,
-                );
-            } else {
-                hb_sent = Some(now);
+                    );
+                    stop(End::LockLost(why), &mut stopping);
+                } else if let Err(e) = conn.send_query(&w.check_sql) {
+                    stop(
+                        End::LockLost(format!("the connection to the server broke ({e:?})")),
+                        &mut stopping,
+                    );
+                } else {
+                    hb_sent = Some(now);
+                }
             }
             next_hb = now + w.heartbeat;
         }
-        if kill_at.is_some_and(|k| now >= k) {
-            log::warn(
-                "kill",
-                &format!(
-                    "the command did not stop within --kill-after; sending SIGKILL to pid {child}"
-                ),
-                &[],
-            );
-            let _ = kill(child, Signal::SIGKILL);
-            kill_at = None;
+        if stopping.is_none() && deadline.is_some_and(|d| now >= d) {
+            stop(End::MaxRuntime, &mut stopping);
+        }
+        if let Some(s) = stopping.as_mut() {
+            if s.kill_at.is_some_and(|k| now >= k) {
+                log::warn("kill", &format!("the command did not stop within --kill-after; sending SIGKILL to pid {child}"), &[]);
+                let _ = kill(child, Signal::SIGKILL);
+                s.kill_at = None;
+            }
         }
     }
     let code = status.unwrap_or(0);
-    match lost {
-        Some(why) => {
-            log::debug(
-                "child",
-                &format!("the command stopped with status {code} after the lock was lost"),
-            );
-            End::LockLost(why)
+    match stopping {
+        Some(s) => {
+            log::debug("child", &format!("the command stopped with status {code}"));
+            s.end
         }
         None => End::Exited(code),
     }

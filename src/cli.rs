@@ -27,6 +27,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once
 pub enum Command {
     /// Take the lock, run COMMAND, release the lock, exit with COMMAND's status
     #[command(after_long_help = RUN_EXAMPLES)]
@@ -99,7 +100,26 @@ pub struct RunArgs {
     )]
     pub database_url: Option<String>,
 
-    /// Interval of the lock connection's heartbeat while COMMAND runs
+    /// Stop COMMAND after DURATION (SIGTERM, then SIGKILL after --kill-after) and exit 124
+    #[arg(
+        long,
+        value_name = "DURATION",
+        env = "PGLOCK_MAX_RUNTIME",
+        help_heading = "Child"
+    )]
+    pub max_runtime: Option<String>,
+
+    /// After SIGTERM (lost lock, --max-runtime), wait this long before SIGKILL
+    #[arg(
+        long,
+        value_name = "DURATION",
+        env = "PGLOCK_KILL_AFTER",
+        default_value = "10s",
+        help_heading = "Child"
+    )]
+    pub kill_after: String,
+
+    /// How often the lock is checked while COMMAND runs; a silent connection is detected within 2x this
     #[arg(
         long,
         value_name = "DURATION",
@@ -109,15 +129,16 @@ pub struct RunArgs {
     )]
     pub heartbeat: String,
 
-    /// After a lock loss, wait this long after SIGTERM before sending COMMAND SIGKILL
+    /// The server frees the lock of a vanished pglock no sooner than this (TCP keepalive and user
+    /// timeout of the session); must exceed 3 x --heartbeat + --kill-after
     #[arg(
         long,
         value_name = "DURATION",
-        env = "PGLOCK_KILL_AFTER",
-        default_value = "10s",
+        env = "PGLOCK_RELEASE_AFTER",
+        default_value = "30s",
         help_heading = "Child"
     )]
-    pub kill_after: String,
+    pub release_after: String,
 
     /// Errors only
     #[arg(short, long, env = "PGLOCK_QUIET", help_heading = "Output")]

@@ -15,6 +15,8 @@ pub mod code {
     pub const UNAVAILABLE: i32 = 69;
     /// The lock was lost while the child ran; the child was stopped.
     pub const LOCK_LOST: i32 = 74;
+    /// `--max-runtime` elapsed; the child was stopped.
+    pub const MAX_RUNTIME: i32 = 124;
     /// The lock was not acquired (busy, or `--timeout` reached). `--conflict-exit-code` overrides.
     pub const NOT_ACQUIRED: i32 = 75;
     /// COMMAND was found but could not be executed.
@@ -31,6 +33,7 @@ pub enum Kind {
     /// Not acquired; carries the exit code to use (75 or `--conflict-exit-code`).
     NotAcquired(i32),
     LockLost,
+    MaxRuntime,
     /// A signal ended pglock before the child ran (128 + signal number).
     Signal(i32),
     NotExecutable,
@@ -70,12 +73,19 @@ impl Error {
         Error::new(Kind::Internal, msg)
     }
 
+    /// Prefixes the message, keeping the kind.
+    pub fn context_msg(mut self, ctx: &str) -> Error {
+        self.msg = format!("{ctx}: {}", self.msg);
+        self
+    }
+
     pub fn exit_code(&self) -> i32 {
         match self.kind {
             Kind::Usage => code::USAGE,
             Kind::Unavailable => code::UNAVAILABLE,
             Kind::NotAcquired(c) => c,
             Kind::LockLost => code::LOCK_LOST,
+            Kind::MaxRuntime => code::MAX_RUNTIME,
             Kind::Signal(n) => 128 + n,
             Kind::NotExecutable => code::NOT_EXECUTABLE,
             Kind::NotFound => code::NOT_FOUND,

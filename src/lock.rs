@@ -199,27 +199,54 @@ fn pid_of(rows: &Rows) -> i32 {
         .unwrap_or(0)
 }
 
-/// Takes the lock, waiting as `a.wait` says. Returns the pid of the backend that took it (which
-/// differs from the connection's own when a pooler sits in between).
-pub fn acquire(conn: &mut Conn, a: &Acquire, signals: &Signals) -> Result<i32> {
+/// How `acquire` ended well: the backend that took the lock (it differs from the connection's
+/// own when a pooler sits in between), and whether the connection was replaced on the way.
+pub struct Acquired {
+    pub backend_pid: i32,
+    pub reconnected: bool,
+}
+
+/// Connection losses while waiting are bridged by reconnecting for at most this long.
+const RECONNECT_FOR: Duration = Duration::from_secs(60);
+
+/// Takes the lock, waiting as `a.wait` says. A connection lost while waiting (a server restart, a
+/// failover) is replaced and the wait goes on, within `--timeout` and for at most a minute of
+/// reconnecting.
+pub fn acquire(conn: &mut Conn, a: &Acquire, signals: &Signals) -> Result<Acquired> {
     let start = Instant::now();
     let suffix = fn_suffix(a.mode);
     let id = a.key.id;
     let label = a.key.label();
+    let deadline = match a.wait {
+        Wait::Timeout(d) => Some(start + d),
+        _ => None,
+    };
     let try_sql = format!("SELECT pg_try_advisory_lock{suffix}({id}), pg_backend_pid()");
     let rows = query(conn, &try_sql, signals)?;
     if first_bool(&rows) {
-        return Ok(pid_of(&rows));
+        return Ok(Acquired {
+            backend_pid: pid_of(&rows),
+            reconnected: false,
+        });
     }
     let mut seen = holders(conn, a.key, signals)?;
     let busy = |h: &[Holder], why: &str| {
         Error::new(
             Kind::NotAcquired(a.conflict_exit_code),
             format!(
-                "lock \"{label}\" not acquired ({why}): {}; {} was not run",
-                describe_holders(h),
-                "the command"
+                "lock \"{label}\" not acquired ({why}): {}; the command was not run",
+                describe_holders(h)
             ),
+        )
+    };
+    let timeout_reached = |h: &[Holder]| {
+        let d = match a.wait {
+            Wait::Timeout(d) => d,
+            _ => Duration::ZERO,
+        };
+        busy(
+            h,
+            &format!("--timeout {} reached", crate::duration::format(d)),
         )
     };
     if a.wait == Wait::Once {
@@ -227,7 +254,10 @@ pub fn acquire(conn: &mut Conn, a: &Acquire, signals: &Signals) -> Result<i32> {
         if seen.is_empty() {
             let rows = query(conn, &try_sql, signals)?;
             if first_bool(&rows) {
-                return Ok(pid_of(&rows));
+                return Ok(Acquired {
+                    backend_pid: pid_of(&rows),
+                    reconnected: false,
+                });
             }
         }
         return Err(busy(&seen, "busy, --no-wait"));
@@ -241,36 +271,42 @@ pub fn acquire(conn: &mut Conn, a: &Acquire, signals: &Signals) -> Result<i32> {
         ),
         &[("holders", V::I(seen.len() as i64))],
     );
-    let sql = match a.wait {
-        Wait::Timeout(d) => {
-            let left = d.saturating_sub(start.elapsed()).as_millis().max(1);
+    let wait_sql = || match deadline {
+        Some(d) => {
+            let left = d
+                .saturating_duration_since(Instant::now())
+                .as_millis()
+                .max(1);
             // One round trip: the timeout applies to this statement only. On timeout the implicit
             // transaction aborts and takes the first SET with it; on success the last SET resets.
             format!("SET lock_timeout = {left}; SELECT pg_advisory_lock{suffix}({id}), pg_backend_pid(); SET lock_timeout = 0")
         }
-        _ => format!("SELECT pg_advisory_lock{suffix}({id}), pg_backend_pid()"),
+        None => format!("SELECT pg_advisory_lock{suffix}({id}), pg_backend_pid()"),
     };
-    conn.send_query(&sql).map_err(|e| match e {
-        ReadErr::Closed(m) => lost_connection(conn, m),
-        _ => Error::internal("sending the lock query failed"),
-    })?;
+    let mut reconnected = false;
+    let mut pending_send = true;
     let mut interval = Duration::from_secs(10);
     let mut next_report = Instant::now() + interval;
     loop {
+        if pending_send {
+            pending_send = false;
+            if let Err(ReadErr::Closed(m)) = conn.send_query(&wait_sql()) {
+                *conn = reconnect(conn, m, a, signals, deadline)?;
+                reconnected = true;
+                pending_send = true;
+                continue;
+            }
+        }
         match conn.wait_result(Some(next_report), signals) {
-            Ok(QueryResult::Rows(rows)) => return Ok(pid_of(&rows)),
+            Ok(QueryResult::Rows(rows)) => {
+                return Ok(Acquired {
+                    backend_pid: pid_of(&rows),
+                    reconnected,
+                })
+            }
             Ok(QueryResult::Error(e)) if e.code == "55P03" => {
                 seen = holders(conn, a.key, signals).unwrap_or(seen);
-                return Err(busy(
-                    &seen,
-                    &format!(
-                        "--timeout {} reached",
-                        crate::duration::format(match a.wait {
-                            Wait::Timeout(d) => d,
-                            _ => Duration::ZERO,
-                        })
-                    ),
-                ));
+                return Err(timeout_reached(&seen));
             }
             Ok(QueryResult::Error(e)) => {
                 return Err(Error::unavailable(format!(
@@ -304,10 +340,91 @@ pub fn acquire(conn: &mut Conn, a: &Acquire, signals: &Signals) -> Result<i32> {
                 next_report = Instant::now() + interval;
             }
             Err(ReadErr::Signal(s)) => {
-                let e = Error::new(Kind::Signal(s as i32), format!("{s} received while waiting for lock \"{label}\"; the wait was cancelled and nothing was run"));
+                let e = Error::new(
+                    Kind::Signal(s as i32),
+                    format!("{s} received while waiting for lock \"{label}\"; the wait was cancelled and nothing was run"),
+                );
                 return Err(cancel_wait(conn, e, signals));
             }
-            Err(ReadErr::Closed(m)) => return Err(lost_connection(conn, m)),
+            Err(ReadErr::Closed(m)) => {
+                *conn = reconnect(conn, m, a, signals, deadline)?;
+                reconnected = true;
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Err(timeout_reached(&seen));
+                }
+                pending_send = true;
+            }
+        }
+    }
+}
+
+/// Replaces a connection lost while waiting: tries every 250 ms (up to 2 s apart) until it
+/// succeeds, `--timeout` passes, a signal arrives, or a minute has gone.
+fn reconnect(
+    old: &Conn,
+    why: String,
+    a: &Acquire,
+    signals: &Signals,
+    deadline: Option<Instant>,
+) -> Result<Conn> {
+    log::warn(
+        "reconnect",
+        &format!(
+            "lost the connection to {} while waiting ({why}); reconnecting to keep waiting",
+            old.target().describe()
+        ),
+        &[],
+    );
+    let give_up = Instant::now() + RECONNECT_FOR;
+    let mut pause = Duration::from_millis(250);
+    loop {
+        match Conn::connect(a.params, a.startup, signals) {
+            Ok(c) => {
+                log::info(
+                    "reconnect",
+                    &format!("reconnected to {}; waiting again", c.target().describe()),
+                    &[],
+                );
+                return Ok(c);
+            }
+            Err(e) if matches!(e.kind, Kind::Signal(_)) => return Err(e),
+            Err(e) => {
+                let now = Instant::now();
+                if now >= give_up || deadline.is_some_and(|d| now >= d) {
+                    return Err(e.context_msg("gave up reconnecting while waiting for the lock"));
+                }
+                log::debug("reconnect", &e.msg);
+                // Sleep, but let a cancelling signal through.
+                let until = (now + pause).min(deadline.unwrap_or(give_up)).min(give_up);
+                if let Some(sig) = sleep_until(until, signals) {
+                    return Err(Error::new(
+                        Kind::Signal(sig as i32),
+                        format!("{sig} received while reconnecting; nothing was run"),
+                    ));
+                }
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+/// Sleeps until `t` unless a cancelling signal arrives first.
+fn sleep_until(t: Instant, signals: &Signals) -> Option<nix::sys::signal::Signal> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout};
+    loop {
+        let left = t.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        let mut fds = [PollFd::new(signals.fd(), PollFlags::POLLIN)];
+        let ms = PollTimeout::try_from(left.as_millis().clamp(1, 60_000) as i32)
+            .unwrap_or(PollTimeout::MAX);
+        if let Ok(n) = nix::poll::poll(&mut fds, ms) {
+            if n > 0 {
+                if let Some(sig) = signals.take_cancel() {
+                    return Some(sig);
+                }
+            }
         }
     }
 }
@@ -341,7 +458,12 @@ fn cancel_wait(conn: &mut Conn, err: Error, signals: &Signals) -> Error {
 /// Looks up the holders through a short-lived second connection (the lock connection is busy
 /// waiting, and leaving the queue would lose our place in it).
 fn report_holders(a: &Acquire, signals: &Signals) -> Result<Vec<Holder>> {
-    let mut side = Conn::connect(a.params, a.startup, signals)?;
+    let st = Startup {
+        application_name: a.startup.application_name,
+        settings: Vec::new(),
+        client_keepalive: None,
+    };
+    let mut side = Conn::connect(a.params, &st, signals)?;
     let h = holders(&mut side, a.key, signals);
     side.close();
     h

@@ -8,9 +8,11 @@ mod cli;
 mod conninfo;
 mod duration;
 mod error;
+mod guard;
 mod key;
 mod lock;
 mod log;
+mod nesting;
 mod pg;
 mod request;
 mod run;
@@ -53,22 +55,7 @@ fn real_main() -> Result<i32, Error> {
             let req = request::run_request(args, sub)?;
             let run_id = log::new_run_id();
             log::init(req.log.clone(), run_id.clone(), req.key.label(), req.key.id);
-            let result = run::run(req, &run_id);
-            if let Ok(code) = result {
-                let (waited, ran) = log::timings();
-                log::info(
-                    "released",
-                    &format!(
-                        "released the lock; the command exited with status {code} after {ran} ms"
-                    ),
-                    &[
-                        ("waited_ms", log::V::I(waited)),
-                        ("ran_ms", log::V::I(ran)),
-                        ("exit_code", log::V::I(i64::from(code))),
-                    ],
-                );
-            }
-            result
+            run::run(req, &run_id)
         }
     }
 }
@@ -80,6 +67,7 @@ fn report(e: &Error) {
         Kind::Unavailable => "unavailable",
         Kind::NotAcquired(_) => "not_acquired",
         Kind::LockLost => "lock_lost",
+        Kind::MaxRuntime => "max_runtime",
         Kind::Signal(_) => "signal",
         Kind::NotExecutable | Kind::NotFound => "exec_failed",
         Kind::Internal => "internal_error",
@@ -102,6 +90,7 @@ fn report(e: &Error) {
             ("waited_ms", log::V::I(waited)),
             ("ran_ms", log::V::I(ran)),
             ("exit_code", log::V::I(i64::from(e.exit_code()))),
+            ("cause", log::V::S(event)),
         ],
     );
 }

@@ -62,6 +62,8 @@ pub struct RunRequest {
     pub database_url: Option<String>,
     pub heartbeat: Duration,
     pub kill_after: Duration,
+    pub release_after: Duration,
+    pub max_runtime: Option<Duration>,
     pub log: LogSettings,
     pub command: Vec<OsString>,
 }
@@ -139,6 +141,15 @@ pub fn run_request(args: RunArgs, m: &ArgMatches) -> Result<RunRequest> {
         return Err(Error::usage("--heartbeat must be at least 100ms"));
     }
     let kill_after = duration_opt("kill-after", &args.kill_after)?;
+    let release_after = duration_opt("release-after", &args.release_after)?;
+    check_timing_rule(heartbeat, kill_after, release_after)?;
+    let max_runtime = match &args.max_runtime {
+        Some(t) => match duration_opt("max-runtime", t)? {
+            d if d.is_zero() => return Err(Error::usage("--max-runtime must be longer than 0")),
+            d => Some(d),
+        },
+        None => None,
+    };
 
     if args.command.first().is_none_or(|c| c.is_empty()) {
         return Err(Error::usage(
@@ -163,7 +174,50 @@ pub fn run_request(args: RunArgs, m: &ArgMatches) -> Result<RunRequest> {
         database_url,
         heartbeat,
         kill_after,
+        release_after,
+        max_runtime,
         log,
         command: args.command,
     })
+}
+
+/// Slack for scheduling and the kernel's delivery of SIGKILL, in the timing rule.
+pub const RULE_MARGIN: Duration = Duration::from_secs(1);
+
+/// The timing rule of contract §6: a vanished pglock must have stopped its child before the server
+/// frees the lock. pglock detects a silent connection within 2 x heartbeat of its start, and the
+/// server's idle clock may have started up to one heartbeat before it, so:
+/// `3 x heartbeat + kill-after + margin <= release-after`.
+pub fn check_timing_rule(
+    heartbeat: Duration,
+    kill_after: Duration,
+    release_after: Duration,
+) -> Result<()> {
+    let need = heartbeat * 3 + kill_after + RULE_MARGIN;
+    if release_after < need {
+        return Err(Error::usage(format!(
+            "--release-after {} is too short for --heartbeat {} and --kill-after {}: the server could free \
+             the lock before the command is stopped; it needs at least 3 x heartbeat + kill-after + 1s = {} \
+             (raise --release-after, or lower --heartbeat or --kill-after)",
+            duration::format(release_after),
+            duration::format(heartbeat),
+            duration::format(kill_after),
+            duration::format(need)
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timing_rule() {
+        let s = Duration::from_secs;
+        assert!(check_timing_rule(s(5), s(10), s(30)).is_ok());
+        assert!(check_timing_rule(s(5), s(10), s(26)).is_ok());
+        assert!(check_timing_rule(s(5), s(10), s(25)).is_err());
+        assert!(check_timing_rule(s(10), s(10), s(30)).is_err());
+    }
 }

@@ -4,16 +4,35 @@
 use crate::child::{self, End, Watch};
 use crate::conninfo::ConnParams;
 use crate::error::{Error, Kind, Result};
+use crate::guard::Guard;
 use crate::lock::{self, Acquire};
 use crate::log::{self, Mark, V};
+use crate::nesting::{self, Held};
 use crate::pg::{Conn, Startup};
-use crate::request::RunRequest;
+use crate::request::{Mode, RunRequest};
 use crate::signals::Signals;
+use std::time::Duration;
+
+/// The server side's TCP settings that make it free a vanished client's lock no sooner than
+/// `release_after` (contract §6): keepalive idle + interval x count >= release_after, and the
+/// same bound for data the client never acknowledges (tcp_user_timeout).
+pub fn server_keepalive(release_after: Duration) -> [(&'static str, String); 4] {
+    let total = release_after.as_secs_f64().ceil().max(3.0) as u64;
+    let count = 3;
+    let interval = (total / 10).clamp(1, 10);
+    let idle = total.saturating_sub(count * interval).max(1);
+    [
+        ("tcp_keepalives_idle", idle.to_string()),
+        ("tcp_keepalives_interval", interval.to_string()),
+        ("tcp_keepalives_count", count.to_string()),
+        ("tcp_user_timeout", release_after.as_millis().to_string()),
+    ]
+}
 
 /// The session settings sent in the startup packet: server or role defaults cannot end the lock
-/// session (contract §3).
-fn session_settings() -> Vec<(&'static str, String)> {
-    [
+/// session (contract §3), and the server keeps a vanished client's lock long enough (§6).
+fn session_settings(req: &RunRequest) -> Vec<(&'static str, String)> {
+    let mut s: Vec<(&'static str, String)> = [
         "statement_timeout",
         "lock_timeout",
         "idle_session_timeout",
@@ -21,7 +40,9 @@ fn session_settings() -> Vec<(&'static str, String)> {
     ]
     .into_iter()
     .map(|k| (k, "0".to_string()))
-    .collect()
+    .collect();
+    s.extend(server_keepalive(req.release_after));
+    s
 }
 
 /// `pglock:<NAME>`, cut to PostgreSQL's 63 bytes at a character boundary.
@@ -35,24 +56,33 @@ pub fn application_name(label: &str) -> String {
     s
 }
 
+/// Connects; an older server that does not know one of the settings (idle_session_timeout
+/// before 14, tcp_user_timeout before 12) gets them without it.
 fn connect(params: &ConnParams, startup: &Startup, signals: &Signals) -> Result<Conn> {
-    let conn = match Conn::connect(params, startup, signals) {
-        // Servers before 14 do not know idle_session_timeout: connect again without it.
-        Err(e)
-            if e.sqlstate.as_deref() == Some("42704") && e.msg.contains("idle_session_timeout") =>
-        {
-            let older = Startup {
-                application_name: startup.application_name,
-                settings: startup
-                    .settings
-                    .iter()
-                    .filter(|(k, _)| *k != "idle_session_timeout")
-                    .cloned()
-                    .collect(),
-            };
-            Conn::connect(params, &older, signals)?
+    let mut settings = startup.settings.clone();
+    let conn = loop {
+        let st = Startup {
+            application_name: startup.application_name,
+            settings: settings.clone(),
+            client_keepalive: startup.client_keepalive,
+        };
+        match Conn::connect(params, &st, signals) {
+            Err(e) if e.sqlstate.as_deref() == Some("42704") => {
+                let before = settings.len();
+                settings.retain(|(k, _)| !e.msg.contains(&format!("\"{k}\"")));
+                if settings.len() == before {
+                    return Err(e);
+                }
+                log::debug(
+                    "connect",
+                    &format!(
+                        "retrying without a setting the server does not know: {}",
+                        e.msg
+                    ),
+                );
+            }
+            other => break other?,
         }
-        other => other?,
     };
     if conn.server_params.get("in_hot_standby").map(String::as_str) == Some("on") {
         let target = conn.target().describe();
@@ -73,19 +103,50 @@ fn connect(params: &ConnParams, startup: &Startup, signals: &Signals) -> Result<
     Ok(conn)
 }
 
+/// Runs and logs the last event of a run that ended with the child's own exit.
 pub fn run(req: RunRequest, run_id: &str) -> Result<i32> {
+    let nested = std::cell::Cell::new(false);
+    let code = run_inner(req, run_id, &nested)?;
+    let (waited, ran) = log::timings();
+    let what = if nested.get() {
+        "the lock stays with the ancestor pglock"
+    } else {
+        "released the lock"
+    };
+    log::info(
+        "released",
+        &format!("the command exited with status {code} after {ran} ms; {what}"),
+        &[
+            ("waited_ms", V::I(waited)),
+            ("ran_ms", V::I(ran)),
+            ("exit_code", V::I(i64::from(code))),
+            ("cause", V::S("exit")),
+        ],
+    );
+    Ok(code)
+}
+
+fn run_inner(req: RunRequest, run_id: &str, nested: &std::cell::Cell<bool>) -> Result<i32> {
     let signals = Signals::install()?;
-    let params = ConnParams::resolve(req.database_url.as_deref())?;
     let label = req.key.label();
+    let held = nesting::held_by_ancestors();
+    if let Some(h) = held.iter().find(|h| h.id == req.key.id) {
+        nested.set(true);
+        return run_nested(&req, h, &held, run_id, &signals);
+    }
+
+    let params = ConnParams::resolve(req.database_url.as_deref())?;
     let app = params
         .application_name
         .clone()
         .unwrap_or_else(|| application_name(&label));
     let startup = Startup {
         application_name: &app,
-        settings: session_settings(),
+        settings: session_settings(&req),
+        client_keepalive: Some(req.heartbeat),
     };
     let mut conn = connect(&params, &startup, &signals)?;
+    let mut guard = Guard::start(conn.fd());
 
     let acquire = Acquire {
         key: &req.key,
@@ -95,17 +156,23 @@ pub fn run(req: RunRequest, run_id: &str) -> Result<i32> {
         params: &params,
         startup: &startup,
     };
-    let locked_by = match lock::acquire(&mut conn, &acquire, &signals) {
-        Ok(pid) => pid,
+    let acquired = match lock::acquire(&mut conn, &acquire, &signals) {
+        Ok(a) => a,
         Err(e) => {
             conn.close();
             return Err(e);
         }
     };
+    if acquired.reconnected {
+        // The guard holds the old socket: give the new one a guard of its own.
+        guard = Guard::start(conn.fd());
+    }
     log::mark(Mark::Acquired);
     // The backend that ran the lock statement is the one we connected to, unless something in
     // between (a pooler) hands statements to other backends: then confirm in pg_locks.
-    if locked_by != conn.backend_pid && !lock::owns(&mut conn, &req.key, req.mode, &signals)? {
+    if acquired.backend_pid != conn.backend_pid
+        && !lock::owns(&mut conn, &req.key, req.mode, &signals)?
+    {
         conn.close();
         return Err(Error::unavailable(
             "the lock was taken on a backend that no longer serves this connection (a transaction pooler such as PgBouncer?); session locks leak there: connect directly or use a session-pooled port",
@@ -125,51 +192,42 @@ pub fn run(req: RunRequest, run_id: &str) -> Result<i32> {
         ],
     );
 
-    let (set, remove) = if req.key.name.is_some() {
-        (("PGLOCK_KEY", label.clone()), "PGLOCK_KEY_ID")
-    } else {
-        (("PGLOCK_KEY_ID", req.key.id.to_string()), "PGLOCK_KEY")
+    let me = Held {
+        id: req.key.id,
+        mode: req.mode,
+        pid: std::process::id() as i32,
     };
-    let env = [
-        set,
-        ("PGLOCK_LOCK_ID", req.key.id.to_string()),
-        ("PGLOCK_RUN_ID", run_id.to_string()),
-    ];
-    let child = match child::spawn(&req.command, &env, &[remove]) {
+    let child = match spawn(&req, run_id, &held, &me) {
         Ok(pid) => pid,
         Err(e) => {
             release(conn, &req, &signals);
             return Err(e);
         }
     };
-    log::mark(Mark::ChildStart);
-    log::debug(
-        "child",
-        &format!(
-            "started {} as pid {child}",
-            req.command[0].to_string_lossy()
-        ),
-    );
+    if let Some(g) = &guard {
+        g.watch(child.as_raw());
+    }
 
     let end = child::supervise(
         child,
         Watch {
-            conn: &mut conn,
+            conn: Some(&mut conn),
             check_sql: lock::ownership_sql(&req.key, req.mode),
             heartbeat: req.heartbeat,
             kill_after: req.kill_after,
+            max_runtime: req.max_runtime,
         },
         &signals,
     );
     log::mark(Mark::ChildEnd);
-    match end {
+    let result = match end {
         End::Exited(code) => {
             if release(conn, &req, &signals) {
                 Ok(code)
             } else {
                 Err(Error::new(
                     Kind::LockLost,
-                    format!("the lock was gone when the command ended (status {code}); it may have run unprotected for up to one heartbeat"),
+                    format!("the lock was gone when the command ended (status {code}); it may have run unprotected for up to two heartbeats"),
                 ))
             }
         }
@@ -177,6 +235,90 @@ pub fn run(req: RunRequest, run_id: &str) -> Result<i32> {
             conn.close();
             Err(Error::new(Kind::LockLost, format!("lock \"{label}\" was lost while the command ran ({why}); the command was stopped")))
         }
+        End::MaxRuntime => {
+            release(conn, &req, &signals);
+            Err(Error::new(
+                Kind::MaxRuntime,
+                format!(
+                    "the command ran longer than --max-runtime {} and was stopped",
+                    crate::duration::format(req.max_runtime.unwrap_or_default())
+                ),
+            ))
+        }
+    };
+    drop(guard);
+    result
+}
+
+/// Starts the child with the pglock variables.
+fn spawn(req: &RunRequest, run_id: &str, held: &[Held], me: &Held) -> Result<nix::unistd::Pid> {
+    let (set, remove) = if req.key.name.is_some() {
+        (("PGLOCK_KEY", req.key.label()), "PGLOCK_KEY_ID")
+    } else {
+        (("PGLOCK_KEY_ID", req.key.id.to_string()), "PGLOCK_KEY")
+    };
+    let env = [
+        set,
+        ("PGLOCK_LOCK_ID", req.key.id.to_string()),
+        ("PGLOCK_RUN_ID", run_id.to_string()),
+        (nesting::VAR, nesting::child_value(held, me)),
+    ];
+    let pid = child::spawn(&req.command, &env, &[remove])?;
+    log::mark(Mark::ChildStart);
+    log::debug(
+        "child",
+        &format!("started {} as pid {pid}", req.command[0].to_string_lossy()),
+    );
+    Ok(pid)
+}
+
+/// An ancestor pglock holds this lock: run at once if its mode covers ours, else fail at once
+/// (waiting would wait for ourselves forever).
+fn run_nested(
+    req: &RunRequest,
+    h: &Held,
+    held: &[Held],
+    run_id: &str,
+    signals: &Signals,
+) -> Result<i32> {
+    let label = req.key.label();
+    if h.mode == Mode::Shared && req.mode == Mode::Exclusive {
+        return Err(Error::usage(format!(
+            "lock \"{label}\" is held in shared mode by the ancestor pglock (pid {}); taking it exclusive here would wait for itself forever",
+            h.pid
+        )));
+    }
+    log::mark(Mark::Acquired);
+    log::info(
+        "nested",
+        &format!("lock \"{label}\" is already held ({}) by the ancestor pglock (pid {}); running the command at once", h.mode.as_str(), h.pid),
+        &[("ancestor_pid", V::I(i64::from(h.pid)))],
+    );
+    let me = Held {
+        id: req.key.id,
+        mode: h.mode,
+        pid: std::process::id() as i32,
+    };
+    let child = spawn(req, run_id, held, &me)?;
+    let end = child::supervise(
+        child,
+        Watch {
+            conn: None,
+            check_sql: String::new(),
+            heartbeat: req.heartbeat,
+            kill_after: req.kill_after,
+            max_runtime: req.max_runtime,
+        },
+        signals,
+    );
+    log::mark(Mark::ChildEnd);
+    match end {
+        End::Exited(code) => Ok(code),
+        End::MaxRuntime => Err(Error::new(
+            Kind::MaxRuntime,
+            "the command ran longer than --max-runtime and was stopped",
+        )),
+        End::LockLost(why) => Err(Error::new(Kind::LockLost, why)),
     }
 }
 

@@ -108,6 +108,8 @@ pub struct Startup<'a> {
     pub application_name: &'a str,
     /// `-c name=value` settings (the lock session's timeouts).
     pub settings: Vec<(&'a str, String)>,
+    /// TCP keepalive and user timeout of pglock's own socket, from the heartbeat.
+    pub client_keepalive: Option<Duration>,
 }
 
 const SSL_REQUEST: i32 = 80_877_103;
@@ -219,7 +221,8 @@ impl Conn {
             ReadErr::Timeout => fail("timed out (connect_timeout)".into()),
             ReadErr::Closed(m) => fail(m),
         };
-        let plain = Self::open_socket(t, deadline, signals).map_err(io_fail)?;
+        let plain =
+            Self::open_socket(t, deadline, startup.client_keepalive, signals).map_err(io_fail)?;
         let tls_wanted = matches!(t.host, Host::Tcp(_))
             && matches!(
                 params.sslmode,
@@ -291,6 +294,7 @@ impl Conn {
     fn open_socket(
         t: &Target,
         deadline: Option<Instant>,
+        keepalive: Option<Duration>,
         signals: &Signals,
     ) -> std::result::Result<Stream, ReadErr> {
         match &t.host {
@@ -310,6 +314,9 @@ impl Conn {
                     match tcp_connect(addr, deadline, signals) {
                         Ok(s) => {
                             let _ = s.set_nodelay(true);
+                            if let Some(hb) = keepalive {
+                                set_keepalive(&s, hb);
+                            }
                             return Ok(Stream::Tcp(s));
                         }
                         Err(e @ ReadErr::Signal(_)) => return Err(e),
@@ -721,6 +728,27 @@ fn parse_row(body: &[u8]) -> Vec<Option<String>> {
         }
     }
     out
+}
+
+/// pglock's own side of the silent-connection bound: keepalive probes after one heartbeat of
+/// silence, and unacknowledged data for two heartbeats ends the connection (Linux).
+fn set_keepalive(s: &TcpStream, heartbeat: Duration) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let secs = heartbeat.as_secs().max(1) as u32;
+    let _ = setsockopt(s, sockopt::KeepAlive, &true);
+    #[cfg(target_os = "linux")]
+    {
+        let _ = setsockopt(s, sockopt::TcpKeepIdle, &secs);
+        let _ = setsockopt(s, sockopt::TcpKeepInterval, &secs.div_ceil(2).max(1));
+        let _ = setsockopt(s, sockopt::TcpKeepCount, &2u32);
+        let _ = setsockopt(
+            s,
+            sockopt::TcpUserTimeout,
+            &((heartbeat.as_millis() * 2).min(u32::MAX as u128) as u32),
+        );
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = secs;
 }
 
 /// A non-blocking TCP connect that a signal or the deadline interrupts.

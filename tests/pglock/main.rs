@@ -7,5 +7,6 @@ mod child;
 mod cli;
 mod connection;
 mod exit_codes;
+mod faults;
 mod locking;
 mod signals;
