@@ -146,7 +146,7 @@ fn run_inner(req: RunRequest, run_id: &str, nested: &std::cell::Cell<bool>) -> R
         client_keepalive: Some(req.heartbeat),
     };
     let mut conn = connect(&params, &startup, &signals)?;
-    let mut guard = Guard::start(conn.fd());
+    let mut guard: Option<Guard> = None;
 
     let acquire = Acquire {
         key: &req.key,
@@ -156,7 +156,9 @@ fn run_inner(req: RunRequest, run_id: &str, nested: &std::cell::Cell<bool>) -> R
         params: &params,
         startup: &startup,
     };
-    let acquired = match lock::acquire(&mut conn, &acquire, &signals) {
+    let acquired = match lock::acquire(&mut conn, &acquire, &signals, &mut |c| {
+        guard = Guard::start(c.fd())
+    }) {
         Ok(a) => a,
         Err(e) => {
             conn.close();
