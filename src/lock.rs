@@ -212,10 +212,10 @@ fn pid_of(rows: &Rows) -> i32 {
 }
 
 /// How `acquire` ended well: the backend that took the lock (it differs from the connection's
-/// own when a pooler sits in between), and whether the connection was replaced on the way.
+/// own when a pooler sits in between). A connection replaced on the way needs nothing more: the
+/// guard shares pglock's descriptor table.
 pub struct Acquired {
     pub backend_pid: i32,
-    pub reconnected: bool,
 }
 
 /// Connection losses while waiting are bridged by reconnecting for at most this long.
@@ -242,11 +242,10 @@ pub fn acquire(
         _ => None,
     };
     let try_sql = format!("SELECT pg_try_advisory_lock{suffix}({id}), pg_backend_pid()");
-    let rows = query(conn, &try_sql, signals)?;
+    let rows = query_then(conn, &try_sql, signals, meanwhile)?;
     if first_bool(&rows) {
         return Ok(Acquired {
             backend_pid: pid_of(&rows),
-            reconnected: false,
         });
     }
     let mut seen = holders(conn, a.key, signals)?;
@@ -276,7 +275,6 @@ pub fn acquire(
             if first_bool(&rows) {
                 return Ok(Acquired {
                     backend_pid: pid_of(&rows),
-                    reconnected: false,
                 });
             }
         }
@@ -303,7 +301,6 @@ pub fn acquire(
         }
         None => format!("SELECT pg_advisory_lock{suffix}({id}), pg_backend_pid()"),
     };
-    let mut reconnected = false;
     let mut pending_send = true;
     let mut interval = Duration::from_secs(10);
     let mut next_report = Instant::now() + interval;
@@ -312,7 +309,6 @@ pub fn acquire(
             pending_send = false;
             if let Err(ReadErr::Closed(m)) = conn.send_query(&wait_sql()) {
                 *conn = reconnect(conn, m, a, signals, deadline)?;
-                reconnected = true;
                 pending_send = true;
                 continue;
             }
@@ -321,7 +317,6 @@ pub fn acquire(
             Ok(QueryResult::Rows(rows)) => {
                 return Ok(Acquired {
                     backend_pid: pid_of(&rows),
-                    reconnected,
                 })
             }
             Ok(QueryResult::Error(e)) if e.code == "55P03" => {
@@ -368,7 +363,6 @@ pub fn acquire(
             }
             Err(ReadErr::Closed(m)) => {
                 *conn = reconnect(conn, m, a, signals, deadline)?;
-                reconnected = true;
                 if deadline.is_some_and(|d| Instant::now() >= d) {
                     return Err(timeout_reached(&seen));
                 }

@@ -165,10 +165,6 @@ fn run_inner(req: RunRequest, run_id: &str, nested: &std::cell::Cell<bool>) -> R
             return Err(e);
         }
     };
-    if acquired.reconnected {
-        // The guard holds the old socket: give the new one a guard of its own.
-        guard = Guard::start(conn.fd());
-    }
     log::mark(Mark::Acquired);
     // The backend that ran the lock statement is the one we connected to, unless something in
     // between (a pooler) hands statements to other backends: then confirm in pg_locks.

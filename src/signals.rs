@@ -68,6 +68,14 @@ fn sent_by_process(code: libc::c_int) -> bool {
     code == libc::SI_USER || code == libc::SI_QUEUE
 }
 
+impl Drop for Signals {
+    /// The handlers stay installed until exit; they must not write to a descriptor number that
+    /// may be reused once the pipe is closed.
+    fn drop(&mut self) {
+        PIPE_WRITE.store(-1, Ordering::Relaxed);
+    }
+}
+
 /// The installed handlers and the read end of their pipe.
 pub struct Signals {
     read: OwnedFd,

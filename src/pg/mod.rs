@@ -613,17 +613,6 @@ impl Conn {
         }
     }
 
-    /// Sends a query and waits for its result.
-    pub fn query(
-        &mut self,
-        sql: &str,
-        deadline: Option<Instant>,
-        signals: &Signals,
-    ) -> std::result::Result<QueryResult, ReadErr> {
-        self.send_query(sql)?;
-        self.wait_result(deadline, signals)
-    }
-
     /// For the main loop, after poll found the socket readable: reads what is there and returns
     /// the complete messages. `Err` when the connection is gone.
     pub fn read_available(&mut self) -> std::result::Result<Vec<(u8, Vec<u8>)>, String> {
