@@ -30,10 +30,19 @@ pub struct Cli {
 #[allow(clippy::large_enum_variant)] // parsed once
 pub enum Command {
     /// Take the lock, run COMMAND, release the lock, exit with COMMAND's status
-    #[command(after_long_help = RUN_EXAMPLES)]
+    #[command(
+        after_help = RUN_EXAMPLES,
+        override_usage = "pglock run [OPTIONS] (--key NAME | --key-id ID) -- COMMAND [ARG]..."
+    )]
     Run(RunArgs),
     /// Print the advisory lock id of a key NAME (or the SQL that computes it)
     Key(KeyArgs),
+    /// Write the man page or a shell completion script to stdout (for packaging)
+    #[command(hide = true)]
+    Generate {
+        /// man, bash, zsh or fish
+        what: String,
+    },
 }
 
 const RUN_EXAMPLES: &str = "Examples:\n  \

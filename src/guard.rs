@@ -2,7 +2,7 @@
 //!
 //! Two mechanisms on Linux:
 //! - the child gets `PR_SET_PDEATHSIG = SIGKILL`: it is killed when pglock dies;
-//! - a guard process, started before the lock is taken, shares pglock's descriptor table
+//! - a guard process, started before pglock connects, shares pglock's descriptor table
 //!   (`clone(CLONE_VM | CLONE_FILES)`: no memory is copied, so it costs tens of microseconds).
 //!   When pglock dies, its descriptors, the lock connection's socket among them, stay open as
 //!   long as the guard lives, so the server keeps the lock. The guard waits on a pidfd of pglock;
@@ -19,7 +19,7 @@
 
 #[cfg(target_os = "linux")]
 mod imp {
-    use std::os::fd::{BorrowedFd, RawFd};
+    use std::os::fd::RawFd;
     use std::sync::atomic::{AtomicI32, Ordering};
 
     /// pidfds the guard reads from memory it shares with pglock.
@@ -71,7 +71,7 @@ mod imp {
     impl Guard {
         /// Starts the guard. `None` when it cannot be started (no pidfd before Linux 5.3): the
         /// child then dies with pglock by PDEATHSIG alone.
-        pub fn start(_sock: BorrowedFd<'_>) -> Option<Guard> {
+        pub fn start() -> Option<Guard> {
             let me = pidfd_open(std::process::id() as i32);
             if me < 0 {
                 return None;
@@ -143,13 +143,11 @@ mod imp {
 
 #[cfg(not(target_os = "linux"))]
 mod imp {
-    use std::os::fd::BorrowedFd;
-
     /// Elsewhere there is no guard: the child is not killed when pglock dies (see the README).
     pub struct Guard;
 
     impl Guard {
-        pub fn start(_sock: BorrowedFd<'_>) -> Option<Guard> {
+        pub fn start() -> Option<Guard> {
             None
         }
         pub fn watch(&self, _child: i32) {}

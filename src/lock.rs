@@ -147,19 +147,10 @@ fn lost_connection(conn: &Conn, m: String) -> Error {
 }
 
 fn query(conn: &mut Conn, sql: &str, signals: &Signals) -> Result<Rows> {
-    query_then(conn, sql, signals, &mut |_| {})
-}
-
-/// Sends a query, runs `meanwhile` while the server works on it, then reads the result.
-fn query_then(
-    conn: &mut Conn,
-    sql: &str,
-    signals: &Signals,
-    meanwhile: &mut dyn FnMut(&Conn),
-) -> Result<Rows> {
-    let sent = conn.send_query(sql);
-    meanwhile(conn);
-    match sent.and_then(|()| conn.wait_result(None, signals)) {
+    match conn
+        .send_query(sql)
+        .and_then(|()| conn.wait_result(None, signals))
+    {
         Ok(QueryResult::Rows(r)) => Ok(r),
         Ok(QueryResult::Error(e)) => {
             Err(Error::unavailable(format!("the server refused a query: {e}")).with_code(&e.code))
@@ -224,15 +215,7 @@ const RECONNECT_FOR: Duration = Duration::from_secs(60);
 /// Takes the lock, waiting as `a.wait` says. A connection lost while waiting (a server restart, a
 /// failover) is replaced and the wait goes on, within `--timeout` and for at most a minute of
 /// reconnecting.
-///
-/// `meanwhile` runs once, while the server works on the first lock statement (pglock starts its
-/// guard process there, off the critical path).
-pub fn acquire(
-    conn: &mut Conn,
-    a: &Acquire,
-    signals: &Signals,
-    meanwhile: &mut dyn FnMut(&Conn),
-) -> Result<Acquired> {
+pub fn acquire(conn: &mut Conn, a: &Acquire, signals: &Signals) -> Result<Acquired> {
     let start = Instant::now();
     let suffix = fn_suffix(a.mode);
     let id = a.key.id;
@@ -242,7 +225,7 @@ pub fn acquire(
         _ => None,
     };
     let try_sql = format!("SELECT pg_try_advisory_lock{suffix}({id}), pg_backend_pid()");
-    let rows = query_then(conn, &try_sql, signals, meanwhile)?;
+    let rows = query(conn, &try_sql, signals)?;
     if first_bool(&rows) {
         return Ok(Acquired {
             backend_pid: pid_of(&rows),

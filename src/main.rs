@@ -6,6 +6,7 @@
 mod child;
 mod cli;
 mod conninfo;
+mod docs;
 mod duration;
 mod error;
 mod guard;
@@ -47,6 +48,14 @@ fn real_main() -> Result<i32, Error> {
                 println!("{}", key::sql_expr(&k.name));
             } else {
                 println!("{}", key::id_of(&k.name));
+            }
+            Ok(0)
+        }
+        cli::Command::Generate { what } => {
+            let mut out = std::io::stdout().lock();
+            match what.as_str() {
+                "man" => docs::man(&mut out).map_err(|e| Error::internal(e.to_string()))?,
+                shell => docs::completion(shell, &mut out).map_err(Error::usage)?,
             }
             Ok(0)
         }

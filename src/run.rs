@@ -145,8 +145,10 @@ fn run_inner(req: RunRequest, run_id: &str, nested: &std::cell::Cell<bool>) -> R
         settings: session_settings(&req),
         client_keepalive: Some(req.heartbeat),
     };
+    // The guard shares pglock's descriptor table, so it covers the lock connection opened after
+    // it; started first, its start-up overlaps the server's start of a backend.
+    let guard = Guard::start();
     let mut conn = connect(&params, &startup, &signals)?;
-    let mut guard: Option<Guard> = None;
 
     let acquire = Acquire {
         key: &req.key,
@@ -156,9 +158,7 @@ fn run_inner(req: RunRequest, run_id: &str, nested: &std::cell::Cell<bool>) -> R
         params: &params,
         startup: &startup,
     };
-    let acquired = match lock::acquire(&mut conn, &acquire, &signals, &mut |c| {
-        guard = Guard::start(c.fd())
-    }) {
+    let acquired = match lock::acquire(&mut conn, &acquire, &signals) {
         Ok(a) => a,
         Err(e) => {
             conn.close();
@@ -176,6 +176,19 @@ fn run_inner(req: RunRequest, run_id: &str, nested: &std::cell::Cell<bool>) -> R
             "the lock was taken on a backend that no longer serves this connection (a transaction pooler such as PgBouncer?); session locks leak there: connect directly or use a session-pooled port",
         ));
     }
+    let me = Held {
+        id: req.key.id,
+        mode: req.mode,
+        pid: std::process::id() as i32,
+    };
+    let child = match spawn(&req, run_id, &held, &me) {
+        Ok(pid) => pid,
+        Err(e) => {
+            release(conn, &req, &signals);
+            return Err(e);
+        }
+    };
+    // Logged once the child runs: the child's start does not wait for stderr.
     let (waited_ms, _) = log::timings();
     log::info(
         "acquired",
@@ -190,18 +203,6 @@ fn run_inner(req: RunRequest, run_id: &str, nested: &std::cell::Cell<bool>) -> R
         ],
     );
 
-    let me = Held {
-        id: req.key.id,
-        mode: req.mode,
-        pid: std::process::id() as i32,
-    };
-    let child = match spawn(&req, run_id, &held, &me) {
-        Ok(pid) => pid,
-        Err(e) => {
-            release(conn, &req, &signals);
-            return Err(e);
-        }
-    };
     if let Some(g) = &guard {
         g.watch(child.as_raw());
     }

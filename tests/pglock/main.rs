@@ -6,6 +6,7 @@ mod harness;
 mod child;
 mod cli;
 mod connection;
+mod docs;
 mod exit_codes;
 mod faults;
 mod locking;

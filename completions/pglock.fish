@@ -1,0 +1,53 @@
+# Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
+function __fish_pglock_global_optspecs
+    string join \n h/help V/version
+end
+
+function __fish_pglock_needs_command
+    # Figure out if the current invocation already has a command.
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_pglock_global_optspecs) -- $cmd 2>/dev/null
+    or return
+    if set -q argv[1]
+        # Also print the command, so this can be used to figure out what it is.
+        echo $argv[1]
+        return 1
+    end
+    return 0
+end
+
+function __fish_pglock_using_subcommand
+    set -l cmd (__fish_pglock_needs_command)
+    test -z "$cmd"
+    and return 1
+    contains -- $cmd[1] $argv
+end
+
+complete -c pglock -n "__fish_pglock_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c pglock -n "__fish_pglock_needs_command" -s V -l version -d 'Print version'
+complete -c pglock -n "__fish_pglock_needs_command" -f -a "run" -d 'Take the lock, run COMMAND, release the lock, exit with COMMAND\'s status'
+complete -c pglock -n "__fish_pglock_needs_command" -f -a "key" -d 'Print the advisory lock id of a key NAME (or the SQL that computes it)'
+complete -c pglock -n "__fish_pglock_needs_command" -f -a "generate" -d 'Write the man page or a shell completion script to stdout (for packaging)'
+complete -c pglock -n "__fish_pglock_using_subcommand run" -l key -d 'Lock NAME: mapped to a 64-bit advisory lock id (see `pglock key`)' -r
+complete -c pglock -n "__fish_pglock_using_subcommand run" -l key-id -d 'Raw advisory lock id, decimal or hex (0x47524f4f), as used by pg_advisory_lock(bigint)' -r
+complete -c pglock -n "__fish_pglock_using_subcommand run" -s w -l timeout -d 'Wait at most DURATION for the lock (500ms, 30s, 5m, 1h), then exit 75' -r
+complete -c pglock -n "__fish_pglock_using_subcommand run" -s E -l conflict-exit-code -d 'Exit code when the lock is not acquired' -r
+complete -c pglock -n "__fish_pglock_using_subcommand run" -l database-url -d 'PostgreSQL connection URI or key=value string [default: DATABASE_URL, then libpq\'s PG* variables]' -r
+complete -c pglock -n "__fish_pglock_using_subcommand run" -l max-runtime -d 'Stop COMMAND after DURATION (SIGTERM, then SIGKILL after --kill-after) and exit 124' -r
+complete -c pglock -n "__fish_pglock_using_subcommand run" -l kill-after -d 'After SIGTERM (lost lock, --max-runtime), wait this long before SIGKILL' -r
+complete -c pglock -n "__fish_pglock_using_subcommand run" -l heartbeat -d 'How often the lock is checked while COMMAND runs; a silent connection is detected within 2x this' -r
+complete -c pglock -n "__fish_pglock_using_subcommand run" -l release-after -d 'The server frees the lock of a vanished pglock no sooner than this (TCP keepalive and user timeout of the session); must exceed 3 x --heartbeat + --kill-after' -r
+complete -c pglock -n "__fish_pglock_using_subcommand run" -l log-format -d 'Log line format on stderr' -r -f -a "text\t''
+json\t''"
+complete -c pglock -n "__fish_pglock_using_subcommand run" -s n -l no-wait -d 'Try once; if the lock is held, do not run COMMAND and exit 75'
+complete -c pglock -n "__fish_pglock_using_subcommand run" -l shared -d 'Take a shared lock: shared holders run together, exclusive holders wait for all of them'
+complete -c pglock -n "__fish_pglock_using_subcommand run" -s q -l quiet -d 'Errors only'
+complete -c pglock -n "__fish_pglock_using_subcommand run" -s v -l verbose -d 'More detail (connection, queries, signals)'
+complete -c pglock -n "__fish_pglock_using_subcommand run" -s h -l help -d 'Print help'
+complete -c pglock -n "__fish_pglock_using_subcommand run" -s V -l version -d 'Print version'
+complete -c pglock -n "__fish_pglock_using_subcommand key" -l sql -d 'Print the SQL expression that computes the id instead of the id'
+complete -c pglock -n "__fish_pglock_using_subcommand key" -s h -l help -d 'Print help'
+complete -c pglock -n "__fish_pglock_using_subcommand key" -s V -l version -d 'Print version'
+complete -c pglock -n "__fish_pglock_using_subcommand generate" -s h -l help -d 'Print help'
+complete -c pglock -n "__fish_pglock_using_subcommand generate" -s V -l version -d 'Print version'

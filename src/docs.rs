@@ -1,0 +1,228 @@
+//! The man page and shell completions, generated from the clap definition (`pglock generate`,
+//! written to `man/` and `completions/` by `scripts/gen-docs`; a test fails when they are stale).
+//! The option list comes from clap; the sections clap knows nothing about are written here once.
+
+use crate::cli::Cli;
+use clap::CommandFactory;
+use std::io::{self, Write};
+
+const DESCRIPTION: &str = r#".SH DESCRIPTION
+\fBpglock run\fR opens one dedicated PostgreSQL connection, takes an advisory lock (wait, try once,
+or wait with a timeout), runs COMMAND as its child, forwards signals to it, watches the lock while
+the child runs, and on exit releases the lock and exits with the child's status.
+.PP
+A key NAME maps to one signed 64\-bit advisory lock id, computed without a database: the first
+8 bytes of SHA\-256 of the name's UTF\-8 bytes, read big\-endian. \fBpglock key\fR NAME prints it,
+and \fBpglock key\fR NAME \fB\-\-sql\fR prints the SQL expression (PostgreSQL 11 or later, no
+extension) that yields it, so that application code can take the same lock. In \fBpg_locks\fR the
+lock shows as locktype advisory, classid = id >> 32, objid = id & 0xffffffff, objsubid = 1.
+.PP
+Every option of \fBrun\fR can also be set in the environment as \fBPGLOCK_\fIOPTION\fR; a value on
+the command line wins. Durations are written 500ms, 30s, 5m, 1h or 1m30s.
+.PP
+While the child runs, a connection that the server closes is noticed at once, and every
+heartbeat pglock confirms in \fBpg_locks\fR that its own backend holds the lock; a silent
+connection is detected within two heartbeats. On a lost lock pglock sends the child SIGTERM,
+SIGKILL after \fB\-\-kill\-after\fR, and exits 74. The server frees a vanished pglock's lock no
+sooner than \fB\-\-release\-after\fR (TCP keepalive and user timeout of the lock session);
+pglock refuses values that break 3 x heartbeat + kill\-after + 1s <= release\-after. On Linux the
+child is killed when pglock dies, even by SIGKILL, before the server frees the lock.
+"#;
+
+const SECTIONS: &str = r#".SH "EXIT STATUS"
+.TP
+\fIthe child's code\fR
+the child exited normally
+.TP
+\fB128+N\fR
+the child was killed by signal N (or pglock was, while waiting)
+.TP
+\fB2\fR
+usage error
+.TP
+\fB69\fR
+PostgreSQL unavailable: cannot connect, authentication or TLS failed, or a hot standby
+.TP
+\fB70\fR
+internal error (a bug in pglock)
+.TP
+\fB74\fR
+the lock was lost while the child ran; the child was stopped
+.TP
+\fB75\fR
+the lock was not acquired (busy, or \fB\-\-timeout\fR reached); see \fB\-\-conflict\-exit\-code\fR
+.TP
+\fB124\fR
+\fB\-\-max\-runtime\fR elapsed; the child was stopped
+.TP
+\fB126\fR
+COMMAND was found but is not executable
+.TP
+\fB127\fR
+COMMAND was not found
+.PP
+When the child has exited, pglock releases the lock and closes its connection before it exits.
+.SH ENVIRONMENT
+.TP
+\fBPGLOCK_\fIOPTION\fR
+any option of \fBrun\fR, as listed above
+.TP
+\fBPGLOCK_DATABASE_URL\fR, \fBDATABASE_URL\fR
+the connection URI or key=value string, first found wins, after \fB\-\-database\-url\fR
+.TP
+\fBPGHOST\fR, \fBPGPORT\fR, \fBPGUSER\fR, \fBPGPASSWORD\fR, \fBPGDATABASE\fR, \fBPGSSLMODE\fR, \fBPGCONNECT_TIMEOUT\fR, \fBPGAPPNAME\fR, \fBPGPASSFILE\fR, \fBPGOPTIONS\fR
+libpq's variables, used parameter by parameter where the connection string is silent;
+the password file is \fB~/.pgpass\fR unless \fBPGPASSFILE\fR names another
+.TP
+\fBPGLOCK_KEY\fR, \fBPGLOCK_KEY_ID\fR, \fBPGLOCK_LOCK_ID\fR, \fBPGLOCK_RUN_ID\fR, \fBPGLOCK_HELD\fR
+set for the child: the key, its lock id, this run's id (also in every log line), and the locks
+held by pglock and its ancestors (a nested \fBpglock run\fR for a lock its ancestor holds runs at
+once, or fails at once with exit 2 when the ancestor's shared lock cannot cover an exclusive one)
+.SH SIGNALS
+HUP, INT, QUIT, TERM, USR1, USR2 and WINCH sent to pglock by a process are forwarded to the
+child. The same signals sent by a terminal (Ctrl\-C, Ctrl\-\e, a resize) are not forwarded: the
+terminal delivers them to the child itself, which stays in pglock's process group and can read
+the terminal, so a Ctrl\-C arrives once. While pglock waits for the lock, HUP, INT, QUIT or TERM
+cancel the wait at once (the server\-side wait too), run nothing and exit 128+N. As PID 1, pglock
+also reaps orphaned processes.
+.SH EXAMPLES
+A Kubernetes CronJob command prefix (skip the run, successfully, if another holds the lock):
+.PP
+.nf
+.RS
+command: ["pglock", "run", "\-\-no\-wait", "\-E", "0", "\-\-key", "nightly\-report", "\-\-", "./report.sh"]
+env: PGLOCK_DATABASE_URL from a Secret
+.RE
+.fi
+.PP
+A shell script:
+.PP
+.nf
+.RS
+export PGLOCK_KEY=billing\-export
+pglock run \-\-no\-wait \-\- ./export.sh || [ $? \-eq 75 ] && echo "skipped: already running"
+.RE
+.fi
+.PP
+A CI step that serialises a seed across parallel pipelines:
+.PP
+.nf
+.RS
+pglock run \-\-timeout 10m \-\-key staging\-seed \-\- ./scripts/seed.sh
+.RE
+.fi
+.PP
+Application code taking the same lock:
+.PP
+.nf
+.RS
+$ pglock key seed \-\-sql
+('x' || left(encode(sha256(convert_to('seed', 'UTF8')), 'hex'), 16))::bit(64)::bigint
+psql> SELECT pg_advisory_lock(('x' || left(encode(sha256(convert_to('seed', 'UTF8')), 'hex'), 16))::bit(64)::bigint);
+.RE
+.fi
+.SH "SEE ALSO"
+\fBflock\fR(1), \fBpsql\fR(1), \fBpg_locks\fR in the PostgreSQL documentation
+"#;
+
+pub fn man(out: &mut dyn Write) -> io::Result<()> {
+    let cmd = Cli::command();
+    let version = cmd.get_version().unwrap_or_default().to_string();
+    let page = clap_mangen::Man::new(cmd.clone())
+        .source(format!("pglock {version}"))
+        .manual("User Commands");
+    page.render_title(out)?;
+    page.render_name_section(out)?;
+    writeln!(
+        out,
+        ".SH SYNOPSIS\n\\fBpglock run\\fR [\\fIOPTIONS\\fR] (\\fB\\-\\-key\\fR \\fINAME\\fR | \\fB\\-\\-key\\-id\\fR \\fIID\\fR) \\fB\\-\\-\\fR \\fICOMMAND\\fR [\\fIARG\\fR...]\n.br\n\\fBpglock key\\fR \\fINAME\\fR [\\fB\\-\\-sql\\fR]"
+    )?;
+    out.write_all(DESCRIPTION.as_bytes())?;
+    let run = cmd.find_subcommand("run").expect("run subcommand");
+    options(run, out)?;
+    out.write_all(SECTIONS.as_bytes())?;
+    writeln!(out, ".SH VERSION\nv{version}")
+}
+
+/// Escapes text for roff: backslashes and hyphens, and a leading dot or quote.
+fn roff(text: &str) -> String {
+    let t = text.replace('\\', "\\e").replace('-', "\\-");
+    if t.starts_with('.') || t.starts_with('\'') {
+        format!("\\&{t}")
+    } else {
+        t
+    }
+}
+
+/// OPTIONS of `pglock run`, by help heading, each with its environment variable and default.
+fn options(run: &clap::Command, out: &mut dyn Write) -> io::Result<()> {
+    writeln!(out, ".SH OPTIONS")?;
+    let mut headings: Vec<Option<&str>> = Vec::new();
+    for a in run.get_arguments() {
+        if !headings.contains(&a.get_help_heading()) {
+            headings.push(a.get_help_heading());
+        }
+    }
+    for heading in headings {
+        if let Some(h) = heading {
+            writeln!(out, ".SS {h}")?;
+        }
+        for a in run
+            .get_arguments()
+            .filter(|a| a.get_help_heading() == heading && !a.is_hide_set())
+        {
+            let mut names = Vec::new();
+            if let Some(s) = a.get_short() {
+                names.push(format!("\\fB\\-{s}\\fR"));
+            }
+            if let Some(l) = a.get_long() {
+                names.push(format!("\\fB\\-\\-{}\\fR", roff(l)));
+            }
+            let takes_value = a.get_action().takes_values();
+            let value = a
+                .get_value_names()
+                .and_then(|v| v.first())
+                .map(|v| v.to_string());
+            let mut line = names.join(", ");
+            if let (true, Some(v)) = (takes_value, &value) {
+                if names.is_empty() {
+                    line = format!("\\fI{v}\\fR...");
+                } else {
+                    line.push_str(&format!(" \\fI{v}\\fR"));
+                }
+            }
+            writeln!(out, ".TP\n{line}")?;
+            let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
+            let mut text = roff(&help);
+            let defaults: Vec<String> = a
+                .get_default_values()
+                .iter()
+                .map(|d| d.to_string_lossy().into_owned())
+                .collect();
+            if !defaults.is_empty() {
+                text.push_str(&format!(". Default: {}", roff(&defaults.join(", "))));
+            }
+            if let Some(env) = a.get_env() {
+                text.push_str(&format!(
+                    ". Environment: \\fB{}\\fR",
+                    roff(&env.to_string_lossy())
+                ));
+            }
+            writeln!(out, "{text}.")?;
+        }
+    }
+    Ok(())
+}
+
+pub fn completion(shell: &str, out: &mut dyn Write) -> Result<(), String> {
+    use clap_complete::Shell;
+    let shell = match shell {
+        "bash" => Shell::Bash,
+        "zsh" => Shell::Zsh,
+        "fish" => Shell::Fish,
+        other => return Err(format!("unknown shell '{other}': use bash, zsh or fish")),
+    };
+    let mut cmd = Cli::command();
+    clap_complete::generate(shell, &mut cmd, "pglock", out);
+    Ok(())
+}
