@@ -25,6 +25,9 @@ _pglock() {
             pglock,run)
                 cmd="pglock__subcmd__run"
                 ;;
+            pglock,status)
+                cmd="pglock__subcmd__status"
+                ;;
             *)
                 ;;
         esac
@@ -32,7 +35,7 @@ _pglock() {
 
     case "${cmd}" in
         pglock)
-            opts="-h -V --help --version run key generate"
+            opts="-h -V --help --version run key status generate"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -126,6 +129,32 @@ _pglock() {
                     ;;
                 --log-format)
                     COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        pglock__subcmd__status)
+            opts="-h -V --key --key-id --json --database-url --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --key)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --key-id)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --database-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 *)

@@ -28,6 +28,7 @@ complete -c pglock -n "__fish_pglock_needs_command" -s h -l help -d 'Print help 
 complete -c pglock -n "__fish_pglock_needs_command" -s V -l version -d 'Print version'
 complete -c pglock -n "__fish_pglock_needs_command" -f -a "run" -d 'Take the lock, run COMMAND, release the lock, exit with COMMAND\'s status'
 complete -c pglock -n "__fish_pglock_needs_command" -f -a "key" -d 'Print the advisory lock id of a key NAME (or the SQL that computes it)'
+complete -c pglock -n "__fish_pglock_needs_command" -f -a "status" -d 'List the advisory locks held and awaited on the database'
 complete -c pglock -n "__fish_pglock_needs_command" -f -a "generate" -d 'Write the man page or a shell completion script to stdout (for packaging)'
 complete -c pglock -n "__fish_pglock_using_subcommand run" -l key -d 'Lock NAME: mapped to a 64-bit advisory lock id (see `pglock key`)' -r
 complete -c pglock -n "__fish_pglock_using_subcommand run" -l key-id -d 'Raw advisory lock id, decimal or hex (0x47524f4f), as used by pg_advisory_lock(bigint)' -r
@@ -49,5 +50,11 @@ complete -c pglock -n "__fish_pglock_using_subcommand run" -s V -l version -d 'P
 complete -c pglock -n "__fish_pglock_using_subcommand key" -l sql -d 'Print the SQL expression that computes the id instead of the id'
 complete -c pglock -n "__fish_pglock_using_subcommand key" -s h -l help -d 'Print help'
 complete -c pglock -n "__fish_pglock_using_subcommand key" -s V -l version -d 'Print version'
+complete -c pglock -n "__fish_pglock_using_subcommand status" -l key -d 'Only this lock NAME' -r
+complete -c pglock -n "__fish_pglock_using_subcommand status" -l key-id -d 'Only this raw lock id' -r
+complete -c pglock -n "__fish_pglock_using_subcommand status" -l database-url -d 'PostgreSQL connection URI or key=value string [default: DATABASE_URL, then libpq\'s PG* variables]' -r
+complete -c pglock -n "__fish_pglock_using_subcommand status" -l json -d 'One JSON array of lock objects instead of a table'
+complete -c pglock -n "__fish_pglock_using_subcommand status" -s h -l help -d 'Print help'
+complete -c pglock -n "__fish_pglock_using_subcommand status" -s V -l version -d 'Print version'
 complete -c pglock -n "__fish_pglock_using_subcommand generate" -s h -l help -d 'Print help'
 complete -c pglock -n "__fish_pglock_using_subcommand generate" -s V -l version -d 'Print version'

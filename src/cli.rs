@@ -37,6 +37,11 @@ pub enum Command {
     Run(RunArgs),
     /// Print the advisory lock id of a key NAME (or the SQL that computes it)
     Key(KeyArgs),
+    /// List the advisory locks held and awaited on the database
+    #[command(
+        after_help = "Columns: lock id, key name (for pglock's own sessions), mode, held or waiting, pid, user,\nclient address, application, and age (waiting: since the wait began; held: since the session\nconnected). A role without superuser rights sees its own sessions in full and the others' locks\nwith what PostgreSQL shows it."
+    )]
+    Status(StatusArgs),
     /// Write the man page or a shell completion script to stdout (for packaging)
     #[command(hide = true)]
     Generate {
@@ -181,6 +186,35 @@ pub struct RunArgs {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Only this lock NAME
+    #[arg(long, value_name = "NAME")]
+    pub key: Option<String>,
+
+    /// Only this raw lock id
+    #[arg(
+        long,
+        value_name = "ID",
+        allow_hyphen_values = true,
+        conflicts_with = "key"
+    )]
+    pub key_id: Option<String>,
+
+    /// One JSON array of lock objects instead of a table
+    #[arg(long)]
+    pub json: bool,
+
+    /// PostgreSQL connection URI or key=value string [default: DATABASE_URL, then libpq's PG* variables]
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "PGLOCK_DATABASE_URL",
+        hide_env_values = true
+    )]
+    pub database_url: Option<String>,
 }
 
 #[derive(Debug, Args)]

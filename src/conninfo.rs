@@ -40,6 +40,15 @@ impl SslMode {
     }
 }
 
+/// Certificate files for TLS: `sslrootcert` (a PEM file, or `system` for the system's roots),
+/// `sslcert` and `sslkey` (a client certificate).
+#[derive(Debug, Clone, Default)]
+pub struct TlsFiles {
+    pub root: Option<String>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Host {
     Tcp(String),
@@ -81,6 +90,7 @@ pub struct ConnParams {
     pub password: Option<String>,
     pub dbname: String,
     pub sslmode: SslMode,
+    pub tls_files: TlsFiles,
     pub connect_timeout: Option<Duration>,
     pub application_name: Option<String>,
     pub options: Option<String>,
@@ -96,6 +106,9 @@ const KEYWORDS: &[(&str, Option<&str>)] = &[
     ("password", Some("PGPASSWORD")),
     ("dbname", Some("PGDATABASE")),
     ("sslmode", Some("PGSSLMODE")),
+    ("sslrootcert", Some("PGSSLROOTCERT")),
+    ("sslcert", Some("PGSSLCERT")),
+    ("sslkey", Some("PGSSLKEY")),
     ("sslrootcert", Some("PGSSLROOTCERT")),
     ("connect_timeout", Some("PGCONNECT_TIMEOUT")),
     ("application_name", Some("PGAPPNAME")),
@@ -176,11 +189,28 @@ impl ConnParams {
                 port: if ports.len() == 1 { ports[0] } else { ports[i] },
             })
             .collect();
-        let sslmode = SslMode::parse(&get("sslmode").unwrap_or_else(|| "prefer".into()))?;
-        if matches!(sslmode, SslMode::VerifyCa | SslMode::VerifyFull) {
-            return Err(Error::usage(
-                "sslmode verify-ca and verify-full are not supported yet: use sslmode=require (encrypted, server not verified)",
-            ));
+        let mut sslmode = SslMode::parse(&get("sslmode").unwrap_or_else(|| "prefer".into()))?;
+        // libpq's defaults for the certificate files live in ~/.postgresql.
+        let home_file = |name: &str| {
+            env("HOME")
+                .map(|h| Path::new(&h).join(".postgresql").join(name))
+                .filter(|p| p.exists())
+        };
+        let explicit_root = get("sslrootcert");
+        let tls_files = TlsFiles {
+            root: explicit_root
+                .clone()
+                .or_else(|| home_file("root.crt").map(|p| p.display().to_string())),
+            cert: get("sslcert")
+                .map(PathBuf::from)
+                .or_else(|| home_file("postgresql.crt")),
+            key: get("sslkey")
+                .map(PathBuf::from)
+                .or_else(|| home_file("postgresql.key")),
+        };
+        // As libpq: with a root certificate given, require verifies the chain like verify-ca.
+        if sslmode == SslMode::Require && explicit_root.is_some() {
+            sslmode = SslMode::VerifyCa;
         }
         let connect_timeout = match get("connect_timeout") {
             Some(t) => match t.trim().parse::<u64>() {
@@ -211,6 +241,7 @@ impl ConnParams {
             password: get("password"),
             dbname,
             sslmode,
+            tls_files,
             connect_timeout,
             application_name: get("application_name").or_else(|| get("fallback_application_name")),
             options: get("options"),

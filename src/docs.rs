@@ -17,6 +17,17 @@ and \fBpglock key\fR NAME \fB\-\-sql\fR prints the SQL expression (PostgreSQL 11
 extension) that yields it, so that application code can take the same lock. In \fBpg_locks\fR the
 lock shows as locktype advisory, classid = id >> 32, objid = id & 0xffffffff, objsubid = 1.
 .PP
+\fBpglock status\fR lists every advisory lock on the database, held or awaited: lock id, key
+name (for pglock's own sessions), mode, held or waiting, pid, user, client address, application
+and age (waiting: since the wait began; held: since the session connected), as a table or with
+\fB\-\-json\fR. A role without superuser rights sees what PostgreSQL shows it.
+.PP
+Connections: \fB\-\-database\-url\fR, \fBPGLOCK_DATABASE_URL\fR, \fBDATABASE_URL\fR, then libpq's
+\fBPG*\fR variables and defaults; URIs and key=value strings. TLS follows libpq's sslmode:
+disable, prefer (default), require (encrypted, not verified unless sslrootcert is given),
+verify\-ca (the chain to \fBsslrootcert\fR), verify\-full (also the host name); \fBsslcert\fR
+and \fBsslkey\fR present a client certificate; \fBsslrootcert=system\fR uses the system's CAs.
+.PP
 Every option of \fBrun\fR can also be set in the environment as \fBPGLOCK_\fIOPTION\fR; a value on
 the command line wins. Durations are written 500ms, 30s, 5m, 1h or 1m30s.
 .PP
@@ -135,7 +146,7 @@ pub fn man(out: &mut dyn Write) -> io::Result<()> {
     page.render_name_section(out)?;
     writeln!(
         out,
-        ".SH SYNOPSIS\n\\fBpglock run\\fR [\\fIOPTIONS\\fR] (\\fB\\-\\-key\\fR \\fINAME\\fR | \\fB\\-\\-key\\-id\\fR \\fIID\\fR) \\fB\\-\\-\\fR \\fICOMMAND\\fR [\\fIARG\\fR...]\n.br\n\\fBpglock key\\fR \\fINAME\\fR [\\fB\\-\\-sql\\fR]"
+        ".SH SYNOPSIS\n\\fBpglock run\\fR [\\fIOPTIONS\\fR] (\\fB\\-\\-key\\fR \\fINAME\\fR | \\fB\\-\\-key\\-id\\fR \\fIID\\fR) \\fB\\-\\-\\fR \\fICOMMAND\\fR [\\fIARG\\fR...]\n.br\n\\fBpglock key\\fR \\fINAME\\fR [\\fB\\-\\-sql\\fR]\n.br\n\\fBpglock status\\fR [\\fB\\-\\-key\\fR \\fINAME\\fR | \\fB\\-\\-key\\-id\\fR \\fIID\\fR] [\\fB\\-\\-json\\fR] [\\fB\\-\\-database\\-url\\fR \\fIURL\\fR]"
     )?;
     out.write_all(DESCRIPTION.as_bytes())?;
     let run = cmd.find_subcommand("run").expect("run subcommand");

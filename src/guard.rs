@@ -126,6 +126,17 @@ mod imp {
         }
     }
 
+    /// Closes pglock's standard descriptors just before it exits. They are shared with the
+    /// guard, which outlives pglock by a moment: a caller reading pglock's output to the end must
+    /// not wait for the guard.
+    pub fn close_stdio() {
+        if PGLOCK_PIDFD.load(Ordering::SeqCst) >= 0 {
+            for fd in 0..3 {
+                unsafe { libc::close(fd) };
+            }
+        }
+    }
+
     /// In the child between fork and exec: die with pglock. Async-signal-safe calls only.
     pub fn die_with_parent(parent: i32) -> std::io::Result<()> {
         unsafe {
@@ -156,6 +167,8 @@ mod imp {
     pub fn die_with_parent(_parent: i32) -> std::io::Result<()> {
         Ok(())
     }
+
+    pub fn close_stdio() {}
 }
 
-pub use imp::{die_with_parent, Guard};
+pub use imp::{close_stdio, die_with_parent, Guard};

@@ -18,6 +18,7 @@ mod pg;
 mod request;
 mod run;
 mod signals;
+mod status;
 
 use clap::{CommandFactory, FromArgMatches};
 use error::{Error, Kind};
@@ -32,6 +33,7 @@ fn main() {
         }
     };
     let _ = std::io::stdout().flush();
+    guard::close_stdio();
     std::process::exit(code);
 }
 
@@ -51,6 +53,7 @@ fn real_main() -> Result<i32, Error> {
             }
             Ok(0)
         }
+        cli::Command::Status(args) => status::run(args),
         cli::Command::Generate { what } => {
             let mut out = std::io::stdout().lock();
             match what.as_str() {

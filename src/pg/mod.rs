@@ -271,6 +271,7 @@ impl Conn {
                         Err(tls::TlsErr::Tls(m)) => {
                             return Err(fail(format!("TLS handshake failed: {m}")))
                         }
+                        Err(tls::TlsErr::Config(m)) => return Err(fail(m)),
                     }
                 }
                 b'N' if params.sslmode == SslMode::Prefer => {}

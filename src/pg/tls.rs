@@ -3,11 +3,14 @@
 //! the server's certificate.
 
 use super::{wait_fd, ReadErr};
-use crate::conninfo::ConnParams;
+use crate::conninfo::{ConnParams, SslMode};
 use crate::signals::Signals;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
+use rustls::pki_types::PrivateKeyDer;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::RootCertStore;
 use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme};
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
@@ -23,6 +26,140 @@ pub struct TlsStream {
 pub enum TlsErr {
     Read(ReadErr),
     Tls(String),
+    /// The TLS settings cannot be used (a missing or unreadable certificate file).
+    Config(String),
+}
+
+/// Where the system's CA bundle usually is (Debian/Ubuntu, RHEL/Fedora, Alpine, SUSE, macOS).
+const SYSTEM_BUNDLES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/cert.pem",
+    "/etc/ssl/ca-bundle.pem",
+];
+
+fn load_roots(root: &str) -> Result<RootCertStore, String> {
+    use rustls::pki_types::pem::PemObject;
+    let path = if root == "system" {
+        std::env::var("SSL_CERT_FILE")
+            .ok()
+            .or_else(|| {
+                SYSTEM_BUNDLES
+                    .iter()
+                    .find(|p| std::path::Path::new(p).exists())
+                    .map(|p| p.to_string())
+            })
+            .ok_or("sslrootcert=system: no system CA bundle found (set SSL_CERT_FILE)")?
+    } else {
+        root.to_string()
+    };
+    let mut store = RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(&path)
+        .map_err(|e| format!("cannot read sslrootcert {path}: {e}"))?;
+    for c in certs {
+        let c = c.map_err(|e| format!("sslrootcert {path}: {e}"))?;
+        store
+            .add(c)
+            .map_err(|e| format!("sslrootcert {path}: {e}"))?;
+    }
+    if store.is_empty() {
+        return Err(format!("sslrootcert {path} holds no certificate"));
+    }
+    Ok(store)
+}
+
+/// Verifies the chain to the given roots but not the host name (sslmode=verify-ca).
+#[derive(Debug)]
+struct ChainOnly(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForName
+                | rustls::CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(m, c, d)
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(m, c, d)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// libpq's meaning of sslmode: prefer and require encrypt without verifying; verify-ca checks
+/// the chain to sslrootcert; verify-full also checks the host name. sslcert/sslkey present a
+/// client certificate.
+fn client_config(params: &ConnParams) -> Result<ClientConfig, String> {
+    use rustls::pki_types::pem::PemObject;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let verify = matches!(params.sslmode, SslMode::VerifyCa | SslMode::VerifyFull);
+    let builder = if verify {
+        let root = params.tls_files.root.as_deref().ok_or_else(|| {
+            format!(
+                "sslmode={} needs the CA that signed the server's certificate: set sslrootcert=/path/to/ca.crt (or sslrootcert=system)",
+                if params.sslmode == SslMode::VerifyCa { "verify-ca" } else { "verify-full" }
+            )
+        })?;
+        let roots = Arc::new(load_roots(root)?);
+        let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+            .build()
+            .map_err(|e| e.to_string())?;
+        if params.sslmode == SslMode::VerifyFull {
+            builder.with_webpki_verifier(webpki)
+        } else {
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(ChainOnly(webpki)))
+        }
+    } else {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
+    };
+    match (&params.tls_files.cert, &params.tls_files.key) {
+        (Some(cert), Some(key)) => {
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+                .and_then(|it| it.collect::<Result<_, _>>())
+                .map_err(|e| format!("cannot read sslcert {}: {e}", cert.display()))?;
+            let key = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| format!("cannot read sslkey {}: {e}", key.display()))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| format!("sslcert/sslkey: {e}"))
+        }
+        (Some(_), None) => Err("sslcert is set but sslkey is not".into()),
+        _ => Ok(builder.with_no_client_auth()),
+    }
 }
 
 /// Accepts any certificate (sslmode prefer/require) but still checks the handshake signatures.
@@ -74,17 +211,11 @@ impl ServerCertVerifier for NoVerify {
 pub fn handshake(
     mut sock: TcpStream,
     host: &str,
-    _params: &ConnParams,
+    params: &ConnParams,
     deadline: Option<Instant>,
     signals: &Signals,
 ) -> Result<TlsStream, TlsErr> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsErr::Tls(e.to_string()))?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
-        .with_no_client_auth();
+    let config = client_config(params).map_err(TlsErr::Config)?;
     let name = ServerName::try_from(host.to_string())
         .unwrap_or_else(|_| ServerName::try_from("localhost").expect("valid name"));
     let mut conn =

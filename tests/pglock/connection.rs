@@ -304,47 +304,131 @@ fn server_and_role_timeouts_do_not_end_the_lock_session() {
     assert_eq!(h.wait_with_output().unwrap().status.code(), Some(0));
 }
 
-fn tls_cluster() -> &'static Cluster {
-    static TLS: OnceLock<Cluster> = OnceLock::new();
-    TLS.get_or_init(|| {
+/// Certificates made by the suite: a CA, a server certificate for "localhost" signed by it, a
+/// client certificate for the role "certuser", and an unrelated CA.
+pub struct Certs {
+    pub dir: std::path::PathBuf,
+}
+
+impl Certs {
+    pub fn path(&self, f: &str) -> String {
+        self.dir.join(f).display().to_string()
+    }
+}
+
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub fn certs() -> &'static Certs {
+    static C: OnceLock<Certs> = OnceLock::new();
+    C.get_or_init(|| {
         let dir = tmpdir("tlscerts");
-        let (crt, key) = (dir.join("server.crt"), dir.join("server.key"));
-        let st = std::process::Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=localhost",
-            ])
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(&crt)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .expect("openssl");
-        assert!(st.success());
-        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        for ca in ["ca", "otherca"] {
+            openssl(
+                &dir,
+                &[
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-days",
+                    "2",
+                    "-subj",
+                    &format!("/CN=pglock test {ca}"),
+                    "-keyout",
+                    &format!("{ca}.key"),
+                    "-out",
+                    &format!("{ca}.crt"),
+                ],
+            );
+        }
+        for (name, cn, ext) in [
+            (
+                "server",
+                "localhost",
+                "subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth\n",
+            ),
+            ("client", "certuser", "extendedKeyUsage=clientAuth\n"),
+        ] {
+            std::fs::write(dir.join(format!("{name}.ext")), ext.replace("\\n", "\n")).unwrap();
+            openssl(
+                &dir,
+                &[
+                    "req",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-subj",
+                    &format!("/CN={cn}"),
+                    "-keyout",
+                    &format!("{name}.key"),
+                    "-out",
+                    &format!("{name}.csr"),
+                ],
+            );
+            openssl(
+                &dir,
+                &[
+                    "x509",
+                    "-req",
+                    "-in",
+                    &format!("{name}.csr"),
+                    "-CA",
+                    "ca.crt",
+                    "-CAkey",
+                    "ca.key",
+                    "-CAcreateserial",
+                    "-days",
+                    "2",
+                    "-extfile",
+                    &format!("{name}.ext"),
+                    "-out",
+                    &format!("{name}.crt"),
+                ],
+            );
+        }
+        for f in ["server.key", "client.key"] {
+            std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
         if is_root() {
             let u = nix::unistd::User::from_name("postgres").unwrap().unwrap();
-            for p in [&dir, &crt, &key] {
-                nix::unistd::chown(p.as_path(), Some(u.uid), Some(u.gid)).unwrap();
+            for f in ["", "server.crt", "server.key", "ca.crt"] {
+                nix::unistd::chown(dir.join(f).as_path(), Some(u.uid), Some(u.gid)).unwrap();
             }
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
-        Cluster::start(
+        Certs { dir }
+    })
+}
+
+fn tls_cluster() -> &'static Cluster {
+    static TLS: OnceLock<Cluster> = OnceLock::new();
+    TLS.get_or_init(|| {
+        let c = certs();
+        let cl = Cluster::start_with(
             "tls",
             &format!(
-                "ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'",
-                crt.display(),
-                key.display()
+                "ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\nssl_ca_file = '{}'",
+                c.path("server.crt"),
+                c.path("server.key"),
+                c.path("ca.crt")
             ),
-        )
+            "hostssl all certuser 127.0.0.1/32 cert\nhostnossl all certuser 127.0.0.1/32 reject",
+        );
+        cl.psql_super("CREATE ROLE certuser LOGIN");
+        cl
     })
 }
 
@@ -387,4 +471,101 @@ fn tls_require_prefer_disable() {
         run_env(&name, &[("PGLOCK_DATABASE_URL", &url)], None).0,
         Some(0)
     );
+}
+
+fn tls_run(url: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let name = key("tlsv");
+    let mut c = pglock_bare(&["run", "--key", &name, "--", "true"]);
+    c.env("PGLOCK_DATABASE_URL", url);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let out = c.output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn tls_verify_full_and_verify_ca_check_the_ca_and_the_host() {
+    let cl = tls_cluster();
+    let c = certs();
+    let base = |host: &str, mode: &str, root: &str| {
+        format!("postgres://postgres:{SUPERUSER_PASSWORD}@{host}:{}/postgres?sslmode={mode}&sslrootcert={root}", cl.port)
+    };
+    // Right CA, right host name.
+    let (code, err) = tls_run(&base("localhost", "verify-full", &c.path("ca.crt")), &[]);
+    assert_eq!(code, Some(0), "{err}");
+    // Right CA, wrong name (the certificate is for localhost, not 127.0.0.1).
+    let (code, err) = tls_run(&base("127.0.0.1", "verify-full", &c.path("ca.crt")), &[]);
+    assert_eq!(code, Some(69), "{err}");
+    assert!(
+        err.contains("127.0.0.1")
+            && err.contains("TLS")
+            && err.to_lowercase().contains("not valid for"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    // verify-ca does not check the name.
+    let (code, err) = tls_run(&base("127.0.0.1", "verify-ca", &c.path("ca.crt")), &[]);
+    assert_eq!(code, Some(0), "{err}");
+    // Wrong CA: both verify modes fail, and so does require once a root certificate is given.
+    for mode in ["verify-full", "verify-ca", "require"] {
+        let (code, err) = tls_run(&base("localhost", mode, &c.path("otherca.crt")), &[]);
+        assert_eq!(code, Some(69), "{mode}: {err}");
+        assert!(err.contains("TLS handshake failed"), "{mode}: {err}");
+    }
+    // No CA at all for verify-full: a clear message.
+    let url = format!(
+        "postgres://postgres:{SUPERUSER_PASSWORD}@localhost:{}/postgres?sslmode=verify-full",
+        cl.port
+    );
+    let (code, err) = tls_run(&url, &[("HOME", "/nonexistent")]);
+    assert_eq!(code, Some(69), "{err}");
+    assert!(err.contains("sslrootcert"), "{err}");
+    // require without a CA succeeds; PGSSLROOTCERT and PGSSLMODE work as in libpq.
+    let url = format!(
+        "postgres://postgres:{SUPERUSER_PASSWORD}@localhost:{}/postgres",
+        cl.port
+    );
+    assert_eq!(tls_run(&url, &[("PGSSLMODE", "require")]).0, Some(0));
+    let (code, err) = tls_run(
+        &url,
+        &[
+            ("PGSSLMODE", "verify-full"),
+            ("PGSSLROOTCERT", &c.path("ca.crt")),
+        ],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    // disable against a server that demands TLS for this role fails.
+    let url = format!(
+        "postgres://certuser@127.0.0.1:{}/postgres?sslmode=disable",
+        cl.port
+    );
+    let (code, err) = tls_run(&url, &[]);
+    assert_eq!(code, Some(69), "{err}");
+}
+
+#[test]
+fn tls_client_certificates() {
+    let cl = tls_cluster();
+    let c = certs();
+    let url = format!(
+        "postgres://certuser@localhost:{}/postgres?sslmode=verify-full&sslrootcert={}&sslcert={}&sslkey={}",
+        cl.port,
+        c.path("ca.crt"),
+        c.path("client.crt"),
+        c.path("client.key")
+    );
+    let (code, err) = tls_run(&url, &[]);
+    assert_eq!(code, Some(0), "{err}");
+    // Without the client certificate the server refuses the role.
+    let url = format!(
+        "postgres://certuser@localhost:{}/postgres?sslmode=verify-full&sslrootcert={}",
+        cl.port,
+        c.path("ca.crt")
+    );
+    let (code, err) = tls_run(&url, &[("HOME", "/nonexistent")]);
+    assert_eq!(code, Some(69), "{err}");
 }

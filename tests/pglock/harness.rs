@@ -87,6 +87,11 @@ fn run_ok(mut c: Command, what: &str) {
 impl Cluster {
     /// Starts a new cluster. `extra_conf` lines go into postgresql.conf.
     pub fn start(name: &str, extra_conf: &str) -> Cluster {
+        Self::start_with(name, extra_conf, "")
+    }
+
+    /// Like `start`, with lines put first in pg_hba.conf.
+    pub fn start_with(name: &str, extra_conf: &str, hba_first: &str) -> Cluster {
         let bin = pg_bin();
         let dir = std::env::temp_dir().join(format!("pglock-test-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -114,6 +119,11 @@ impl Cluster {
             "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nmax_connections = 300\nfsync = off\nsynchronous_commit = off\nshared_buffers = 16MB\nlog_min_messages = warning\n{extra_conf}\n",
             dir.display()
         );
+        if !hba_first.is_empty() {
+            let hba = data.join("pg_hba.conf");
+            let rest = std::fs::read_to_string(&hba).unwrap();
+            std::fs::write(&hba, format!("{hba_first}\n{rest}")).unwrap();
+        }
         let conf_path = data.join("postgresql.auto.conf");
         let mut existing = std::fs::read_to_string(&conf_path).unwrap_or_default();
         existing.push_str(&conf);

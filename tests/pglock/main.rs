@@ -11,3 +11,4 @@ mod exit_codes;
 mod faults;
 mod locking;
 mod signals;
+mod status;

@@ -1,0 +1,248 @@
+//! `pglock status` (contract §9): every advisory lock on the database, held or awaited, with who
+//! holds or awaits it; key names for pglock's own sessions (application_name `pglock:NAME` whose
+//! NAME maps to the lock id).
+
+use crate::cli::StatusArgs;
+use crate::conninfo::ConnParams;
+use crate::error::{Error, Kind, Result};
+use crate::key::{self, LockKey};
+use crate::log::json_str;
+use crate::pg::{Conn, QueryResult, ReadErr, Startup};
+use crate::signals::Signals;
+use std::fmt::Write as _;
+
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// The 64-bit id (objsubid 1), or `key1,key2` for the two-int4 form (objsubid 2).
+    pub id: String,
+    pub key: Option<String>,
+    pub mode: String,
+    pub granted: bool,
+    pub pid: String,
+    pub user: Option<String>,
+    pub client: Option<String>,
+    pub application: Option<String>,
+    pub age_s: Option<i64>,
+}
+
+fn sql(filter: Option<&LockKey>, server_version: u32) -> String {
+    // pg_locks.waitstart (when a wait began) exists from PostgreSQL 14.
+    let since = if server_version >= 140_000 {
+        "coalesce(l.waitstart, a.backend_start)"
+    } else {
+        "a.backend_start"
+    };
+    let mut q = format!(
+        "SELECT l.classid::bigint, l.objid::bigint, l.objsubid, l.mode, l.granted, l.pid, a.usename, \
+         CASE WHEN a.client_port = -1 THEN 'local' ELSE host(a.client_addr) END, a.application_name, \
+         floor(extract(epoch FROM now() - {since}))::bigint \
+         FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid \
+         WHERE l.locktype = 'advisory' \
+         AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    );
+    if let Some(k) = filter {
+        let _ = write!(
+            q,
+            " AND l.classid = {} AND l.objid = {} AND l.objsubid = 1",
+            k.classid(),
+            k.objid()
+        );
+    }
+    q.push_str(
+        " ORDER BY l.classid, l.objid, l.objsubid, l.granted DESC, 10 DESC NULLS LAST, l.pid",
+    );
+    q
+}
+
+fn entry(r: &[Option<String>]) -> Entry {
+    let get = |i: usize| r.get(i).cloned().flatten();
+    let num = |i: usize| get(i).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+    let (hi, lo, sub) = (num(0), num(1), num(2));
+    let id = if sub == 1 {
+        ((hi << 32) | lo).to_string()
+    } else {
+        format!("{},{}", hi as i32, lo as i32)
+    };
+    let application = get(8).filter(|a| !a.is_empty());
+    // A pglock session names its key in application_name; trust it only when it maps to the id.
+    let key = application
+        .as_deref()
+        .and_then(|a| a.strip_prefix("pglock:"))
+        .filter(|name| {
+            sub == 1 && key::validate_name(name).is_ok() && key::id_of(name).to_string() == id
+        })
+        .map(str::to_string);
+    Entry {
+        id,
+        key,
+        mode: match get(3).as_deref() {
+            Some("ExclusiveLock") => "exclusive".into(),
+            Some("ShareLock") => "shared".into(),
+            other => other.unwrap_or_default().to_string(),
+        },
+        granted: get(4).as_deref() == Some("t"),
+        pid: get(5).unwrap_or_default(),
+        user: get(6),
+        client: get(7),
+        application,
+        age_s: get(9).and_then(|v| v.parse().ok()),
+    }
+}
+
+fn age(s: Option<i64>) -> String {
+    match s {
+        None => "-".into(),
+        Some(s) if s < 120 => format!("{s}s"),
+        Some(s) if s < 7200 => format!("{}m", s / 60),
+        Some(s) if s < 172_800 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        Some(s) => format!("{}d", s / 86400),
+    }
+}
+
+pub fn table(entries: &[Entry]) -> String {
+    let header = [
+        "LOCK ID",
+        "KEY",
+        "MODE",
+        "STATE",
+        "PID",
+        "USER",
+        "CLIENT",
+        "APPLICATION",
+        "AGE",
+    ];
+    let rows: Vec<[String; 9]> = entries
+        .iter()
+        .map(|e| {
+            [
+                e.id.clone(),
+                e.key.clone().unwrap_or_else(|| "-".into()),
+                e.mode.clone(),
+                if e.granted {
+                    "held".into()
+                } else {
+                    "waiting".into()
+                },
+                e.pid.clone(),
+                e.user.clone().unwrap_or_else(|| "-".into()),
+                e.client.clone().unwrap_or_else(|| "-".into()),
+                e.application.clone().unwrap_or_else(|| "-".into()),
+                age(e.age_s),
+            ]
+        })
+        .collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r.iter()) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &[String]| {
+        let mut l = String::new();
+        for (i, (c, w)) in cells.iter().zip(widths.iter()).enumerate() {
+            if i + 1 == cells.len() {
+                l.push_str(c);
+            } else {
+                let _ = write!(l, "{c:<w$}  ");
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(&header.map(String::from));
+    for r in &rows {
+        line(r);
+    }
+    out
+}
+
+pub fn json(entries: &[Entry]) -> String {
+    let mut s = String::from("[");
+    for (i, e) in entries.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str("\n  {\"lock_id\":");
+        json_str(&mut s, &e.id);
+        let opt = |s: &mut String, k: &str, v: &Option<String>| {
+            let _ = write!(s, ",\"{k}\":");
+            match v {
+                Some(v) => json_str(s, v),
+                None => s.push_str("null"),
+            }
+        };
+        opt(&mut s, "key", &e.key);
+        opt(&mut s, "mode", &Some(e.mode.clone()));
+        let _ = write!(
+            s,
+            ",\"granted\":{},\"pid\":{}",
+            e.granted,
+            e.pid.parse::<i64>().unwrap_or(0)
+        );
+        opt(&mut s, "user", &e.user);
+        opt(&mut s, "client", &e.client);
+        opt(&mut s, "application", &e.application);
+        match e.age_s {
+            Some(a) => {
+                let _ = write!(s, ",\"age_s\":{a}}}");
+            }
+            None => s.push_str(",\"age_s\":null}"),
+        }
+    }
+    s.push_str(if entries.is_empty() { "]\n" } else { "\n]\n" });
+    s
+}
+
+pub fn run(args: StatusArgs) -> Result<i32> {
+    let filter = match (&args.key, &args.key_id) {
+        (Some(n), _) => Some(LockKey::from_name(n)?),
+        (None, Some(i)) => Some(LockKey::from_id_text(i)?),
+        (None, None) => None,
+    };
+    let signals = Signals::install()?;
+    let url = args
+        .database_url
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("DATABASE_URL").ok().filter(|s| !s.is_empty()));
+    let params = ConnParams::resolve(url.as_deref())?;
+    let app = params
+        .application_name
+        .clone()
+        .unwrap_or_else(|| "pglock status".into());
+    let startup = Startup {
+        application_name: &app,
+        settings: Vec::new(),
+        client_keepalive: None,
+    };
+    let mut conn = Conn::connect(&params, &startup, &signals)?;
+    let version = conn.server_params.get("server_version").and_then(|v| {
+        let mut parts = v.split(|c: char| !c.is_ascii_digit());
+        let major: u32 = parts.next()?.parse().ok()?;
+        Some(major * 10_000)
+    });
+    conn.send_query(&sql(filter.as_ref(), version.unwrap_or(0)))
+        .and_then(|()| conn.wait_result(None, &signals))
+        .map_err(|e| match e {
+            ReadErr::Signal(s) => Error::new(Kind::Signal(s as i32), format!("{s} received")),
+            ReadErr::Timeout => Error::unavailable("timed out"),
+            ReadErr::Closed(m) => Error::unavailable(format!("lost the connection: {m}")),
+        })
+        .and_then(|r| match r {
+            QueryResult::Rows(rows) => {
+                let entries: Vec<Entry> = rows.iter().map(|r| entry(r)).collect();
+                let text = if args.json {
+                    json(&entries)
+                } else {
+                    table(&entries)
+                };
+                print!("{text}");
+                Ok(())
+            }
+            QueryResult::Error(e) => Err(Error::unavailable(format!(
+                "the server refused the status query: {e}"
+            ))),
+        })?;
+    conn.close();
+    Ok(0)
+}
