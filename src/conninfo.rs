@@ -226,9 +226,10 @@ impl ConnParams {
             None => None,
         };
         if let Some(tsa) = get("target_session_attrs") {
+            // pglock always picks a primary (a lock on a standby excludes nobody): these agree.
             if !matches!(tsa.as_str(), "any" | "read-write" | "primary") {
                 return Err(Error::usage(format!(
-                    "target_session_attrs '{tsa}' is not supported: pglock needs a primary (read-write or any)"
+                    "target_session_attrs '{tsa}' cannot be used: pglock always connects to a primary"
                 )));
             }
         }

@@ -56,41 +56,8 @@ pub fn application_name(label: &str) -> String {
     s
 }
 
-/// Connects; an older server that does not know one of the settings (idle_session_timeout
-/// before 14, tcp_user_timeout before 12) gets them without it.
 fn connect(params: &ConnParams, startup: &Startup, signals: &Signals) -> Result<Conn> {
-    let mut settings = startup.settings.clone();
-    let conn = loop {
-        let st = Startup {
-            application_name: startup.application_name,
-            settings: settings.clone(),
-            client_keepalive: startup.client_keepalive,
-        };
-        match Conn::connect(params, &st, signals) {
-            Err(e) if e.sqlstate.as_deref() == Some("42704") => {
-                let before = settings.len();
-                settings.retain(|(k, _)| !e.msg.contains(&format!("\"{k}\"")));
-                if settings.len() == before {
-                    return Err(e);
-                }
-                log::debug(
-                    "connect",
-                    &format!(
-                        "retrying without a setting the server does not know: {}",
-                        e.msg
-                    ),
-                );
-            }
-            other => break other?,
-        }
-    };
-    if conn.server_params.get("in_hot_standby").map(String::as_str) == Some("on") {
-        let target = conn.target().describe();
-        conn.close();
-        return Err(Error::unavailable(format!(
-            "{target} is a hot standby: an advisory lock there excludes nobody on the primary; connect to the primary"
-        )));
-    }
+    let conn = Conn::connect(params, startup, signals)?;
     log::debug(
         "connected",
         &format!(

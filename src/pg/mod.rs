@@ -185,11 +185,29 @@ fn options_escape(v: &str) -> String {
 
 impl Conn {
     /// Connects to the first target that accepts (contract §3: hosts in order).
+    /// Connects to the first target, in the listed order, that accepts and is a primary
+    /// (contract §3): a hot standby is skipped, and refused when no primary is listed, because an
+    /// advisory lock taken there excludes nobody on the primary.
     pub fn connect(params: &ConnParams, startup: &Startup, signals: &Signals) -> Result<Conn> {
         let mut last = None;
+        let mut standbys = Vec::new();
         for target in &params.targets {
-            match Self::connect_target(params, target, startup, signals) {
-                Ok(c) => return Ok(c),
+            match Self::connect_with_settings(params, target, startup, signals) {
+                Ok(mut c) => match c.is_standby(signals) {
+                    Ok(false) => return Ok(c),
+                    Ok(true) => {
+                        crate::log::debug(
+                            "connect",
+                            &format!(
+                                "{} is a hot standby; trying the next host",
+                                target.describe()
+                            ),
+                        );
+                        standbys.push(target.describe());
+                        c.close();
+                    }
+                    Err(e) => last = Some(e),
+                },
                 Err(e) if e.kind == crate::error::Kind::Unavailable && params.targets.len() > 1 => {
                     crate::log::debug("connect", &e.msg);
                     last = Some(e);
@@ -197,7 +215,74 @@ impl Conn {
                 Err(e) => return Err(e),
             }
         }
+        if !standbys.is_empty() {
+            let other = last.map(|e| format!("; {}", e.msg)).unwrap_or_default();
+            return Err(Error::unavailable(format!(
+                "{} {} a hot standby: an advisory lock there excludes nobody on the primary; connect to the primary (list it in the connection string){other}",
+                standbys.join(", "),
+                if standbys.len() == 1 { "is" } else { "are" }
+            )));
+        }
         Err(last.unwrap_or_else(|| Error::usage("no host to connect to")))
+    }
+
+    /// Connects; a server that does not know one of the session settings (idle_session_timeout
+    /// before 14, tcp_user_timeout before 12) gets them without it.
+    fn connect_with_settings(
+        params: &ConnParams,
+        t: &Target,
+        startup: &Startup,
+        signals: &Signals,
+    ) -> Result<Conn> {
+        let mut settings = startup.settings.clone();
+        loop {
+            let st = Startup {
+                application_name: startup.application_name,
+                settings: settings.clone(),
+                client_keepalive: startup.client_keepalive,
+            };
+            match Self::connect_target(params, t, &st, signals) {
+                Err(e) if e.sqlstate.as_deref() == Some("42704") => {
+                    let before = settings.len();
+                    settings.retain(|(k, _)| !e.msg.contains(&format!("\"{k}\"")));
+                    if settings.len() == before {
+                        return Err(e);
+                    }
+                    crate::log::debug(
+                        "connect",
+                        &format!(
+                            "retrying without a setting the server does not know: {}",
+                            e.msg
+                        ),
+                    );
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Whether the server is a hot standby: reported at connection by PostgreSQL 14 and later,
+    /// asked with one query of older servers.
+    fn is_standby(&mut self, signals: &Signals) -> Result<bool> {
+        if let Some(v) = self.server_params.get("in_hot_standby") {
+            return Ok(v == "on");
+        }
+        let who = self.target.describe();
+        match self
+            .send_query("SELECT pg_is_in_recovery()")
+            .and_then(|()| self.wait_result(None, signals))
+        {
+            Ok(QueryResult::Rows(r)) => Ok(matches!(
+                r.first()
+                    .and_then(|r| r.first())
+                    .cloned()
+                    .flatten()
+                    .as_deref(),
+                Some("t")
+            )),
+            Ok(QueryResult::Error(e)) => Err(Error::unavailable(format!("{who}: {e}"))),
+            Err(e) => Err(Error::unavailable(format!("{who}: {e:?}"))),
+        }
     }
 
     fn who(params: &ConnParams, t: &Target) -> String {

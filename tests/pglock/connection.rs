@@ -569,3 +569,49 @@ fn tls_client_certificates() {
     let (code, err) = tls_run(&url, &[("HOME", "/nonexistent")]);
     assert_eq!(code, Some(69), "{err}");
 }
+
+#[test]
+fn a_hot_standby_is_refused_and_a_host_list_picks_the_primary() {
+    let standby = pg().standby("standby");
+    let name = key("standby");
+    let id = lock_id(&name);
+    let on = |host_port: &str| {
+        format!("postgres://postgres:{SUPERUSER_PASSWORD}@{host_port}/postgres?sslmode=disable")
+    };
+    // The standby alone: refused, naming it.
+    let (code, _, err) = run_env(
+        &name,
+        &[(
+            "PGLOCK_DATABASE_URL",
+            &on(&format!("127.0.0.1:{}", standby.port)),
+        )],
+        None,
+    );
+    assert_eq!(code, Some(69), "{err}");
+    assert!(
+        err.contains(&format!("127.0.0.1:{}", standby.port)) && err.contains("hot standby"),
+        "{err}"
+    );
+    // Standby listed first, primary second: the primary is chosen and holds the lock.
+    for url in [
+        on(&format!("127.0.0.1:{},127.0.0.1:{}", standby.port, pg().port)),
+        format!("host=127.0.0.1,127.0.0.1 port={},{} user=postgres password={SUPERUSER_PASSWORD} dbname=postgres sslmode=disable", standby.port, pg().port),
+    ] {
+        let mut c = pglock_bare(&["run", "--key", &name, "--", "sleep", "30"]);
+        c.env("PGLOCK_DATABASE_URL", &url);
+        let h = c.spawn().unwrap();
+        assert!(wait_until(Duration::from_secs(10), || pg().locks_on(id).len() == 1), "{url}: the lock is on the primary");
+        stop(h);
+    }
+    // Only standbys (and a dead host): refused.
+    let (code, _, err) = run_env(
+        &name,
+        &[(
+            "PGLOCK_DATABASE_URL",
+            &on(&format!("127.0.0.1:1,127.0.0.1:{}", standby.port)),
+        )],
+        None,
+    );
+    assert_eq!(code, Some(69), "{err}");
+    assert!(err.contains("hot standby"), "{err}");
+}

@@ -137,6 +137,47 @@ impl Cluster {
         cluster
     }
 
+    /// A streaming hot standby of this cluster (pg_basebackup -R), on a port of its own.
+    pub fn standby(&self, name: &str) -> Cluster {
+        let dir = std::env::temp_dir().join(format!("pglock-test-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        chown_pg(&dir);
+        let data = dir.join("data");
+        let mut c = as_pg(&self.bin, "pg_basebackup");
+        c.args([
+            "-D",
+            data.to_str().unwrap(),
+            "-h",
+            self.dir.to_str().unwrap(),
+            "-p",
+            &self.port.to_string(),
+            "-U",
+            "postgres",
+            "-R",
+            "-X",
+            "stream",
+            "--no-sync",
+        ]);
+        run_ok(c, "pg_basebackup");
+        let port = free_port();
+        let conf_path = data.join("postgresql.auto.conf");
+        let mut conf = std::fs::read_to_string(&conf_path).unwrap();
+        conf.push_str(&format!(
+            "port = {port}\nunix_socket_directories = '{}'\nhot_standby = on\n",
+            dir.display()
+        ));
+        std::fs::write(&conf_path, conf).unwrap();
+        let cluster = Cluster {
+            dir,
+            port,
+            bin: self.bin.clone(),
+        };
+        cluster.pg_ctl_start();
+        cluster.watchdog();
+        cluster
+    }
+
     pub fn data(&self) -> PathBuf {
         self.dir.join("data")
     }
