@@ -241,6 +241,7 @@ pub fn supervise(child: Pid, mut w: Watch, signals: &Signals) -> End {
                                 }
                                 b'D' => hb_ok = body.len() >= 7 && body[6] == b't',
                                 b'Z' if hb_sent.is_some() => {
+                                    conn.tx_status = body.first().copied().unwrap_or(b'I');
                                     if !hb_ok {
                                         stop(End::LockLost("this session's backend no longer holds the lock (pg_locks)".into()), &mut stopping);
                                     }

@@ -93,6 +93,17 @@ pub struct RunArgs {
     #[arg(long, env = "PGLOCK_SHARED", help_heading = "Lock")]
     pub shared: bool,
 
+    /// session: a session lock (pg_advisory_lock); transaction: pg_advisory_xact_lock in a
+    /// transaction held open while COMMAND runs, for PgBouncer in transaction pooling mode
+    #[arg(
+        long,
+        value_name = "SCOPE",
+        env = "PGLOCK_SCOPE",
+        default_value = "session",
+        help_heading = "Lock"
+    )]
+    pub scope: ScopeArg,
+
     /// Exit code when the lock is not acquired
     #[arg(
         short = 'E',
@@ -180,6 +191,12 @@ pub struct RunArgs {
         num_args = 1..
     )]
     pub command: Vec<OsString>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ScopeArg {
+    Session,
+    Transaction,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

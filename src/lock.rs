@@ -11,7 +11,7 @@ use crate::error::{Error, Kind, Result};
 use crate::key::LockKey;
 use crate::log::{self, V};
 use crate::pg::{Conn, QueryResult, ReadErr, Rows, Startup};
-use crate::request::{Mode, Wait};
+use crate::request::{Mode, Scope, Wait};
 use crate::signals::Signals;
 use std::time::{Duration, Instant};
 
@@ -186,10 +186,90 @@ pub fn holders(conn: &mut Conn, key: &LockKey, signals: &Signals) -> Result<Vec<
 pub struct Acquire<'a> {
     pub key: &'a LockKey,
     pub mode: Mode,
+    pub scope: Scope,
     pub wait: Wait,
     pub conflict_exit_code: i32,
     pub params: &'a ConnParams,
     pub startup: &'a Startup<'a>,
+}
+
+/// The session settings that may go in a transaction (SET LOCAL), when the startup packet could
+/// not carry them: every PostgreSQL since 9.6 knows these three.
+const LOCAL_SETTINGS: [&str; 3] = [
+    "statement_timeout",
+    "lock_timeout",
+    "idle_in_transaction_session_timeout",
+];
+
+/// The statements that take the lock: trying once or waiting (with the server's lock_timeout
+/// when `timeout_ms` is given), as a session lock or a transaction lock. A transaction lock
+/// first opens the transaction that holds it, with the session settings made local to it.
+fn lock_sql(
+    conn: &Conn,
+    key: &LockKey,
+    mode: Mode,
+    scope: Scope,
+    try_once: bool,
+    timeout_ms: Option<u128>,
+) -> String {
+    let func = format!(
+        "pg_{}advisory{}_lock{}",
+        if try_once { "try_" } else { "" },
+        if scope == Scope::Transaction {
+            "_xact"
+        } else {
+            ""
+        },
+        fn_suffix(mode)
+    );
+    let mut sql = String::new();
+    let local = if scope == Scope::Transaction {
+        "LOCAL "
+    } else {
+        ""
+    };
+    if scope == Scope::Transaction && conn.tx_status == b'I' {
+        sql.push_str("BEGIN; ");
+        for (k, v) in conn
+            .deferred_settings
+            .iter()
+            .filter(|(k, _)| LOCAL_SETTINGS.contains(&k.as_str()))
+        {
+            sql.push_str(&format!("SET LOCAL {k} = {v}; "));
+        }
+    }
+    match timeout_ms {
+        // One round trip: the timeout applies to this statement only. On timeout the
+        // transaction aborts and takes the first SET with it; on success the last SET resets.
+        Some(ms) => sql.push_str(&format!(
+            "SET {local}lock_timeout = {ms}; SELECT {func}({}), pg_backend_pid(); SET {local}lock_timeout = 0",
+            key.id
+        )),
+        None => sql.push_str(&format!("SELECT {func}({}), pg_backend_pid()", key.id)),
+    }
+    sql
+}
+
+/// Applies the session settings a pooler kept out of the startup packet (session scope).
+pub fn apply_deferred_settings(conn: &mut Conn, signals: &Signals) -> Result<()> {
+    let newer = conn
+        .server_params
+        .get("server_version")
+        .and_then(|v| v.split('.').next()?.parse::<u32>().ok())
+        .unwrap_or(0)
+        >= 14;
+    let sql: String = conn
+        .deferred_settings
+        .iter()
+        .filter(|(k, _)| {
+            LOCAL_SETTINGS.contains(&k.as_str()) || (newer && k == "idle_session_timeout")
+        })
+        .map(|(k, v)| format!("SET {k} = {v}; "))
+        .collect();
+    if !sql.is_empty() {
+        query(conn, &sql, signals)?;
+    }
+    Ok(())
 }
 
 /// The backend pid that served the lock statement, from its second column.
@@ -217,15 +297,13 @@ const RECONNECT_FOR: Duration = Duration::from_secs(60);
 /// reconnecting.
 pub fn acquire(conn: &mut Conn, a: &Acquire, signals: &Signals) -> Result<Acquired> {
     let start = Instant::now();
-    let suffix = fn_suffix(a.mode);
-    let id = a.key.id;
     let label = a.key.label();
     let deadline = match a.wait {
         Wait::Timeout(d) => Some(start + d),
         _ => None,
     };
-    let try_sql = format!("SELECT pg_try_advisory_lock{suffix}({id}), pg_backend_pid()");
-    let rows = query(conn, &try_sql, signals)?;
+    let try_sql = |c: &Conn| lock_sql(c, a.key, a.mode, a.scope, true, None);
+    let rows = query(conn, &try_sql(conn), signals)?;
     if first_bool(&rows) {
         return Ok(Acquired {
             backend_pid: pid_of(&rows),
@@ -254,7 +332,7 @@ pub fn acquire(conn: &mut Conn, a: &Acquire, signals: &Signals) -> Result<Acquir
     if a.wait == Wait::Once {
         // The holder may have let go between the two queries: one more try, then report.
         if seen.is_empty() {
-            let rows = query(conn, &try_sql, signals)?;
+            let rows = query(conn, &try_sql(conn), signals)?;
             if first_bool(&rows) {
                 return Ok(Acquired {
                     backend_pid: pid_of(&rows),
@@ -272,17 +350,13 @@ pub fn acquire(conn: &mut Conn, a: &Acquire, signals: &Signals) -> Result<Acquir
         ),
         &[("holders", V::I(seen.len() as i64))],
     );
-    let wait_sql = || match deadline {
-        Some(d) => {
-            let left = d
-                .saturating_duration_since(Instant::now())
+    let wait_sql = |c: &Conn| {
+        let left = deadline.map(|d| {
+            d.saturating_duration_since(Instant::now())
                 .as_millis()
-                .max(1);
-            // One round trip: the timeout applies to this statement only. On timeout the implicit
-            // transaction aborts and takes the first SET with it; on success the last SET resets.
-            format!("SET lock_timeout = {left}; SELECT pg_advisory_lock{suffix}({id}), pg_backend_pid(); SET lock_timeout = 0")
-        }
-        None => format!("SELECT pg_advisory_lock{suffix}({id}), pg_backend_pid()"),
+                .max(1)
+        });
+        lock_sql(c, a.key, a.mode, a.scope, false, left)
     };
     let mut pending_send = true;
     let mut interval = Duration::from_secs(10);
@@ -290,7 +364,8 @@ pub fn acquire(conn: &mut Conn, a: &Acquire, signals: &Signals) -> Result<Acquir
     loop {
         if pending_send {
             pending_send = false;
-            if let Err(ReadErr::Closed(m)) = conn.send_query(&wait_sql()) {
+            let sql = wait_sql(conn);
+            if let Err(ReadErr::Closed(m)) = conn.send_query(&sql) {
                 *conn = reconnect(conn, m, a, signals, deadline)?;
                 pending_send = true;
                 continue;
@@ -303,6 +378,9 @@ pub fn acquire(conn: &mut Conn, a: &Acquire, signals: &Signals) -> Result<Acquir
                 })
             }
             Ok(QueryResult::Error(e)) if e.code == "55P03" => {
+                if conn.tx_status == b'E' {
+                    let _ = query(conn, "ROLLBACK", signals);
+                }
                 seen = holders(conn, a.key, signals).unwrap_or(seen);
                 return Err(timeout_reached(&seen));
             }
@@ -475,8 +553,70 @@ pub fn owns(conn: &mut Conn, key: &LockKey, mode: Mode, signals: &Signals) -> Re
     )?))
 }
 
-/// Releases the lock: `Ok(true)` when the server confirms it was held.
-pub fn release(conn: &mut Conn, key: &LockKey, mode: Mode, signals: &Signals) -> Result<bool> {
+/// Above Linux's largest pid: a connection whose cancel key carries such a "pid" talks to a
+/// pooler (PgBouncer makes the key up), not to a backend.
+const PID_MAX_LIMIT: i32 = 4_194_304;
+
+/// Refuses a session lock through a transaction pooler before taking it (contract §4): such a
+/// lock stays with a pooled server connection that other clients then use. Behind a pooler, two
+/// transactions that land on different backends prove transaction pooling. (A pooler that hands
+/// back the same backend twice is caught later, by the ownership checks.)
+pub fn refuse_transaction_pooling(conn: &mut Conn, signals: &Signals) -> Result<()> {
+    if conn.backend_pid <= PID_MAX_LIMIT && conn.backend_pid > 0 {
+        return Ok(());
+    }
+    let pid = |conn: &mut Conn| -> Result<Option<String>> {
+        Ok(query(conn, "SELECT pg_backend_pid()", signals)?
+            .first()
+            .and_then(|r| r.first())
+            .cloned()
+            .flatten())
+    };
+    let (a, b) = (pid(conn)?, pid(conn)?);
+    if a != b {
+        return Err(Error::unavailable(format!(
+            "{} is a transaction pooler (consecutive statements ran on backends {} and {}): a session lock would stay with a pooled connection; use --scope transaction",
+            conn.target().describe(),
+            a.unwrap_or_default(),
+            b.unwrap_or_default()
+        )));
+    }
+    Ok(())
+}
+
+/// Best effort after a session lock was found on a backend that no longer serves this
+/// connection: unlock it from that backend, through as many transactions as it takes to land
+/// there again (a pooler rotates its server connections).
+pub fn unlock_on(conn: &mut Conn, backend: i32, key: &LockKey, mode: Mode, signals: &Signals) {
+    let sql = format!(
+        "SELECT CASE WHEN pg_backend_pid() = {backend} THEN pg_advisory_unlock{}({}) END",
+        fn_suffix(mode),
+        key.id
+    );
+    for _ in 0..32 {
+        match query(conn, &sql, signals) {
+            Ok(rows) if first_bool(&rows) => return,
+            Ok(_) => {}
+            Err(_) => return,
+        }
+    }
+    log::warn("pooler", &format!("could not reach backend {backend} again to release lock \"{}\"; it is held until that server connection closes", key.label()), &[]);
+}
+
+/// Releases the lock: `Ok(true)` when the server confirms it was held. A transaction lock ends
+/// with its transaction (held while the transaction was open, failed or not).
+pub fn release(
+    conn: &mut Conn,
+    key: &LockKey,
+    mode: Mode,
+    scope: Scope,
+    signals: &Signals,
+) -> Result<bool> {
+    if scope == Scope::Transaction {
+        let open = matches!(conn.tx_status, b'T' | b'E');
+        query(conn, "COMMIT", signals)?;
+        return Ok(open);
+    }
     let rows = query(
         conn,
         &format!("SELECT pg_advisory_unlock{}({})", fn_suffix(mode), key.id),

@@ -2,7 +2,7 @@
 //! combination of options is rejected here, as a usage error (exit 2) with one line that says what
 //! to change. Nothing below this module sees clap.
 
-use crate::cli::{LogFormat, RunArgs};
+use crate::cli::{LogFormat, RunArgs, ScopeArg};
 use crate::duration;
 use crate::error::{code, Error, Result};
 use crate::key::LockKey;
@@ -33,6 +33,13 @@ impl Mode {
     }
 }
 
+/// How long the lock lives on the server: the session, or one transaction held open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Session,
+    Transaction,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wait {
     Forever,
@@ -57,6 +64,7 @@ pub struct LogSettings {
 pub struct RunRequest {
     pub key: LockKey,
     pub mode: Mode,
+    pub scope: Scope,
     pub wait: Wait,
     pub conflict_exit_code: i32,
     pub database_url: Option<String>,
@@ -164,6 +172,10 @@ pub fn run_request(args: RunArgs, m: &ArgMatches) -> Result<RunRequest> {
 
     Ok(RunRequest {
         key,
+        scope: match args.scope {
+            ScopeArg::Session => Scope::Session,
+            ScopeArg::Transaction => Scope::Transaction,
+        },
         mode: if args.shared {
             Mode::Shared
         } else {

@@ -9,7 +9,7 @@ use crate::lock::{self, Acquire};
 use crate::log::{self, Mark, V};
 use crate::nesting::{self, Held};
 use crate::pg::{Conn, Startup};
-use crate::request::{Mode, RunRequest};
+use crate::request::{Mode, RunRequest, Scope};
 use crate::signals::Signals;
 use std::time::Duration;
 
@@ -116,10 +116,24 @@ fn run_inner(req: RunRequest, run_id: &str, nested: &std::cell::Cell<bool>) -> R
     // it; started first, its start-up overlaps the server's start of a backend.
     let guard = Guard::start();
     let mut conn = connect(&params, &startup, &signals)?;
+    if req.scope == Scope::Session {
+        let checked = lock::refuse_transaction_pooling(&mut conn, &signals).and_then(|()| {
+            if conn.deferred_settings.is_empty() {
+                Ok(())
+            } else {
+                lock::apply_deferred_settings(&mut conn, &signals)
+            }
+        });
+        if let Err(e) = checked {
+            conn.close();
+            return Err(e);
+        }
+    }
 
     let acquire = Acquire {
         key: &req.key,
         mode: req.mode,
+        scope: req.scope,
         wait: req.wait,
         conflict_exit_code: req.conflict_exit_code,
         params: &params,
@@ -138,10 +152,24 @@ fn run_inner(req: RunRequest, run_id: &str, nested: &std::cell::Cell<bool>) -> R
     if acquired.backend_pid != conn.backend_pid
         && !lock::owns(&mut conn, &req.key, req.mode, &signals)?
     {
+        lock::unlock_on(
+            &mut conn,
+            acquired.backend_pid,
+            &req.key,
+            req.mode,
+            &signals,
+        );
         conn.close();
         return Err(Error::unavailable(
-            "the lock was taken on a backend that no longer serves this connection (a transaction pooler such as PgBouncer?); session locks leak there: connect directly or use a session-pooled port",
+            "the lock was taken on a backend that no longer serves this connection (a transaction pooler such as PgBouncer?); a session lock leaks there: use --scope transaction, or connect directly",
         ));
+    }
+    if acquired.backend_pid != conn.backend_pid && req.scope == Scope::Session {
+        log::warn(
+            "pooler",
+            "pglock is connected through a pooler or proxy (the backend pid differs from the connection's); with transaction pooling use --scope transaction",
+            &[],
+        );
     }
     let me = Held {
         id: req.key.id,
@@ -290,7 +318,7 @@ fn run_nested(
 
 /// Unlocks and closes. `false` when the server did not confirm that the lock was still held.
 fn release(mut conn: Conn, req: &RunRequest, signals: &Signals) -> bool {
-    let held = match lock::release(&mut conn, &req.key, req.mode, signals) {
+    let held = match lock::release(&mut conn, &req.key, req.mode, req.scope, signals) {
         Ok(held) => held,
         Err(e) => {
             log::debug("release", &format!("unlock failed: {e}"));

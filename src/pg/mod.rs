@@ -98,6 +98,12 @@ pub struct Conn {
     pub backend_pid: i32,
     secret_key: i32,
     pub server_params: HashMap<String, String>,
+    /// Session settings that could not go in the startup packet (a pooler such as PgBouncer
+    /// refuses `options`): the caller applies them with SET or SET LOCAL.
+    pub deferred_settings: Vec<(String, String)>,
+    /// The transaction status of the last ReadyForQuery: b'I' idle, b'T' in a transaction,
+    /// b'E' in a failed transaction.
+    pub tx_status: u8,
     // A query's state while its result arrives across several reads.
     rows: Rows,
     error: Option<ServerError>,
@@ -242,6 +248,25 @@ impl Conn {
                 client_keepalive: startup.client_keepalive,
             };
             match Self::connect_target(params, t, &st, signals) {
+                // PgBouncer and other poolers refuse the options parameter: connect without it
+                // and leave the settings to SET statements.
+                Err(e)
+                    if e.msg.contains("unsupported startup parameter: options")
+                        && !settings.is_empty() =>
+                {
+                    crate::log::debug("connect", "the server (a pooler?) refuses startup options; applying the session settings with SET");
+                    let st = Startup {
+                        application_name: startup.application_name,
+                        settings: Vec::new(),
+                        client_keepalive: startup.client_keepalive,
+                    };
+                    let mut c = Self::connect_target(params, t, &st, signals)?;
+                    c.deferred_settings = settings
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.clone()))
+                        .collect();
+                    return Ok(c);
+                }
                 Err(e) if e.sqlstate.as_deref() == Some("42704") => {
                     let before = settings.len();
                     settings.retain(|(k, _)| !e.msg.contains(&format!("\"{k}\"")));
@@ -322,6 +347,8 @@ impl Conn {
             secret_key: 0,
             server_params: HashMap::new(),
             rows: Vec::new(),
+            deferred_settings: Vec::new(),
+            tx_status: b'I',
             error: None,
         };
         if tls_wanted {
@@ -526,7 +553,10 @@ impl Conn {
                     )
                     .with_code(&e.code));
                 }
-                b'Z' => return Ok(()),
+                b'Z' => {
+                    self.tx_status = body.first().copied().unwrap_or(b'I');
+                    return Ok(());
+                }
                 other => {
                     return Err(fail(format!(
                         "unexpected message '{}' during startup",
@@ -687,10 +717,11 @@ impl Conn {
                     self.error.get_or_insert(e);
                 }
                 b'Z' => {
+                    self.tx_status = body.first().copied().unwrap_or(b'I');
                     return Ok(match self.error.take() {
                         Some(e) => QueryResult::Error(e),
                         None => QueryResult::Rows(std::mem::take(&mut self.rows)),
-                    })
+                    });
                 }
                 b'S' => self.param_status(&body),
                 // CommandComplete, EmptyQueryResponse, NoticeResponse, NotificationResponse.

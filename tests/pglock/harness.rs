@@ -451,3 +451,61 @@ pub fn stamp_script(file: &Path, secs: &str) -> String {
         f = file.display()
     )
 }
+
+/// A real PgBouncer in transaction pooling mode in front of the main cluster, run as the
+/// `postgres` user (PgBouncer refuses root), stopped with the test process. Server connections
+/// are handed out round robin, so consecutive transactions of one client land on different
+/// backends, as they do under load.
+pub struct Bouncer {
+    pub port: u16,
+}
+
+impl Bouncer {
+    pub fn url(&self) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/postgres?sslmode=disable",
+            self.port
+        )
+    }
+}
+
+pub fn bouncer() -> &'static Bouncer {
+    static B: OnceLock<Bouncer> = OnceLock::new();
+    B.get_or_init(|| {
+        let bin = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer", "/usr/local/bin/pgbouncer"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("pgbouncer is not installed (apt-get install pgbouncer; .ci/run does it)");
+        let dir = tmpdir("pgbouncer");
+        chown_pg(&dir);
+        let port = free_port();
+        let ini = dir.join("pgbouncer.ini");
+        std::fs::write(
+            &ini,
+            format!(
+                "[databases]\npostgres = host=127.0.0.1 port={} dbname=postgres user=postgres password={SUPERUSER_PASSWORD}\n\
+                 [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\nauth_type = trust\n\
+                 auth_file = {d}/users.txt\npool_mode = transaction\nserver_round_robin = 1\ndefault_pool_size = 20\n\
+                 logfile = {d}/pgbouncer.log\npidfile = {d}/pgbouncer.pid\n",
+                pg().port,
+                d = dir.display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(dir.join("users.txt"), "\"postgres\" \"\"\n").unwrap();
+        for f in ["pgbouncer.ini", "users.txt"] {
+            chown_pg(&dir.join(f));
+        }
+        let script = format!(
+            "{run}{bin} {ini} & p=$!; while kill -0 {pid} 2>/dev/null && kill -0 $p 2>/dev/null; do sleep 1; done; kill $p",
+            run = if is_root() { "runuser -u postgres -- " } else { "" },
+            ini = ini.display(),
+            pid = std::process::id()
+        );
+        use std::os::unix::process::CommandExt;
+        #[allow(clippy::zombie_processes)] // outlives the tests; stops with them
+        Command::new("sh").args(["-c", &script]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).process_group(0).spawn().unwrap();
+        assert!(wait_until(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()), "pgbouncer did not start");
+        Bouncer { port }
+    })
+}

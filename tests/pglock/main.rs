@@ -10,5 +10,6 @@ mod docs;
 mod exit_codes;
 mod faults;
 mod locking;
+mod pooler;
 mod signals;
 mod status;

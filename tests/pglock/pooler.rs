@@ -1,0 +1,134 @@
+//! Contract §4 (--scope): through a real PgBouncer in transaction pooling mode, transaction-scoped
+//! locks exclude each other and vanish with their transaction; a session lock is refused there.
+
+use crate::harness::*;
+use std::time::Duration;
+
+fn via_bouncer(args: &[&str]) -> std::process::Command {
+    let mut c = pglock_bare(args);
+    c.env("PGLOCK_DATABASE_URL", bouncer().url());
+    c
+}
+
+#[test]
+fn transaction_scope_through_pgbouncer_excludes_and_leaves_nothing_behind() {
+    let name = key("pgbx");
+    let id = lock_id(&name);
+    let dir = tmpdir("pgbx");
+    let file = dir.join("stamps");
+    let script = stamp_script(&file, "0.1");
+    let runs: Vec<_> = (0..4)
+        .map(|_| {
+            via_bouncer(&[
+                "run",
+                "-q",
+                "--scope",
+                "transaction",
+                "--key",
+                &name,
+                "--",
+                "sh",
+                "-c",
+                &script,
+            ])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    // While they run, exactly one holds the lock on the real server, inside a transaction.
+    assert!(wait_until(Duration::from_secs(10), || pg()
+        .locks_on(id)
+        .iter()
+        .any(|l| l.contains(",t,"))));
+    let (_, err) = expect_code(
+        via_bouncer(&[
+            "run",
+            "-n",
+            "--scope",
+            "transaction",
+            "--key",
+            &name,
+            "--",
+            "true",
+        ]),
+        75,
+    );
+    assert!(err.contains("held by pid"), "{err}");
+    for r in runs {
+        let out = r.wait_with_output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let iv = intervals(&file);
+    assert_eq!(iv.len(), 4, "{iv:?}");
+    for w in iv.windows(2) {
+        assert!(
+            w[0].1 <= w[1].0,
+            "overlap through the pooler: {:?} then {:?}",
+            w[0],
+            w[1]
+        );
+    }
+    assert!(
+        pg().locks_on(id).is_empty(),
+        "left behind: {:?}",
+        pg().locks_on(id)
+    );
+    // Transaction scope works directly too.
+    expect_code(
+        pglock(&[
+            "run",
+            "--scope",
+            "transaction",
+            "--key",
+            &name,
+            "--",
+            "true",
+        ]),
+        0,
+    );
+}
+
+#[test]
+fn session_scope_through_a_transaction_pooler_is_refused() {
+    let name = key("pgbs");
+    let id = lock_id(&name);
+    // Warm the pool so that there are several server connections to rotate through.
+    let warm: Vec<_> = (0..3)
+        .map(|_| {
+            via_bouncer(&[
+                "run",
+                "-q",
+                "--scope",
+                "transaction",
+                "--key",
+                &key("warm"),
+                "--",
+                "sleep",
+                "0.3",
+            ])
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    for mut w in warm {
+        w.wait().unwrap();
+    }
+    let (_, err) = expect_code(via_bouncer(&["run", "--key", &name, "--", "true"]), 69);
+    assert!(
+        err.contains("--scope transaction") && err.contains("transaction pooler"),
+        "{err}"
+    );
+    // Refused before locking: no session lock is left with a pooled server connection.
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        pg().locks_on(id).is_empty(),
+        "leaked: {:?}",
+        pg().locks_on(id)
+    );
+}
