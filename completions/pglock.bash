@@ -63,12 +63,16 @@ _pglock() {
             return 0
             ;;
         pglock__subcmd__key)
-            opts="-h -V --sql --help --version"
+            opts="-h -V --sql --limit --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --limit)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -77,7 +81,7 @@ _pglock() {
             return 0
             ;;
         pglock__subcmd__run)
-            opts="-n -w -E -q -v -h -V --key --key-id --no-wait --timeout --shared --scope --conflict-exit-code --database-url --max-runtime --kill-after --heartbeat --release-after --quiet --verbose --log-format --help --version"
+            opts="-n -w -E -q -v -h -V --key --key-id --no-wait --timeout --shared --scope --limit --conflict-exit-code --database-url --max-runtime --kill-after --heartbeat --release-after --quiet --verbose --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -101,6 +105,10 @@ _pglock() {
                     ;;
                 --scope)
                     COMPREPLY=($(compgen -W "session transaction" -- "${cur}"))
+                    return 0
+                    ;;
+                --limit)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --conflict-exit-code)

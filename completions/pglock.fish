@@ -35,6 +35,7 @@ complete -c pglock -n "__fish_pglock_using_subcommand run" -l key-id -d 'Raw adv
 complete -c pglock -n "__fish_pglock_using_subcommand run" -s w -l timeout -d 'Wait at most DURATION for the lock (500ms, 30s, 5m, 1h), then exit 75' -r
 complete -c pglock -n "__fish_pglock_using_subcommand run" -l scope -d 'session: a session lock (pg_advisory_lock); transaction: pg_advisory_xact_lock in a transaction held open while COMMAND runs, for PgBouncer in transaction pooling mode' -r -f -a "session\t''
 transaction\t''"
+complete -c pglock -n "__fish_pglock_using_subcommand run" -l limit -d 'A counting semaphore: up to N runs of this key at once, each holding one of N slot locks' -r
 complete -c pglock -n "__fish_pglock_using_subcommand run" -s E -l conflict-exit-code -d 'Exit code when the lock is not acquired' -r
 complete -c pglock -n "__fish_pglock_using_subcommand run" -l database-url -d 'PostgreSQL connection URI or key=value string [default: DATABASE_URL, then libpq\'s PG* variables]' -r
 complete -c pglock -n "__fish_pglock_using_subcommand run" -l max-runtime -d 'Stop COMMAND after DURATION (SIGTERM, then SIGKILL after --kill-after) and exit 124' -r
@@ -49,6 +50,7 @@ complete -c pglock -n "__fish_pglock_using_subcommand run" -s q -l quiet -d 'Err
 complete -c pglock -n "__fish_pglock_using_subcommand run" -s v -l verbose -d 'More detail (connection, queries, signals)'
 complete -c pglock -n "__fish_pglock_using_subcommand run" -s h -l help -d 'Print help'
 complete -c pglock -n "__fish_pglock_using_subcommand run" -s V -l version -d 'Print version'
+complete -c pglock -n "__fish_pglock_using_subcommand key" -l limit -d 'Print the slot lock ids of `run --limit N` (with --sql: the SQL that takes a free slot)' -r
 complete -c pglock -n "__fish_pglock_using_subcommand key" -l sql -d 'Print the SQL expression that computes the id instead of the id'
 complete -c pglock -n "__fish_pglock_using_subcommand key" -s h -l help -d 'Print help'
 complete -c pglock -n "__fish_pglock_using_subcommand key" -s V -l version -d 'Print version'

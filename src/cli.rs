@@ -104,6 +104,10 @@ pub struct RunArgs {
     )]
     pub scope: ScopeArg,
 
+    /// A counting semaphore: up to N runs of this key at once, each holding one of N slot locks
+    #[arg(long, value_name = "N", env = "PGLOCK_LIMIT", help_heading = "Lock")]
+    pub limit: Option<String>,
+
     /// Exit code when the lock is not acquired
     #[arg(
         short = 'E',
@@ -237,12 +241,16 @@ pub struct StatusArgs {
 #[derive(Debug, Args)]
 pub struct KeyArgs {
     /// The key name
-    #[arg(value_name = "NAME")]
+    #[arg(value_name = "NAME", allow_hyphen_values = true)]
     pub name: String,
 
     /// Print the SQL expression that computes the id instead of the id
     #[arg(long)]
     pub sql: bool,
+
+    /// Print the slot lock ids of `run --limit N` (with --sql: the SQL that takes a free slot)
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u32>,
 }
 
 #[cfg(test)]

@@ -80,6 +80,26 @@ pub fn id_of(name: &str) -> i64 {
     i64::from_be_bytes(first)
 }
 
+/// The id of slot `i` of a `--limit` semaphore on lock `id`: [`id_of`] of the text `"<id>:<i>"`.
+pub fn slot_id(id: i64, i: u32) -> i64 {
+    id_of(&format!("{id}:{i}"))
+}
+
+/// The id of the queue lock that `--limit` waiters line up on: [`id_of`] of `"<id>:queue"`.
+pub fn queue_id(id: i64) -> i64 {
+    id_of(&format!("{id}:queue"))
+}
+
+/// SQL that takes a free slot of a `--limit` semaphore on `id` without waiting: one row with the
+/// slot number when it got one, no row when all `n` are taken.
+pub fn slot_sql(id: i64, n: u32) -> String {
+    format!(
+        "SELECT i FROM generate_series(0, {}) AS i \
+         WHERE pg_try_advisory_lock(('x' || left(encode(sha256(convert_to('{id}:' || i, 'UTF8')), 'hex'), 16))::bit(64)::bigint) LIMIT 1",
+        n - 1
+    )
+}
+
 /// The SQL expression (PostgreSQL 11 or later, no extension) that yields [`id_of`]`(name)`.
 pub fn sql_expr(name: &str) -> String {
     format!(
@@ -167,6 +187,14 @@ mod tests {
         assert!(LockKey::from_name("a\0b").is_err());
         assert!(LockKey::from_name(&"x".repeat(1024)).is_ok());
         assert!(LockKey::from_name(&"x".repeat(1025)).is_err());
+    }
+
+    #[test]
+    fn slots() {
+        assert_eq!(slot_id(42, 0), id_of("42:0"));
+        assert_eq!(slot_id(-7, 3), id_of("-7:3"));
+        assert_ne!(slot_id(42, 0), slot_id(42, 1));
+        assert_eq!(queue_id(42), id_of("42:queue"));
     }
 
     #[test]

@@ -146,7 +146,7 @@ fn lost_connection(conn: &Conn, m: String) -> Error {
     ))
 }
 
-fn query(conn: &mut Conn, sql: &str, signals: &Signals) -> Result<Rows> {
+pub fn query(conn: &mut Conn, sql: &str, signals: &Signals) -> Result<Rows> {
     match conn
         .send_query(sql)
         .and_then(|()| conn.wait_result(None, signals))
@@ -183,6 +183,7 @@ pub fn holders(conn: &mut Conn, key: &LockKey, signals: &Signals) -> Result<Vec<
 }
 
 /// What acquisition needs besides the connection.
+#[derive(Clone, Copy)]
 pub struct Acquire<'a> {
     pub key: &'a LockKey,
     pub mode: Mode,
@@ -610,6 +611,7 @@ pub fn release(
     key: &LockKey,
     mode: Mode,
     scope: Scope,
+    notify: Option<&str>,
     signals: &Signals,
 ) -> Result<bool> {
     if scope == Scope::Transaction {
@@ -617,10 +619,16 @@ pub fn release(
         query(conn, "COMMIT", signals)?;
         return Ok(open);
     }
-    let rows = query(
-        conn,
-        &format!("SELECT pg_advisory_unlock{}({})", fn_suffix(mode), key.id),
-        signals,
-    )?;
+    // With --limit, the same round trip wakes the first waiter (NOTIFY is sent on commit of the
+    // implicit transaction, after the unlock).
+    let sql = match notify {
+        Some(chan) => format!(
+            "SELECT pg_advisory_unlock{}({}); NOTIFY {chan}",
+            fn_suffix(mode),
+            key.id
+        ),
+        None => format!("SELECT pg_advisory_unlock{}({})", fn_suffix(mode), key.id),
+    };
+    let rows = query(conn, &sql, signals)?;
     Ok(first_bool(&rows))
 }

@@ -17,6 +17,7 @@ mod nesting;
 mod pg;
 mod request;
 mod run;
+mod semaphore;
 mod signals;
 mod status;
 
@@ -46,6 +47,23 @@ fn real_main() -> Result<i32, Error> {
     match parsed.command {
         cli::Command::Key(k) => {
             key::validate_name(&k.name)?;
+            if let Some(n) = k.limit {
+                if !(1..=request::MAX_LIMIT).contains(&n) {
+                    return Err(Error::usage(format!(
+                        "--limit {n}: give a number of slots from 1 to {}",
+                        request::MAX_LIMIT
+                    )));
+                }
+                let id = key::id_of(&k.name);
+                if k.sql {
+                    println!("{}", key::slot_sql(id, n));
+                } else {
+                    for i in 0..n {
+                        println!("{i} {}", key::slot_id(id, i));
+                    }
+                }
+                return Ok(0);
+            }
             if k.sql {
                 println!("{}", key::sql_expr(&k.name));
             } else {

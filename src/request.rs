@@ -65,6 +65,8 @@ pub struct RunRequest {
     pub key: LockKey,
     pub mode: Mode,
     pub scope: Scope,
+    /// `--limit N`: a semaphore of N slots.
+    pub limit: Option<u32>,
     pub wait: Wait,
     pub conflict_exit_code: i32,
     pub database_url: Option<String>,
@@ -144,6 +146,26 @@ pub fn run_request(args: RunArgs, m: &ArgMatches) -> Result<RunRequest> {
         }
     };
 
+    let limit = match &args.limit {
+        None => None,
+        Some(t) => match t.trim().parse::<u32>() {
+            Ok(n) if (1..=MAX_LIMIT).contains(&n) => Some(n),
+            _ => {
+                return Err(Error::usage(format!(
+                    "--limit '{t}': give a number of slots from 1 to {MAX_LIMIT}"
+                )))
+            }
+        },
+    };
+    if limit.is_some() && args.shared {
+        return Err(Error::usage(
+            "--limit and --shared exclude each other: a semaphore slot is held exclusively",
+        ));
+    }
+    if limit.is_some() && args.scope == ScopeArg::Transaction {
+        return Err(Error::usage("--limit needs --scope session: its waiters are woken by LISTEN/NOTIFY, which a transaction pooler does not carry"));
+    }
+
     let heartbeat = duration_opt("heartbeat", &args.heartbeat)?;
     if heartbeat < Duration::from_millis(100) {
         return Err(Error::usage("--heartbeat must be at least 100ms"));
@@ -172,6 +194,7 @@ pub fn run_request(args: RunArgs, m: &ArgMatches) -> Result<RunRequest> {
 
     Ok(RunRequest {
         key,
+        limit,
         scope: match args.scope {
             ScopeArg::Session => Scope::Session,
             ScopeArg::Transaction => Scope::Transaction,
@@ -192,6 +215,9 @@ pub fn run_request(args: RunArgs, m: &ArgMatches) -> Result<RunRequest> {
         command: args.command,
     })
 }
+
+/// The largest `--limit`.
+pub const MAX_LIMIT: u32 = 10_000;
 
 /// Slack for scheduling and the kernel's delivery of SIGKILL, in the timing rule.
 pub const RULE_MARGIN: Duration = Duration::from_secs(1);

@@ -5,11 +5,13 @@ use crate::child::{self, End, Watch};
 use crate::conninfo::ConnParams;
 use crate::error::{Error, Kind, Result};
 use crate::guard::Guard;
+use crate::key::LockKey;
 use crate::lock::{self, Acquire};
 use crate::log::{self, Mark, V};
 use crate::nesting::{self, Held};
 use crate::pg::{Conn, Startup};
 use crate::request::{Mode, RunRequest, Scope};
+use crate::semaphore;
 use crate::signals::Signals;
 use std::time::Duration;
 
@@ -139,23 +141,31 @@ fn run_inner(req: RunRequest, run_id: &str, nested: &std::cell::Cell<bool>) -> R
         params: &params,
         startup: &startup,
     };
-    let acquired = match lock::acquire(&mut conn, &acquire, &signals) {
-        Ok(a) => a,
+    // The lock held while the child runs: the key's own, or with --limit one of its slots.
+    let taken = match req.limit {
+        None => lock::acquire(&mut conn, &acquire, &signals)
+            .map(|a| (req.key.clone(), None, a.backend_pid)),
+        Some(n) => semaphore::acquire(&mut conn, &acquire, n, &signals)
+            .map(|s| (s.key, Some(s.index), s.backend_pid)),
+    };
+    let (held_key, slot, backend_pid) = match taken {
+        Ok(t) => t,
         Err(e) => {
             conn.close();
             return Err(e);
         }
     };
+    let acquired = lock::Acquired { backend_pid };
     log::mark(Mark::Acquired);
     // The backend that ran the lock statement is the one we connected to, unless something in
     // between (a pooler) hands statements to other backends: then confirm in pg_locks.
     if acquired.backend_pid != conn.backend_pid
-        && !lock::owns(&mut conn, &req.key, req.mode, &signals)?
+        && !lock::owns(&mut conn, &held_key, req.mode, &signals)?
     {
         lock::unlock_on(
             &mut conn,
             acquired.backend_pid,
-            &req.key,
+            &held_key,
             req.mode,
             &signals,
         );
@@ -176,10 +186,10 @@ fn run_inner(req: RunRequest, run_id: &str, nested: &std::cell::Cell<bool>) -> R
         mode: req.mode,
         pid: std::process::id() as i32,
     };
-    let child = match spawn(&req, run_id, &held, &me) {
+    let child = match spawn(&req, run_id, &held, &me, slot) {
         Ok(pid) => pid,
         Err(e) => {
-            release(conn, &req, &signals);
+            release(conn, &req, &held_key, &signals);
             return Err(e);
         }
     };
@@ -187,14 +197,21 @@ fn run_inner(req: RunRequest, run_id: &str, nested: &std::cell::Cell<bool>) -> R
     let (waited_ms, _) = log::timings();
     log::info(
         "acquired",
-        &format!(
-            "acquired lock \"{label}\" (id {}, {}) after {waited_ms} ms",
-            req.key.id,
-            req.mode.as_str()
-        ),
+        &match (slot, req.limit) {
+            (Some(i), Some(n)) => format!(
+                "acquired slot {i} of {n} of lock \"{label}\" (id {}) after {waited_ms} ms",
+                req.key.id
+            ),
+            _ => format!(
+                "acquired lock \"{label}\" (id {}, {}) after {waited_ms} ms",
+                req.key.id,
+                req.mode.as_str()
+            ),
+        },
         &[
             ("waited_ms", V::I(waited_ms)),
             ("mode", V::S(req.mode.as_str())),
+            ("slot", V::I(slot.map_or(-1, i64::from))),
         ],
     );
 
@@ -206,7 +223,7 @@ fn run_inner(req: RunRequest, run_id: &str, nested: &std::cell::Cell<bool>) -> R
         child,
         Watch {
             conn: Some(&mut conn),
-            check_sql: lock::ownership_sql(&req.key, req.mode),
+            check_sql: lock::ownership_sql(&held_key, req.mode),
             heartbeat: req.heartbeat,
             kill_after: req.kill_after,
             max_runtime: req.max_runtime,
@@ -216,7 +233,7 @@ fn run_inner(req: RunRequest, run_id: &str, nested: &std::cell::Cell<bool>) -> R
     log::mark(Mark::ChildEnd);
     let result = match end {
         End::Exited(code) => {
-            if release(conn, &req, &signals) {
+            if release(conn, &req, &held_key, &signals) {
                 Ok(code)
             } else {
                 Err(Error::new(
@@ -230,7 +247,7 @@ fn run_inner(req: RunRequest, run_id: &str, nested: &std::cell::Cell<bool>) -> R
             Err(Error::new(Kind::LockLost, format!("lock \"{label}\" was lost while the command ran ({why}); the command was stopped")))
         }
         End::MaxRuntime => {
-            release(conn, &req, &signals);
+            release(conn, &req, &held_key, &signals);
             Err(Error::new(
                 Kind::MaxRuntime,
                 format!(
@@ -245,7 +262,13 @@ fn run_inner(req: RunRequest, run_id: &str, nested: &std::cell::Cell<bool>) -> R
 }
 
 /// Starts the child with the pglock variables.
-fn spawn(req: &RunRequest, run_id: &str, held: &[Held], me: &Held) -> Result<nix::unistd::Pid> {
+fn spawn(
+    req: &RunRequest,
+    run_id: &str,
+    held: &[Held],
+    me: &Held,
+    slot: Option<u32>,
+) -> Result<nix::unistd::Pid> {
     let (set, remove) = if req.key.name.is_some() {
         (("PGLOCK_KEY", req.key.label()), "PGLOCK_KEY_ID")
     } else {
@@ -257,7 +280,11 @@ fn spawn(req: &RunRequest, run_id: &str, held: &[Held], me: &Held) -> Result<nix
         ("PGLOCK_RUN_ID", run_id.to_string()),
         (nesting::VAR, nesting::child_value(held, me)),
     ];
-    let pid = child::spawn(&req.command, &env, &[remove])?;
+    let mut env = env.to_vec();
+    if let Some(i) = slot {
+        env.push(("PGLOCK_SLOT", i.to_string()));
+    }
+    let pid = child::spawn(&req.command, &env, &[remove, "PGLOCK_SLOT"])?;
     log::mark(Mark::ChildStart);
     log::debug(
         "child",
@@ -293,7 +320,7 @@ fn run_nested(
         mode: h.mode,
         pid: std::process::id() as i32,
     };
-    let child = spawn(req, run_id, held, &me)?;
+    let child = spawn(req, run_id, held, &me, None)?;
     let end = child::supervise(
         child,
         Watch {
@@ -317,8 +344,16 @@ fn run_nested(
 }
 
 /// Unlocks and closes. `false` when the server did not confirm that the lock was still held.
-fn release(mut conn: Conn, req: &RunRequest, signals: &Signals) -> bool {
-    let held = match lock::release(&mut conn, &req.key, req.mode, req.scope, signals) {
+fn release(mut conn: Conn, req: &RunRequest, held_key: &LockKey, signals: &Signals) -> bool {
+    let notify = req.limit.map(|_| semaphore::channel(req.key.id));
+    let held = match lock::release(
+        &mut conn,
+        held_key,
+        req.mode,
+        req.scope,
+        notify.as_deref(),
+        signals,
+    ) {
         Ok(held) => held,
         Err(e) => {
             log::debug("release", &format!("unlock failed: {e}"));

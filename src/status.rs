@@ -25,33 +25,22 @@ pub struct Entry {
     pub age_s: Option<i64>,
 }
 
-fn sql(filter: Option<&LockKey>, server_version: u32) -> String {
+fn sql(server_version: u32) -> String {
     // pg_locks.waitstart (when a wait began) exists from PostgreSQL 14.
     let since = if server_version >= 140_000 {
         "coalesce(l.waitstart, a.backend_start)"
     } else {
         "a.backend_start"
     };
-    let mut q = format!(
+    format!(
         "SELECT l.classid::bigint, l.objid::bigint, l.objsubid, l.mode, l.granted, l.pid, a.usename, \
          CASE WHEN a.client_port = -1 THEN 'local' ELSE host(a.client_addr) END, a.application_name, \
          floor(extract(epoch FROM now() - {since}))::bigint \
          FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid \
          WHERE l.locktype = 'advisory' \
-         AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
-    );
-    if let Some(k) = filter {
-        let _ = write!(
-            q,
-            " AND l.classid = {} AND l.objid = {} AND l.objsubid = 1",
-            k.classid(),
-            k.objid()
-        );
-    }
-    q.push_str(
-        " ORDER BY l.classid, l.objid, l.objsubid, l.granted DESC, 10 DESC NULLS LAST, l.pid",
-    );
-    q
+         AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+         ORDER BY l.classid, l.objid, l.objsubid, l.granted DESC, 10 DESC NULLS LAST, l.pid"
+    )
 }
 
 fn entry(r: &[Option<String>]) -> Entry {
@@ -68,10 +57,8 @@ fn entry(r: &[Option<String>]) -> Entry {
     let key = application
         .as_deref()
         .and_then(|a| a.strip_prefix("pglock:"))
-        .filter(|name| {
-            sub == 1 && key::validate_name(name).is_ok() && key::id_of(name).to_string() == id
-        })
-        .map(str::to_string);
+        .filter(|name| sub == 1 && key::validate_name(name).is_ok())
+        .and_then(|name| name_of(name, &id));
     Entry {
         id,
         key,
@@ -87,6 +74,34 @@ fn entry(r: &[Option<String>]) -> Entry {
         application,
         age_s: get(9).and_then(|v| v.parse().ok()),
     }
+}
+
+/// The name of lock `id` taken by a pglock run for key `name`: the key itself, one of its
+/// `--limit` slots, or the queue of its `--limit` waiters.
+fn name_of(name: &str, id: &str) -> Option<String> {
+    let base = key::id_of(name);
+    if base.to_string() == id {
+        return Some(name.to_string());
+    }
+    if key::queue_id(base).to_string() == id {
+        return Some(format!("{name} (queue)"));
+    }
+    (0..SLOTS_NAMED)
+        .find(|i| key::slot_id(base, *i).to_string() == id)
+        .map(|i| format!("{name} [slot {i}]"))
+}
+
+/// Slots of a `--limit` semaphore that status recognises by name (and `--key` includes).
+const SLOTS_NAMED: u32 = 1024;
+
+/// The ids that belong to `k`: its own, its `--limit` queue and its first slots.
+fn ids_of(k: &LockKey) -> std::collections::HashSet<String> {
+    let mut ids: std::collections::HashSet<String> = (0..SLOTS_NAMED)
+        .map(|i| key::slot_id(k.id, i).to_string())
+        .collect();
+    ids.insert(k.id.to_string());
+    ids.insert(key::queue_id(k.id).to_string());
+    ids
 }
 
 fn age(s: Option<i64>) -> String {
@@ -221,7 +236,7 @@ pub fn run(args: StatusArgs) -> Result<i32> {
         let major: u32 = parts.next()?.parse().ok()?;
         Some(major * 10_000)
     });
-    conn.send_query(&sql(filter.as_ref(), version.unwrap_or(0)))
+    conn.send_query(&sql(version.unwrap_or(0)))
         .and_then(|()| conn.wait_result(None, &signals))
         .map_err(|e| match e {
             ReadErr::Signal(s) => Error::new(Kind::Signal(s as i32), format!("{s} received")),
@@ -230,7 +245,12 @@ pub fn run(args: StatusArgs) -> Result<i32> {
         })
         .and_then(|r| match r {
             QueryResult::Rows(rows) => {
-                let entries: Vec<Entry> = rows.iter().map(|r| entry(r)).collect();
+                let wanted = filter.as_ref().map(ids_of);
+                let entries: Vec<Entry> = rows
+                    .iter()
+                    .map(|r| entry(r))
+                    .filter(|e| wanted.as_ref().is_none_or(|w| w.contains(&e.id)))
+                    .collect();
                 let text = if args.json {
                     json(&entries)
                 } else {

@@ -685,6 +685,30 @@ impl Conn {
         }
     }
 
+    /// Waits for a NotificationResponse (LISTEN/NOTIFY) while no query is under way. `Ok(true)`
+    /// when one came, `Ok(false)` at the deadline.
+    pub fn wait_notification(
+        &mut self,
+        deadline: Option<Instant>,
+        signals: &Signals,
+    ) -> std::result::Result<bool, ReadErr> {
+        loop {
+            match self.read_message(deadline, signals) {
+                Ok((b'A', _)) => return Ok(true),
+                Ok((b'E', body)) => {
+                    return Err(ReadErr::Closed(format!(
+                        "the server ended the session: {}",
+                        ServerError::parse(&body)
+                    )))
+                }
+                Ok((b'S', body)) => self.param_status(&body),
+                Ok(_) => {}
+                Err(ReadErr::Timeout) => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Sends a simple query without waiting for its result.
     pub fn send_query(&mut self, sql: &str) -> std::result::Result<(), ReadErr> {
         let mut b = Vec::with_capacity(sql.len() + 1);

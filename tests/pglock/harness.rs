@@ -509,3 +509,8 @@ pub fn bouncer() -> &'static Bouncer {
         Bouncer { port }
     })
 }
+
+/// The id of the queue lock of `--limit` waiters on lock `id` (SHA-256 of "<id>:queue").
+pub fn lock_id_of_queue(id: i64) -> i64 {
+    lock_id(&format!("{id}:queue"))
+}

@@ -11,5 +11,6 @@ mod exit_codes;
 mod faults;
 mod locking;
 mod pooler;
+mod semaphore;
 mod signals;
 mod status;

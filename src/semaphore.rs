@@ -1,0 +1,152 @@
+//! `--limit N` (contract §4): a counting semaphore over N slot locks derived from the lock id.
+//!
+//! Slot `i` is the advisory lock [`key::slot_id`]`(id, i)`; a run holds one slot while its child
+//! runs. Waiting is fair and quiet: waiters line up on a queue lock ([`key::queue_id`]) with the
+//! server's own blocking wait, so only the head of the line is active. The head LISTENs on the
+//! semaphore's channel and tries the slots when a releasing pglock NOTIFYs (within milliseconds),
+//! or every second in case a holder died without notifying; then it lets the next waiter in.
+//! Thousands of waiters therefore cost the server one query a second.
+
+use crate::error::{Error, Kind, Result};
+use crate::key::{self, LockKey};
+use crate::lock::{self, describe_holders, Acquire};
+use crate::log::{self, V};
+use crate::pg::Conn;
+use crate::request::{Mode, Scope, Wait};
+use crate::signals::Signals;
+use std::time::{Duration, Instant};
+
+/// How often the head of the line tries the slots without a notification.
+const FALLBACK_POLL: Duration = Duration::from_secs(1);
+
+/// The LISTEN/NOTIFY channel of the semaphore on `id`.
+pub fn channel(id: i64) -> String {
+    format!("pglock_{:016x}", id as u64)
+}
+
+pub struct Slot {
+    pub index: u32,
+    /// The slot's own lock, the one held while the child runs.
+    pub key: LockKey,
+    pub backend_pid: i32,
+}
+
+fn try_slots(conn: &mut Conn, id: i64, n: u32, signals: &Signals) -> Result<Option<Slot>> {
+    let sql = key::slot_sql(id, n).replacen("SELECT i FROM", "SELECT i, pg_backend_pid() FROM", 1);
+    let rows = lock::query(conn, &sql, signals)?;
+    Ok(rows.first().and_then(|r| {
+        let index: u32 = r.first()?.as_ref()?.parse().ok()?;
+        let backend_pid = r.get(1)?.as_ref()?.parse().ok()?;
+        Some(Slot {
+            index,
+            key: LockKey {
+                id: key::slot_id(id, index),
+                name: None,
+            },
+            backend_pid,
+        })
+    }))
+}
+
+fn slot_holders(conn: &mut Conn, id: i64, n: u32, signals: &Signals) -> Result<Vec<lock::Holder>> {
+    let mut all = Vec::new();
+    for i in 0..n.min(8) {
+        all.extend(lock::holders(
+            conn,
+            &LockKey {
+                id: key::slot_id(id, i),
+                name: None,
+            },
+            signals,
+        )?);
+    }
+    Ok(all)
+}
+
+/// Takes one of `n` slots, waiting as `a.wait` says.
+pub fn acquire(conn: &mut Conn, a: &Acquire, n: u32, signals: &Signals) -> Result<Slot> {
+    let start = Instant::now();
+    let id = a.key.id;
+    let label = a.key.label();
+    if let Some(slot) = try_slots(conn, id, n, signals)? {
+        return Ok(slot);
+    }
+    let busy = |conn: &mut Conn, why: &str| {
+        let h = slot_holders(conn, id, n, signals).unwrap_or_default();
+        Error::new(
+            Kind::NotAcquired(a.conflict_exit_code),
+            format!(
+                "all {n} slots of lock \"{label}\" are taken ({why}): {}; the command was not run",
+                describe_holders(&h)
+            ),
+        )
+    };
+    if a.wait == Wait::Once {
+        return Err(busy(conn, "--no-wait"));
+    }
+    let deadline = match a.wait {
+        Wait::Timeout(d) => Some(start + d),
+        _ => None,
+    };
+    // Line up behind the other waiters: the server's queue, no polling.
+    let queue = LockKey {
+        id: key::queue_id(id),
+        name: Some(format!("{label} (queue for one of {n} slots)")),
+    };
+    let left = deadline.map(|d| {
+        Wait::Timeout(
+            d.saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1)),
+        )
+    });
+    let in_line = Acquire {
+        key: &queue,
+        mode: Mode::Exclusive,
+        scope: Scope::Session,
+        wait: left.unwrap_or(Wait::Forever),
+        ..*a
+    };
+    lock::acquire(conn, &in_line, signals).map_err(|e| match e.kind {
+        Kind::NotAcquired(_) => Error::new(e.kind, format!("all {n} slots of lock \"{label}\" stayed taken until --timeout; the command was not run")),
+        _ => e,
+    })?;
+    // Head of the line: listen first, so that no release between a try and the wait is missed.
+    let chan = channel(id);
+    lock::query(conn, &format!("LISTEN {chan}"), signals)?;
+    log::info(
+        "waiting",
+        &format!("first in line for one of {n} slots of lock \"{label}\"; waiting for a release"),
+        &[("waited_ms", V::I(start.elapsed().as_millis() as i64))],
+    );
+    loop {
+        if let Some(slot) = try_slots(conn, id, n, signals)? {
+            // Let the next waiter move up.
+            lock::query(
+                conn,
+                &format!("UNLISTEN {chan}; SELECT pg_advisory_unlock({})", queue.id),
+                signals,
+            )?;
+            return Ok(slot);
+        }
+        let now = Instant::now();
+        if deadline.is_some_and(|d| now >= d) {
+            return Err(busy(conn, "--timeout reached"));
+        }
+        let wake = deadline.map_or(now + FALLBACK_POLL, |d| d.min(now + FALLBACK_POLL));
+        match conn.wait_notification(Some(wake), signals) {
+            Ok(_) => {}
+            Err(crate::pg::ReadErr::Signal(s)) => return Err(Error::new(
+                Kind::Signal(s as i32),
+                format!(
+                    "{s} received while waiting for a slot of lock \"{label}\"; nothing was run"
+                ),
+            )),
+            Err(crate::pg::ReadErr::Closed(m)) => {
+                return Err(Error::unavailable(format!(
+                    "lost the connection while waiting for a slot: {m}"
+                )))
+            }
+            Err(crate::pg::ReadErr::Timeout) => {}
+        }
+    }
+}
