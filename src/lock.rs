@@ -361,7 +361,8 @@ pub fn acquire(conn: &mut Conn, a: &Acquire, signals: &Signals) -> Result<Acquir
     };
     let mut pending_send = true;
     let mut interval = Duration::from_secs(10);
-    let mut next_report = Instant::now() + interval;
+    let mut next_report =
+        Instant::now() + interval + interval.mul_f64(f64::from(std::process::id() % 50) / 100.0);
     loop {
         if pending_send {
             pending_send = false;
@@ -414,7 +415,9 @@ pub fn acquire(conn: &mut Conn, a: &Acquire, signals: &Signals) -> Result<Acquir
                     Err(e) => log::debug("waiting", &format!("cannot look up the holder: {e}")),
                 }
                 interval = (interval * 3).min(Duration::from_secs(900));
-                next_report = Instant::now() + interval;
+                // Spread the reports of many waiters started together (up to +50%), as above.
+                let jitter = interval.mul_f64(f64::from(std::process::id() % 50) / 100.0);
+                next_report = Instant::now() + interval + jitter;
             }
             Err(ReadErr::Signal(s)) => {
                 let e = Error::new(

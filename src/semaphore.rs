@@ -135,12 +135,14 @@ pub fn acquire(conn: &mut Conn, a: &Acquire, n: u32, signals: &Signals) -> Resul
         let wake = deadline.map_or(now + FALLBACK_POLL, |d| d.min(now + FALLBACK_POLL));
         match conn.wait_notification(Some(wake), signals) {
             Ok(_) => {}
-            Err(crate::pg::ReadErr::Signal(s)) => return Err(Error::new(
-                Kind::Signal(s as i32),
-                format!(
+            Err(crate::pg::ReadErr::Signal(s)) => {
+                return Err(Error::new(
+                    Kind::Signal(s as i32),
+                    format!(
                     "{s} received while waiting for a slot of lock \"{label}\"; nothing was run"
                 ),
-            )),
+                ))
+            }
             Err(crate::pg::ReadErr::Closed(m)) => {
                 return Err(Error::unavailable(format!(
                     "lost the connection while waiting for a slot: {m}"
