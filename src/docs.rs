@@ -36,8 +36,18 @@ heartbeat pglock confirms in \fBpg_locks\fR that its own backend holds the lock;
 connection is detected within two heartbeats. On a lost lock pglock sends the child SIGTERM,
 SIGKILL after \fB\-\-kill\-after\fR, and exits 74. The server frees a vanished pglock's lock no
 sooner than \fB\-\-release\-after\fR (TCP keepalive and user timeout of the lock session);
-pglock refuses values that break 3 x heartbeat + kill\-after + 1s <= release\-after. On Linux the
-child is killed when pglock dies, even by SIGKILL, before the server frees the lock.
+pglock refuses values that break 3 x heartbeat + kill\-after + 1s <= release\-after; with the
+defaults, 3 x 5s + 10s + 1s = 26s <= 30s (server keepalive idle 21s + 3 probes x 3s = 30s,
+tcp_user_timeout 30s). On Linux the child is killed when pglock dies, even by SIGKILL, before the
+server frees the lock: the child has PR_SET_PDEATHSIG, and a guard process keeps the lock's socket
+open until the child has exited. This covers the direct child; a wrapper script should exec the
+real command.
+.PP
+\fB\-\-limit\fR N makes a counting semaphore: slot i of lock id X is the lock of SHA\-256("X:i");
+\fBpglock key\fR NAME \fB\-\-limit\fR N prints the slot ids, with \fB\-\-sql\fR the SQL that
+takes a free slot. \fB\-\-scope transaction\fR takes pg_advisory_xact_lock in a transaction held
+open while COMMAND runs, which works through PgBouncer's transaction pooling; a session lock
+through a transaction pooler is refused.
 "#;
 
 const SECTIONS: &str = r#".SH "EXIT STATUS"

@@ -544,8 +544,8 @@ impl Conn {
                 b'E' => {
                     let e = ServerError::parse(&body);
                     let mut m = e.message.clone();
-                    if e.code == "53300" {
-                        m.push_str(" (the server is at max_connections; raise it or wait)");
+                    if e.code == "53300" && m.contains("too many clients") {
+                        m.push_str(" (max_connections is reached: raise max_connections or wait)");
                     }
                     return Err(Error::new(
                         crate::error::Kind::Unavailable,

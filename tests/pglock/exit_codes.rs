@@ -192,3 +192,29 @@ fn not_acquired_is_75_or_the_conflict_exit_code() {
     assert!(!marker.exists(), "the command ran without the lock");
     stop(holder);
 }
+
+#[test]
+fn too_many_connections_is_69() {
+    pg().psql_super(&format!(
+        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'nolimit') THEN \
+         CREATE ROLE nolimit LOGIN PASSWORD '{APP_PASSWORD}' CONNECTION LIMIT 0; END IF; END $$"
+    ));
+    let url = format!(
+        "postgres://nolimit:{APP_PASSWORD}@127.0.0.1:{}/postgres?sslmode=disable",
+        pg().port
+    );
+    let (_, err) = expect_code(
+        pglock_bare(&[
+            "run",
+            "--database-url",
+            &url,
+            "--key",
+            &key("nolimit"),
+            "--",
+            "true",
+        ]),
+        69,
+    );
+    assert!(err.contains("too many connections for role"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
