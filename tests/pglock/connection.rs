@@ -254,12 +254,7 @@ fn application_name_is_pglock_name_unless_set_and_cut_to_63_bytes() {
     // each non-ASCII byte of application_name as '?').
     let long = format!("{name}-{}", "é".repeat(40));
     let lid = lock_id(&long);
-    let h = pglock(&["run", "--key", &long, "--", "sleep", "30"])
-        .spawn()
-        .unwrap();
-    assert!(wait_until(Duration::from_secs(10), || !pg()
-        .locks_on(lid)
-        .is_empty()));
+    let h = hold(pglock(&["run", "--key", &long, "--", "sleep", "30"]), lid);
     let app = pg().locks_on(lid)[0].split(',').nth(2).unwrap().to_string();
     let ascii_prefix = format!("pglock:{name}-");
     assert!(

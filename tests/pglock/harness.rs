@@ -514,3 +514,17 @@ pub fn bouncer() -> &'static Bouncer {
 pub fn lock_id_of_queue(id: i64) -> i64 {
     lock_id(&format!("{id}:queue"))
 }
+
+/// Spawns `cmd` (a pglock run, or application code) and waits until lock `id` shows as granted
+/// in pg_locks: the lock is then held by it.
+pub fn hold(mut cmd: Command, id: i64) -> std::process::Child {
+    let child = cmd.stdout(Stdio::null()).spawn().expect("spawn the holder");
+    assert!(
+        wait_until(Duration::from_secs(10), || pg()
+            .locks_on(id)
+            .iter()
+            .any(|l| l.contains(",t,"))),
+        "lock {id} was not taken by {cmd:?}"
+    );
+    child
+}

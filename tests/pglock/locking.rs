@@ -68,12 +68,7 @@ fn negative_ids_map_to_classid_and_objid() {
 fn no_wait_returns_at_once_and_timeout_waits_then_gives_up_server_side_too() {
     let name = key("timeout");
     let id = lock_id(&name);
-    let holder = pglock(&["run", "--key", &name, "--", "sleep", "30"])
-        .spawn()
-        .unwrap();
-    assert!(wait_until(Duration::from_secs(10), || !pg()
-        .locks_on(id)
-        .is_empty()));
+    let holder = hold(pglock(&["run", "--key", &name, "--", "sleep", "30"]), id);
 
     let t = Instant::now();
     expect_code(pglock(&["run", "-n", "--key", &name, "--", "true"]), 75);
@@ -112,20 +107,18 @@ fn a_waiter_starts_well_under_100ms_after_the_release() {
     let dir = tmpdir("handoff");
     let end = dir.join("end");
     let start = dir.join("start");
-    let holder = pglock(&[
-        "run",
-        "--key",
-        &name,
-        "--",
-        "sh",
-        "-c",
-        &format!("sleep 1; date +%s%N > {}", end.display()),
-    ])
-    .spawn()
-    .unwrap();
-    assert!(wait_until(Duration::from_secs(10), || !pg()
-        .locks_on(id)
-        .is_empty()));
+    let holder = hold(
+        pglock(&[
+            "run",
+            "--key",
+            &name,
+            "--",
+            "sh",
+            "-c",
+            &format!("sleep 1; date +%s%N > {}", end.display()),
+        ]),
+        id,
+    );
     let waiter = pglock(&[
         "run",
         "--key",
@@ -159,12 +152,10 @@ fn a_waiter_starts_well_under_100ms_after_the_release() {
 fn shared_holders_run_together_and_exclude_exclusive_ones() {
     let name = key("shared");
     let id = lock_id(&name);
-    let s1 = pglock(&["run", "--shared", "--key", &name, "--", "sleep", "30"])
-        .spawn()
-        .unwrap();
-    assert!(wait_until(Duration::from_secs(10), || !pg()
-        .locks_on(id)
-        .is_empty()));
+    let s1 = hold(
+        pglock(&["run", "--shared", "--key", &name, "--", "sleep", "30"]),
+        id,
+    );
     // A second shared holder runs at once, beside the first.
     expect_code(
         pglock(&["run", "--shared", "-n", "--key", &name, "--", "true"]),
@@ -216,12 +207,7 @@ fn application_sql_and_pglock_exclude_each_other() {
         .is_empty()));
     // pglock holds it: application code's pg_try_advisory_lock(<id>) fails, using the SQL from
     // `pglock key --sql`.
-    let holder = pglock(&["run", "--key", &name, "--", "sleep", "30"])
-        .spawn()
-        .unwrap();
-    assert!(wait_until(Duration::from_secs(10), || !pg()
-        .locks_on(id)
-        .is_empty()));
+    let holder = hold(pglock(&["run", "--key", &name, "--", "sleep", "30"]), id);
     let (sql, _) = expect_code(pglock_bare(&["key", &name, "--sql"]), 0);
     assert_eq!(
         pg().psql_super(&format!("SELECT pg_try_advisory_lock({})", sql.trim())),

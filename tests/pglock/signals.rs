@@ -84,12 +84,7 @@ fn a_signal_while_waiting_cancels_the_wait_at_once() {
     let id = lock_id(&name);
     let dir = tmpdir("waitsig");
     let marker = dir.join("ran");
-    let holder = pglock(&["run", "--key", &name, "--", "sleep", "60"])
-        .spawn()
-        .unwrap();
-    assert!(wait_until(Duration::from_secs(10), || !pg()
-        .locks_on(id)
-        .is_empty()));
+    let holder = hold(pglock(&["run", "--key", &name, "--", "sleep", "60"]), id);
     for (sig, n) in [
         (Signal::SIGINT, 2),
         (Signal::SIGTERM, 15),

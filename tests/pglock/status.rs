@@ -16,12 +16,7 @@ fn status(url: &str, args: &[&str]) -> String {
 fn status_shows_held_waiting_and_shared_locks_with_key_names() {
     let (x, s) = (key("stx"), key("sts"));
     let (xid, sid) = (lock_id(&x), lock_id(&s));
-    let holder = pglock(&["run", "--key", &x, "--", "sleep", "30"])
-        .spawn()
-        .unwrap();
-    assert!(wait_until(Duration::from_secs(10), || !pg()
-        .locks_on(xid)
-        .is_empty()));
+    let holder = hold(pglock(&["run", "--key", &x, "--", "sleep", "30"]), xid);
     let waiter = pglock(&["run", "--key", &x, "--", "true"]).spawn().unwrap();
     let s1 = pglock(&["run", "--shared", "--key", &s, "--", "sleep", "30"])
         .spawn()
@@ -110,12 +105,7 @@ fn status_works_for_a_role_without_superuser_rights() {
     let name = key("stapp");
     let id = lock_id(&name);
     // Held by the superuser; looked at by the unprivileged role "app".
-    let holder = pglock(&["run", "--key", &name, "--", "sleep", "30"])
-        .spawn()
-        .unwrap();
-    assert!(wait_until(Duration::from_secs(10), || !pg()
-        .locks_on(id)
-        .is_empty()));
+    let holder = hold(pglock(&["run", "--key", &name, "--", "sleep", "30"]), id);
     let mine = key("stapp-own");
     let own = {
         let mut c = pglock_bare(&["run", "--key", &mine, "--", "sleep", "30"]);
