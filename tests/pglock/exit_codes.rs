@@ -218,3 +218,80 @@ fn too_many_connections_is_69() {
     assert!(err.contains("too many connections for role"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
 }
+
+#[test]
+fn a_full_server_is_69_naming_max_connections() {
+    let tiny = Cluster::start(
+        "tiny",
+        "max_connections = 3\nsuperuser_reserved_connections = 0",
+    );
+    let url = format!(
+        "postgres://postgres:{SUPERUSER_PASSWORD}@127.0.0.1:{}/postgres?sslmode=disable",
+        tiny.port
+    );
+    let sessions: Vec<_> = (0..3)
+        .map(|_| {
+            let mut c = tiny.psql_cmd();
+            c.args(["-c", "SELECT pg_sleep(20)"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null());
+            c.spawn().unwrap()
+        })
+        .collect();
+    let full = || {
+        tiny.psql_cmd()
+            .args(["-c", "SELECT 1"])
+            .output()
+            .map(|o| !o.status.success())
+            .unwrap_or(false)
+    };
+    assert!(
+        wait_until(std::time::Duration::from_secs(10), full),
+        "the server did not fill up"
+    );
+    let (_, err) = expect_code(
+        pglock_bare(&[
+            "run",
+            "--database-url",
+            &url,
+            "--key",
+            &key("full"),
+            "--",
+            "true",
+        ]),
+        69,
+    );
+    assert!(
+        err.contains("max_connections") && err.contains(&tiny.port.to_string()),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    for s in sessions {
+        stop(s);
+    }
+}
+
+#[test]
+fn connect_timeout_bounds_a_server_that_never_answers() {
+    // A socket that accepts connections in the kernel but never speaks.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let t = std::time::Instant::now();
+    let mut c = pglock_bare(&["run", "--key", &key("silent"), "--", "true"]);
+    c.env("PGHOST", "127.0.0.1")
+        .env("PGPORT", port.to_string())
+        .env("PGUSER", "u")
+        .env("PGSSLMODE", "disable")
+        .env("PGCONNECT_TIMEOUT", "2");
+    let (_, err) = expect_code(c, 69);
+    let took = t.elapsed();
+    assert!(
+        took >= std::time::Duration::from_millis(1900) && took < std::time::Duration::from_secs(5),
+        "{took:?}"
+    );
+    assert!(
+        err.contains("timed out") && err.contains(&port.to_string()),
+        "{err}"
+    );
+    drop(silent);
+}
