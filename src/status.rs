@@ -178,8 +178,15 @@ pub fn json(entries: &[Entry]) -> String {
         if i > 0 {
             s.push(',');
         }
-        s.push_str("\n  {\"lock_id\":");
-        json_str(&mut s, &e.id);
+        // The bigint form as a number (as in the logs); the two-int4 form as key1/key2.
+        match e.id.split_once(',') {
+            None => {
+                let _ = write!(s, "\n  {{\"lock_id\":{}", e.id);
+            }
+            Some((k1, k2)) => {
+                let _ = write!(s, "\n  {{\"lock_id\":null,\"key1\":{k1},\"key2\":{k2}");
+            }
+        }
         let opt = |s: &mut String, k: &str, v: &Option<String>| {
             let _ = write!(s, ",\"{k}\":");
             match v {

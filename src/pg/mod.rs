@@ -594,9 +594,11 @@ impl Conn {
         }
     }
 
-    /// Bytes already read (and decrypted) but not yet consumed: poll would not show them.
+    /// A message already read (and decrypted) but not yet consumed: poll would not show it.
+    /// Only a complete message counts: with part of one, the rest is still on the socket, and
+    /// poll will say so.
     pub fn has_buffered(&self) -> bool {
-        !self.buf.is_empty()
+        self.buf.len() >= 5 && self.buf.len() > be_i32(&self.buf, 1).max(0) as usize
     }
 
     fn write_all(&mut self, data: &[u8]) -> io::Result<()> {

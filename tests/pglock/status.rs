@@ -83,7 +83,7 @@ fn status_shows_held_waiting_and_shared_locks_with_key_names() {
     assert_eq!(json.matches("\"lock_id\":").count(), 2, "{json}");
     assert!(
         json.contains(&format!(
-            "\"lock_id\":\"{xid}\",\"key\":\"{x}\",\"mode\":\"exclusive\",\"granted\":true"
+            "\"lock_id\":{xid},\"key\":\"{x}\",\"mode\":\"exclusive\",\"granted\":true"
         )),
         "{json}"
     );
@@ -147,4 +147,27 @@ fn status_with_nothing_held_prints_the_header_and_bad_filters_are_usage_errors()
     );
     expect_code(pglock(&["status", "--key", ""]), 2);
     expect_code(pglock(&["status", "--key-id", "nope"]), 2);
+}
+
+#[test]
+fn status_shows_the_two_int4_form_of_application_locks() {
+    let mut app = pg().psql_cmd();
+    app.args([
+        "-c",
+        "SELECT pg_advisory_lock(77001, -5)",
+        "-c",
+        "SELECT pg_sleep(30)",
+    ]);
+    let app = app.stdout(std::process::Stdio::null()).spawn().unwrap();
+    let q = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2 AND classid = 77001";
+    assert!(wait_until(Duration::from_secs(10), || pg().psql_super(q) == "1"));
+    let table = status(&pg().url(), &[]);
+    assert!(table.lines().any(|l| l.starts_with("77001,-5 ")), "{table}");
+    let json = status(&pg().url(), &["--json"]);
+    assert!(
+        json.contains("\"lock_id\":null,\"key1\":77001,\"key2\":-5"),
+        "{json}"
+    );
+    pg().psql_super("SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2 AND classid = 77001");
+    stop(app);
 }
