@@ -229,13 +229,22 @@ fn a_full_server_is_69_naming_max_connections() {
         "postgres://postgres:{SUPERUSER_PASSWORD}@127.0.0.1:{}/postgres?sslmode=disable",
         tiny.port
     );
+    // Three sessions fill it; each retries until it is in (the probe below may hold a slot for a
+    // moment while one of them connects).
+    let psql = format!(
+        "{} -X -q -d '{}' -c 'SELECT pg_sleep(20)'",
+        tiny.bin.join("psql").display(),
+        tiny.socket_url()
+    );
     let sessions: Vec<_> = (0..3)
         .map(|_| {
-            let mut c = tiny.psql_cmd();
-            c.args(["-c", "SELECT pg_sleep(20)"])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null());
-            c.spawn().unwrap()
+            std::process::Command::new("sh")
+                .args([
+                    "-c",
+                    &format!("until {psql} >/dev/null 2>&1; do sleep 0.05; done"),
+                ])
+                .spawn()
+                .unwrap()
         })
         .collect();
     let full = || {
@@ -266,8 +275,9 @@ fn a_full_server_is_69_naming_max_connections() {
         "{err}"
     );
     assert_eq!(err.lines().count(), 1, "{err}");
-    for s in sessions {
-        stop(s);
+    for mut s in sessions {
+        let _ = s.kill();
+        let _ = s.wait();
     }
 }
 
