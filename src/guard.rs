@@ -2,7 +2,7 @@
 //!
 //! Two mechanisms on Linux:
 //! - the child gets `PR_SET_PDEATHSIG = SIGKILL`: it is killed when pglock dies;
-//! - a guard process, started before pglock connects, shares pglock's descriptor table
+//! - a guard process, started right after the child, shares pglock's descriptor table
 //!   (`clone(CLONE_VM | CLONE_FILES)`: no memory is copied, so it costs tens of microseconds).
 //!   When pglock dies, its descriptors, the lock connection's socket among them, stay open as
 //!   long as the guard lives, so the server keeps the lock. The guard waits on a pidfd of pglock;
