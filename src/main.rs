@@ -19,6 +19,8 @@ mod request;
 mod run;
 mod semaphore;
 mod signals;
+#[cfg(target_os = "linux")]
+mod spawn;
 mod status;
 
 use clap::{CommandFactory, FromArgMatches};

@@ -166,3 +166,43 @@ fn quiet_prints_nothing_on_success_and_verbose_more() {
         "{normal}"
     );
 }
+
+#[test]
+fn the_child_starts_with_no_signal_blocked_or_ignored_by_pglock() {
+    let name = key("sigmask");
+    let (out, err) = expect_code(
+        pglock(&[
+            "run",
+            "--key",
+            &name,
+            "--",
+            "grep",
+            "-E",
+            "^Sig(Blk|Ign):",
+            "/proc/self/status",
+        ]),
+        0,
+    );
+    let field = |f: &str| {
+        let v = out
+            .lines()
+            .find_map(|l| l.strip_prefix(f))
+            .unwrap_or_else(|| panic!("{out}{err}"));
+        u64::from_str_radix(v.trim(), 16).unwrap()
+    };
+    assert_eq!(field("SigBlk:"), 0, "blocked signals in the child: {out}");
+    // SIGPIPE (13) is ignored inside pglock (Rust's runtime) and must not be in the child.
+    assert_eq!(
+        field("SigIgn:") & (1 << 12),
+        0,
+        "SIGPIPE ignored in the child: {out}"
+    );
+    // The forwarded signals are at their defaults, not ignored.
+    for sig in [1, 2, 3, 10, 12, 15, 28] {
+        assert_eq!(
+            field("SigIgn:") & (1 << (sig - 1)),
+            0,
+            "signal {sig} ignored in the child: {out}"
+        );
+    }
+}
