@@ -22,17 +22,35 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use std::ffi::OsString;
-#[cfg(not(target_os = "linux"))]
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// Starts COMMAND without a shell, with pglock's environment plus `env`, less `remove`.
-///
-/// Linux: through `spawn.rs` (vfork-like, with PR_SET_PDEATHSIG). Elsewhere: std's Command.
+/// Starts COMMAND without a shell. `env` is added to the inherited environment; `remove` names
+/// variables the child must not inherit.
 pub fn spawn(command: &[OsString], env: &[(&str, String)], remove: &[&str]) -> Result<Pid> {
-    let name = command[0].to_string_lossy().into_owned();
-    match start(command, env, remove) {
-        Ok(pid) => Ok(pid),
+    let mut cmd = Command::new(&command[0]);
+    cmd.args(&command[1..]);
+    for var in remove {
+        cmd.env_remove(var);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let parent = std::process::id() as i32;
+    // Safety: die_with_parent calls only prctl, getppid and _exit.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            crate::guard::die_with_parent(parent)
+        });
+    }
+    // No signal is blocked around the spawn: a blocked mask would be inherited by the child. A
+    // signal that arrives meanwhile waits in the pipe and is forwarded once the pid is known (in
+    // the forked child before exec, a handler may write a record to the pipe: it is drained
+    // like any other).
+    let spawned = cmd.spawn();
+    let name = command[0].to_string_lossy();
+    match spawned {
+        Ok(child) => Ok(Pid::from_raw(child.id() as i32)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::new(
             Kind::NotFound,
             format!("command not found: {name}"),
@@ -42,40 +60,6 @@ pub fn spawn(command: &[OsString], env: &[(&str, String)], remove: &[&str]) -> R
             format!("cannot execute {name}: {e}"),
         )),
     }
-}
-
-#[cfg(target_os = "linux")]
-fn start(command: &[OsString], env: &[(&str, String)], remove: &[&str]) -> std::io::Result<Pid> {
-    let mut vars: Vec<(OsString, OsString)> = std::env::vars_os()
-        .filter(|(k, _)| !remove.iter().any(|r| k == r) && !env.iter().any(|(a, _)| k == a))
-        .collect();
-    vars.extend(
-        env.iter()
-            .map(|(k, v)| (OsString::from(k), OsString::from(v))),
-    );
-    let mut handled = [0; 8];
-    for (slot, sig) in handled.iter_mut().zip(
-        crate::signals::FORWARDED
-            .iter()
-            .copied()
-            .chain([Signal::SIGCHLD]),
-    ) {
-        *slot = sig as i32;
-    }
-    crate::spawn::spawn(command, &vars, handled).map(Pid::from_raw)
-}
-
-#[cfg(not(target_os = "linux"))]
-fn start(command: &[OsString], env: &[(&str, String)], remove: &[&str]) -> std::io::Result<Pid> {
-    let mut cmd = Command::new(&command[0]);
-    cmd.args(&command[1..]);
-    for var in remove {
-        cmd.env_remove(var);
-    }
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.spawn().map(|c| Pid::from_raw(c.id() as i32))
 }
 
 /// How the child's run ended.

@@ -1,8 +1,7 @@
 //! The child never outlives the lock's protection, even when pglock dies by SIGKILL (contract §5).
 //!
 //! Two mechanisms on Linux:
-//! - the child gets `PR_SET_PDEATHSIG = SIGKILL` (set by `spawn.rs` before the exec): it is
-//!   killed when pglock dies;
+//! - the child gets `PR_SET_PDEATHSIG = SIGKILL`: it is killed when pglock dies;
 //! - a guard process, started right after the child, shares pglock's descriptor table
 //!   (`clone(CLONE_VM | CLONE_FILES)`: no memory is copied, so it costs tens of microseconds).
 //!   When pglock dies, its descriptors, the lock connection's socket among them, stay open as
@@ -155,6 +154,20 @@ mod imp {
             }
         }
     }
+
+    /// In the child between fork and exec: die with pglock. Async-signal-safe calls only.
+    pub fn die_with_parent(parent: i32) -> std::io::Result<()> {
+        unsafe {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // pglock may have died before the prctl took effect.
+            if libc::getppid() != parent {
+                libc::_exit(137);
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -169,7 +182,11 @@ mod imp {
         pub fn watch(&self, _child: i32) {}
     }
 
+    pub fn die_with_parent(_parent: i32) -> std::io::Result<()> {
+        Ok(())
+    }
+
     pub fn close_stdio() {}
 }
 
-pub use imp::{close_stdio, Guard};
+pub use imp::{close_stdio, die_with_parent, Guard};

@@ -19,8 +19,6 @@ mod request;
 mod run;
 mod semaphore;
 mod signals;
-#[cfg(target_os = "linux")]
-mod spawn;
 mod status;
 
 use clap::{CommandFactory, FromArgMatches};
