@@ -528,3 +528,23 @@ pub fn hold(mut cmd: Command, id: i64) -> std::process::Child {
     );
     child
 }
+
+/// Waits for every child; each must exit 0.
+pub fn all_succeed(children: Vec<std::process::Child>) {
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// The intervals follow one another: no two overlap.
+pub fn assert_one_at_a_time(iv: &[(i128, i128)]) {
+    for w in iv.windows(2) {
+        assert!(w[0].1 <= w[1].0, "overlap: {:?} then {:?}", w[0], w[1]);
+    }
+}

@@ -18,20 +18,10 @@ fn eight_concurrent_runs_never_overlap_and_all_run() {
                 .unwrap()
         })
         .collect();
-    for c in children {
-        let out = c.wait_with_output().unwrap();
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    all_succeed(children);
     let iv = intervals(&file);
     assert_eq!(iv.len(), 8, "all 8 ran: {iv:?}");
-    for w in iv.windows(2) {
-        assert!(w[0].1 <= w[1].0, "overlap: {:?} then {:?}", w[0], w[1]);
-    }
+    assert_one_at_a_time(&iv);
 }
 
 #[test]

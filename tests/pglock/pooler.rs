@@ -55,25 +55,10 @@ fn transaction_scope_through_pgbouncer_excludes_and_leaves_nothing_behind() {
         75,
     );
     assert!(err.contains("held by pid"), "{err}");
-    for r in runs {
-        let out = r.wait_with_output().unwrap();
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    all_succeed(runs);
     let iv = intervals(&file);
     assert_eq!(iv.len(), 4, "{iv:?}");
-    for w in iv.windows(2) {
-        assert!(
-            w[0].1 <= w[1].0,
-            "overlap through the pooler: {:?} then {:?}",
-            w[0],
-            w[1]
-        );
-    }
+    assert_one_at_a_time(&iv);
     assert!(
         pg().locks_on(id).is_empty(),
         "left behind: {:?}",

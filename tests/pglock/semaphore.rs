@@ -33,15 +33,7 @@ fn ten_runs_with_limit_3_run_exactly_3_at_a_time() {
             .unwrap()
         })
         .collect();
-    for r in runs {
-        let out = r.wait_with_output().unwrap();
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    all_succeed(runs);
     let iv = intervals(&file);
     assert_eq!(iv.len(), 10, "all 10 ran: {iv:?}");
     assert_eq!(
