@@ -323,14 +323,7 @@ impl Conn {
         let who = Self::who(params, t);
         let deadline = deadline_after(params.connect_timeout);
         let fail = |what: String| Error::unavailable(format!("cannot connect to {who}: {what}"));
-        let io_fail = |e: ReadErr| match e {
-            ReadErr::Signal(s) => Error::new(
-                crate::error::Kind::Signal(s as i32),
-                format!("{s} received while connecting; nothing was run"),
-            ),
-            ReadErr::Timeout => fail("timed out (connect_timeout)".into()),
-            ReadErr::Closed(m) => fail(m),
-        };
+        let io_fail = |e: ReadErr| connect_error(&who, e);
         let plain =
             Self::open_socket(t, deadline, startup.client_keepalive, signals).map_err(io_fail)?;
         let tls_wanted = matches!(t.host, Host::Tcp(_))
@@ -478,14 +471,9 @@ impl Conn {
 
         let mut scram: Option<scram::Scram> = None;
         loop {
-            let (tag, body) = self.read_message(deadline, signals).map_err(|e| match e {
-                ReadErr::Signal(s) => Error::new(
-                    crate::error::Kind::Signal(s as i32),
-                    format!("{s} received while connecting; nothing was run"),
-                ),
-                ReadErr::Timeout => fail("timed out (connect_timeout)".into()),
-                ReadErr::Closed(m) => fail(m),
-            })?;
+            let (tag, body) = self
+                .read_message(deadline, signals)
+                .map_err(|e| connect_error(who, e))?;
             match tag {
                 b'R' => {
                     let kind = be_i32(&body, 0);
@@ -822,6 +810,20 @@ impl Conn {
         if let Stream::Tls(s) = &mut self.stream {
             s.close_notify();
         }
+    }
+}
+
+/// A failed read or wait while connecting to `who`, as pglock's error.
+fn connect_error(who: &str, e: ReadErr) -> Error {
+    match e {
+        ReadErr::Signal(s) => Error::new(
+            crate::error::Kind::Signal(s as i32),
+            format!("{s} received while connecting; nothing was run"),
+        ),
+        ReadErr::Timeout => Error::unavailable(format!(
+            "cannot connect to {who}: timed out (connect_timeout)"
+        )),
+        ReadErr::Closed(m) => Error::unavailable(format!("cannot connect to {who}: {m}")),
     }
 }
 
