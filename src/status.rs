@@ -4,10 +4,10 @@
 
 use crate::cli::StatusArgs;
 use crate::conninfo::ConnParams;
-use crate::error::{Error, Kind, Result};
+use crate::error::Result;
 use crate::key::{self, LockKey};
 use crate::log::json_str;
-use crate::pg::{Conn, QueryResult, ReadErr, Startup};
+use crate::pg::{Conn, Startup};
 use crate::signals::Signals;
 use std::fmt::Write as _;
 
@@ -243,33 +243,21 @@ pub fn run(args: StatusArgs) -> Result<i32> {
         let major: u32 = parts.next()?.parse().ok()?;
         Some(major * 10_000)
     });
-    conn.send_query(&sql(version.unwrap_or(0)))
-        .and_then(|()| conn.wait_result(None, &signals))
-        .map_err(|e| match e {
-            ReadErr::Signal(s) => Error::new(Kind::Signal(s as i32), format!("{s} received")),
-            ReadErr::Timeout => Error::unavailable("timed out"),
-            ReadErr::Closed(m) => Error::unavailable(format!("lost the connection: {m}")),
-        })
-        .and_then(|r| match r {
-            QueryResult::Rows(rows) => {
-                let wanted = filter.as_ref().map(ids_of);
-                let entries: Vec<Entry> = rows
-                    .iter()
-                    .map(|r| entry(r))
-                    .filter(|e| wanted.as_ref().is_none_or(|w| w.contains(&e.id)))
-                    .collect();
-                let text = if args.json {
-                    json(&entries)
-                } else {
-                    table(&entries)
-                };
-                print!("{text}");
-                Ok(())
-            }
-            QueryResult::Error(e) => Err(Error::unavailable(format!(
-                "the server refused the status query: {e}"
-            ))),
-        })?;
+    let rows = crate::lock::query(&mut conn, &sql(version.unwrap_or(0)), &signals);
     conn.close();
+    let wanted = filter.as_ref().map(ids_of);
+    let entries: Vec<Entry> = rows?
+        .iter()
+        .map(|r| entry(r))
+        .filter(|e| wanted.as_ref().is_none_or(|w| w.contains(&e.id)))
+        .collect();
+    print!(
+        "{}",
+        if args.json {
+            json(&entries)
+        } else {
+            table(&entries)
+        }
+    );
     Ok(0)
 }
