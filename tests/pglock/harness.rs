@@ -182,37 +182,30 @@ impl Cluster {
         self.dir.join("data")
     }
 
-    pub fn pg_ctl_start(&self) {
+    /// `pg_ctl ACTION...` on this cluster, waiting up to a minute.
+    fn pg_ctl(&self, action: &[&str]) {
         let mut c = as_pg(&self.bin, "pg_ctl");
+        let (data, log) = (self.data(), self.dir.join("log"));
         c.args([
             "-D",
-            self.data().to_str().unwrap(),
+            data.to_str().unwrap(),
             "-l",
-            self.dir.join("log").to_str().unwrap(),
+            log.to_str().unwrap(),
             "-w",
             "-t",
             "60",
-            "start",
-        ]);
-        run_ok(c, "pg_ctl start");
+        ])
+        .args(action);
+        run_ok(c, &format!("pg_ctl {}", action.join(" ")));
+    }
+
+    pub fn pg_ctl_start(&self) {
+        self.pg_ctl(&["start"]);
     }
 
     /// `pg_ctl restart -m fast`.
     pub fn restart(&self) {
-        let mut c = as_pg(&self.bin, "pg_ctl");
-        c.args([
-            "-D",
-            self.data().to_str().unwrap(),
-            "-l",
-            self.dir.join("log").to_str().unwrap(),
-            "-w",
-            "-t",
-            "60",
-            "-m",
-            "fast",
-            "restart",
-        ]);
-        run_ok(c, "pg_ctl restart");
+        self.pg_ctl(&["-m", "fast", "restart"]);
     }
 
     /// Stops the server and removes the directory once this test process is gone.
