@@ -4,12 +4,34 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
-use std::io::Read;
-
 type HmacSha256 = Hmac<Sha256>;
 
+/// Random bytes from the kernel. On Linux through getrandom(2), which needs no `/dev` (a
+/// container image built `FROM scratch` has none).
 pub fn fill_random(buf: &mut [u8]) -> std::io::Result<()> {
-    std::fs::File::open("/dev/urandom")?.read_exact(buf)
+    #[cfg(target_os = "linux")]
+    {
+        let mut done = 0;
+        while done < buf.len() {
+            let rest = &mut buf[done..];
+            // Safety: the kernel writes at most rest.len() bytes into rest.
+            let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            done += n as usize;
+        }
+        Ok(())
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        use std::io::Read;
+        std::fs::File::open("/dev/urandom")?.read_exact(buf)
+    }
 }
 
 fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {

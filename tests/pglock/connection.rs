@@ -263,7 +263,7 @@ fn application_name_is_pglock_name_unless_set_and_cut_to_63_bytes() {
     );
     assert!(
         app[ascii_prefix.len()..].bytes().all(|b| b == b'?')
-            && (app.len() - ascii_prefix.len()) % 2 == 0,
+            && (app.len() - ascii_prefix.len()).is_multiple_of(2),
         "{app}"
     );
     stop(h);
@@ -609,4 +609,58 @@ fn a_hot_standby_is_refused_and_a_host_list_picks_the_primary() {
     );
     assert_eq!(code, Some(69), "{err}");
     assert!(err.contains("hot standby"), "{err}");
+}
+
+/// Whether an ELF executable names a dynamic loader (a PT_INTERP program header).
+fn has_interpreter(elf: &[u8]) -> bool {
+    let u16_at = |o: usize| u16::from_le_bytes([elf[o], elf[o + 1]]) as usize;
+    let phoff = u64::from_le_bytes(elf[0x20..0x28].try_into().unwrap()) as usize;
+    let (size, count) = (u16_at(0x36), u16_at(0x38));
+    (0..count).any(|i| {
+        let at = phoff + i * size;
+        u32::from_le_bytes(elf[at..at + 4].try_into().unwrap()) == 3
+    })
+}
+
+/// On Linux with glibc pglock is one static executable (.cargo/config.toml): it runs from an
+/// otherwise empty root, with no shared library, no /dev (SCRAM's nonce comes from getrandom(2))
+/// and no /etc but a hosts file, and resolves the host name there.
+#[test]
+fn static_binary_runs_in_an_empty_root() {
+    if !cfg!(all(
+        target_os = "linux",
+        target_env = "gnu",
+        target_arch = "x86_64"
+    )) {
+        return;
+    }
+    assert!(is_root(), "this test needs root for chroot(8)");
+    let elf = std::fs::read(bin()).unwrap();
+    assert!(
+        !has_interpreter(&elf),
+        "{} is dynamically linked: the crt-static flag of .cargo/config.toml did not apply",
+        bin()
+    );
+    let root = tmpdir("static-root");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::copy(bin(), root.join("bin/pglock")).unwrap();
+    std::fs::write(root.join("etc/hosts"), "127.0.0.1 db.pglock.test\n").unwrap();
+    let url = pg().app_url().replace("127.0.0.1", "db.pglock.test");
+    let name = key("static-root");
+    let out = std::process::Command::new("/usr/sbin/chroot")
+        .arg(&root)
+        .args(["/bin/pglock", "run", "--key", &name, "--database-url", &url])
+        .args(["--", "/bin/pglock", "--version"])
+        .env_clear()
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("pglock "),
+        "the child did not run: {stderr}"
+    );
+    assert!(stderr.contains("acquired lock"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&root);
 }
