@@ -22,35 +22,21 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use std::ffi::OsString;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// Starts COMMAND without a shell. `env` is added to the inherited environment; `remove` names
-/// variables the child must not inherit.
-pub fn spawn(command: &[OsString], env: &[(&str, String)], remove: &[&str]) -> Result<Pid> {
-    let mut cmd = Command::new(&command[0]);
-    cmd.args(&command[1..]);
-    for var in remove {
-        cmd.env_remove(var);
-    }
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let parent = std::process::id() as i32;
-    // Safety: die_with_parent calls only prctl, getppid and _exit.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-            crate::guard::die_with_parent(parent)
-        });
-    }
-    // No signal is blocked around the spawn: a blocked mask would be inherited by the child. A
-    // signal that arrives meanwhile waits in the pipe and is forwarded once the pid is known (in
-    // the forked child before exec, a handler may write a record to the pipe: it is drained
-    // like any other).
-    let spawned = cmd.spawn();
+/// Starts COMMAND without a shell (see `spawn`). `env` is added to the inherited environment;
+/// `remove` names variables the child must not inherit; `pidfd` receives a pidfd of the child.
+pub fn spawn(
+    command: &[OsString],
+    env: &[(&str, String)],
+    remove: &[&str],
+    pidfd: Option<&std::sync::atomic::AtomicI32>,
+) -> Result<Pid> {
+    // No signal is lost around the spawn: one that arrives meanwhile waits in the pipe (or, while
+    // the child is being started, in the blocked mask) and is forwarded once the pid is known.
     let name = command[0].to_string_lossy();
-    match spawned {
-        Ok(child) => Ok(Pid::from_raw(child.id() as i32)),
+    match crate::spawn::spawn(command, env, remove, pidfd) {
+        Ok(pid) => Ok(Pid::from_raw(pid)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::new(
             Kind::NotFound,
             format!("command not found: {name}"),

@@ -1,8 +1,8 @@
 //! The child never outlives the lock's protection, even when pglock dies by SIGKILL (contract §5).
 //!
 //! Two mechanisms on Linux:
-//! - the child gets `PR_SET_PDEATHSIG = SIGKILL`: it is killed when pglock dies;
-//! - a guard process, started right after the child, shares pglock's descriptor table
+//! - the child gets `PR_SET_PDEATHSIG = SIGKILL` (src/spawn.rs): it is killed when pglock dies;
+//! - a guard process, started once the connection is open, shares pglock's descriptor table
 //!   (`clone(CLONE_VM | CLONE_FILES)`: no memory is copied, so it costs tens of microseconds).
 //!   When pglock dies, its descriptors, the lock connection's socket among them, stay open as
 //!   long as the guard lives, so the server keeps the lock. The guard waits on a pidfd of pglock;
@@ -125,17 +125,16 @@ mod imp {
             }
         }
 
-        /// Tells the guard which process to kill and wait for if pglock dies.
-        pub fn watch(&self, child: i32) {
-            let fd = pidfd_open(child);
-            if fd >= 0 {
-                CHILD_PIDFD.store(fd, Ordering::SeqCst);
-            }
+        /// Where the child's pidfd goes: `spawn` has the kernel write it there (`CLONE_PIDFD`)
+        /// before the child runs, so the guard knows the child from its first instant.
+        pub fn child_slot(&self) -> &'static AtomicI32 {
+            &CHILD_PIDFD
         }
     }
 
     impl Drop for Guard {
-        /// The child has been reaped: nothing for the guard to do any more but end with pglock.
+        /// The child has been reaped (or never ran): nothing for the guard to do any more but
+        /// end with pglock.
         fn drop(&mut self) {
             let fd = CHILD_PIDFD.swap(-1, Ordering::SeqCst);
             if fd >= 0 {
@@ -154,20 +153,6 @@ mod imp {
             }
         }
     }
-
-    /// In the child between fork and exec: die with pglock. Async-signal-safe calls only.
-    pub fn die_with_parent(parent: i32) -> std::io::Result<()> {
-        unsafe {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // pglock may have died before the prctl took effect.
-            if libc::getppid() != parent {
-                libc::_exit(137);
-            }
-        }
-        Ok(())
-    }
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -179,14 +164,13 @@ mod imp {
         pub fn start() -> Option<Guard> {
             None
         }
-        pub fn watch(&self, _child: i32) {}
-    }
-
-    pub fn die_with_parent(_parent: i32) -> std::io::Result<()> {
-        Ok(())
+        pub fn child_slot(&self) -> &'static std::sync::atomic::AtomicI32 {
+            static NONE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+            &NONE
+        }
     }
 
     pub fn close_stdio() {}
 }
 
-pub use imp::{close_stdio, die_with_parent, Guard};
+pub use imp::{close_stdio, Guard};

@@ -19,6 +19,7 @@ mod request;
 mod run;
 mod semaphore;
 mod signals;
+mod spawn;
 mod status;
 
 use clap::{CommandFactory, FromArgMatches};

@@ -5,6 +5,7 @@ use crate::harness::*;
 use nix::sys::signal::Signal;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -340,6 +341,73 @@ fn sigkill_of_pglock_never_lets_the_next_child_overlap() {
             "round {round}: A's child survived"
         );
     }
+}
+
+/// The guard alone: a child that exec'd a set-user-ID program has lost its parent-death signal
+/// (the kernel clears it), so only the guard kills it when pglock is SIGKILLed, and the lock
+/// must stay held until it is dead.
+#[test]
+fn sigkill_of_pglock_kills_a_set_uid_child_before_the_lock_is_freed() {
+    assert!(
+        is_root(),
+        "this test needs root to make a set-user-ID program"
+    );
+    let name = key("guard-suid");
+    let id = lock_id(&name);
+    let dir = tmpdir("guard-suid");
+    let sleeper = dir.join("sleep-as-postgres");
+    std::fs::copy("/bin/sleep", &sleeper).unwrap();
+    let uid = nix::unistd::User::from_name("postgres")
+        .unwrap()
+        .unwrap()
+        .uid
+        .as_raw();
+    std::os::unix::fs::chown(&sleeper, Some(uid), None).unwrap();
+    std::fs::set_permissions(&sleeper, std::fs::Permissions::from_mode(0o4755)).unwrap();
+    let mut a = pglock(&["run", "-q", "--key", &name, "--"])
+        .arg(&sleeper)
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let mut child = None;
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            child = children_of(a.id() as i32).into_iter().find(|&p| {
+                stat_fields(p).is_some_and(|_| {
+                    std::fs::read_link(format!("/proc/{p}/exe")).is_ok_and(|e| e == sleeper)
+                })
+            });
+            child.is_some()
+        }),
+        "A's child started"
+    );
+    let child = child.unwrap();
+    // B's child reports the state of A's child when it starts: gone, or a zombie.
+    let b = pglock(&["run", "-q", "--key", &name, "--", "sh", "-c"])
+        .arg(format!(
+            "cut -d' ' -f3 /proc/{child}/stat 2>/dev/null; true"
+        ))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || waiting(pg(), id)),
+        "B queued"
+    );
+    signal(&a, Signal::SIGKILL);
+    let _ = a.wait();
+    assert!(
+        wait_until(Duration::from_secs(5), || state_of(child)
+            .is_none_or(|s| s == 'Z')),
+        "A's set-uid child was not killed when pglock died"
+    );
+    let out = b.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let seen = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        seen.is_empty() || seen == "Z",
+        "B's child started while A's child was alive (state {seen})"
+    );
 }
 
 #[test]
