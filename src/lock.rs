@@ -541,6 +541,7 @@ fn report_holders(a: &Acquire, signals: &Signals) -> Result<Vec<Holder>> {
         application_name: a.startup.application_name,
         settings: Vec::new(),
         client_keepalive: None,
+        while_waiting: None,
     };
     let mut side = Conn::connect(a.params, &st, signals)?;
     let h = holders(&mut side, a.key, signals);

@@ -109,15 +109,20 @@ fn run_inner(req: RunRequest, run_id: &str, nested: &std::cell::Cell<bool>) -> R
         .application_name
         .clone()
         .unwrap_or_else(|| application_name(&label));
+    // The guard is started while the server starts the session, off the path from a lock
+    // grant to the child's start; the child's spawn hands it the child's pidfd (see guard.rs).
+    let guard = std::cell::OnceCell::new();
+    let start_guard = || {
+        guard.get_or_init(Guard::start);
+    };
     let startup = Startup {
         application_name: &app,
         settings: session_settings(&req),
         client_keepalive: Some(req.heartbeat),
+        while_waiting: Some(&start_guard),
     };
     let mut conn = connect(&params, &startup, &signals)?;
-    // The guard is started before the lock is taken, off the path from a lock grant to the
-    // child's start; the child's spawn hands it the child's pidfd (see guard.rs).
-    let guard = Guard::start();
+    start_guard();
     if req.scope == Scope::Session {
         let checked = lock::refuse_transaction_pooling(&mut conn, &signals).and_then(|()| {
             if conn.deferred_settings.is_empty() {
@@ -186,7 +191,7 @@ fn run_inner(req: RunRequest, run_id: &str, nested: &std::cell::Cell<bool>) -> R
         mode: req.mode,
         pid: std::process::id() as i32,
     };
-    let slot_of_guard = guard.as_ref().map(Guard::child_slot);
+    let slot_of_guard = guard.get().and_then(Option::as_ref).map(Guard::child_slot);
     let child = match spawn(&req, run_id, &held, &me, slot, slot_of_guard) {
         Ok(pid) => pid,
         Err(e) => {

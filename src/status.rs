@@ -236,6 +236,7 @@ pub fn run(args: StatusArgs) -> Result<i32> {
         application_name: &app,
         settings: Vec::new(),
         client_keepalive: None,
+        while_waiting: None,
     };
     let mut conn = Conn::connect(&params, &startup, &signals)?;
     let version = conn.server_params.get("server_version").and_then(|v| {

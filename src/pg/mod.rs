@@ -116,6 +116,9 @@ pub struct Startup<'a> {
     pub settings: Vec<(&'a str, String)>,
     /// TCP keepalive and user timeout of pglock's own socket, from the heartbeat.
     pub client_keepalive: Option<Duration>,
+    /// Work to do while the server starts the session (it forks a backend: the longest wait of
+    /// a connect), called once the startup message is sent.
+    pub while_waiting: Option<&'a dyn Fn()>,
 }
 
 const SSL_REQUEST: i32 = 80_877_103;
@@ -246,6 +249,7 @@ impl Conn {
                 application_name: startup.application_name,
                 settings: settings.clone(),
                 client_keepalive: startup.client_keepalive,
+                while_waiting: startup.while_waiting,
             };
             match Self::connect_target(params, t, &st, signals) {
                 // PgBouncer and other poolers refuse the options parameter: connect without it
@@ -259,6 +263,7 @@ impl Conn {
                         application_name: startup.application_name,
                         settings: Vec::new(),
                         client_keepalive: startup.client_keepalive,
+                        while_waiting: startup.while_waiting,
                     };
                     let mut c = Self::connect_target(params, t, &st, signals)?;
                     c.deferred_settings = settings
@@ -468,6 +473,9 @@ impl Conn {
         msg.extend_from_slice(&body);
         let fail = |m: String| Error::unavailable(format!("cannot connect to {who}: {m}"));
         self.write_all(&msg).map_err(|e| fail(e.to_string()))?;
+        if let Some(work) = st.while_waiting {
+            work();
+        }
 
         let mut scram: Option<scram::Scram> = None;
         loop {
