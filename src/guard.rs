@@ -10,8 +10,8 @@
 //!   has exited, and only then exits, closing the socket: the server frees the lock after the
 //!   child is dead, never before.
 //!
-//! When pglock ends normally, it has closed the socket itself (after the unlock), and the guard
-//! ends at once. The guard runs with every signal blocked, so a terminal's Ctrl-C or a process-
+//! When pglock ends normally, it has released the lock; the guard ends at once, and ends the
+//! session too (Terminate) when pglock left that to it (`end_session_after_exit`). The guard runs with every signal blocked, so a terminal's Ctrl-C or a process-
 //! group kill other than SIGKILL leaves it alone.
 //!
 //! Reach: the direct child. Processes the child starts are its own business (a wrapper script
@@ -25,6 +25,8 @@ mod imp {
     /// pidfds the guard reads from memory it shares with pglock.
     static PGLOCK_PIDFD: AtomicI32 = AtomicI32::new(-1);
     static CHILD_PIDFD: AtomicI32 = AtomicI32::new(-1);
+    /// The lock connection's socket, when pglock leaves the end of its session to the guard.
+    static SESSION_FD: AtomicI32 = AtomicI32::new(-1);
 
     const STACK: usize = 64 * 1024;
 
@@ -63,6 +65,11 @@ mod imp {
                     revents: 0,
                 };
                 while libc::poll(&mut c, 1, -1) <= 0 {}
+            }
+            let session = SESSION_FD.load(Ordering::SeqCst);
+            if session >= 0 {
+                let x = crate::pg::TERMINATE;
+                libc::write(session, x.as_ptr().cast(), x.len());
             }
             libc::_exit(0)
         }
@@ -130,6 +137,15 @@ mod imp {
         pub fn child_slot(&self) -> &'static AtomicI32 {
             &CHILD_PIDFD
         }
+
+        /// Leaves the end of the lock session (its lock already released) to the guard, which
+        /// sends Terminate once pglock has exited. The server's teardown of the session (about
+        /// a millisecond of CPU) then starts after pglock's caller has been told that pglock
+        /// exited, instead of competing with it when server and caller share CPUs.
+        pub fn end_session_after_exit(&self, socket: std::os::fd::OwnedFd) {
+            use std::os::fd::IntoRawFd;
+            SESSION_FD.store(socket.into_raw_fd(), Ordering::SeqCst);
+        }
     }
 
     impl Drop for Guard {
@@ -168,6 +184,7 @@ mod imp {
             static NONE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
             &NONE
         }
+        pub fn end_session_after_exit(&self, _socket: std::os::fd::OwnedFd) {}
     }
 
     pub fn close_stdio() {}

@@ -195,7 +195,13 @@ fn run_inner(req: RunRequest, run_id: &str, nested: &std::cell::Cell<bool>) -> R
     let child = match spawn(&req, run_id, &held, &me, slot, slot_of_guard) {
         Ok(pid) => pid,
         Err(e) => {
-            release(conn, &req, &held_key, &signals);
+            release(
+                conn,
+                &req,
+                &held_key,
+                &signals,
+                guard.get().and_then(Option::as_ref),
+            );
             return Err(e);
         }
     };
@@ -235,7 +241,13 @@ fn run_inner(req: RunRequest, run_id: &str, nested: &std::cell::Cell<bool>) -> R
     log::mark(Mark::ChildEnd);
     let result = match end {
         End::Exited(code) => {
-            if release(conn, &req, &held_key, &signals) {
+            if release(
+                conn,
+                &req,
+                &held_key,
+                &signals,
+                guard.get().and_then(Option::as_ref),
+            ) {
                 Ok(code)
             } else {
                 Err(Error::new(
@@ -249,7 +261,13 @@ fn run_inner(req: RunRequest, run_id: &str, nested: &std::cell::Cell<bool>) -> R
             Err(Error::new(Kind::LockLost, format!("lock \"{label}\" was lost while the command ran ({why}); the command was stopped")))
         }
         End::MaxRuntime => {
-            release(conn, &req, &held_key, &signals);
+            release(
+                conn,
+                &req,
+                &held_key,
+                &signals,
+                guard.get().and_then(Option::as_ref),
+            );
             Err(Error::new(
                 Kind::MaxRuntime,
                 format!(
@@ -347,7 +365,14 @@ fn run_nested(
 }
 
 /// Unlocks and closes. `false` when the server did not confirm that the lock was still held.
-fn release(mut conn: Conn, req: &RunRequest, held_key: &LockKey, signals: &Signals) -> bool {
+/// With a guard and no TLS, the guard ends the session just after pglock's exit.
+fn release(
+    mut conn: Conn,
+    req: &RunRequest,
+    held_key: &LockKey,
+    signals: &Signals,
+    guard: Option<&Guard>,
+) -> bool {
     let notify = req.limit.map(|_| semaphore::channel(req.key.id));
     let held = match lock::release(
         &mut conn,
@@ -363,6 +388,13 @@ fn release(mut conn: Conn, req: &RunRequest, held_key: &LockKey, signals: &Signa
             false
         }
     };
-    conn.close();
+    match guard {
+        Some(g) => {
+            if let Some(socket) = conn.into_plain_socket() {
+                g.end_session_after_exit(socket);
+            }
+        }
+        None => conn.close(),
+    }
     held
 }

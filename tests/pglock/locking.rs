@@ -209,3 +209,20 @@ fn application_sql_and_pglock_exclude_each_other() {
         "t"
     );
 }
+
+/// The lock session ends with the run: released and gone from the server (its Terminate is sent
+/// by the guard just after pglock exits, or by pglock itself without one).
+#[test]
+fn the_session_ends_with_the_run() {
+    let name = key("session-ends");
+    let (_, err) = expect_code(pglock(&["run", "--key", &name, "--", "true"]), 0);
+    assert!(err.contains("released the lock"), "{err}");
+    assert!(pg().locks_on(lock_id(&name)).is_empty());
+    let sql =
+        format!("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pglock:{name}'");
+    assert!(
+        wait_until(Duration::from_secs(2), || pg().psql_super(&sql).trim()
+            == "0"),
+        "the lock session outlived pglock"
+    );
+}
