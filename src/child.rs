@@ -17,6 +17,7 @@ use crate::error::{Error, Kind, Result};
 use crate::log;
 use crate::pg::{Conn, ServerError};
 use crate::signals::{Received, Signals};
+use crate::spawn::Exec;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -24,27 +25,31 @@ use nix::unistd::Pid;
 use std::ffi::OsString;
 use std::time::{Duration, Instant};
 
-/// Starts COMMAND without a shell (see `spawn`). `env` is added to the inherited environment;
-/// `remove` names variables the child must not inherit; `pidfd` receives a pidfd of the child.
-pub fn spawn(
+/// Prepares COMMAND's start (see `spawn`): `env` is added to the inherited environment;
+/// `remove` names variables the child must not inherit.
+pub fn prepare(command: &[OsString], env: &[(&str, String)], remove: &[&str]) -> Result<Exec> {
+    Exec::new(command, env, remove).map_err(|e| not_started(command, e))
+}
+
+/// Starts a prepared command without a shell; `pidfd` receives a pidfd of the child.
+pub fn start(
     command: &[OsString],
-    env: &[(&str, String)],
-    remove: &[&str],
+    exec: &Exec,
     pidfd: Option<&std::sync::atomic::AtomicI32>,
 ) -> Result<Pid> {
     // No signal is lost around the spawn: one that arrives meanwhile waits in the pipe (or, while
     // the child is being started, in the blocked mask) and is forwarded once the pid is known.
+    exec.spawn(pidfd)
+        .map(Pid::from_raw)
+        .map_err(|e| not_started(command, e))
+}
+
+fn not_started(command: &[OsString], e: std::io::Error) -> Error {
     let name = command[0].to_string_lossy();
-    match crate::spawn::spawn(command, env, remove, pidfd) {
-        Ok(pid) => Ok(Pid::from_raw(pid)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::new(
-            Kind::NotFound,
-            format!("command not found: {name}"),
-        )),
-        Err(e) => Err(Error::new(
-            Kind::NotExecutable,
-            format!("cannot execute {name}: {e}"),
-        )),
+    if e.kind() == std::io::ErrorKind::NotFound {
+        Error::new(Kind::NotFound, format!("command not found: {name}"))
+    } else {
+        Error::new(Kind::NotExecutable, format!("cannot execute {name}: {e}"))
     }
 }
 

@@ -13,6 +13,7 @@ use crate::pg::{Conn, Startup};
 use crate::request::{Mode, RunRequest, Scope};
 use crate::semaphore;
 use crate::signals::Signals;
+use crate::spawn::Exec;
 use std::time::Duration;
 
 /// The server side's TCP settings that make it free a vanished client's lock no sooner than
@@ -137,6 +138,22 @@ fn run_inner(req: RunRequest, run_id: &str, nested: &std::cell::Cell<bool>) -> R
         }
     }
 
+    let me = Held {
+        id: req.key.id,
+        mode: req.mode,
+        pid: std::process::id() as i32,
+    };
+    // The child's start is prepared before the wait (with --limit, once the slot is known).
+    let prepared = match req.limit {
+        None => match prepare_child(&req, run_id, &held, &me, None) {
+            Ok(x) => Some(x),
+            Err(e) => {
+                conn.close();
+                return Err(e);
+            }
+        },
+        Some(_) => None,
+    };
     let acquire = Acquire {
         key: &req.key,
         mode: req.mode,
@@ -186,13 +203,13 @@ fn run_inner(req: RunRequest, run_id: &str, nested: &std::cell::Cell<bool>) -> R
             &[],
         );
     }
-    let me = Held {
-        id: req.key.id,
-        mode: req.mode,
-        pid: std::process::id() as i32,
-    };
     let slot_of_guard = guard.get().and_then(Option::as_ref).map(Guard::child_slot);
-    let child = match spawn(&req, run_id, &held, &me, slot, slot_of_guard) {
+    let started = match prepared {
+        Some(exec) => start_child(&req, &exec, slot_of_guard),
+        None => prepare_child(&req, run_id, &held, &me, slot)
+            .and_then(|exec| start_child(&req, &exec, slot_of_guard)),
+    };
+    let child = match started {
         Ok(pid) => pid,
         Err(e) => {
             release(
@@ -281,15 +298,14 @@ fn run_inner(req: RunRequest, run_id: &str, nested: &std::cell::Cell<bool>) -> R
     result
 }
 
-/// Starts the child with the pglock variables.
-fn spawn(
+/// Prepares the child's start with the pglock variables.
+fn prepare_child(
     req: &RunRequest,
     run_id: &str,
     held: &[Held],
     me: &Held,
     slot: Option<u32>,
-    pidfd: Option<&std::sync::atomic::AtomicI32>,
-) -> Result<nix::unistd::Pid> {
+) -> Result<Exec> {
     let (set, remove) = if req.key.name.is_some() {
         (("PGLOCK_KEY", req.key.label()), "PGLOCK_KEY_ID")
     } else {
@@ -305,7 +321,16 @@ fn spawn(
     if let Some(i) = slot {
         env.push(("PGLOCK_SLOT", i.to_string()));
     }
-    let pid = child::spawn(&req.command, &env, &[remove, "PGLOCK_SLOT"], pidfd)?;
+    child::prepare(&req.command, &env, &[remove, "PGLOCK_SLOT"])
+}
+
+/// Starts the prepared child.
+fn start_child(
+    req: &RunRequest,
+    exec: &Exec,
+    pidfd: Option<&std::sync::atomic::AtomicI32>,
+) -> Result<nix::unistd::Pid> {
+    let pid = child::start(&req.command, exec, pidfd)?;
     log::mark(Mark::ChildStart);
     log::debug(
         "child",
@@ -341,7 +366,8 @@ fn run_nested(
         mode: h.mode,
         pid: std::process::id() as i32,
     };
-    let child = spawn(req, run_id, held, &me, None, None)?;
+    let exec = prepare_child(req, run_id, held, &me, None)?;
+    let child = start_child(req, &exec, None)?;
     let end = child::supervise(
         child,
         Watch {

@@ -18,8 +18,9 @@ use std::ffi::{CString, OsStr, OsString};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 
-/// What the child is to run, prepared in pglock before the spawn: no allocation happens after.
-struct Prepared {
+/// What the child is to run, prepared before the lock is taken: from a lock grant to the
+/// child's start, nothing is left to allocate or format.
+pub struct Exec {
     /// Where COMMAND may be, in `execvp`'s order.
     paths: Vec<CString>,
     argv: Vec<CString>,
@@ -31,8 +32,8 @@ fn cstring(b: &[u8]) -> io::Result<CString> {
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL byte in an argument"))
 }
 
-impl Prepared {
-    fn new(command: &[OsString], env: &[(&str, String)], remove: &[&str]) -> io::Result<Prepared> {
+impl Exec {
+    pub fn new(command: &[OsString], env: &[(&str, String)], remove: &[&str]) -> io::Result<Exec> {
         let argv = command
             .iter()
             .map(|a| cstring(a.as_bytes()))
@@ -62,7 +63,7 @@ impl Prepared {
                 })
                 .collect::<io::Result<Vec<_>>>()?
         };
-        Ok(Prepared { paths, argv, envp })
+        Ok(Exec { paths, argv, envp })
     }
 }
 
@@ -75,7 +76,7 @@ fn pointers(v: &[CString]) -> Vec<*const libc::c_char> {
 
 #[cfg(target_os = "linux")]
 mod imp {
-    use super::{pointers, Prepared};
+    use super::{pointers, Exec};
     use std::io;
     use std::sync::atomic::{AtomicI32, Ordering};
 
@@ -144,7 +145,7 @@ mod imp {
         }
     }
 
-    pub fn spawn(prep: &Prepared, pidfd: Option<&AtomicI32>) -> io::Result<i32> {
+    pub fn spawn(prep: &Exec, pidfd: Option<&AtomicI32>) -> io::Result<i32> {
         let paths = pointers(&prep.paths);
         let argv = pointers(&prep.argv);
         let envp = pointers(&prep.envp);
@@ -215,7 +216,7 @@ mod imp {
 
 #[cfg(not(target_os = "linux"))]
 mod imp {
-    use super::Prepared;
+    use super::Exec;
     use std::io;
     use std::os::unix::ffi::OsStrExt;
 
@@ -239,15 +240,10 @@ mod imp {
     }
 }
 
-/// Starts COMMAND without a shell. `env` is added to the inherited environment; `remove` names
-/// variables the child must not inherit; `pidfd`, where the kernel is to put a pidfd of the
-/// child (Linux), for the guard. Returns the child's pid.
-pub fn spawn(
-    command: &[OsString],
-    env: &[(&str, String)],
-    remove: &[&str],
-    pidfd: Option<&std::sync::atomic::AtomicI32>,
-) -> io::Result<i32> {
-    let prep = Prepared::new(command, env, remove)?;
-    imp::spawn(&prep, pidfd)
+impl Exec {
+    /// Starts the child; `pidfd`, where the kernel is to put a pidfd of it (Linux), for the
+    /// guard. Returns the child's pid.
+    pub fn spawn(&self, pidfd: Option<&std::sync::atomic::AtomicI32>) -> io::Result<i32> {
+        imp::spawn(self, pidfd)
+    }
 }
