@@ -203,6 +203,15 @@ fn run_inner(req: RunRequest, run_id: &str, nested: &std::cell::Cell<bool>) -> R
             &[],
         );
     }
+    let unlock_and_close = |conn: Conn| {
+        release(
+            conn,
+            &req,
+            &held_key,
+            &signals,
+            guard.get().and_then(Option::as_ref),
+        )
+    };
     let slot_of_guard = guard.get().and_then(Option::as_ref).map(Guard::child_slot);
     let started = match prepared {
         Some(exec) => start_child(&req, &exec, slot_of_guard),
@@ -212,13 +221,7 @@ fn run_inner(req: RunRequest, run_id: &str, nested: &std::cell::Cell<bool>) -> R
     let child = match started {
         Ok(pid) => pid,
         Err(e) => {
-            release(
-                conn,
-                &req,
-                &held_key,
-                &signals,
-                guard.get().and_then(Option::as_ref),
-            );
+            unlock_and_close(conn);
             return Err(e);
         }
     };
@@ -258,13 +261,7 @@ fn run_inner(req: RunRequest, run_id: &str, nested: &std::cell::Cell<bool>) -> R
     log::mark(Mark::ChildEnd);
     let result = match end {
         End::Exited(code) => {
-            if release(
-                conn,
-                &req,
-                &held_key,
-                &signals,
-                guard.get().and_then(Option::as_ref),
-            ) {
+            if unlock_and_close(conn) {
                 Ok(code)
             } else {
                 Err(Error::new(
@@ -278,13 +275,7 @@ fn run_inner(req: RunRequest, run_id: &str, nested: &std::cell::Cell<bool>) -> R
             Err(Error::new(Kind::LockLost, format!("lock \"{label}\" was lost while the command ran ({why}); the command was stopped")))
         }
         End::MaxRuntime => {
-            release(
-                conn,
-                &req,
-                &held_key,
-                &signals,
-                guard.get().and_then(Option::as_ref),
-            );
+            unlock_and_close(conn);
             Err(Error::new(
                 Kind::MaxRuntime,
                 format!(

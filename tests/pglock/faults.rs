@@ -287,6 +287,16 @@ fn a_silent_partition_is_detected_within_the_heartbeat_bound_and_the_server_keep
     );
 }
 
+/// SIGKILLs pglock `a` once a second pglock waits for lock `id`, and reaps it.
+fn kill_once_queued(mut a: std::process::Child, id: i64) {
+    assert!(
+        wait_until(Duration::from_secs(10), || waiting(pg(), id)),
+        "B queued"
+    );
+    signal(&a, Signal::SIGKILL);
+    let _ = a.wait();
+}
+
 #[test]
 fn sigkill_of_pglock_never_lets_the_next_child_overlap() {
     let name = key("sigkill");
@@ -322,13 +332,7 @@ fn sigkill_of_pglock_never_lets_the_next_child_overlap() {
         ])
         .spawn()
         .unwrap();
-        assert!(
-            wait_until(Duration::from_secs(10), || waiting(pg(), id)),
-            "B queued"
-        );
-        signal(&a, Signal::SIGKILL);
-        let mut a = a;
-        let _ = a.wait();
+        kill_once_queued(a, id);
         let bout = b.wait_with_output().unwrap();
         assert_eq!(bout.status.code(), Some(0));
         let (last_a, first_b) = last_a_first_b(&file);
@@ -364,7 +368,7 @@ fn sigkill_of_pglock_kills_a_set_uid_child_before_the_lock_is_freed() {
         .as_raw();
     std::os::unix::fs::chown(&sleeper, Some(uid), None).unwrap();
     std::fs::set_permissions(&sleeper, std::fs::Permissions::from_mode(0o4755)).unwrap();
-    let mut a = pglock(&["run", "-q", "--key", &name, "--"])
+    let a = pglock(&["run", "-q", "--key", &name, "--"])
         .arg(&sleeper)
         .arg("30")
         .spawn()
@@ -390,12 +394,7 @@ fn sigkill_of_pglock_kills_a_set_uid_child_before_the_lock_is_freed() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    assert!(
-        wait_until(Duration::from_secs(10), || waiting(pg(), id)),
-        "B queued"
-    );
-    signal(&a, Signal::SIGKILL);
-    let _ = a.wait();
+    kill_once_queued(a, id);
     assert!(
         wait_until(Duration::from_secs(5), || state_of(child)
             .is_none_or(|s| s == 'Z')),
