@@ -86,6 +86,9 @@ mod imp {
         paths: *const *const libc::c_char,
         argv: *const *const libc::c_char,
         envp: *const *const libc::c_char,
+        /// `/bin/sh`, a slot for the file, then COMMAND's arguments: execvp's way with a file
+        /// that is not an executable format (a script without `#!`).
+        sh_argv: *mut *const libc::c_char,
         mask: libc::sigset_t,
         /// The signals with a handler in pglock, and SIGPIPE.
         reset: *const libc::c_int,
@@ -127,6 +130,12 @@ mod imp {
             while !(*p).is_null() {
                 libc::execve(*p, sh.argv, sh.envp);
                 match *libc::__errno_location() {
+                    libc::ENOEXEC => {
+                        *sh.sh_argv.add(1) = *p;
+                        libc::execve(*sh.sh_argv, sh.sh_argv, sh.envp);
+                        err = *libc::__errno_location();
+                        break;
+                    }
                     libc::EACCES => err = libc::EACCES,
                     libc::ENOENT
                     | libc::ENOTDIR
@@ -149,6 +158,10 @@ mod imp {
         let paths = pointers(&prep.paths);
         let argv = pointers(&prep.argv);
         let envp = pointers(&prep.envp);
+        let mut sh_argv: Vec<*const libc::c_char> = [c"/bin/sh".as_ptr(), std::ptr::null()]
+            .into_iter()
+            .chain(argv[1..].iter().copied())
+            .collect();
         let reset: Vec<libc::c_int> = crate::signals::FORWARDED
             .iter()
             .map(|&s| s as libc::c_int)
@@ -161,6 +174,7 @@ mod imp {
                 paths: paths.as_ptr(),
                 argv: argv.as_ptr(),
                 envp: envp.as_ptr(),
+                sh_argv: sh_argv.as_mut_ptr(),
                 mask: std::mem::zeroed(),
                 reset: reset.as_ptr(),
                 reset_len: reset.len(),

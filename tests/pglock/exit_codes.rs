@@ -80,6 +80,27 @@ fn not_found_127_not_executable_126_and_the_lock_is_released() {
     expect_code(pglock(&["run", "-n", "--key", &name, "--", "true"]), 0);
 }
 
+/// As execvp(3) and flock(1) do: an executable file in no executable format (a script without
+/// `#!`) runs through /bin/sh, found by PATH too, with its arguments and exit status.
+#[test]
+fn a_script_without_shebang_runs_through_sh() {
+    use std::os::unix::fs::PermissionsExt;
+    let name = key("no-shebang");
+    let dir = tmpdir("no-shebang");
+    let f = dir.join("plain-script");
+    std::fs::write(&f, "echo \"args: $1 $2\"\nexit 7\n").unwrap();
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (out, _) = expect_code(
+        pglock(&["run", "--key", &name, "--", f.to_str().unwrap(), "a", "b"]),
+        7,
+    );
+    assert_eq!(out.trim(), "args: a b");
+    let mut by_path = pglock(&["run", "--key", &name, "--", "plain-script", "c"]);
+    by_path.env("PATH", format!("{}:/usr/bin:/bin", dir.display()));
+    let (out, _) = expect_code(by_path, 7);
+    assert_eq!(out.trim(), "args: c");
+}
+
 #[test]
 fn unavailable_is_69_with_host_port_user() {
     let name = key("unavail");
