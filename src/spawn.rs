@@ -89,6 +89,7 @@ mod imp {
         /// `/bin/sh`, a slot for the file, then COMMAND's arguments: execvp's way with a file
         /// that is not an executable format (a script without `#!`).
         sh_argv: *mut *const libc::c_char,
+        /// pglock's signal mask before the spawn, restored in pglock once the child has exec'd.
         mask: libc::sigset_t,
         /// The signals with a handler in pglock, and SIGPIPE.
         reset: *const libc::c_int,
@@ -115,7 +116,10 @@ mod imp {
             for i in 0..sh.reset_len {
                 libc::sigaction(*sh.reset.add(i), &dfl, std::ptr::null_mut());
             }
-            libc::sigprocmask(libc::SIG_SETMASK, &sh.mask, std::ptr::null_mut());
+            // No signal blocked in the child, whatever pglock inherited (as std's Command did).
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 sh.errno = *libc::__errno_location();
                 libc::_exit(127);

@@ -170,19 +170,28 @@ fn quiet_prints_nothing_on_success_and_verbose_more() {
 #[test]
 fn the_child_starts_with_no_signal_blocked_or_ignored_by_pglock() {
     let name = key("sigmask");
-    let (out, err) = expect_code(
-        pglock(&[
-            "run",
-            "--key",
-            &name,
-            "--",
-            "grep",
-            "-E",
-            "^Sig(Blk|Ign):",
-            "/proc/self/status",
-        ]),
-        0,
-    );
+    let mut cmd = pglock(&[
+        "run",
+        "--key",
+        &name,
+        "--",
+        "grep",
+        "-E",
+        "^Sig(Blk|Ign):",
+        "/proc/self/status",
+    ]);
+    // pglock itself starts with SIGUSR2 and SIGALRM blocked; its child must not inherit that.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGUSR2);
+            libc::sigaddset(&mut set, libc::SIGALRM);
+            libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            Ok(())
+        });
+    }
+    let (out, err) = expect_code(cmd, 0);
     let field = |f: &str| {
         let v = out
             .lines()
