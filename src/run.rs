@@ -382,7 +382,7 @@ fn run_nested(
 }
 
 /// Unlocks and closes. `false` when the server did not confirm that the lock was still held.
-/// With a guard and no TLS, the guard ends the session just after pglock's exit.
+/// With a guard and no TLS, the session ends when the guard exits, just after pglock.
 fn release(
     mut conn: Conn,
     req: &RunRequest,

@@ -820,8 +820,9 @@ impl Conn {
         }
     }
 
-    /// The socket of a connection without TLS, left open, for someone else to end the session
-    /// with `TERMINATE` and close; a TLS connection is closed here and gives `None`.
+    /// The socket of a connection without TLS, left open, for someone else to close (the server
+    /// ends an idle session on end of file as on Terminate); a TLS connection is closed here,
+    /// with its close_notify, and gives `None`.
     pub fn into_plain_socket(self) -> Option<std::os::fd::OwnedFd> {
         match self.stream {
             Stream::Tcp(s) => Some(s.into()),
@@ -833,9 +834,6 @@ impl Conn {
         }
     }
 }
-
-/// The Terminate message, which ends a session.
-pub const TERMINATE: [u8; 5] = [b'X', 0, 0, 0, 4];
 
 /// A failed read or wait while connecting to `who`, as pglock's error.
 fn connect_error(who: &str, e: ReadErr) -> Error {
