@@ -203,13 +203,16 @@ fn run_inner(req: RunRequest, run_id: &str, nested: &std::cell::Cell<bool>) -> R
             &[],
         );
     }
+    // Through a pooler the client's disconnect tears no backend down: pglock says Terminate
+    // itself there, which the pooler logs as a close request, not as an unexpected end of file.
+    let pooled = acquired.backend_pid != conn.backend_pid || !conn.deferred_settings.is_empty();
     let unlock_and_close = |conn: Conn| {
         release(
             conn,
             &req,
             &held_key,
             &signals,
-            guard.get().and_then(Option::as_ref),
+            guard.get().and_then(Option::as_ref).filter(|_| !pooled),
         )
     };
     let slot_of_guard = guard.get().and_then(Option::as_ref).map(Guard::child_slot);

@@ -451,6 +451,7 @@ pub fn stamp_script(file: &Path, secs: &str) -> String {
 /// backends, as they do under load.
 pub struct Bouncer {
     pub port: u16,
+    pub log: PathBuf,
 }
 
 impl Bouncer {
@@ -499,7 +500,10 @@ pub fn bouncer() -> &'static Bouncer {
         #[allow(clippy::zombie_processes)] // outlives the tests; stops with them
         Command::new("sh").args(["-c", &script]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).process_group(0).spawn().unwrap();
         assert!(wait_until(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()), "pgbouncer did not start");
-        Bouncer { port }
+        Bouncer {
+            port,
+            log: dir.join("pgbouncer.log"),
+        }
     })
 }
 

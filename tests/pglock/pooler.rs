@@ -117,3 +117,31 @@ fn session_scope_through_a_transaction_pooler_is_refused() {
         pg().locks_on(id)
     );
 }
+
+/// Through a pooler the client's disconnect tears no backend down, so pglock ends its session
+/// with Terminate there (directly it leaves the socket's close to the guard): PgBouncer logs a
+/// close request, never an unexpected end of file.
+#[test]
+fn through_pgbouncer_the_session_ends_with_terminate() {
+    let name = key("pgb-terminate");
+    expect_code(
+        via_bouncer(&[
+            "run",
+            "--scope",
+            "transaction",
+            "--key",
+            &name,
+            "--",
+            "true",
+        ]),
+        0,
+    );
+    let log = || std::fs::read_to_string(&bouncer().log).unwrap_or_default();
+    assert!(
+        wait_until(Duration::from_secs(5), || log()
+            .contains("closing because: client close request")),
+        "{}",
+        log()
+    );
+    assert!(!log().contains("client unexpected eof"), "{}", log());
+}
