@@ -10,8 +10,8 @@
 //!   has exited, and only then exits, closing the socket: the server frees the lock after the
 //!   child is dead, never before.
 //!
-//! When pglock ends normally, it has released the lock; the guard ends at once, and its exit
-//! closes the session's socket when pglock left that to it (`end_session_after_exit`). The guard runs with every signal blocked, so a terminal's Ctrl-C or a process-
+//! When the child has been reaped, pglock tells the guard to exit (closing a pipe it polls) and
+//! then releases the lock and closes the connection itself. The guard runs with every signal blocked, so a terminal's Ctrl-C or a process-
 //! group kill other than SIGKILL leaves it alone.
 //!
 //! Reach: the direct child. Processes the child starts are its own business (a wrapper script
@@ -25,10 +25,15 @@ mod imp {
     /// pidfds the guard reads from memory it shares with pglock.
     static PGLOCK_PIDFD: AtomicI32 = AtomicI32::new(-1);
     static CHILD_PIDFD: AtomicI32 = AtomicI32::new(-1);
+    /// The read end of a pipe whose write end pglock closes to tell the guard to go.
+    static STOP_FD: AtomicI32 = AtomicI32::new(-1);
 
     const STACK: usize = 64 * 1024;
 
-    pub struct Guard;
+    /// Holds the write end of the guard's stop pipe.
+    pub struct Guard {
+        stop: RawFd,
+    }
 
     fn pidfd_open(pid: i32) -> RawFd {
         unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) as RawFd }
@@ -40,12 +45,23 @@ mod imp {
     extern "C" fn guard_main(_arg: *mut libc::c_void) -> libc::c_int {
         unsafe {
             libc::prctl(libc::PR_SET_NAME, c"pglock-guard".as_ptr());
-            let mut me = libc::pollfd {
-                fd: PGLOCK_PIDFD.load(Ordering::SeqCst),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            while libc::poll(&mut me, 1, -1) <= 0 {}
+            let mut fds = [
+                libc::pollfd {
+                    fd: PGLOCK_PIDFD.load(Ordering::SeqCst),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: STOP_FD.load(Ordering::SeqCst),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            while libc::poll(fds.as_mut_ptr(), 2, -1) <= 0 {}
+            if fds[0].revents == 0 {
+                // Told to go: the child has been reaped, there is nothing left to guard.
+                libc::_exit(0)
+            }
             // pglock is gone (exited or killed). Its descriptors stay open while this process
             // lives, the lock connection's socket among them.
             let child = CHILD_PIDFD.load(Ordering::SeqCst);
@@ -77,6 +93,11 @@ mod imp {
                 return None;
             }
             PGLOCK_PIDFD.store(me, Ordering::SeqCst);
+            let mut pipe = [-1; 2];
+            if unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+                return None;
+            }
+            STOP_FD.store(pipe[0], Ordering::SeqCst);
             unsafe {
                 let stack = libc::mmap(
                     std::ptr::null_mut(),
@@ -107,7 +128,7 @@ mod imp {
                     std::ptr::null_mut(),
                 );
                 libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
-                (pid > 0).then_some(Guard)
+                (pid > 0).then_some(Guard { stop: pipe[1] })
             }
         }
 
@@ -116,30 +137,17 @@ mod imp {
         pub fn child_slot(&self) -> &'static AtomicI32 {
             &CHILD_PIDFD
         }
-
-        /// Leaves the end of the lock session (its lock already released and the release
-        /// confirmed) to the guard: the socket stays open in the descriptor table the guard
-        /// shares until the guard exits, just after pglock, and the server sees the connection
-        /// close. Measured on a 2-CPU machine shared with the server: the backend's teardown
-        /// (1-2 ms of CPU) then neither delays pglock's caller nor the next holder's child. A
-        /// Terminate message wakes the backend on the writer's CPU; it had made half of the
-        /// `run -- true` runs about 1 ms slower when pglock sent it, and preempted the next
-        /// holder's starting child for 2 ms in one handoff in eight when the guard sent it. A
-        /// closed connection wakes it on an idle CPU.
-        pub fn end_session_after_exit(&self, socket: std::os::fd::OwnedFd) {
-            use std::os::fd::IntoRawFd;
-            let _ = socket.into_raw_fd();
-        }
     }
 
     impl Drop for Guard {
-        /// The child has been reaped (or never ran): nothing for the guard to do any more but
-        /// end with pglock.
+        /// The child has been reaped (or never ran): the guard has nothing left to do and is
+        /// told to exit now, while pglock releases the lock, rather than at pglock's exit.
         fn drop(&mut self) {
             let fd = CHILD_PIDFD.swap(-1, Ordering::SeqCst);
             if fd >= 0 {
                 unsafe { libc::close(fd) };
             }
+            unsafe { libc::close(self.stop) };
         }
     }
 
@@ -168,7 +176,6 @@ mod imp {
             static NONE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
             &NONE
         }
-        pub fn end_session_after_exit(&self, _socket: std::os::fd::OwnedFd) {}
     }
 
     pub fn close_stdio() {}

@@ -112,7 +112,7 @@ fn run_inner(req: RunRequest, run_id: &str, nested: &std::cell::Cell<bool>) -> R
         .unwrap_or_else(|| application_name(&label));
     // The guard is started while the server starts the session, off the path from a lock
     // grant to the child's start; the child's spawn hands it the child's pidfd (see guard.rs).
-    let guard = std::cell::OnceCell::new();
+    let mut guard = std::cell::OnceCell::new();
     let start_guard = || {
         guard.get_or_init(Guard::start);
     };
@@ -203,18 +203,7 @@ fn run_inner(req: RunRequest, run_id: &str, nested: &std::cell::Cell<bool>) -> R
             &[],
         );
     }
-    // Through a pooler the client's disconnect tears no backend down: pglock says Terminate
-    // itself there, which the pooler logs as a close request, not as an unexpected end of file.
-    let pooled = acquired.backend_pid != conn.backend_pid || !conn.deferred_settings.is_empty();
-    let unlock_and_close = |conn: Conn| {
-        release(
-            conn,
-            &req,
-            &held_key,
-            &signals,
-            guard.get().and_then(Option::as_ref).filter(|_| !pooled),
-        )
-    };
+    let unlock_and_close = |conn: Conn| release(conn, &req, &held_key, &signals);
     let slot_of_guard = guard.get().and_then(Option::as_ref).map(Guard::child_slot);
     let started = match prepared {
         Some(exec) => start_child(&req, &exec, slot_of_guard),
@@ -262,6 +251,8 @@ fn run_inner(req: RunRequest, run_id: &str, nested: &std::cell::Cell<bool>) -> R
         &signals,
     );
     log::mark(Mark::ChildEnd);
+    // The child has been reaped: the guard goes now, during the release round trip.
+    drop(guard.take());
     let result = match end {
         End::Exited(code) => {
             if unlock_and_close(conn) {
@@ -288,7 +279,6 @@ fn run_inner(req: RunRequest, run_id: &str, nested: &std::cell::Cell<bool>) -> R
             ))
         }
     };
-    drop(guard);
     result
 }
 
@@ -385,14 +375,7 @@ fn run_nested(
 }
 
 /// Unlocks and closes. `false` when the server did not confirm that the lock was still held.
-/// With a guard and no TLS, the session ends when the guard exits, just after pglock.
-fn release(
-    mut conn: Conn,
-    req: &RunRequest,
-    held_key: &LockKey,
-    signals: &Signals,
-    guard: Option<&Guard>,
-) -> bool {
+fn release(mut conn: Conn, req: &RunRequest, held_key: &LockKey, signals: &Signals) -> bool {
     let notify = req.limit.map(|_| semaphore::channel(req.key.id));
     let held = match lock::release(
         &mut conn,
@@ -408,13 +391,6 @@ fn release(
             false
         }
     };
-    match guard {
-        Some(g) => {
-            if let Some(socket) = conn.into_plain_socket() {
-                g.end_session_after_exit(socket);
-            }
-        }
-        None => conn.close(),
-    }
+    conn.close();
     held
 }

@@ -819,20 +819,6 @@ impl Conn {
             s.close_notify();
         }
     }
-
-    /// The socket of a connection without TLS, left open, for someone else to close (the server
-    /// ends an idle session on end of file as on Terminate); a TLS connection is closed here,
-    /// with its close_notify, and gives `None`.
-    pub fn into_plain_socket(self) -> Option<std::os::fd::OwnedFd> {
-        match self.stream {
-            Stream::Tcp(s) => Some(s.into()),
-            Stream::Unix(s) => Some(s.into()),
-            Stream::Tls(_) => {
-                self.close();
-                None
-            }
-        }
-    }
 }
 
 /// A failed read or wait while connecting to `who`, as pglock's error.

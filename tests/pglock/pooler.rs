@@ -118,9 +118,8 @@ fn session_scope_through_a_transaction_pooler_is_refused() {
     );
 }
 
-/// Through a pooler the client's disconnect tears no backend down, so pglock ends its session
-/// with Terminate there (directly it leaves the socket's close to the guard): PgBouncer logs a
-/// close request, never an unexpected end of file.
+/// pglock ends its session with Terminate: PgBouncer logs a close request, never an unexpected
+/// end of file.
 #[test]
 fn through_pgbouncer_the_session_ends_with_terminate() {
     let name = key("pgb-terminate");
