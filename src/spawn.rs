@@ -19,7 +19,7 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 
 /// What the child is to run, prepared before the lock is taken: from a lock grant to the
-/// child's start, nothing is left to allocate or format.
+/// child's start only the arrays of pointers to these strings are left to build.
 pub struct Exec {
     /// Where COMMAND may be, in `execvp`'s order.
     paths: Vec<CString>,
