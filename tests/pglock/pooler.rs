@@ -4,6 +4,11 @@
 use crate::harness::*;
 use std::time::Duration;
 
+/// `run --scope transaction --key NAME -- true`.
+fn xact_run_true(name: &str) -> [&str; 7] {
+    ["run", "--scope", "transaction", "--key", name, "--", "true"]
+}
+
 fn via_bouncer(args: &[&str]) -> std::process::Command {
     let mut c = pglock_bare(args);
     c.env("PGLOCK_DATABASE_URL", bouncer().url());
@@ -65,18 +70,7 @@ fn transaction_scope_through_pgbouncer_excludes_and_leaves_nothing_behind() {
         pg().locks_on(id)
     );
     // Transaction scope works directly too.
-    expect_code(
-        pglock(&[
-            "run",
-            "--scope",
-            "transaction",
-            "--key",
-            &name,
-            "--",
-            "true",
-        ]),
-        0,
-    );
+    expect_code(pglock(&xact_run_true(&name)), 0);
 }
 
 #[test]
@@ -123,18 +117,7 @@ fn session_scope_through_a_transaction_pooler_is_refused() {
 #[test]
 fn through_pgbouncer_the_session_ends_with_terminate() {
     let name = key("pgb-terminate");
-    expect_code(
-        via_bouncer(&[
-            "run",
-            "--scope",
-            "transaction",
-            "--key",
-            &name,
-            "--",
-            "true",
-        ]),
-        0,
-    );
+    expect_code(via_bouncer(&xact_run_true(&name)), 0);
     let log = || std::fs::read_to_string(&bouncer().log).unwrap_or_default();
     assert!(
         wait_until(Duration::from_secs(5), || log()
