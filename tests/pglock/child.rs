@@ -120,13 +120,8 @@ fn json_logs_carry_the_contract_fields_and_the_last_event_the_totals() {
     }
     assert!(lines[0].contains("\"event\":\"acquired\""), "{}", lines[0]);
     // A failure's last event carries them too.
-    let holder = pglock(&["run", "--key", &name, "--", "sleep", "30"])
-        .spawn()
-        .unwrap();
     let id = lock_id(&name);
-    assert!(wait_until(std::time::Duration::from_secs(10), || !pg()
-        .locks_on(id)
-        .is_empty()));
+    let holder = hold(pglock(&["run", "--key", &name, "--", "sleep", "30"]), id);
     let (_, err) = expect_code(
         pglock(&[
             "run",

@@ -283,15 +283,12 @@ fn server_and_role_timeouts_do_not_end_the_lock_session() {
         pg().port
     );
     // Idle for 1 s while the child runs: idle_session_timeout would have ended the session.
+    let id = lock_id(&name);
     let h = {
         let mut c = pglock_bare(&["run", "--key", &name, "--", "sleep", "1"]);
         c.env("PGLOCK_DATABASE_URL", &url);
-        c.spawn().unwrap()
+        hold(c, id)
     };
-    let id = lock_id(&name);
-    assert!(wait_until(Duration::from_secs(10), || !pg()
-        .locks_on(id)
-        .is_empty()));
     // Waits longer than lock_timeout and statement_timeout would allow.
     let mut w = pglock_bare(&["run", "--key", &name, "--", "true"]);
     w.env("PGLOCK_DATABASE_URL", &url);

@@ -163,13 +163,8 @@ fn unavailable_is_69_with_host_port_user() {
 #[test]
 fn not_acquired_is_75_or_the_conflict_exit_code() {
     let name = key("conflict");
-    let holder = pglock(&["run", "--key", &name, "--", "sleep", "5"])
-        .spawn()
-        .unwrap();
     let id = lock_id(&name);
-    assert!(wait_until(std::time::Duration::from_secs(10), || !pg()
-        .locks_on(id)
-        .is_empty()));
+    let holder = hold(pglock(&["run", "--key", &name, "--", "sleep", "5"]), id);
     let dir = tmpdir("conflict");
     let marker = dir.join("ran");
     let touch = format!("touch {}", marker.display());

@@ -255,10 +255,8 @@ fn a_silent_partition_is_detected_within_the_heartbeat_bound_and_the_server_keep
         &writer(&file, "a", true),
     ]);
     cmd.env("PGLOCK_DATABASE_URL", &url);
-    let a = cmd.stderr(Stdio::piped()).spawn().unwrap();
-    assert!(wait_until(Duration::from_secs(10), || !pg()
-        .locks_on(id)
-        .is_empty()));
+    cmd.stderr(Stdio::piped());
+    let a = hold(cmd, id);
     std::thread::sleep(Duration::from_millis(400));
     let t = Instant::now();
     relay.frozen.store(true, Ordering::SeqCst);

@@ -28,13 +28,8 @@ fn eight_concurrent_runs_never_overlap_and_all_run() {
 fn the_lock_shows_in_pg_locks_as_the_contract_says() {
     let name = key("pglocks");
     let id = lock_id(&name);
-    let holder = pglock(&["run", "--key", &name, "--", "sleep", "30"])
-        .spawn()
-        .unwrap();
+    let holder = hold(pglock(&["run", "--key", &name, "--", "sleep", "30"]), id);
     // locks_on selects locktype advisory, classid = id >> 32, objid = id & 0xffffffff, objsubid 1.
-    assert!(wait_until(Duration::from_secs(10), || !pg()
-        .locks_on(id)
-        .is_empty()));
     assert_eq!(
         pg().locks_on(id),
         vec![format!("ExclusiveLock,t,pglock:{name}")]
@@ -180,10 +175,7 @@ fn application_sql_and_pglock_exclude_each_other() {
         "-c",
         "SELECT pg_sleep(30)",
     ]);
-    let app = app.stdout(std::process::Stdio::null()).spawn().unwrap();
-    assert!(wait_until(Duration::from_secs(10), || !pg()
-        .locks_on(id)
-        .is_empty()));
+    let app = hold(app, id);
     let (_, err) = expect_code(pglock(&["run", "-n", "--key", &name, "--", "true"]), 75);
     assert!(err.contains("psql"), "holder's application named: {err}");
     // End the application's session (psql's own death would leave its backend in pg_sleep).

@@ -107,15 +107,12 @@ fn status_works_for_a_role_without_superuser_rights() {
     // Held by the superuser; looked at by the unprivileged role "app".
     let holder = hold(pglock(&["run", "--key", &name, "--", "sleep", "30"]), id);
     let mine = key("stapp-own");
+    let mid = lock_id(&mine);
     let own = {
         let mut c = pglock_bare(&["run", "--key", &mine, "--", "sleep", "30"]);
         c.env("PGLOCK_DATABASE_URL", pg().app_url());
-        c.spawn().unwrap()
+        hold(c, mid)
     };
-    let mid = lock_id(&mine);
-    assert!(wait_until(Duration::from_secs(10), || !pg()
-        .locks_on(mid)
-        .is_empty()));
     let table = status(&pg().app_url(), &[]);
     let other = table
         .lines()
