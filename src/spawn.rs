@@ -78,7 +78,7 @@ fn pointers(v: &[CString]) -> Vec<*const libc::c_char> {
 mod imp {
     use super::{pointers, Exec};
     use std::io;
-    use std::sync::atomic::{AtomicI32, Ordering};
+    use std::sync::atomic::AtomicI32;
 
     /// Shared between pglock and the child, which writes `errno` here when it cannot exec.
     #[repr(C)]
@@ -215,12 +215,7 @@ mod imp {
             }
             let errno = std::ptr::read_volatile(&shared.errno);
             if errno != 0 {
-                if let Some(fd) = pidfd
-                    .map(|a| a.swap(-1, Ordering::SeqCst))
-                    .filter(|&fd| fd >= 0)
-                {
-                    libc::close(fd);
-                }
+                // The pidfd left in the slot is closed by the slot's owner (the Guard's drop).
                 let mut status = 0;
                 while libc::waitpid(pid, &mut status, 0) < 0
                     && *libc::__errno_location() == libc::EINTR
