@@ -9,7 +9,7 @@ fn the_child_gets_stdio_cwd_env_and_the_pglock_variables() {
     let name = key("childenv");
     let dir = tmpdir("childenv");
     let script = "read line; echo \"in=$line\"; echo \"cwd=$(pwd)\"; echo \"key=$PGLOCK_KEY\"; echo \"id=$PGLOCK_LOCK_ID\"; echo \"run=$PGLOCK_RUN_ID\"; echo \"mine=$MY_VAR\"; echo \"keyid=${PGLOCK_KEY_ID-unset}\"";
-    let mut c = pglock(&["run", "--key", &name, "--", "sh", "-c", script]);
+    let mut c = pglock_sh(&name, script);
     c.current_dir(&dir)
         .env("MY_VAR", "kept")
         .env("PGLOCK_KEY_ID", "should-be-removed");

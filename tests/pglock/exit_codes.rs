@@ -30,18 +30,7 @@ fn every_child_exit_code_passes_through() {
 fn a_child_killed_by_a_signal_gives_128_plus_n() {
     let name = key("sigdeath");
     for (sig, n) in [("KILL", 9), ("TERM", 15), ("SEGV", 11), ("USR1", 10)] {
-        expect_code(
-            pglock(&[
-                "run",
-                "--key",
-                &name,
-                "--",
-                "sh",
-                "-c",
-                &format!("kill -{sig} $$"),
-            ]),
-            128 + n,
-        );
+        expect_code(pglock_sh(&name, &format!("kill -{sig} $$")), 128 + n);
     }
     assert!(pg().locks_on(lock_id(&name)).is_empty(), "lock left behind");
 }

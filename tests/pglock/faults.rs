@@ -544,18 +544,7 @@ fn nesting_runs_at_once_when_covered_and_fails_at_once_when_not() {
         0,
     );
     // Through a shell in between, and with the key from the inherited PGLOCK_KEY.
-    expect_code(
-        pglock(&[
-            "run",
-            "--key",
-            &name,
-            "--",
-            "sh",
-            "-c",
-            &format!("{} run -- true", bin()),
-        ]),
-        0,
-    );
+    expect_code(pglock_sh(&name, &format!("{} run -- true", bin())), 0);
     expect_code(
         pglock(&[
             "run",

@@ -339,6 +339,11 @@ pub fn pglock(args: &[&str]) -> Command {
     c
 }
 
+/// `pglock run --key NAME -- sh -c SCRIPT` against the main cluster.
+pub fn pglock_sh(name: &str, script: &str) -> Command {
+    pglock(&["run", "--key", name, "--", "sh", "-c", script])
+}
+
 /// `pglock ARGS` with no connection settings at all.
 pub fn pglock_bare(args: &[&str]) -> Command {
     let mut c = Command::new(bin());

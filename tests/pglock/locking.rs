@@ -93,28 +93,12 @@ fn a_waiter_starts_well_under_100ms_after_the_release() {
     let end = dir.join("end");
     let start = dir.join("start");
     let holder = hold(
-        pglock(&[
-            "run",
-            "--key",
-            &name,
-            "--",
-            "sh",
-            "-c",
-            &format!("sleep 1; date +%s%N > {}", end.display()),
-        ]),
+        pglock_sh(&name, &format!("sleep 1; date +%s%N > {}", end.display())),
         id,
     );
-    let waiter = pglock(&[
-        "run",
-        "--key",
-        &name,
-        "--",
-        "sh",
-        "-c",
-        &format!("date +%s%N > {}", start.display()),
-    ])
-    .spawn()
-    .unwrap();
+    let waiter = pglock_sh(&name, &format!("date +%s%N > {}", start.display()))
+        .spawn()
+        .unwrap();
     assert!(
         wait_until(Duration::from_secs(10), || pg().locks_on(id).len() == 2),
         "waiter queued"
