@@ -162,6 +162,52 @@ fn quiet_prints_nothing_on_success_and_verbose_more() {
     );
 }
 
+/// The child starts on pglock's CPU (src/spawn.rs) but must run with pglock's own affinity,
+/// whatever it is: all CPUs, or the set pglock was started with.
+#[test]
+fn the_child_runs_with_pglock_cpu_affinity() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus < 2 {
+        eprintln!("one CPU: nothing to check");
+        return;
+    }
+    let allowed = |mask: Option<&'static [usize]>| {
+        let mut cmd = pglock_sh(
+            &key("affinity"),
+            "grep ^Cpus_allowed_list: /proc/self/status",
+        );
+        if let Some(cpus) = mask {
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                    let mut set: libc::cpu_set_t = std::mem::zeroed();
+                    for &c in cpus {
+                        libc::CPU_SET(c, &mut set);
+                    }
+                    libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+                    Ok(())
+                });
+            }
+        }
+        let (out, _) = expect_code(cmd, 0);
+        out.trim()
+            .trim_start_matches("Cpus_allowed_list:")
+            .trim()
+            .to_string()
+    };
+    let mine = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    for _ in 0..5 {
+        assert_eq!(allowed(None), mine, "the child's CPUs differ from pglock's");
+    }
+    assert_eq!(allowed(Some(&[0, 1])), "0-1");
+    assert_eq!(allowed(Some(&[1])), "1");
+}
+
 #[test]
 fn the_child_starts_with_no_signal_blocked_or_ignored_by_pglock() {
     let name = key("sigmask");
