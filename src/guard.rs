@@ -10,15 +10,20 @@
 //!   has exited, and only then exits, closing the socket: the server frees the lock after the
 //!   child is dead, never before.
 //!
-//! When the child has been reaped, pglock tells the guard to exit (closing a pipe it polls) and
-//! then releases the lock and closes the connection itself. The guard runs with every signal blocked, so a terminal's Ctrl-C or a process-
-//! group kill other than SIGKILL leaves it alone.
+//! When the child has been reaped, pglock sends the unlock and then tells the guard to exit
+//! (closing a pipe it polls), so that the guard's exit runs while the server works on the unlock
+//! rather than on the path to it; pglock closes the connection itself. The guard's exit sends
+//! pglock no signal (its exit signal is 0), which would otherwise interrupt pglock while the
+//! server hands the lock over; its zombie is reaped with pglock's own exit (the kernel gives it
+//! to pglock's reaper with SIGCHLD then). The guard runs with every signal blocked, so a
+//! terminal's Ctrl-C or a process-group kill other than SIGKILL leaves it alone.
 //!
 //! Reach: the direct child. Processes the child starts are its own business (a wrapper script
 //! should `exec` the real command); see the README.
 
 #[cfg(target_os = "linux")]
 mod imp {
+    use std::cell::Cell;
     use std::os::fd::RawFd;
     use std::sync::atomic::{AtomicI32, Ordering};
 
@@ -32,7 +37,7 @@ mod imp {
 
     /// Holds the write end of the guard's stop pipe.
     pub struct Guard {
-        stop: RawFd,
+        stop: Cell<RawFd>,
     }
 
     fn pidfd_open(pid: i32) -> RawFd {
@@ -121,14 +126,18 @@ mod imp {
                 // pglock exits. (It was pinned to pglock's CPU when it started after a forked
                 // child; started during connect, pinning measured no different for run -- true
                 // and worse for the handoff: 0.89x vs 0.81x over five runs of 120.)
+                // No exit signal: see the module's comment. (pglock's own reaping, a
+                // `waitpid(-1)` without `__WALL`, leaves such a child alone.)
                 let pid = libc::clone(
                     guard_main,
                     top,
-                    libc::CLONE_VM | libc::CLONE_FILES | libc::SIGCHLD,
+                    libc::CLONE_VM | libc::CLONE_FILES,
                     std::ptr::null_mut(),
                 );
                 libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
-                (pid > 0).then_some(Guard { stop: pipe[1] })
+                (pid > 0).then_some(Guard {
+                    stop: Cell::new(pipe[1]),
+                })
             }
         }
 
@@ -137,17 +146,24 @@ mod imp {
         pub fn child_slot(&self) -> &'static AtomicI32 {
             &CHILD_PIDFD
         }
+
+        /// Tells the guard to exit: the child has been reaped (or never ran), there is nothing
+        /// left to guard. Idempotent.
+        pub fn stop(&self) {
+            let fd = self.stop.replace(-1);
+            if fd >= 0 {
+                unsafe { libc::close(fd) };
+            }
+        }
     }
 
     impl Drop for Guard {
-        /// The child has been reaped (or never ran): the guard has nothing left to do and is
-        /// told to exit now, while pglock releases the lock, rather than at pglock's exit.
         fn drop(&mut self) {
+            self.stop();
             let fd = CHILD_PIDFD.swap(-1, Ordering::SeqCst);
             if fd >= 0 {
                 unsafe { libc::close(fd) };
             }
-            unsafe { libc::close(self.stop) };
         }
     }
 
@@ -172,6 +188,7 @@ mod imp {
         pub fn start() -> Option<Guard> {
             None
         }
+        pub fn stop(&self) {}
         pub fn child_slot(&self) -> &'static std::sync::atomic::AtomicI32 {
             static NONE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
             &NONE

@@ -147,10 +147,15 @@ fn lost_connection(conn: &Conn, m: String) -> Error {
 }
 
 pub fn query(conn: &mut Conn, sql: &str, signals: &Signals) -> Result<Rows> {
-    match conn
-        .send_query(sql)
-        .and_then(|()| conn.wait_result(None, signals))
-    {
+    query_then(conn, sql, signals, &|| {})
+}
+
+/// `query`, calling `sent` once the statement is on its way, while the server works on it.
+fn query_then(conn: &mut Conn, sql: &str, signals: &Signals, sent: &dyn Fn()) -> Result<Rows> {
+    match conn.send_query(sql).and_then(|()| {
+        sent();
+        conn.wait_result(None, signals)
+    }) {
         Ok(QueryResult::Rows(r)) => Ok(r),
         Ok(QueryResult::Error(e)) => {
             Err(Error::unavailable(format!("the server refused a query: {e}")).with_code(&e.code))
@@ -609,7 +614,8 @@ pub fn unlock_on(conn: &mut Conn, backend: i32, key: &LockKey, mode: Mode, signa
 }
 
 /// Releases the lock: `Ok(true)` when the server confirms it was held. A transaction lock ends
-/// with its transaction (held while the transaction was open, failed or not).
+/// with its transaction (held while the transaction was open, failed or not). `sent` is called
+/// once the release is on its way to the server.
 pub fn release(
     conn: &mut Conn,
     key: &LockKey,
@@ -617,10 +623,11 @@ pub fn release(
     scope: Scope,
     notify: Option<&str>,
     signals: &Signals,
+    sent: &dyn Fn(),
 ) -> Result<bool> {
     if scope == Scope::Transaction {
         let open = matches!(conn.tx_status, b'T' | b'E');
-        query(conn, "COMMIT", signals)?;
+        query_then(conn, "COMMIT", signals, sent)?;
         return Ok(open);
     }
     // With --limit, the same round trip wakes the first waiter (NOTIFY is sent on commit of the
@@ -633,6 +640,6 @@ pub fn release(
         ),
         None => format!("SELECT pg_advisory_unlock{}({})", fn_suffix(mode), key.id),
     };
-    let rows = query(conn, &sql, signals)?;
+    let rows = query_then(conn, &sql, signals, sent)?;
     Ok(first_bool(&rows))
 }

@@ -112,7 +112,7 @@ fn run_inner(req: RunRequest, run_id: &str, nested: &std::cell::Cell<bool>) -> R
         .unwrap_or_else(|| application_name(&label));
     // The guard is started while the server starts the session, off the path from a lock
     // grant to the child's start; the child's spawn hands it the child's pidfd (see guard.rs).
-    let mut guard = std::cell::OnceCell::new();
+    let guard = std::cell::OnceCell::new();
     let start_guard = || {
         guard.get_or_init(Guard::start);
     };
@@ -203,7 +203,13 @@ fn run_inner(req: RunRequest, run_id: &str, nested: &std::cell::Cell<bool>) -> R
             &[],
         );
     }
-    let unlock_and_close = |conn: Conn| release(conn, &req, &held_key, &signals);
+    // The guard is told to go once the release is on its way (see guard.rs).
+    let stop_guard = || {
+        if let Some(g) = guard.get().and_then(Option::as_ref) {
+            g.stop();
+        }
+    };
+    let unlock_and_close = |conn: Conn| release(conn, &req, &held_key, &signals, &stop_guard);
     let slot_of_guard = guard.get().and_then(Option::as_ref).map(Guard::child_slot);
     let started = match prepared {
         Some(exec) => start_child(&req, &exec, slot_of_guard),
@@ -251,8 +257,6 @@ fn run_inner(req: RunRequest, run_id: &str, nested: &std::cell::Cell<bool>) -> R
         &signals,
     );
     log::mark(Mark::ChildEnd);
-    // The child has been reaped: the guard goes now, during the release round trip.
-    drop(guard.take());
     let result = match end {
         End::Exited(code) => {
             if unlock_and_close(conn) {
@@ -375,7 +379,13 @@ fn run_nested(
 }
 
 /// Unlocks and closes. `false` when the server did not confirm that the lock was still held.
-fn release(mut conn: Conn, req: &RunRequest, held_key: &LockKey, signals: &Signals) -> bool {
+fn release(
+    mut conn: Conn,
+    req: &RunRequest,
+    held_key: &LockKey,
+    signals: &Signals,
+    sent: &dyn Fn(),
+) -> bool {
     let notify = req.limit.map(|_| semaphore::channel(req.key.id));
     let held = match lock::release(
         &mut conn,
@@ -384,6 +394,7 @@ fn release(mut conn: Conn, req: &RunRequest, held_key: &LockKey, signals: &Signa
         req.scope,
         notify.as_deref(),
         signals,
+        sent,
     ) {
         Ok(held) => held,
         Err(e) => {
