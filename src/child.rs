@@ -176,15 +176,24 @@ pub fn supervise(child: Pid, mut w: Watch, signals: &Signals) -> End {
             if let (true, Some(c)) = (watching, w.conn.as_ref()) {
                 fds.push(PollFd::new(c.fd(), PollFlags::POLLIN));
             }
-            match nix::poll::poll(
+            // Interrupted: a signal's handler has just written to the pipe (SIGCHLD when the
+            // child exits), read it now rather than poll again.
+            let interrupted = match nix::poll::poll(
                 &mut fds,
                 PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX),
             ) {
-                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-                Err(e) => log::debug("poll", &format!("poll failed: {e}")),
-            }
+                Ok(_) => false,
+                Err(nix::errno::Errno::EINTR) => true,
+                Err(e) => {
+                    log::debug("poll", &format!("poll failed: {e}"));
+                    false
+                }
+            };
             let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
-            (ready(&fds[0]), fds.get(1).is_some_and(ready) || buffered)
+            (
+                interrupted || ready(&fds[0]),
+                fds.get(1).is_some_and(ready) || buffered,
+            )
         };
 
         if sig_ready {
