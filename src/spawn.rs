@@ -11,17 +11,14 @@
 //!
 //! Between `clone` and `execve` the child runs with every signal blocked until it has reset the
 //! handlers (pglock's handlers must not run in it), and calls only async-signal-safe functions:
-//! `sigaction`, `sigprocmask`, `sched_setaffinity`, `prctl`, `getppid`, `execve`, `_exit`. It
-//! reports a failed `execve` through memory it shares with pglock, which reads it once `clone`
-//! has returned.
+//! `sigaction`, `sigprocmask`, `prctl`, `getppid`, `execve`, `_exit`. It reports a failed
+//! `execve` through memory it shares with pglock, which reads it once `clone` has returned.
 //!
-//! The child starts on the CPU pglock runs on, which pglock gives up at once (it is suspended
-//! until the exec). Left to itself, the kernel's fork balancing counts pglock as load there and
-//! may queue the child on the other CPU behind a busy task: traced on 2 vCPUs, the child waited
-//! there a median 0.1 ms (0.5 ms for the C floor's `posix_spawn`) while pglock's CPU sat idle;
-//! started here it waits 3 us. pglock holds itself to its CPU for the `clone` alone; the child
-//! takes pglock's affinity back before `execve` (whose own balancing then moves it if another
-//! CPU is idle).
+//! Where the child first runs is left to the kernel. (Starting it on pglock's own CPU, which
+//! pglock gives up at once, was tried: it shortened the child's median wait, but a child held
+//! to one CPU cannot be taken by the other when something long is queued ahead of it there,
+//! such as the releasing session's backend tearing down: a 2 ms stall in a quarter of the
+//! handoffs.)
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
@@ -105,8 +102,6 @@ mod imp {
         reset_len: usize,
         parent: libc::pid_t,
         errno: libc::c_int,
-        /// pglock's CPU affinity, for the child to take back; null when it was not narrowed.
-        affinity: *const libc::cpu_set_t,
     }
 
     /// The child's stack until it execs: one at a time, in pglock's memory (CLONE_VM). Static,
@@ -131,18 +126,6 @@ mod imp {
             let mut none: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut none);
             libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
-            if !sh.affinity.is_null() {
-                let size = std::mem::size_of::<libc::cpu_set_t>();
-                if libc::sched_setaffinity(0, size, sh.affinity) != 0 {
-                    // The allowed CPUs changed meanwhile (a cpuset): every CPU, which the
-                    // kernel narrows to those allowed, rather than stay on one.
-                    let mut every: libc::cpu_set_t = std::mem::zeroed();
-                    for cpu in 0..libc::CPU_SETSIZE as usize {
-                        libc::CPU_SET(cpu, &mut every);
-                    }
-                    libc::sched_setaffinity(0, size, &every);
-                }
-            }
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 sh.errno = *libc::__errno_location();
                 libc::_exit(127);
@@ -181,27 +164,6 @@ mod imp {
         }
     }
 
-    /// Narrows pglock's affinity to the CPU it runs on, so that the child starts there; `saved`
-    /// receives the affinity to restore. `false` (nothing changed) when pglock may run on one
-    /// CPU only, or the CPU is unknown.
-    fn hold_to_this_cpu(saved: &mut libc::cpu_set_t) -> bool {
-        let size = std::mem::size_of::<libc::cpu_set_t>();
-        // Safety: plain system calls on a local cpu_set_t.
-        unsafe {
-            let here = libc::sched_getcpu();
-            if here < 0
-                || libc::sched_getaffinity(0, size, saved) != 0
-                || libc::CPU_COUNT(saved) < 2
-                || !libc::CPU_ISSET(here as usize, saved)
-            {
-                return false;
-            }
-            let mut one: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(here as usize, &mut one);
-            libc::sched_setaffinity(0, size, &one) == 0
-        }
-    }
-
     pub fn spawn(prep: &Exec, pidfd: Option<&AtomicI32>) -> io::Result<i32> {
         let paths = pointers(&prep.paths);
         let argv = pointers(&prep.argv);
@@ -228,12 +190,7 @@ mod imp {
                 reset_len: reset.len(),
                 parent: libc::getpid(),
                 errno: 0,
-                affinity: std::ptr::null(),
             };
-            let mut affinity: libc::cpu_set_t = std::mem::zeroed();
-            if hold_to_this_cpu(&mut affinity) {
-                shared.affinity = &affinity;
-            }
             let mut all: libc::sigset_t = std::mem::zeroed();
             libc::sigfillset(&mut all);
             libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut shared.mask);
@@ -258,10 +215,6 @@ mod imp {
                 pidfd.map_or(std::ptr::null_mut(), |a| a.as_ptr()),
             );
             let clone_err = io::Error::last_os_error();
-            if !shared.affinity.is_null() {
-                let size = std::mem::size_of::<libc::cpu_set_t>();
-                libc::sched_setaffinity(0, size, &affinity);
-            }
             libc::pthread_sigmask(libc::SIG_SETMASK, &shared.mask, std::ptr::null_mut());
             if pid < 0 {
                 return Err(clone_err);
