@@ -203,14 +203,15 @@ fn run_inner(req: RunRequest, run_id: &str, nested: &std::cell::Cell<bool>) -> R
             &[],
         );
     }
+    let the_guard = guard.get().and_then(Option::as_ref);
     // The guard is told to go once the release is on its way (see guard.rs).
     let stop_guard = || {
-        if let Some(g) = guard.get().and_then(Option::as_ref) {
+        if let Some(g) = the_guard {
             g.stop();
         }
     };
     let unlock_and_close = |conn: Conn| release(conn, &req, &held_key, &signals, &stop_guard);
-    let slot_of_guard = guard.get().and_then(Option::as_ref).map(Guard::child_slot);
+    let slot_of_guard = the_guard.map(Guard::child_slot);
     let started = match prepared {
         Some(exec) => start_child(&req, &exec, slot_of_guard),
         None => prepare_child(&req, run_id, &held, &me, slot)

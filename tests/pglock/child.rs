@@ -172,6 +172,14 @@ fn the_child_runs_with_pglock_cpu_affinity() {
         eprintln!("one CPU: nothing to check");
         return;
     }
+    let cpus_allowed = |status: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .unwrap_or_else(|| panic!("no Cpus_allowed_list in {status:?}"))
+            .trim()
+            .to_string()
+    };
     let allowed = |mask: Option<&'static [usize]>| {
         let mut cmd = pglock_sh(
             &key("affinity"),
@@ -190,18 +198,9 @@ fn the_child_runs_with_pglock_cpu_affinity() {
             }
         }
         let (out, _) = expect_code(cmd, 0);
-        out.trim()
-            .trim_start_matches("Cpus_allowed_list:")
-            .trim()
-            .to_string()
+        cpus_allowed(&out)
     };
-    let mine = std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-        .unwrap()
-        .trim()
-        .to_string();
+    let mine = cpus_allowed(&std::fs::read_to_string("/proc/self/status").unwrap());
     for _ in 0..5 {
         assert_eq!(allowed(None), mine, "the child's CPUs differ from pglock's");
     }
