@@ -186,8 +186,8 @@ fn application_sql_and_pglock_exclude_each_other() {
     );
 }
 
-/// The lock session ends with the run: released and gone from the server (its Terminate is sent
-/// by the guard just after pglock exits, or by pglock itself without one).
+/// The lock session ends with the run: released and gone from the server (pglock sends
+/// Terminate after the unlock's answer).
 #[test]
 fn the_session_ends_with_the_run() {
     let name = key("session-ends");
@@ -201,4 +201,77 @@ fn the_session_ends_with_the_run() {
             == "0"),
         "the lock session outlived pglock"
     );
+}
+
+/// Contract §4: a blocked waiter says once who holds the lock (pid, application, client address,
+/// since when), then again at growing intervals (the first repeat 10-15 s later), not more often.
+#[test]
+fn a_blocked_waiter_names_the_holder_then_reports_again_later() {
+    use std::io::BufRead;
+    use std::sync::{Arc, Mutex};
+    let name = key("names-holder");
+    let id = lock_id(&name);
+    let holder = hold(pglock(&["run", "--key", &name, "--", "sleep", "60"]), id);
+    let holder_pid = pg().psql_super(&format!(
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND classid = {} AND objid = {} AND granted",
+        (id as u64) >> 32,
+        id as u64 & 0xffff_ffff
+    ));
+    let mut waiter = pglock(&["run", "--key", &name, "--", "true"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = Arc::new(Mutex::new(Vec::<(Instant, String)>::new()));
+    let reader = {
+        let lines = lines.clone();
+        let err = waiter.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for l in std::io::BufReader::new(err).lines() {
+                lines.lock().unwrap().push((Instant::now(), l.unwrap()));
+            }
+        })
+    };
+    let waits = || -> Vec<(Instant, String)> {
+        let v = lines.lock().unwrap();
+        v.iter()
+            .filter(|(_, l)| l.contains("waiting for lock"))
+            .cloned()
+            .collect()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || !waits().is_empty()),
+        "no waiting line: {:?}",
+        lines.lock().unwrap()
+    );
+    let (first_at, first) = waits()[0].clone();
+    for part in [
+        format!("waiting for lock \"{name}\" (exclusive mode): held by pid {holder_pid} ("),
+        format!("application \"pglock:{name}\""),
+        "client 127.0.0.1,".to_string(),
+        "connected since 20".to_string(),
+    ] {
+        assert!(first.contains(&part), "{part:?} missing from: {first}");
+    }
+    // Nothing more for 10 s; then one "still waiting" line naming the holder again.
+    assert!(
+        wait_until(Duration::from_secs(20), || waits().len() >= 2),
+        "no second report: {:?}",
+        lines.lock().unwrap()
+    );
+    let w = waits();
+    let after = w[1].0 - first_at;
+    assert!(
+        after >= Duration::from_secs(9) && after <= Duration::from_secs(17),
+        "second report after {after:?}"
+    );
+    assert!(
+        w[1].1.contains("still waiting for lock")
+            && w[1].1.contains(&format!("held by pid {holder_pid} (")),
+        "{}",
+        w[1].1
+    );
+    assert_eq!(w.len(), 2, "{w:?}");
+    assert_eq!(stop(holder), Some(143));
+    assert_eq!(waiter.wait().unwrap().code(), Some(0));
+    reader.join().unwrap();
 }
