@@ -32,7 +32,7 @@ complete -c pglock -n "__fish_pglock_needs_command" -f -a "status" -d 'List the 
 complete -c pglock -n "__fish_pglock_needs_command" -f -a "generate" -d 'Write the man page or a shell completion script to stdout (for packaging)'
 complete -c pglock -n "__fish_pglock_using_subcommand run" -l key -d 'Lock NAME: mapped to a 64-bit advisory lock id (see `pglock key`)' -r
 complete -c pglock -n "__fish_pglock_using_subcommand run" -l key-id -d 'Raw advisory lock id, decimal or hex (0x47524f4f), as used by pg_advisory_lock(bigint)' -r
-complete -c pglock -n "__fish_pglock_using_subcommand run" -s w -l timeout -d 'Wait at most DURATION for the lock (500ms, 30s, 5m, 1h), then exit 75' -r
+complete -c pglock -n "__fish_pglock_using_subcommand run" -s w -l timeout -d 'Wait at most DURATION for the lock (500ms, 30s, 5m, 1h), then exit 75; 0 is --no-wait' -r
 complete -c pglock -n "__fish_pglock_using_subcommand run" -l scope -d 'session: a session lock (pg_advisory_lock); transaction: pg_advisory_xact_lock in a transaction held open while COMMAND runs, for PgBouncer in transaction pooling mode' -r -f -a "session\t''
 transaction\t''"
 complete -c pglock -n "__fish_pglock_using_subcommand run" -l limit -d 'A counting semaphore: up to N runs of this key at once, each holding one of N slot locks' -r

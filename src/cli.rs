@@ -79,7 +79,7 @@ pub struct RunArgs {
     #[arg(short = 'n', long, env = "PGLOCK_NO_WAIT", help_heading = "Lock")]
     pub no_wait: bool,
 
-    /// Wait at most DURATION for the lock (500ms, 30s, 5m, 1h), then exit 75
+    /// Wait at most DURATION for the lock (500ms, 30s, 5m, 1h), then exit 75; 0 is --no-wait
     #[arg(
         short = 'w',
         long,

@@ -55,13 +55,20 @@ fn no_wait_returns_at_once_and_timeout_waits_then_gives_up_server_side_too() {
     let id = lock_id(&name);
     let holder = hold(pglock(&["run", "--key", &name, "--", "sleep", "30"]), id);
 
-    let t = Instant::now();
-    expect_code(pglock(&["run", "-n", "--key", &name, "--", "true"]), 75);
-    assert!(
-        t.elapsed() < Duration::from_secs(2),
-        "--no-wait took {:?}",
-        t.elapsed()
-    );
+    for once in [&["-n"][..], &["-w", "0"], &["--timeout", "0s"]] {
+        let t = Instant::now();
+        let args = [&["run"][..], once, &["--key", &name, "--", "true"]].concat();
+        let (_, err) = expect_code(pglock(&args), 75);
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "{once:?} took {:?}",
+            t.elapsed()
+        );
+        assert!(
+            err.contains("busy, --no-wait") && err.contains("pid "),
+            "{err}"
+        );
+    }
 
     let t = Instant::now();
     let (_, err) = expect_code(
