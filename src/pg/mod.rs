@@ -198,7 +198,8 @@ impl Conn {
     /// (contract §3): a hot standby is skipped, and refused when no primary is listed, because an
     /// advisory lock taken there excludes nobody on the primary.
     pub fn connect(params: &ConnParams, startup: &Startup, signals: &Signals) -> Result<Conn> {
-        let mut last = None;
+        // Every host's failure, reported together when none can be used (as libpq does).
+        let mut failed: Vec<Error> = Vec::new();
         let mut standbys = Vec::new();
         for target in &params.targets {
             match Self::connect_with_settings(params, target, startup, signals) {
@@ -215,24 +216,40 @@ impl Conn {
                         standbys.push(target.describe());
                         c.close();
                     }
-                    Err(e) => last = Some(e),
+                    Err(e) if matches!(e.kind, crate::error::Kind::Signal(_)) => return Err(e),
+                    Err(e) => failed.push(e),
                 },
                 Err(e) if e.kind == crate::error::Kind::Unavailable && params.targets.len() > 1 => {
                     crate::log::debug("connect", &e.msg);
-                    last = Some(e);
+                    failed.push(e);
                 }
                 Err(e) => return Err(e),
             }
         }
+        let others = || {
+            failed
+                .iter()
+                .map(|e| format!("; {}", e.msg))
+                .collect::<String>()
+        };
         if !standbys.is_empty() {
-            let other = last.map(|e| format!("; {}", e.msg)).unwrap_or_default();
             return Err(Error::unavailable(format!(
-                "{} {} a hot standby: an advisory lock there excludes nobody on the primary; connect to the primary (list it in the connection string){other}",
+                "{} {} a hot standby: an advisory lock there excludes nobody on the primary; connect to the primary (list it in the connection string){}",
                 standbys.join(", "),
-                if standbys.len() == 1 { "is" } else { "are" }
+                if standbys.len() == 1 { "is" } else { "are" },
+                others()
             )));
         }
-        Err(last.unwrap_or_else(|| Error::usage("no host to connect to")))
+        match failed.len() {
+            0 => Err(Error::usage("no host to connect to")),
+            1 => Err(failed.remove(0)),
+            _ => {
+                let all = others();
+                let mut e = failed.pop().expect("two or more");
+                e.msg = format!("no host could be used: {}", &all[2..]);
+                Err(e)
+            }
+        }
     }
 
     /// Connects; a server that does not know one of the session settings (idle_session_timeout

@@ -147,6 +147,24 @@ fn unavailable_is_69_with_host_port_user() {
         69,
     );
     assert!(err.contains("nodb"), "{err}");
+
+    // With a host list, every host's reason is given, in order, on one line.
+    let both = format!(
+        "host=127.0.0.1,no-such-host.invalid port={port},{} user=postgres password=pw dbname=postgres sslmode=disable",
+        pg().port
+    );
+    let (_, err) = expect_code(
+        pglock_bare(&["run", "--key", &name, "--database-url", &both, "--", "true"]),
+        69,
+    );
+    let first = err.find(&format!("127.0.0.1:{port}"));
+    let second = err.find("no-such-host.invalid");
+    assert!(
+        err.contains("no host could be used") && first.is_some() && first < second,
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(!err.contains("pw"), "{err}");
 }
 
 #[test]
