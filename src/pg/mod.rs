@@ -226,27 +226,28 @@ impl Conn {
                 Err(e) => return Err(e),
             }
         }
-        let others = || {
+        let reasons = |failed: &[Error]| {
             failed
                 .iter()
-                .map(|e| format!("; {}", e.msg))
-                .collect::<String>()
+                .map(|e| e.msg.as_str())
+                .collect::<Vec<_>>()
+                .join("; ")
         };
         if !standbys.is_empty() {
             return Err(Error::unavailable(format!(
                 "{} {} a hot standby: an advisory lock there excludes nobody on the primary; connect to the primary (list it in the connection string){}",
                 standbys.join(", "),
                 if standbys.len() == 1 { "is" } else { "are" },
-                others()
+                if failed.is_empty() { String::new() } else { format!("; {}", reasons(&failed)) }
             )));
         }
         match failed.len() {
             0 => Err(Error::usage("no host to connect to")),
             1 => Err(failed.remove(0)),
             _ => {
-                let all = others();
+                let all = reasons(&failed);
                 let mut e = failed.pop().expect("two or more");
-                e.msg = format!("no host could be used: {}", &all[2..]);
+                e.msg = format!("no host could be used: {all}");
                 Err(e)
             }
         }
