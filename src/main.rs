@@ -35,7 +35,6 @@ fn main() {
         }
     };
     let _ = std::io::stdout().flush();
-    guard::close_stdio();
     std::process::exit(code);
 }
 
