@@ -15,19 +15,9 @@ fn pglock_reaps_its_guard_and_hands_no_process_to_its_parents_reaper() {
     nix::sys::prctl::set_child_subreaper(true).unwrap();
     let name = key("reap");
     // The child lists pglock's children (itself and the guard), then its own pid.
-    let out = pglock(&[
-        "run",
-        "-q",
-        "--key",
-        &name,
-        "--",
-        "sh",
-        "-c",
-        "cat /proc/$PPID/task/$PPID/children; echo; echo $$",
-    ])
-    .output()
-    .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", show_out(&out));
+    let mut cmd = pglock_sh(&name, "cat /proc/$PPID/task/$PPID/children; echo; echo $$");
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", show(&cmd, &out));
     let text = String::from_utf8_lossy(&out.stdout);
     let mut lines = text.lines();
     let kids: Vec<i32> = lines
@@ -48,12 +38,4 @@ fn pglock_reaps_its_guard_and_hands_no_process_to_its_parents_reaper() {
     // Gone: not running, and not a zombie handed to us (the nearest subreaper) to reap.
     let stat = std::fs::read_to_string(format!("/proc/{guard}/stat"));
     assert!(stat.is_err(), "the guard outlived pglock: {stat:?}");
-}
-
-fn show_out(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
