@@ -17,8 +17,10 @@
 //! server hands the lock over. pglock reaps it before it exits (`waitpid` with `__WCLONE`; by
 //! then it has long exited), so no zombie of pglock's is left for the reaper of pglock's parent
 //! (reparented with a SIGCHLD that wakes that reaper, while the next pglock takes the lock
-//! over: 30-48 zombie guards were waiting for PID 1 in one bench run before this). The guard runs with every signal blocked, so a
-//! terminal's Ctrl-C or a process-group kill other than SIGKILL leaves it alone.
+//! over: 28-48 zombie guards were waiting for PID 1 in one bench run before this).
+//!
+//! The guard runs with every signal blocked, so a terminal's Ctrl-C or a process-group kill
+//! other than SIGKILL leaves it alone.
 //!
 //! Reach: the direct child. Processes the child starts are its own business (a wrapper script
 //! should `exec` the real command); see the README.

@@ -129,13 +129,7 @@ fn server_ends_the_session(c: &Cluster, name: &str, end_it: impl FnOnce(&str)) -
     );
     assert!(err.contains("lock lost"), "{err}");
     assert!(!pid_alive(&dir.join("stamps.pid.a")), "the child survived");
-    let bout = b.wait_with_output().unwrap();
-    assert_eq!(
-        bout.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&bout.stderr)
-    );
+    all_succeed(vec![b]);
     let (last_a, first_b) = last_a_first_b(&file);
     assert!(
         last_a < first_b,
@@ -480,13 +474,7 @@ fn as_pid_1_it_reaps_orphans_and_forwards_sigterm() {
         .collect();
     assert!(zombies.is_empty(), "zombies under PID 1: {zombies:?}");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pglock_pid), Signal::SIGTERM).unwrap();
-    let out = unshare.wait_with_output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    all_succeed(vec![unshare]);
     assert_eq!(
         std::fs::read_to_string(dir.join("term")).unwrap().trim(),
         "TERM"
