@@ -84,6 +84,7 @@ pub struct RunArgs {
         short = 'w',
         long,
         value_name = "DURATION",
+        allow_hyphen_values = true,
         env = "PGLOCK_TIMEOUT",
         help_heading = "Lock"
     )]
@@ -105,7 +106,13 @@ pub struct RunArgs {
     pub scope: ScopeArg,
 
     /// A counting semaphore: up to N runs of this key at once, each holding one of N slot locks
-    #[arg(long, value_name = "N", env = "PGLOCK_LIMIT", help_heading = "Lock")]
+    #[arg(
+        long,
+        value_name = "N",
+        allow_hyphen_values = true,
+        env = "PGLOCK_LIMIT",
+        help_heading = "Lock"
+    )]
     pub limit: Option<String>,
 
     /// Exit code when the lock is not acquired
@@ -113,6 +120,7 @@ pub struct RunArgs {
         short = 'E',
         long,
         value_name = "N",
+        allow_hyphen_values = true,
         env = "PGLOCK_CONFLICT_EXIT_CODE",
         default_value = "75",
         help_heading = "Lock"
@@ -133,6 +141,7 @@ pub struct RunArgs {
     #[arg(
         long,
         value_name = "DURATION",
+        allow_hyphen_values = true,
         env = "PGLOCK_MAX_RUNTIME",
         help_heading = "Child"
     )]
@@ -142,6 +151,7 @@ pub struct RunArgs {
     #[arg(
         long,
         value_name = "DURATION",
+        allow_hyphen_values = true,
         env = "PGLOCK_KILL_AFTER",
         default_value = "10s",
         help_heading = "Child"
@@ -152,6 +162,7 @@ pub struct RunArgs {
     #[arg(
         long,
         value_name = "DURATION",
+        allow_hyphen_values = true,
         env = "PGLOCK_HEARTBEAT",
         default_value = "5s",
         help_heading = "Child"
@@ -163,6 +174,7 @@ pub struct RunArgs {
     #[arg(
         long,
         value_name = "DURATION",
+        allow_hyphen_values = true,
         env = "PGLOCK_RELEASE_AFTER",
         default_value = "30s",
         help_heading = "Child"

@@ -12,6 +12,14 @@ pub fn parse(text: &str) -> Result<Duration, String> {
     if t.is_empty() {
         return Err(bad());
     }
+    if let Some(rest) = t.strip_prefix('-') {
+        return Err(if rest.starts_with(|c: char| c.is_ascii_digit()) {
+            format!("invalid duration '{text}': a duration cannot be negative")
+        } else {
+            // `-w --shared`: the value was left out and the next option taken for it.
+            format!("expected a duration (500ms, 30s, 5m, 1h), found '{text}'")
+        });
+    }
     let mut total = Duration::ZERO;
     let mut rest = t;
     while !rest.is_empty() {
@@ -71,6 +79,10 @@ mod tests {
         for bad in ["", "5", "s", "-1s", "1.5s", "3d", "1 s", "99999999999h"] {
             assert!(parse(bad).is_err(), "{bad}");
         }
+        assert!(parse("-1s").unwrap_err().contains("cannot be negative"));
+        assert!(parse("--shared")
+            .unwrap_err()
+            .contains("expected a duration"));
     }
 
     #[test]

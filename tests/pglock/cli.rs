@@ -59,6 +59,32 @@ fn bad_input_is_a_one_line_usage_error() {
         &[],
         "0 to 255",
     );
+    // A negative value is the value's error, not clap's "unexpected argument '-1'".
+    one_line_usage(
+        &["run", "--key", "a", "-w", "-1s", "--", "true"],
+        &[],
+        "--timeout: invalid duration '-1s': a duration cannot be negative",
+    );
+    one_line_usage(
+        &["run", "--key", "a", "--max-runtime=-5m", "--", "true"],
+        &[],
+        "--max-runtime: invalid duration '-5m': a duration cannot be negative",
+    );
+    one_line_usage(
+        &["run", "--key", "a", "-w", "--shared", "--", "true"],
+        &[],
+        "--timeout: expected a duration (500ms, 30s, 5m, 1h), found '--shared'",
+    );
+    one_line_usage(
+        &["run", "--key", "a", "-E", "-1", "--", "true"],
+        &[],
+        "--conflict-exit-code '-1': give a number from 0 to 255",
+    );
+    one_line_usage(
+        &["run", "--key", "a", "--limit", "-3", "--", "true"],
+        &[],
+        "--limit '-3': give a number of slots from 1",
+    );
     one_line_usage(
         &["run", "--key", "a", "--frobnicate", "--", "true"],
         &[],
