@@ -31,6 +31,11 @@ impl Holder {
     fn from_row(r: &[Option<String>]) -> Holder {
         let get = |i: usize| r.get(i).cloned().flatten();
         let client = match (get(3), get(7)) {
+            // The port tells apart several sessions from one host (a pooler, a node's pods).
+            (Some(addr), Some(port)) if port != "-1" && addr.contains(':') => {
+                format!("[{addr}]:{port}")
+            }
+            (Some(addr), Some(port)) if port != "-1" => format!("{addr}:{port}"),
             (Some(addr), _) => addr,
             (None, Some(port)) if port == "-1" => "local socket".into(),
             _ => "not visible to this role".into(),

@@ -224,6 +224,9 @@ fn a_blocked_waiter_names_the_holder_then_reports_again_later() {
         (id as u64) >> 32,
         id as u64 & 0xffff_ffff
     ));
+    let holder_port = pg().psql_super(&format!(
+        "SELECT client_port FROM pg_stat_activity WHERE pid = {holder_pid}"
+    ));
     let mut waiter = pglock(&["run", "--key", &name, "--", "true"])
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -254,7 +257,7 @@ fn a_blocked_waiter_names_the_holder_then_reports_again_later() {
     for part in [
         format!("waiting for lock \"{name}\" (exclusive mode): held by pid {holder_pid} ("),
         format!("application \"pglock:{name}\""),
-        "client 127.0.0.1,".to_string(),
+        format!("client 127.0.0.1:{holder_port},"),
         "connected since 20".to_string(),
     ] {
         assert!(first.contains(&part), "{part:?} missing from: {first}");
