@@ -56,8 +56,8 @@ const RUN_EXAMPLES: &str = "Examples:\n  \
     pglock run --timeout 30s --key migrate -- ./migrate up  # give up after 30 seconds\n  \
     PGLOCK_KEY=seed pglock run -- ./seed.sh                 # options from the environment\n\n\
     Exit status: COMMAND's own; 128+N if a signal N killed it; 2 usage error; 69 PostgreSQL \
-    unavailable; 74 lock lost while COMMAND ran; 75 lock not acquired (see -E); 126 COMMAND not \
-    executable; 127 COMMAND not found.";
+    unavailable; 70 internal error; 74 lock lost while COMMAND ran; 75 lock not acquired (see -E); \
+    124 --max-runtime elapsed; 126 COMMAND not executable; 127 COMMAND not found.";
 
 #[derive(Debug, Args)]
 pub struct RunArgs {

@@ -196,6 +196,27 @@ fn help_names_env_vars_and_version_works() {
     ] {
         assert!(out.contains(needle), "run --help lacks {needle}:\n{out}");
     }
+    // Every exit status of contract §7 (and 70), the way the help's summary words them.
+    let (_, summary) = out
+        .split_once("Exit status:")
+        .expect("an exit status summary");
+    let summary = summary.split_whitespace().collect::<Vec<_>>().join(" ");
+    for code in [
+        "128+N",
+        "2 usage",
+        "69 PostgreSQL",
+        "70 internal",
+        "74 lock lost",
+        "75 lock not",
+        "124 --max-runtime",
+        "126 COMMAND",
+        "127 COMMAND",
+    ] {
+        assert!(
+            summary.contains(code),
+            "run --help's exit status lacks {code:?}: {summary}"
+        );
+    }
     let (out, _) = expect_code(pglock_bare(&["--version"]), 0);
     assert!(out.starts_with("pglock "), "{out}");
 }
