@@ -41,12 +41,55 @@ impl SslMode {
 }
 
 /// Certificate files for TLS: `sslrootcert` (a PEM file, or `system` for the system's roots),
-/// `sslcert` and `sslkey` (a client certificate).
+/// `sslcert` and `sslkey` (a client certificate), `sslcrl` / `sslcrldir` (revocation lists).
 #[derive(Debug, Clone, Default)]
 pub struct TlsFiles {
     pub root: Option<String>,
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
+    pub crl: Option<PathBuf>,
+    pub crl_dir: Option<PathBuf>,
+}
+
+/// libpq's `channel_binding`: whether SCRAM-SHA-256-PLUS over TLS is used or insisted on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ChannelBinding {
+    Disable,
+    #[default]
+    Prefer,
+    Require,
+}
+
+/// An authentication method that libpq's `require_auth` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMethod {
+    /// No authentication request at all (trust, or peer on a socket).
+    None,
+    Password,
+    Md5,
+    Gss,
+    Sspi,
+    ScramSha256,
+}
+
+/// libpq's `require_auth`: the methods the server may use (or, negated, may not use).
+/// The default allows every method.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RequireAuth {
+    /// `!a,!b`: every method but these.
+    pub negated: bool,
+    /// Empty with `negated` false: no restriction.
+    pub methods: Vec<AuthMethod>,
+}
+
+impl RequireAuth {
+    /// Whether the server may authenticate with `m` (`AuthMethod::None`: with no request).
+    pub fn allows(&self, m: AuthMethod) -> bool {
+        if self.methods.is_empty() {
+            return true;
+        }
+        self.methods.contains(&m) != self.negated
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +103,9 @@ pub enum Host {
 pub struct Target {
     pub host: Host,
     pub port: u16,
+    /// libpq's `hostaddr`: the address to connect to, while `host` still names the server for
+    /// TLS and the password file.
+    pub hostaddr: Option<std::net::IpAddr>,
 }
 
 impl Target {
@@ -94,6 +140,8 @@ pub struct ConnParams {
     pub connect_timeout: Option<Duration>,
     pub application_name: Option<String>,
     pub options: Option<String>,
+    pub channel_binding: ChannelBinding,
+    pub require_auth: RequireAuth,
     passfile: Option<PathBuf>,
 }
 
@@ -187,6 +235,7 @@ impl ConnParams {
                     Host::Tcp(h.clone())
                 },
                 port: if ports.len() == 1 { ports[0] } else { ports[i] },
+                hostaddr: None,
             })
             .collect();
         let mut sslmode = SslMode::parse(&get("sslmode").unwrap_or_else(|| "prefer".into()))?;
@@ -207,6 +256,8 @@ impl ConnParams {
             key: get("sslkey")
                 .map(PathBuf::from)
                 .or_else(|| home_file("postgresql.key")),
+            crl: None,
+            crl_dir: None,
         };
         // As libpq: with a root certificate given, require verifies the chain like verify-ca.
         if sslmode == SslMode::Require && explicit_root.is_some() {
@@ -246,6 +297,8 @@ impl ConnParams {
             connect_timeout,
             application_name: get("application_name").or_else(|| get("fallback_application_name")),
             options: get("options"),
+            channel_binding: ChannelBinding::default(),
+            require_auth: RequireAuth::default(),
             passfile,
         })
     }
@@ -544,6 +597,7 @@ mod tests {
             vec![Target {
                 host: Host::Tcp("db.example".into()),
                 port: 6432
+                hostaddr: None,
             }]
         );
         assert_eq!(p.sslmode, SslMode::Require);
@@ -559,6 +613,7 @@ mod tests {
             Target {
                 host: Host::Tcp("::1".into()),
                 port: 2
+                hostaddr: None,
             }
         );
         assert_eq!(p.targets[2].port, 5432);
@@ -570,6 +625,7 @@ mod tests {
             Target {
                 host: Host::Unix("/tmp".into()),
                 port: 7
+                hostaddr: None,
             }
         );
     }
@@ -599,6 +655,7 @@ mod tests {
             Target {
                 host: Host::Tcp("x".into()),
                 port: 9
+                hostaddr: None,
             }
         );
         assert_eq!(p.dbname, "u");
