@@ -596,7 +596,7 @@ mod tests {
             p.targets,
             vec![Target {
                 host: Host::Tcp("db.example".into()),
-                port: 6432
+                port: 6432,
                 hostaddr: None,
             }]
         );
@@ -612,7 +612,7 @@ mod tests {
             p.targets[1],
             Target {
                 host: Host::Tcp("::1".into()),
-                port: 2
+                port: 2,
                 hostaddr: None,
             }
         );
@@ -624,7 +624,7 @@ mod tests {
             p.targets[0],
             Target {
                 host: Host::Unix("/tmp".into()),
-                port: 7
+                port: 7,
                 hostaddr: None,
             }
         );
@@ -654,7 +654,7 @@ mod tests {
             p.targets[0],
             Target {
                 host: Host::Tcp("x".into()),
-                port: 9
+                port: 9,
                 hostaddr: None,
             }
         );
