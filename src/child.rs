@@ -15,7 +15,7 @@
 
 use crate::error::{Error, Kind, Result};
 use crate::log;
-use crate::pg::{Conn, ServerError};
+use crate::pg::{Conn, QueryResult, ReadErr};
 use crate::signals::{Received, Signals};
 use crate::spawn::Exec;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
@@ -109,6 +109,17 @@ fn should_forward(r: &Received) -> bool {
     r.sig == Signal::SIGHUP && nix::unistd::getsid(None).ok() == Some(nix::unistd::getpid())
 }
 
+/// The heartbeat's answer: why the lock is lost, or `None` while this session holds it.
+fn heartbeat_verdict(result: QueryResult) -> Option<String> {
+    match result {
+        QueryResult::Rows(rows) => match rows.first().and_then(|r| r.first()) {
+            Some(Some(v)) if v == "t" => None,
+            _ => Some("this session's backend no longer holds the lock (pg_locks)".into()),
+        },
+        QueryResult::Error(e) => Some(format!("the lock check failed: {e}")),
+    }
+}
+
 /// The child's stop, once a reason to stop it has come: SIGTERM now, SIGKILL at `kill_at`.
 struct Stopping {
     end: End,
@@ -121,7 +132,6 @@ pub fn supervise(child: Pid, mut w: Watch, signals: &Signals) -> End {
     let mut status = reap(child);
     let mut stopping: Option<Stopping> = None;
     let mut hb_sent: Option<Instant> = None;
-    let mut hb_ok = false;
     let mut next_hb = started + w.heartbeat;
     let deadline = w.max_runtime.map(|d| started + d);
 
@@ -219,39 +229,22 @@ pub fn supervise(child: Pid, mut w: Watch, signals: &Signals) -> End {
 
         if sock_ready {
             if let Some(conn) = w.conn.as_deref_mut() {
-                match conn.read_available() {
-                    Err(m) => stop(
-                        End::LockLost(format!("the connection to the server broke ({m})")),
+                match conn.poll_result() {
+                    Ok(None) => {}
+                    Ok(Some(result)) => {
+                        if let Some(why) = heartbeat_verdict(result) {
+                            stop(End::LockLost(why), &mut stopping);
+                        }
+                        hb_sent = None;
+                    }
+                    Err(ReadErr::Protocol(m)) => stop(
+                        End::LockLost(format!("the server broke the protocol ({m})")),
                         &mut stopping,
                     ),
-                    Ok(msgs) => {
-                        for (tag, body) in msgs {
-                            match tag {
-                                b'E' => {
-                                    let e = ServerError::parse(&body);
-                                    let why = if e.severity == "FATAL"
-                                        || e.severity == "PANIC"
-                                        || hb_sent.is_none()
-                                    {
-                                        format!("the server ended the session: {e}")
-                                    } else {
-                                        format!("the lock check failed: {e}")
-                                    };
-                                    stop(End::LockLost(why), &mut stopping);
-                                }
-                                b'D' => hb_ok = body.len() >= 7 && body[6] == b't',
-                                b'Z' if hb_sent.is_some() => {
-                                    conn.tx_status = body.first().copied().unwrap_or(b'I');
-                                    if !hb_ok {
-                                        stop(End::LockLost("this session's backend no longer holds the lock (pg_locks)".into()), &mut stopping);
-                                    }
-                                    hb_sent = None;
-                                    hb_ok = false;
-                                }
-                                _ => {}
-                            }
-                        }
-                    }
+                    Err(e) => stop(
+                        End::LockLost(format!("the connection to the server broke ({e})")),
+                        &mut stopping,
+                    ),
                 }
             }
         }
@@ -267,7 +260,7 @@ pub fn supervise(child: Pid, mut w: Watch, signals: &Signals) -> End {
                     stop(End::LockLost(why), &mut stopping);
                 } else if let Err(e) = conn.send_query(&w.check_sql) {
                     stop(
-                        End::LockLost(format!("the connection to the server broke ({e:?})")),
+                        End::LockLost(format!("the connection to the server broke ({e})")),
                         &mut stopping,
                     );
                 } else {

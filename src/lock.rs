@@ -170,7 +170,7 @@ fn query_then(conn: &mut Conn, sql: &str, signals: &Signals, sent: &dyn Fn()) ->
             format!("{s} received while taking the lock; nothing was run"),
         )),
         Err(ReadErr::Timeout) => Err(Error::unavailable("timed out")),
-        Err(ReadErr::Closed(m)) => Err(lost_connection(conn, m)),
+        Err(ReadErr::Closed(m) | ReadErr::Protocol(m)) => Err(lost_connection(conn, m)),
     }
 }
 
@@ -436,6 +436,8 @@ pub fn acquire(conn: &mut Conn, a: &Acquire, signals: &Signals) -> Result<Acquir
                 );
                 return Err(cancel_wait(conn, e, signals));
             }
+            // A server that broke the protocol is not trusted again: no reconnecting to it.
+            Err(ReadErr::Protocol(m)) => return Err(lost_connection(conn, m)),
             Err(ReadErr::Closed(m)) => {
                 *conn = reconnect(conn, m, a, signals, deadline)?;
                 if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -536,7 +538,8 @@ fn cancel_wait(conn: &mut Conn, err: Error, signals: &Signals) -> Error {
                 );
                 return err;
             }
-            Ok(QueryResult::Error(_)) | Err(ReadErr::Timeout) | Err(ReadErr::Closed(_)) => {
+            Ok(QueryResult::Error(_))
+            | Err(ReadErr::Timeout | ReadErr::Closed(_) | ReadErr::Protocol(_)) => {
                 return err
             }
             Err(ReadErr::Signal(_)) => continue,

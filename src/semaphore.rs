@@ -143,7 +143,7 @@ pub fn acquire(conn: &mut Conn, a: &Acquire, n: u32, signals: &Signals) -> Resul
                 ),
                 ))
             }
-            Err(crate::pg::ReadErr::Closed(m)) => {
+            Err(crate::pg::ReadErr::Closed(m) | crate::pg::ReadErr::Protocol(m)) => {
                 return Err(Error::unavailable(format!(
                     "lost the connection while waiting for a slot: {m}"
                 )))

@@ -1,78 +1,60 @@
-//! A small PostgreSQL client for exactly what pglock needs, speaking the v3 wire protocol itself:
-//! connect (TCP or Unix socket, optional TLS), authenticate (trust, password, MD5, SCRAM-SHA-256),
-//! simple queries, cancel requests, and a view of the socket for the main loop's `poll`.
+//! A small PostgreSQL client for exactly what pglock needs: connect (TCP or Unix socket, TLS),
+//! authenticate, simple queries, cancel requests, and a view of the socket for the main loop's
+//! `poll`. The messages and SCRAM are postgres-protocol's; the socket, TLS and the waiting are
+//! pglock's own.
 //!
 //! Why not a general client: pglock's one thread waits on the lock socket and on signals at the
 //! same time (a signal cancels a server-side wait at once; a connection closed by the server is
 //! noticed at once while the child runs), and every session setting goes in the startup packet so
 //! that the uncontended path costs one round trip for the lock and one for the release. Every read
 //! goes through `poll` with the signal pipe and an optional deadline, so no wait ignores a signal.
+//!
+//! The rest of pglock sees typed results only (rows, a server error, a notification, a lost
+//! connection), never bytes: `wire` turns what the server sends into `Backend` messages and
+//! refuses anything malformed or oversized as a protocol violation, after which the connection is
+//! not used again.
 
-pub mod scram;
+mod auth;
+mod connect;
 mod tls;
+mod wire;
 
-use crate::conninfo::{ConnParams, Host, SslMode, Target};
-use crate::error::{Error, Result};
+pub use wire::ServerError;
+
+use crate::conninfo::{Host, Target};
 use crate::signals::Signals;
+use bytes::BytesMut;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
+use postgres_protocol::message::frontend;
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::net::TcpStream;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
+use wire::{Backend, Inbox};
 
-/// An error or notice sent by the server.
-#[derive(Debug, Clone, Default)]
-pub struct ServerError {
-    pub severity: String,
-    pub code: String,
-    pub message: String,
-    pub detail: Option<String>,
-    pub hint: Option<String>,
-}
-
-impl ServerError {
-    pub fn parse(body: &[u8]) -> ServerError {
-        let mut e = ServerError::default();
-        for field in body.split(|b| *b == 0) {
-            if field.is_empty() {
-                continue;
-            }
-            let v = String::from_utf8_lossy(&field[1..]).into_owned();
-            match field[0] {
-                b'V' => e.severity = v,
-                b'S' if e.severity.is_empty() => e.severity = v,
-                b'C' => e.code = v,
-                b'M' => e.message = v,
-                b'D' => e.detail = Some(v),
-                b'H' => e.hint = Some(v),
-                _ => {}
-            }
-        }
-        e
-    }
-}
-
-impl std::fmt::Display for ServerError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.message)?;
-        if let Some(d) = &self.detail {
-            write!(f, " ({d})")?;
-        }
-        Ok(())
-    }
-}
-
-/// Why a read returned without a message.
+/// Why a read returned without a result.
 #[derive(Debug)]
 pub enum ReadErr {
     /// The deadline passed.
     Timeout,
     /// A signal that cancels waiting arrived.
     Signal(nix::sys::signal::Signal),
-    /// The server closed the connection or the socket failed.
+    /// The server closed the connection, ended the session, or the socket failed.
     Closed(String),
+    /// The server sent something malformed or out of place: it is not trusted again.
+    Protocol(String),
+}
+
+impl std::fmt::Display for ReadErr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadErr::Timeout => write!(f, "timed out"),
+            ReadErr::Signal(s) => write!(f, "{s} received"),
+            ReadErr::Closed(m) | ReadErr::Protocol(m) => write!(f, "{m}"),
+        }
+    }
 }
 
 /// Rows of a simple query's last result set, as text.
@@ -90,9 +72,16 @@ enum Stream {
     Tls(Box<tls::TlsStream>),
 }
 
+/// The state of the query under way.
+#[derive(Default)]
+struct Pending {
+    rows: Rows,
+    error: Option<ServerError>,
+}
+
 pub struct Conn {
     stream: Stream,
-    buf: Vec<u8>,
+    inbox: Inbox,
     target: Target,
     user: String,
     pub backend_pid: i32,
@@ -104,9 +93,10 @@ pub struct Conn {
     /// The transaction status of the last ReadyForQuery: b'I' idle, b'T' in a transaction,
     /// b'E' in a failed transaction.
     pub tx_status: u8,
-    // A query's state while its result arrives across several reads.
-    rows: Rows,
-    error: Option<ServerError>,
+    pending: Option<Pending>,
+    notified: bool,
+    /// Set by the first protocol violation or loss: every later read returns it again.
+    broken: Option<String>,
 }
 
 /// Session settings for the startup packet.
@@ -121,13 +111,9 @@ pub struct Startup<'a> {
     pub while_waiting: Option<&'a dyn Fn()>,
 }
 
-const SSL_REQUEST: i32 = 80_877_103;
-const CANCEL_REQUEST: i32 = 80_877_102;
-const PROTOCOL_3_0: i32 = 196_608;
-
-fn deadline_after(t: Option<Duration>) -> Option<Instant> {
-    t.map(|d| Instant::now() + d)
-}
+/// Server parameters kept (ParameterStatus): a bound, so a server cannot grow pglock's memory
+/// by announcing new names forever.
+const MAX_SERVER_PARAMS: usize = 64;
 
 /// Waits until `fd` is readable (or writable), a cancelling signal arrives, or the deadline passes.
 fn wait_fd(
@@ -135,7 +121,7 @@ fn wait_fd(
     write: bool,
     deadline: Option<Instant>,
     signals: &Signals,
-) -> std::result::Result<(), ReadErr> {
+) -> Result<(), ReadErr> {
     loop {
         let timeout = match deadline {
             None => PollTimeout::NONE,
@@ -173,421 +159,21 @@ fn wait_fd(
     }
 }
 
-fn put_cstr(out: &mut Vec<u8>, s: &str) {
-    out.extend_from_slice(s.as_bytes());
-    out.push(0);
-}
-
-/// A tagged frontend message.
-fn message(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut m = Vec::with_capacity(body.len() + 5);
-    m.push(tag);
-    m.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
-    m.extend_from_slice(body);
-    m
-}
-
-/// Quotes a `-c` setting value for the `options` startup parameter (spaces and backslashes).
-fn options_escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace(' ', "\\ ")
-}
-
 impl Conn {
-    /// Connects to the first target that accepts (contract §3: hosts in order).
-    /// Connects to the first target, in the listed order, that accepts and is a primary
-    /// (contract §3): a hot standby is skipped, and refused when no primary is listed, because an
-    /// advisory lock taken there excludes nobody on the primary.
-    pub fn connect(params: &ConnParams, startup: &Startup, signals: &Signals) -> Result<Conn> {
-        // Every host's failure, reported together when none can be used (as libpq does).
-        let mut failed: Vec<Error> = Vec::new();
-        let mut standbys = Vec::new();
-        for target in &params.targets {
-            match Self::connect_with_settings(params, target, startup, signals) {
-                Ok(mut c) => match c.is_standby(signals) {
-                    Ok(false) => return Ok(c),
-                    Ok(true) => {
-                        crate::log::debug(
-                            "connect",
-                            &format!(
-                                "{} is a hot standby; trying the next host",
-                                target.describe()
-                            ),
-                        );
-                        standbys.push(target.describe());
-                        c.close();
-                    }
-                    Err(e) if matches!(e.kind, crate::error::Kind::Signal(_)) => return Err(e),
-                    Err(e) => failed.push(e),
-                },
-                Err(e) if e.kind == crate::error::Kind::Unavailable && params.targets.len() > 1 => {
-                    crate::log::debug("connect", &e.msg);
-                    failed.push(e);
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        let reasons = |failed: &[Error]| {
-            failed
-                .iter()
-                .map(|e| e.msg.as_str())
-                .collect::<Vec<_>>()
-                .join("; ")
-        };
-        if !standbys.is_empty() {
-            return Err(Error::unavailable(format!(
-                "{} {} a hot standby: an advisory lock there excludes nobody on the primary; connect to the primary (list it in the connection string){}",
-                standbys.join(", "),
-                if standbys.len() == 1 { "is" } else { "are" },
-                if failed.is_empty() { String::new() } else { format!("; {}", reasons(&failed)) }
-            )));
-        }
-        match failed.len() {
-            0 => Err(Error::usage("no host to connect to")),
-            1 => Err(failed.remove(0)),
-            _ => {
-                let all = reasons(&failed);
-                let mut e = failed.pop().expect("two or more");
-                e.msg = format!("no host could be used: {all}");
-                Err(e)
-            }
-        }
-    }
-
-    /// Connects; a server that does not know one of the session settings (idle_session_timeout
-    /// before 14, tcp_user_timeout before 12) gets them without it.
-    fn connect_with_settings(
-        params: &ConnParams,
-        t: &Target,
-        startup: &Startup,
-        signals: &Signals,
-    ) -> Result<Conn> {
-        let mut settings = startup.settings.clone();
-        loop {
-            let st = Startup {
-                application_name: startup.application_name,
-                settings: settings.clone(),
-                client_keepalive: startup.client_keepalive,
-                while_waiting: startup.while_waiting,
-            };
-            match Self::connect_target(params, t, &st, signals) {
-                // PgBouncer and other poolers refuse the options parameter: connect without it
-                // and leave the settings to SET statements.
-                Err(e)
-                    if e.msg.contains("unsupported startup parameter: options")
-                        && !settings.is_empty() =>
-                {
-                    crate::log::debug("connect", "the server (a pooler?) refuses startup options; applying the session settings with SET");
-                    let st = Startup {
-                        application_name: startup.application_name,
-                        settings: Vec::new(),
-                        client_keepalive: startup.client_keepalive,
-                        while_waiting: startup.while_waiting,
-                    };
-                    let mut c = Self::connect_target(params, t, &st, signals)?;
-                    c.deferred_settings = settings
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.clone()))
-                        .collect();
-                    return Ok(c);
-                }
-                Err(e) if e.sqlstate.as_deref() == Some("42704") => {
-                    let before = settings.len();
-                    settings.retain(|(k, _)| !e.msg.contains(&format!("\"{k}\"")));
-                    if settings.len() == before {
-                        return Err(e);
-                    }
-                    crate::log::debug(
-                        "connect",
-                        &format!(
-                            "retrying without a setting the server does not know: {}",
-                            e.msg
-                        ),
-                    );
-                }
-                other => return other,
-            }
-        }
-    }
-
-    /// Whether the server is a hot standby: reported at connection by PostgreSQL 14 and later,
-    /// asked with one query of older servers.
-    fn is_standby(&mut self, signals: &Signals) -> Result<bool> {
-        if let Some(v) = self.server_params.get("in_hot_standby") {
-            return Ok(v == "on");
-        }
-        let who = self.target.describe();
-        match self
-            .send_query("SELECT pg_is_in_recovery()")
-            .and_then(|()| self.wait_result(None, signals))
-        {
-            Ok(QueryResult::Rows(r)) => Ok(matches!(
-                r.first()
-                    .and_then(|r| r.first())
-                    .cloned()
-                    .flatten()
-                    .as_deref(),
-                Some("t")
-            )),
-            Ok(QueryResult::Error(e)) => Err(Error::unavailable(format!("{who}: {e}"))),
-            Err(e) => Err(Error::unavailable(format!("{who}: {e:?}"))),
-        }
-    }
-
-    fn who(params: &ConnParams, t: &Target) -> String {
-        format!("{} as user \"{}\"", t.describe(), params.user)
-    }
-
-    fn connect_target(
-        params: &ConnParams,
-        t: &Target,
-        startup: &Startup,
-        signals: &Signals,
-    ) -> Result<Conn> {
-        let who = Self::who(params, t);
-        let deadline = deadline_after(params.connect_timeout);
-        let fail = |what: String| Error::unavailable(format!("cannot connect to {who}: {what}"));
-        let io_fail = |e: ReadErr| connect_error(&who, e);
-        let plain =
-            Self::open_socket(t, deadline, startup.client_keepalive, signals).map_err(io_fail)?;
-        let tls_wanted = matches!(t.host, Host::Tcp(_))
-            && matches!(
-                params.sslmode,
-                SslMode::Prefer | SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull
-            );
-        let mut conn = Conn {
-            stream: plain,
-            buf: Vec::with_capacity(8192),
-            target: t.clone(),
-            user: params.user.clone(),
+    fn new(stream: Stream, target: &Target, user: &str) -> Conn {
+        Conn {
+            stream,
+            inbox: Inbox::new(),
+            target: target.clone(),
+            user: user.to_string(),
             backend_pid: 0,
             secret_key: 0,
             server_params: HashMap::new(),
-            rows: Vec::new(),
             deferred_settings: Vec::new(),
             tx_status: b'I',
-            error: None,
-        };
-        if tls_wanted {
-            let mut req = Vec::with_capacity(8);
-            req.extend_from_slice(&8i32.to_be_bytes());
-            req.extend_from_slice(&SSL_REQUEST.to_be_bytes());
-            conn.write_all(&req).map_err(|e| fail(e.to_string()))?;
-            let mut answer = [0u8; 1];
-            conn.read_raw_exact(&mut answer, deadline, signals)
-                .map_err(io_fail)?;
-            match answer[0] {
-                b'S' => {
-                    let Stream::Tcp(sock) = std::mem::replace(
-                        &mut conn.stream,
-                        Stream::Unix(UnixStream::pair().map_err(|e| fail(e.to_string()))?.0),
-                    ) else {
-                        unreachable!("TLS is only requested on TCP")
-                    };
-                    let name = t.host_name();
-                    match tls::handshake(sock, &name, params, deadline, signals) {
-                        Ok(s) => conn.stream = Stream::Tls(Box::new(s)),
-                        Err(tls::TlsErr::Read(e)) => return Err(io_fail(e)),
-                        Err(tls::TlsErr::Tls(m)) if params.sslmode == SslMode::Prefer => {
-                            crate::log::debug(
-                                "connect",
-                                &format!("TLS failed ({m}); sslmode=prefer retries without TLS"),
-                            );
-                            let mut p = params.clone();
-                            p.sslmode = SslMode::Disable;
-                            return Self::connect_target(&p, t, startup, signals);
-                        }
-                        Err(tls::TlsErr::Tls(m)) => {
-                            return Err(fail(format!("TLS handshake failed: {m}")))
-                        }
-                        Err(tls::TlsErr::Config(m)) => return Err(fail(m)),
-                    }
-                }
-                b'N' if params.sslmode == SslMode::Prefer => {}
-                b'N' => {
-                    return Err(fail(format!(
-                        "the server does not accept TLS, and sslmode={} requires it",
-                        sslmode_name(params.sslmode)
-                    )))
-                }
-                _ => {
-                    return Err(fail(
-                        "unexpected answer to the TLS request (not a PostgreSQL server?)".into(),
-                    ))
-                }
-            }
-        }
-        conn.startup(params, startup, deadline, signals, &who)?;
-        Ok(conn)
-    }
-
-    fn open_socket(
-        t: &Target,
-        deadline: Option<Instant>,
-        keepalive: Option<Duration>,
-        signals: &Signals,
-    ) -> std::result::Result<Stream, ReadErr> {
-        match &t.host {
-            Host::Unix(dir) => {
-                let path = t.socket_path(dir);
-                UnixStream::connect(&path)
-                    .map(Stream::Unix)
-                    .map_err(|e| ReadErr::Closed(e.to_string()))
-            }
-            Host::Tcp(h) => {
-                let addrs: Vec<SocketAddr> = (h.as_str(), t.port)
-                    .to_socket_addrs()
-                    .map_err(|e| ReadErr::Closed(format!("cannot resolve host name \"{h}\": {e}")))?
-                    .collect();
-                let mut last = ReadErr::Closed(format!("host name \"{h}\" has no address"));
-                for addr in addrs {
-                    match tcp_connect(addr, deadline, signals) {
-                        Ok(s) => {
-                            let _ = s.set_nodelay(true);
-                            if let Some(hb) = keepalive {
-                                set_keepalive(&s, hb);
-                            }
-                            return Ok(Stream::Tcp(s));
-                        }
-                        Err(e @ ReadErr::Signal(_)) => return Err(e),
-                        Err(e) => last = e,
-                    }
-                }
-                Err(last)
-            }
-        }
-    }
-
-    fn startup(
-        &mut self,
-        params: &ConnParams,
-        st: &Startup,
-        deadline: Option<Instant>,
-        signals: &Signals,
-        who: &str,
-    ) -> Result<()> {
-        let mut body = Vec::with_capacity(256);
-        body.extend_from_slice(&PROTOCOL_3_0.to_be_bytes());
-        put_cstr(&mut body, "user");
-        put_cstr(&mut body, &params.user);
-        put_cstr(&mut body, "database");
-        put_cstr(&mut body, &params.dbname);
-        put_cstr(&mut body, "application_name");
-        put_cstr(&mut body, st.application_name);
-        let mut options: Vec<String> = st
-            .settings
-            .iter()
-            .map(|(k, v)| format!("-c {k}={}", options_escape(v)))
-            .collect();
-        if let Some(user_opts) = &params.options {
-            options.push(user_opts.clone());
-        }
-        if !options.is_empty() {
-            put_cstr(&mut body, "options");
-            put_cstr(&mut body, &options.join(" "));
-        }
-        body.push(0);
-        let mut msg = Vec::with_capacity(body.len() + 4);
-        msg.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
-        msg.extend_from_slice(&body);
-        let fail = |m: String| Error::unavailable(format!("cannot connect to {who}: {m}"));
-        self.write_all(&msg).map_err(|e| fail(e.to_string()))?;
-        if let Some(work) = st.while_waiting {
-            work();
-        }
-
-        let mut scram: Option<scram::Scram> = None;
-        loop {
-            let (tag, body) = self
-                .read_message(deadline, signals)
-                .map_err(|e| connect_error(who, e))?;
-            match tag {
-                b'R' => {
-                    let kind = be_i32(&body, 0);
-                    let password = || {
-                        params.password_for(&self.target).ok_or_else(|| {
-                            fail("the server asks for a password and none is set (PGPASSWORD, ~/.pgpass or the connection string)".into())
-                        })
-                    };
-                    match kind {
-                        0 => {}
-                        3 => {
-                            let mut b = Vec::new();
-                            put_cstr(&mut b, &password()?);
-                            self.write_all(&message(b'p', &b)).map_err(|e| fail(e.to_string()))?;
-                        }
-                        5 => {
-                            let resp = scram::md5_response(&params.user, &password()?, &body[4..8.min(body.len())]);
-                            let mut b = Vec::new();
-                            put_cstr(&mut b, &resp);
-                            self.write_all(&message(b'p', &b)).map_err(|e| fail(e.to_string()))?;
-                        }
-                        10 => {
-                            let mechs: Vec<&[u8]> = body[4..].split(|b| *b == 0).collect();
-                            if !mechs.contains(&&b"SCRAM-SHA-256"[..]) {
-                                return Err(fail("the server offers no SASL mechanism pglock supports (SCRAM-SHA-256)".into()));
-                            }
-                            let s = scram::Scram::new(&password()?).map_err(|e| Error::internal(format!("no randomness for SCRAM: {e}")))?;
-                            let first = s.client_first();
-                            let mut b = Vec::new();
-                            put_cstr(&mut b, "SCRAM-SHA-256");
-                            b.extend_from_slice(&(first.len() as i32).to_be_bytes());
-                            b.extend_from_slice(first.as_bytes());
-                            self.write_all(&message(b'p', &b)).map_err(|e| fail(e.to_string()))?;
-                            scram = Some(s);
-                        }
-                        11 => {
-                            let s = scram.as_mut().ok_or_else(|| fail("unexpected SASL message".into()))?;
-                            let fin = s.client_final(&String::from_utf8_lossy(&body[4..])).map_err(fail)?;
-                            self.write_all(&message(b'p', fin.as_bytes())).map_err(|e| fail(e.to_string()))?;
-                        }
-                        12 => {
-                            let s = scram.as_ref().ok_or_else(|| fail("unexpected SASL message".into()))?;
-                            s.verify_final(&String::from_utf8_lossy(&body[4..])).map_err(fail)?;
-                        }
-                        other => {
-                            return Err(fail(format!("the server asks for an authentication method pglock does not support (code {other}; use password, md5 or scram-sha-256)")))
-                        }
-                    }
-                }
-                b'K' => {
-                    self.backend_pid = be_i32(&body, 0);
-                    self.secret_key = be_i32(&body, 4);
-                }
-                b'S' => self.param_status(&body),
-                b'N' => {}
-                b'E' => {
-                    let e = ServerError::parse(&body);
-                    let mut m = e.message.clone();
-                    if e.code == "53300" && m.contains("too many clients") {
-                        m.push_str(" (max_connections is reached: raise max_connections or wait)");
-                    }
-                    return Err(Error::new(
-                        crate::error::Kind::Unavailable,
-                        format!("cannot connect to {who}: {m}"),
-                    )
-                    .with_code(&e.code));
-                }
-                b'Z' => {
-                    self.tx_status = body.first().copied().unwrap_or(b'I');
-                    return Ok(());
-                }
-                other => {
-                    return Err(fail(format!(
-                        "unexpected message '{}' during startup",
-                        other as char
-                    )))
-                }
-            }
-        }
-    }
-
-    fn param_status(&mut self, body: &[u8]) {
-        let mut parts = body.split(|b| *b == 0);
-        if let (Some(k), Some(v)) = (parts.next(), parts.next()) {
-            self.server_params.insert(
-                String::from_utf8_lossy(k).into_owned(),
-                String::from_utf8_lossy(v).into_owned(),
-            );
+            pending: None,
+            notified: false,
+            broken: None,
         }
     }
 
@@ -609,10 +195,8 @@ impl Conn {
     }
 
     /// A message already read (and decrypted) but not yet consumed: poll would not show it.
-    /// Only a complete message counts: with part of one, the rest is still on the socket, and
-    /// poll will say so.
     pub fn has_buffered(&self) -> bool {
-        self.buf.len() >= 5 && self.buf.len() > be_i32(&self.buf, 1).max(0) as usize
+        self.inbox.has_message()
     }
 
     fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
@@ -623,82 +207,135 @@ impl Conn {
         }
     }
 
-    /// Reads more bytes into the buffer, waiting with poll.
-    fn fill(
-        &mut self,
-        deadline: Option<Instant>,
-        signals: &Signals,
-    ) -> std::result::Result<(), ReadErr> {
+    /// One read from the socket into the inbox; 0 when nothing could be read yet.
+    fn read_once(&mut self) -> Result<usize, ReadErr> {
+        let mut tmp = [0u8; 8192];
+        let n = match &mut self.stream {
+            Stream::Tcp(s) => s.read(&mut tmp),
+            Stream::Unix(s) => s.read(&mut tmp),
+            Stream::Tls(s) => {
+                let mut plain = Vec::new();
+                let r = s.read_into(&mut plain);
+                self.inbox.extend(&plain);
+                return match r {
+                    Ok(n) => Ok(n),
+                    Err(e) if retry(&e) => Ok(0),
+                    Err(e) => Err(self.lost(e.to_string())),
+                };
+            }
+        };
+        match n {
+            Ok(0) => Err(self.lost("the server closed the connection".into())),
+            Ok(n) => {
+                self.inbox.extend(&tmp[..n]);
+                Ok(n)
+            }
+            Err(e) if retry(&e) => Ok(0),
+            Err(e) => Err(self.lost(e.to_string())),
+        }
+    }
+
+    fn lost(&mut self, why: String) -> ReadErr {
+        self.broken.get_or_insert(why.clone());
+        ReadErr::Closed(why)
+    }
+
+    fn violation(&mut self, why: String) -> ReadErr {
+        self.broken.get_or_insert(why.clone());
+        ReadErr::Protocol(why)
+    }
+
+    /// Reads more, waiting with poll.
+    fn fill(&mut self, deadline: Option<Instant>, signals: &Signals) -> Result<(), ReadErr> {
         loop {
             wait_fd(self.fd(), false, deadline, signals)?;
-            let mut tmp = [0u8; 8192];
-            let n = match &mut self.stream {
-                Stream::Tcp(s) => s.read(&mut tmp),
-                Stream::Unix(s) => s.read(&mut tmp),
-                Stream::Tls(s) => match s.read_into(&mut self.buf) {
-                    Ok(0) => continue,
-                    Ok(_) => return Ok(()),
-                    Err(e) => Err(e),
-                },
-            };
-            match n {
-                Ok(0) => return Err(ReadErr::Closed("the server closed the connection".into())),
-                Ok(n) => {
-                    self.buf.extend_from_slice(&tmp[..n]);
-                    return Ok(());
-                }
-                Err(e)
-                    if e.kind() == io::ErrorKind::Interrupted
-                        || e.kind() == io::ErrorKind::WouldBlock =>
-                {
-                    continue
-                }
-                Err(e) => return Err(ReadErr::Closed(e.to_string())),
+            if self.read_once()? > 0 {
+                return Ok(());
             }
         }
     }
 
-    fn read_raw_exact(
-        &mut self,
-        out: &mut [u8],
-        deadline: Option<Instant>,
-        signals: &Signals,
-    ) -> std::result::Result<(), ReadErr> {
-        while self.buf.len() < out.len() {
-            self.fill(deadline, signals)?;
-        }
-        out.copy_from_slice(&self.buf[..out.len()]);
-        self.buf.drain(..out.len());
-        Ok(())
-    }
-
-    /// The next complete backend message, if one is already buffered.
-    fn buffered_message(&mut self) -> Option<(u8, Vec<u8>)> {
-        if self.buf.len() < 5 {
-            return None;
-        }
-        let len = be_i32(&self.buf, 1) as usize;
-        if self.buf.len() < len + 1 {
-            return None;
-        }
-        let body = self.buf[5..len + 1].to_vec();
-        let tag = self.buf[0];
-        self.buf.drain(..len + 1);
-        Some((tag, body))
-    }
-
-    /// Reads one backend message: (tag, body).
-    pub fn read_message(
+    /// The next whole message, waiting for it.
+    fn read_message(
         &mut self,
         deadline: Option<Instant>,
         signals: &Signals,
-    ) -> std::result::Result<(u8, Vec<u8>), ReadErr> {
+    ) -> Result<Backend, ReadErr> {
         loop {
-            if let Some(m) = self.buffered_message() {
+            if let Some(m) = self.next_message()? {
                 return Ok(m);
             }
             self.fill(deadline, signals)?;
         }
+    }
+
+    /// The next whole message if one is buffered.
+    fn next_message(&mut self) -> Result<Option<Backend>, ReadErr> {
+        if let Some(why) = &self.broken {
+            return Err(ReadErr::Closed(why.clone()));
+        }
+        self.inbox.next().map_err(|e| self.violation(e))
+    }
+
+    fn set_param(&mut self, name: String, value: String) {
+        if self.server_params.len() < MAX_SERVER_PARAMS || self.server_params.contains_key(&name)
+        {
+            self.server_params.insert(name, value);
+        }
+    }
+
+    /// Applies one message received after startup; a finished query's result when it was the
+    /// query's ReadyForQuery.
+    fn apply(&mut self, m: Backend) -> Result<Option<QueryResult>, ReadErr> {
+        match m {
+            Backend::Parameter { name, value } => self.set_param(name, value),
+            Backend::Notice => {}
+            Backend::Notification => self.notified = true,
+            Backend::Error(e) if e.is_fatal() || self.pending.is_none() => {
+                return Err(self.lost(format!("the server ended the session: {e}")))
+            }
+            Backend::Error(e) => {
+                if let Some(p) = self.pending.as_mut() {
+                    p.error.get_or_insert(e);
+                }
+            }
+            Backend::RowDescription | Backend::Complete if self.pending.is_some() => {}
+            Backend::Row(r) if self.pending.is_some() => {
+                if let Some(p) = self.pending.as_mut() {
+                    p.rows.push(r);
+                }
+            }
+            Backend::Ready(status) if self.pending.is_some() => {
+                self.tx_status = status;
+                let p = self.pending.take().unwrap_or_default();
+                return Ok(Some(match p.error {
+                    Some(e) => QueryResult::Error(e),
+                    None => QueryResult::Rows(p.rows),
+                }));
+            }
+            other => {
+                return Err(self.violation(format!(
+                    "protocol violation: the server sent {} {}",
+                    describe(&other),
+                    if self.pending.is_some() {
+                        "during a query"
+                    } else {
+                        "with no query under way"
+                    }
+                )))
+            }
+        }
+        Ok(None)
+    }
+
+    /// Applies every buffered message; the query's result as soon as it is complete.
+    fn drain(&mut self) -> Result<Option<QueryResult>, ReadErr> {
+        while let Some(m) = self.next_message()? {
+            if let Some(r) = self.apply(m)? {
+                return Ok(Some(r));
+            }
+        }
+        Ok(None)
     }
 
     /// Waits for a NotificationResponse (LISTEN/NOTIFY) while no query is under way. `Ok(true)`
@@ -707,18 +344,14 @@ impl Conn {
         &mut self,
         deadline: Option<Instant>,
         signals: &Signals,
-    ) -> std::result::Result<bool, ReadErr> {
+    ) -> Result<bool, ReadErr> {
         loop {
-            match self.read_message(deadline, signals) {
-                Ok((b'A', _)) => return Ok(true),
-                Ok((b'E', body)) => {
-                    return Err(ReadErr::Closed(format!(
-                        "the server ended the session: {}",
-                        ServerError::parse(&body)
-                    )))
-                }
-                Ok((b'S', body)) => self.param_status(&body),
-                Ok(_) => {}
+            self.drain()?;
+            if std::mem::take(&mut self.notified) {
+                return Ok(true);
+            }
+            match self.fill(deadline, signals) {
+                Ok(()) => {}
                 Err(ReadErr::Timeout) => return Ok(false),
                 Err(e) => return Err(e),
             }
@@ -726,13 +359,15 @@ impl Conn {
     }
 
     /// Sends a simple query without waiting for its result.
-    pub fn send_query(&mut self, sql: &str) -> std::result::Result<(), ReadErr> {
-        let mut b = Vec::with_capacity(sql.len() + 1);
-        put_cstr(&mut b, sql);
-        self.rows.clear();
-        self.error = None;
-        self.write_all(&message(b'Q', &b))
-            .map_err(|e| ReadErr::Closed(e.to_string()))
+    pub fn send_query(&mut self, sql: &str) -> Result<(), ReadErr> {
+        if let Some(why) = &self.broken {
+            return Err(ReadErr::Closed(why.clone()));
+        }
+        let mut buf = BytesMut::with_capacity(sql.len() + 6);
+        frontend::query(sql, &mut buf)
+            .map_err(|e| ReadErr::Closed(format!("cannot send the query: {e}")))?;
+        self.pending = Some(Pending::default());
+        self.write_all(&buf).map_err(|e| self.lost(e.to_string()))
     }
 
     /// Waits for the result of the query sent last. On Timeout or Signal the query is still under
@@ -741,71 +376,31 @@ impl Conn {
         &mut self,
         deadline: Option<Instant>,
         signals: &Signals,
-    ) -> std::result::Result<QueryResult, ReadErr> {
+    ) -> Result<QueryResult, ReadErr> {
         loop {
-            let (tag, body) = self.read_message(deadline, signals)?;
-            match tag {
-                b'T' => self.rows.clear(),
-                b'D' => self.rows.push(parse_row(&body)),
-                b'E' => {
-                    let e = ServerError::parse(&body);
-                    if e.severity == "FATAL" || e.severity == "PANIC" {
-                        return Err(ReadErr::Closed(format!(
-                            "the server ended the session: {e}"
-                        )));
-                    }
-                    self.error.get_or_insert(e);
-                }
-                b'Z' => {
-                    self.tx_status = body.first().copied().unwrap_or(b'I');
-                    return Ok(match self.error.take() {
-                        Some(e) => QueryResult::Error(e),
-                        None => QueryResult::Rows(std::mem::take(&mut self.rows)),
-                    });
-                }
-                b'S' => self.param_status(&body),
-                // CommandComplete, EmptyQueryResponse, NoticeResponse, NotificationResponse.
-                _ => {}
+            if let Some(r) = self.drain()? {
+                return Ok(r);
             }
+            self.fill(deadline, signals)?;
         }
     }
 
-    /// For the main loop, after poll found the socket readable: reads what is there and returns
-    /// the complete messages. `Err` when the connection is gone.
-    pub fn read_available(&mut self) -> std::result::Result<Vec<(u8, Vec<u8>)>, String> {
-        let mut out = Vec::new();
-        if self.buffered_message().map(|m| out.push(m)).is_none() {
-            let mut tmp = [0u8; 8192];
-            let n = match &mut self.stream {
-                Stream::Tcp(s) => s.read(&mut tmp),
-                Stream::Unix(s) => s.read(&mut tmp),
-                Stream::Tls(s) => s.read_into(&mut self.buf).map(|_| 0),
-            };
-            match n {
-                Ok(0) if !matches!(self.stream, Stream::Tls(_)) => {
-                    return Err("the server closed the connection".into())
-                }
-                Ok(n) => self.buf.extend_from_slice(&tmp[..n]),
-                Err(e)
-                    if e.kind() == io::ErrorKind::Interrupted
-                        || e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e.to_string()),
-            }
+    /// For the main loop, after poll found the socket readable (or `has_buffered`): reads what
+    /// is there without waiting, and returns the query's result if it is now complete. `Err`
+    /// when the connection is gone or the server broke the protocol.
+    pub fn poll_result(&mut self) -> Result<Option<QueryResult>, ReadErr> {
+        if let Some(r) = self.drain()? {
+            return Ok(Some(r));
         }
-        while let Some(m) = self.buffered_message() {
-            out.push(m);
-        }
-        Ok(out)
+        self.read_once()?;
+        self.drain()
     }
 
     /// Asks the server to cancel the query under way, through a new connection (the protocol's
     /// CancelRequest). The result of the cancelled query still arrives on this connection.
     pub fn cancel(&self) -> io::Result<()> {
-        let mut req = Vec::with_capacity(16);
-        req.extend_from_slice(&16i32.to_be_bytes());
-        req.extend_from_slice(&CANCEL_REQUEST.to_be_bytes());
-        req.extend_from_slice(&self.backend_pid.to_be_bytes());
-        req.extend_from_slice(&self.secret_key.to_be_bytes());
+        let mut req = BytesMut::with_capacity(16);
+        frontend::cancel_request(self.backend_pid, self.secret_key, &mut req);
         let mut buf = [0u8; 1];
         match &self.target.host {
             Host::Unix(dir) => {
@@ -819,7 +414,12 @@ impl Conn {
                 let addr = match &self.stream {
                     Stream::Tcp(s) => s.peer_addr()?,
                     Stream::Tls(s) => s.sock.peer_addr()?,
-                    Stream::Unix(_) => unreachable!("TCP target"),
+                    Stream::Unix(s) => {
+                        return Err(io::Error::other(format!(
+                            "a TCP target on a Unix socket ({:?})",
+                            s.peer_addr()
+                        )))
+                    }
                 };
                 let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
                 s.write_all(&req)?;
@@ -830,124 +430,41 @@ impl Conn {
         Ok(())
     }
 
-    /// Ends the session politely (Terminate) and closes the socket.
-    pub fn close(mut self) {
-        let _ = self.write_all(&message(b'X', &[]));
+    /// Ends the session politely (Terminate) and closes the socket: what dropping it does.
+    pub fn close(self) {}
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        let mut buf = BytesMut::with_capacity(5);
+        frontend::terminate(&mut buf);
+        let _ = self.write_all(&buf);
         if let Stream::Tls(s) = &mut self.stream {
             s.close_notify();
         }
     }
 }
 
-/// A failed read or wait while connecting to `who`, as pglock's error.
-fn connect_error(who: &str, e: ReadErr) -> Error {
-    match e {
-        ReadErr::Signal(s) => Error::new(
-            crate::error::Kind::Signal(s as i32),
-            format!("{s} received while connecting; nothing was run"),
-        ),
-        ReadErr::Timeout => Error::unavailable(format!(
-            "cannot connect to {who}: timed out (connect_timeout)"
-        )),
-        ReadErr::Closed(m) => Error::unavailable(format!("cannot connect to {who}: {m}")),
-    }
-}
-
-fn sslmode_name(m: SslMode) -> &'static str {
-    match m {
-        SslMode::Disable => "disable",
-        SslMode::Allow => "allow",
-        SslMode::Prefer => "prefer",
-        SslMode::Require => "require",
-        SslMode::VerifyCa => "verify-ca",
-        SslMode::VerifyFull => "verify-full",
-    }
-}
-
-fn be_i32(b: &[u8], at: usize) -> i32 {
-    b.get(at..at + 4)
-        .map_or(0, |s| i32::from_be_bytes([s[0], s[1], s[2], s[3]]))
-}
-
-fn parse_row(body: &[u8]) -> Vec<Option<String>> {
-    let n = body
-        .get(..2)
-        .map_or(0, |b| i16::from_be_bytes([b[0], b[1]]))
-        .max(0) as usize;
-    let mut out = Vec::with_capacity(n);
-    let mut at = 2;
-    for _ in 0..n {
-        let len = be_i32(body, at);
-        at += 4;
-        if len < 0 {
-            out.push(None);
-        } else {
-            let end = (at + len as usize).min(body.len());
-            out.push(Some(String::from_utf8_lossy(&body[at..end]).into_owned()));
-            at = end;
-        }
-    }
-    out
-}
-
-/// pglock's own side of the silent-connection bound: keepalive probes after one heartbeat of
-/// silence, and unacknowledged data for two heartbeats ends the connection (Linux).
-fn set_keepalive(s: &TcpStream, heartbeat: Duration) {
-    use nix::sys::socket::{setsockopt, sockopt};
-    let secs = heartbeat.as_secs().max(1) as u32;
-    let _ = setsockopt(s, sockopt::KeepAlive, &true);
-    #[cfg(target_os = "linux")]
-    {
-        let _ = setsockopt(s, sockopt::TcpKeepIdle, &secs);
-        let _ = setsockopt(s, sockopt::TcpKeepInterval, &secs.div_ceil(2).max(1));
-        let _ = setsockopt(s, sockopt::TcpKeepCount, &2u32);
-        let _ = setsockopt(
-            s,
-            sockopt::TcpUserTimeout,
-            &((heartbeat.as_millis() * 2).min(u32::MAX as u128) as u32),
-        );
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = secs;
-}
-
-/// A non-blocking TCP connect that a signal or the deadline interrupts.
-fn tcp_connect(
-    addr: SocketAddr,
-    deadline: Option<Instant>,
-    signals: &Signals,
-) -> std::result::Result<TcpStream, ReadErr> {
-    use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, SockaddrStorage};
-    let family = if addr.is_ipv4() {
-        AddressFamily::Inet
-    } else {
-        AddressFamily::Inet6
-    };
-    let fd: OwnedFd = socket::socket(
-        family,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-        None,
+fn retry(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
     )
-    .map_err(|e| ReadErr::Closed(e.to_string()))?;
-    let sa = SockaddrStorage::from(addr);
-    match socket::connect(fd.as_raw_fd(), &sa) {
-        Ok(()) => {}
-        Err(nix::errno::Errno::EINPROGRESS) | Err(nix::errno::Errno::EINTR) => {
-            wait_fd(fd.as_fd(), true, deadline, signals)?;
-            let err = socket::getsockopt(&fd, socket::sockopt::SocketError)
-                .map_err(|e| ReadErr::Closed(e.to_string()))?;
-            if err != 0 {
-                return Err(ReadErr::Closed(
-                    io::Error::from_raw_os_error(err).to_string(),
-                ));
-            }
+}
+
+/// A message's name for errors.
+fn describe(m: &Backend) -> String {
+    match m {
+        Backend::Auth(_) => "an authentication request".into(),
+        Backend::KeyData { .. } => "a cancel key".into(),
+        Backend::Ready(_) => "ReadyForQuery".into(),
+        Backend::RowDescription => "a row description".into(),
+        Backend::Row(_) => "a row".into(),
+        Backend::Complete => "a command completion".into(),
+        Backend::Error(e) => format!("an error ({e})"),
+        Backend::Unexpected(what) => format!("a {what} message pglock never asks for"),
+        Backend::Parameter { .. } | Backend::Notice | Backend::Notification => {
+            "a message".into()
         }
-        Err(e) => return Err(ReadErr::Closed(io::Error::from(e).to_string())),
     }
-    let stream = unsafe { TcpStream::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(fd)) };
-    stream
-        .set_nonblocking(false)
-        .map_err(|e| ReadErr::Closed(e.to_string()))?;
-    Ok(stream)
 }

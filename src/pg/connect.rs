@@ -1,0 +1,525 @@
+//! Opening a session (contract §3): the hosts in order, the socket (a host name resolved within
+//! `connect_timeout` and a signal), TLS as `sslmode` says, the startup packet, authentication,
+//! and the refusal of hot standbys.
+
+use super::auth::{Auth, Channel};
+use super::wire::Backend;
+use super::{tls, wait_fd, Conn, QueryResult, ReadErr, Startup, Stream};
+use crate::conninfo::{ConnParams, Host, SslMode, Target};
+use crate::error::{Error, Kind, Result};
+use crate::signals::Signals;
+use bytes::BytesMut;
+use postgres_protocol::message::frontend;
+use std::io::{self, Read};
+use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+impl Conn {
+    /// Connects to the first target, in the listed order, that accepts and is a primary
+    /// (contract §3): a hot standby is skipped, and refused when no primary is listed, because an
+    /// advisory lock taken there excludes nobody on the primary.
+    pub fn connect(params: &ConnParams, startup: &Startup, signals: &Signals) -> Result<Conn> {
+        // Every host's failure, reported together when none can be used (as libpq does).
+        let mut failed: Vec<Error> = Vec::new();
+        let mut standbys = Vec::new();
+        for target in &params.targets {
+            match connect_with_settings(params, target, startup, signals) {
+                Ok(mut c) => match c.is_standby(signals) {
+                    Ok(false) => return Ok(c),
+                    Ok(true) => {
+                        crate::log::debug(
+                            "connect",
+                            &format!(
+                                "{} is a hot standby; trying the next host",
+                                target.describe()
+                            ),
+                        );
+                        standbys.push(target.describe());
+                    }
+                    Err(e) if matches!(e.kind, Kind::Signal(_)) => return Err(e),
+                    Err(e) => failed.push(e),
+                },
+                Err(e) if e.kind == Kind::Unavailable && params.targets.len() > 1 => {
+                    crate::log::debug("connect", &e.msg);
+                    failed.push(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(none_usable(standbys, failed))
+    }
+
+    /// Whether the server is a hot standby: reported at connection by PostgreSQL 14 and later,
+    /// asked with one query of older servers.
+    fn is_standby(&mut self, signals: &Signals) -> Result<bool> {
+        if let Some(v) = self.server_params.get("in_hot_standby") {
+            return Ok(v == "on");
+        }
+        let who = self.target.describe();
+        match self
+            .send_query("SELECT pg_is_in_recovery()")
+            .and_then(|()| self.wait_result(None, signals))
+        {
+            Ok(QueryResult::Rows(r)) => Ok(matches!(
+                r.first().and_then(|r| r.first()),
+                Some(Some(v)) if v == "t"
+            )),
+            Ok(QueryResult::Error(e)) => Err(Error::unavailable(format!("{who}: {e}"))),
+            Err(ReadErr::Signal(s)) => Err(signal_error(s)),
+            Err(e) => Err(Error::unavailable(format!("{who}: {e}"))),
+        }
+    }
+
+    /// Sends the startup packet and authenticates, up to the first ReadyForQuery.
+    fn startup(
+        &mut self,
+        params: &ConnParams,
+        st: &Startup,
+        channel: Channel,
+        deadline: Option<Instant>,
+        signals: &Signals,
+        who: &str,
+    ) -> Result<()> {
+        let fail = |m: String| Error::unavailable(format!("cannot connect to {who}: {m}"));
+        let options: Vec<String> = st
+            .settings
+            .iter()
+            .map(|(k, v)| format!("-c {k}={}", options_escape(v)))
+            .chain(params.options.clone())
+            .collect();
+        let options = options.join(" ");
+        let mut pairs = vec![
+            ("user", params.user.as_str()),
+            ("database", params.dbname.as_str()),
+            ("application_name", st.application_name),
+        ];
+        if !options.is_empty() {
+            pairs.push(("options", options.as_str()));
+        }
+        let mut msg = BytesMut::with_capacity(256);
+        frontend::startup_message(pairs, &mut msg).map_err(|e| fail(e.to_string()))?;
+        self.write_all(&msg).map_err(|e| fail(e.to_string()))?;
+        if let Some(work) = st.while_waiting {
+            work();
+        }
+        let target = self.target.clone();
+        let password = || params.password_for(&target);
+        let mut auth = Auth::new(params, &password, channel);
+        loop {
+            let m = self
+                .read_message(deadline, signals)
+                .map_err(|e| connect_error(who, e))?;
+            match m {
+                Backend::Auth(req) => {
+                    if let Some(reply) = auth.answer(req).map_err(fail)? {
+                        self.write_all(&reply).map_err(|e| fail(e.to_string()))?;
+                    }
+                }
+                Backend::KeyData { pid, secret } => {
+                    self.backend_pid = pid;
+                    self.secret_key = secret;
+                }
+                Backend::Parameter { name, value } => self.set_param(name, value),
+                Backend::Notice => {}
+                Backend::Error(e) => return Err(startup_error(who, &e)),
+                Backend::Ready(status) => {
+                    self.tx_status = status;
+                    return Ok(());
+                }
+                other => {
+                    return Err(fail(format!(
+                        "protocol violation: the server sent {} during startup",
+                        super::describe(&other)
+                    )))
+                }
+            }
+        }
+    }
+}
+
+/// The error when no host could be used.
+fn none_usable(standbys: Vec<String>, mut failed: Vec<Error>) -> Error {
+    let reasons = |failed: &[Error]| {
+        failed
+            .iter()
+            .map(|e| e.msg.as_str())
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    if !standbys.is_empty() {
+        return Error::unavailable(format!(
+            "{} {} a hot standby: an advisory lock there excludes nobody on the primary; connect to the primary (list it in the connection string){}",
+            standbys.join(", "),
+            if standbys.len() == 1 { "is" } else { "are" },
+            if failed.is_empty() { String::new() } else { format!("; {}", reasons(&failed)) }
+        ));
+    }
+    match failed.len() {
+        0 => Error::usage("no host to connect to"),
+        1 => failed.remove(0),
+        _ => {
+            let all = reasons(&failed);
+            let mut e = failed.remove(failed.len() - 1);
+            e.msg = format!("no host could be used: {all}");
+            e
+        }
+    }
+}
+
+/// Connects; a server that does not know one of the session settings (idle_session_timeout
+/// before 14, tcp_user_timeout before 12) gets them without it.
+fn connect_with_settings(
+    params: &ConnParams,
+    t: &Target,
+    startup: &Startup,
+    signals: &Signals,
+) -> Result<Conn> {
+    let mut settings = startup.settings.clone();
+    loop {
+        let st = Startup {
+            settings: settings.clone(),
+            ..*startup
+        };
+        match connect_target(params, t, &st, signals) {
+            // PgBouncer and other poolers refuse the options parameter: connect without it
+            // and leave the settings to SET statements.
+            Err(e)
+                if e.msg.contains("unsupported startup parameter: options")
+                    && !settings.is_empty() =>
+            {
+                crate::log::debug("connect", "the server (a pooler?) refuses startup options; applying the session settings with SET");
+                let st = Startup {
+                    settings: Vec::new(),
+                    ..*startup
+                };
+                let mut c = connect_target(params, t, &st, signals)?;
+                c.deferred_settings = settings
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.clone()))
+                    .collect();
+                return Ok(c);
+            }
+            Err(e) if e.sqlstate.as_deref() == Some("42704") => {
+                let before = settings.len();
+                settings.retain(|(k, _)| !e.msg.contains(&format!("\"{k}\"")));
+                if settings.len() == before {
+                    return Err(e);
+                }
+                crate::log::debug(
+                    "connect",
+                    &format!(
+                        "retrying without a setting the server does not know: {}",
+                        e.msg
+                    ),
+                );
+            }
+            other => return other,
+        }
+    }
+}
+
+fn who(params: &ConnParams, t: &Target) -> String {
+    format!("{} as user \"{}\"", t.describe(), params.user)
+}
+
+/// How the TLS negotiation ended.
+enum Negotiated {
+    Plain(Stream),
+    Tls(Box<tls::TlsStream>),
+    /// sslmode=prefer and the handshake failed: start again without TLS, as libpq does.
+    RetryPlain,
+}
+
+fn connect_target(
+    params: &ConnParams,
+    t: &Target,
+    startup: &Startup,
+    signals: &Signals,
+) -> Result<Conn> {
+    let who = who(params, t);
+    let deadline = params.connect_timeout.map(|d| Instant::now() + d);
+    let io_fail = |e: ReadErr| connect_error(&who, e);
+    let sock = open_socket(t, deadline, startup.client_keepalive, signals).map_err(io_fail)?;
+    let (stream, channel) = match negotiate_tls(sock, params, t, deadline, signals, &who)? {
+        Negotiated::Plain(s) => (s, Channel::Plain),
+        Negotiated::Tls(s) => {
+            let end_point = end_point_of(&s);
+            (Stream::Tls(s), Channel::Tls(end_point))
+        }
+        Negotiated::RetryPlain => {
+            let mut p = params.clone();
+            p.sslmode = SslMode::Disable;
+            return connect_target(&p, t, startup, signals);
+        }
+    };
+    let mut conn = Conn::new(stream, t, &params.user);
+    conn.startup(params, startup, channel, deadline, signals, &who)?;
+    Ok(conn)
+}
+
+/// SSLRequest and the handshake, when sslmode asks for TLS on a TCP connection. The server's
+/// one-byte answer is read alone: any byte after it, before the handshake, is refused (libpq's
+/// CVE-2021-23222), so nothing a man in the middle injects there is read as a server message.
+fn negotiate_tls(
+    sock: Stream,
+    params: &ConnParams,
+    t: &Target,
+    deadline: Option<Instant>,
+    signals: &Signals,
+    who: &str,
+) -> Result<Negotiated> {
+    let fail = |what: String| Error::unavailable(format!("cannot connect to {who}: {what}"));
+    let wanted = matches!(
+        params.sslmode,
+        SslMode::Prefer | SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull
+    );
+    let Stream::Tcp(mut tcp) = sock else {
+        return Ok(Negotiated::Plain(sock));
+    };
+    if !wanted {
+        return Ok(Negotiated::Plain(Stream::Tcp(tcp)));
+    }
+    let mut req = BytesMut::with_capacity(8);
+    frontend::ssl_request(&mut req);
+    io::Write::write_all(&mut tcp, &req).map_err(|e| fail(e.to_string()))?;
+    let mut answer = [0u8; 1];
+    loop {
+        wait_fd(tcp.as_fd(), false, deadline, signals).map_err(|e| connect_error(who, e))?;
+        match tcp.read(&mut answer) {
+            Ok(0) => return Err(fail("the server closed the connection".into())),
+            Ok(_) => break,
+            Err(e) if super::retry(&e) => continue,
+            Err(e) => return Err(fail(e.to_string())),
+        }
+    }
+    if unread_bytes(&tcp) {
+        return Err(fail("received unencrypted data after SSL response".into()));
+    }
+    match answer[0] {
+        b'S' => {}
+        b'N' if params.sslmode == SslMode::Prefer => return Ok(Negotiated::Plain(Stream::Tcp(tcp))),
+        b'N' => {
+            return Err(fail(format!(
+                "the server does not accept TLS, and sslmode={} requires it",
+                sslmode_name(params.sslmode)
+            )))
+        }
+        // An ErrorResponse: a server too old for SSLRequest, or not PostgreSQL.
+        _ => {
+            return Err(fail(
+                "unexpected answer to the TLS request (not a PostgreSQL server?)".into(),
+            ))
+        }
+    }
+    match tls::handshake(tcp, &t.host_name(), params, deadline, signals) {
+        Ok(s) => Ok(Negotiated::Tls(Box::new(s))),
+        Err(tls::TlsErr::Read(e)) => Err(connect_error(who, e)),
+        Err(tls::TlsErr::Tls(m)) if params.sslmode == SslMode::Prefer => {
+            crate::log::debug(
+                "connect",
+                &format!("TLS failed ({m}); sslmode=prefer retries without TLS"),
+            );
+            Ok(Negotiated::RetryPlain)
+        }
+        Err(tls::TlsErr::Tls(m)) => Err(fail(format!("TLS handshake failed: {m}"))),
+        Err(tls::TlsErr::Config(m)) => Err(fail(m)),
+    }
+}
+
+/// Whether bytes are already waiting on the socket (a peek that does not wait).
+fn unread_bytes(s: &TcpStream) -> bool {
+    use nix::sys::socket::{recv, MsgFlags};
+    let mut b = [0u8; 1];
+    matches!(
+        recv(
+            s.as_raw_fd(),
+            &mut b,
+            MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT
+        ),
+        Ok(n) if n > 0
+    )
+}
+
+fn open_socket(
+    t: &Target,
+    deadline: Option<Instant>,
+    keepalive: Option<Duration>,
+    signals: &Signals,
+) -> std::result::Result<Stream, ReadErr> {
+    let h = match &t.host {
+        Host::Unix(dir) => {
+            return UnixStream::connect(t.socket_path(dir))
+                .map(Stream::Unix)
+                .map_err(|e| ReadErr::Closed(e.to_string()))
+        }
+        Host::Tcp(h) => h,
+    };
+    let addrs = match t.hostaddr {
+        Some(ip) => vec![SocketAddr::new(ip, t.port)],
+        None => resolve(h, t.port, deadline, signals)?,
+    };
+    let mut last = ReadErr::Closed(format!("host name \"{h}\" has no address"));
+    for addr in addrs {
+        match tcp_connect(addr, deadline, signals) {
+            Ok(s) => {
+                let _ = s.set_nodelay(true);
+                if let Some(hb) = keepalive {
+                    set_keepalive(&s, hb);
+                }
+                return Ok(Stream::Tcp(s));
+            }
+            Err(e @ (ReadErr::Signal(_) | ReadErr::Timeout)) => return Err(e),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// A host name's addresses. getaddrinfo cannot be interrupted or given a deadline, so a name
+/// (not an IP address) is looked up on a short-lived thread while this one waits with poll
+/// for its answer, a signal or the deadline; an abandoned look-up ends on its own.
+fn resolve(
+    host: &str,
+    port: u16,
+    deadline: Option<Instant>,
+    signals: &Signals,
+) -> std::result::Result<Vec<SocketAddr>, ReadErr> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    let cannot = |e: String| ReadErr::Closed(format!("cannot resolve host name \"{host}\": {e}"));
+    let (wake, done) = UnixStream::pair().map_err(|e| cannot(e.to_string()))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let name = host.to_string();
+    std::thread::Builder::new()
+        .name("resolve".into())
+        .spawn(move || {
+            let r = (name.as_str(), port)
+                .to_socket_addrs()
+                .map(|a| a.collect::<Vec<_>>());
+            let _ = tx.send(r);
+            // Dropping `done` wakes the poll below.
+            drop(done);
+        })
+        .map_err(|e| cannot(e.to_string()))?;
+    wait_fd(wake.as_fd(), false, deadline, signals)?;
+    match rx.recv() {
+        Ok(Ok(a)) => Ok(a),
+        Ok(Err(e)) => Err(cannot(e.to_string())),
+        Err(_) => Err(cannot("the look-up ended without an answer".into())),
+    }
+}
+
+/// A non-blocking TCP connect that a signal or the deadline interrupts.
+fn tcp_connect(
+    addr: SocketAddr,
+    deadline: Option<Instant>,
+    signals: &Signals,
+) -> std::result::Result<TcpStream, ReadErr> {
+    use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, SockaddrStorage};
+    let family = if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let fd: OwnedFd = socket::socket(
+        family,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )
+    .map_err(|e| ReadErr::Closed(e.to_string()))?;
+    let sa = SockaddrStorage::from(addr);
+    match socket::connect(fd.as_raw_fd(), &sa) {
+        Ok(()) => {}
+        Err(nix::errno::Errno::EINPROGRESS) | Err(nix::errno::Errno::EINTR) => {
+            wait_fd(fd.as_fd(), true, deadline, signals)?;
+            let err = socket::getsockopt(&fd, socket::sockopt::SocketError)
+                .map_err(|e| ReadErr::Closed(e.to_string()))?;
+            if err != 0 {
+                return Err(ReadErr::Closed(
+                    io::Error::from_raw_os_error(err).to_string(),
+                ));
+            }
+        }
+        Err(e) => return Err(ReadErr::Closed(io::Error::from(e).to_string())),
+    }
+    let stream = TcpStream::from(fd);
+    stream
+        .set_nonblocking(false)
+        .map_err(|e| ReadErr::Closed(e.to_string()))?;
+    Ok(stream)
+}
+
+/// pglock's own side of the silent-connection bound: keepalive probes after one heartbeat of
+/// silence, and unacknowledged data for two heartbeats ends the connection (Linux).
+fn set_keepalive(s: &TcpStream, heartbeat: Duration) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let secs = heartbeat.as_secs().max(1) as u32;
+    let _ = setsockopt(s, sockopt::KeepAlive, &true);
+    #[cfg(target_os = "linux")]
+    {
+        let _ = setsockopt(s, sockopt::TcpKeepIdle, &secs);
+        let _ = setsockopt(s, sockopt::TcpKeepInterval, &secs.div_ceil(2).max(1));
+        let _ = setsockopt(s, sockopt::TcpKeepCount, &2u32);
+        let _ = setsockopt(
+            s,
+            sockopt::TcpUserTimeout,
+            &((heartbeat.as_millis() * 2).min(u32::MAX as u128) as u32),
+        );
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = secs;
+}
+
+/// Quotes a `-c` setting value for the `options` startup parameter (spaces and backslashes).
+fn options_escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace(' ', "\\ ")
+}
+
+fn signal_error(s: nix::sys::signal::Signal) -> Error {
+    Error::new(
+        Kind::Signal(s as i32),
+        format!("{s} received while connecting; nothing was run"),
+    )
+}
+
+/// A failed read or wait while connecting to `who`, as pglock's error.
+fn connect_error(who: &str, e: ReadErr) -> Error {
+    match e {
+        ReadErr::Signal(s) => signal_error(s),
+        ReadErr::Timeout => Error::unavailable(format!(
+            "cannot connect to {who}: timed out (connect_timeout)"
+        )),
+        ReadErr::Closed(m) | ReadErr::Protocol(m) => {
+            Error::unavailable(format!("cannot connect to {who}: {m}"))
+        }
+    }
+}
+
+/// The server refused the session.
+fn startup_error(who: &str, e: &super::ServerError) -> Error {
+    let mut m = e.message.clone();
+    if e.code == "53300" && m.contains("too many clients") {
+        m.push_str(" (max_connections is reached: raise max_connections or wait)");
+    }
+    Error::new(Kind::Unavailable, format!("cannot connect to {who}: {m}")).with_code(&e.code)
+}
+
+fn sslmode_name(m: SslMode) -> &'static str {
+    match m {
+        SslMode::Disable => "disable",
+        SslMode::Allow => "allow",
+        SslMode::Prefer => "prefer",
+        SslMode::Require => "require",
+        SslMode::VerifyCa => "verify-ca",
+        SslMode::VerifyFull => "verify-full",
+    }
+}
+
+/// TEMPORARY until tls.rs has `tls_server_end_point`.
+fn end_point_of(_s: &tls::TlsStream) -> Option<Vec<u8>> {
+    None
+}
