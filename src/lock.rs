@@ -539,9 +539,7 @@ fn cancel_wait(conn: &mut Conn, err: Error, signals: &Signals) -> Error {
                 return err;
             }
             Ok(QueryResult::Error(_))
-            | Err(ReadErr::Timeout | ReadErr::Closed(_) | ReadErr::Protocol(_)) => {
-                return err
-            }
+            | Err(ReadErr::Timeout | ReadErr::Closed(_) | ReadErr::Protocol(_)) => return err,
             Err(ReadErr::Signal(_)) => continue,
         }
     }

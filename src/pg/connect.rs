@@ -299,7 +299,9 @@ fn negotiate_tls(
     }
     match answer[0] {
         b'S' => {}
-        b'N' if params.sslmode == SslMode::Prefer => return Ok(Negotiated::Plain(Stream::Tcp(tcp))),
+        b'N' if params.sslmode == SslMode::Prefer => {
+            return Ok(Negotiated::Plain(Stream::Tcp(tcp)))
+        }
         b'N' => {
             return Err(fail(format!(
                 "the server does not accept TLS, and sslmode={} requires it",

@@ -278,8 +278,7 @@ impl Conn {
     }
 
     fn set_param(&mut self, name: String, value: String) {
-        if self.server_params.len() < MAX_SERVER_PARAMS || self.server_params.contains_key(&name)
-        {
+        if self.server_params.len() < MAX_SERVER_PARAMS || self.server_params.contains_key(&name) {
             self.server_params.insert(name, value);
         }
     }
@@ -463,8 +462,6 @@ fn describe(m: &Backend) -> String {
         Backend::Complete => "a command completion".into(),
         Backend::Error(e) => format!("an error ({e})"),
         Backend::Unexpected(what) => format!("a {what} message pglock never asks for"),
-        Backend::Parameter { .. } | Backend::Notice | Backend::Notification => {
-            "a message".into()
-        }
+        Backend::Parameter { .. } | Backend::Notice | Backend::Notification => "a message".into(),
     }
 }

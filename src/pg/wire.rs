@@ -121,8 +121,14 @@ pub enum AuthRequest {
 #[derive(Debug)]
 pub enum Backend {
     Auth(AuthRequest),
-    KeyData { pid: i32, secret: i32 },
-    Parameter { name: String, value: String },
+    KeyData {
+        pid: i32,
+        secret: i32,
+    },
+    Parameter {
+        name: String,
+        value: String,
+    },
     /// ReadyForQuery with the transaction status: b'I', b'T' or b'E'.
     Ready(u8),
     RowDescription,
@@ -144,7 +150,11 @@ impl Backend {
             Message::AuthenticationCleartextPassword => Backend::Auth(AuthRequest::Cleartext),
             Message::AuthenticationMd5Password(b) => Backend::Auth(AuthRequest::Md5(b.salt())),
             Message::AuthenticationSasl(b) => {
-                let mechs: Vec<String> = b.mechanisms().map(|m| Ok(m.to_string())).collect().map_err(bad)?;
+                let mechs: Vec<String> = b
+                    .mechanisms()
+                    .map(|m| Ok(m.to_string()))
+                    .collect()
+                    .map_err(bad)?;
                 Backend::Auth(AuthRequest::Sasl(mechs))
             }
             Message::AuthenticationSaslContinue(b) => {
@@ -173,7 +183,12 @@ impl Backend {
             },
             Message::ReadyForQuery(b) => match b.status() {
                 s @ (b'I' | b'T' | b'E') => Backend::Ready(s),
-                s => return Err(format!("protocol violation: transaction status {}", tag_name(s))),
+                s => {
+                    return Err(format!(
+                        "protocol violation: transaction status {}",
+                        tag_name(s)
+                    ))
+                }
             },
             Message::RowDescription(b) => {
                 // Checked for well-formedness; pglock reads its own queries' columns by position.
@@ -193,7 +208,9 @@ impl Backend {
                 Backend::Row(row)
             }
             Message::CommandComplete(_) | Message::EmptyQueryResponse => Backend::Complete,
-            Message::ErrorResponse(b) => Backend::Error(ServerError::from_fields(b.fields()).map_err(bad)?),
+            Message::ErrorResponse(b) => {
+                Backend::Error(ServerError::from_fields(b.fields()).map_err(bad)?)
+            }
             Message::NoticeResponse(b) => {
                 ServerError::from_fields(b.fields()).map_err(bad)?;
                 Backend::Notice
@@ -202,9 +219,10 @@ impl Backend {
                 b.channel().map_err(bad)?;
                 Backend::Notification
             }
-            Message::CopyInResponse(_) | Message::CopyOutResponse(_) | Message::CopyData(_) | Message::CopyDone => {
-                Backend::Unexpected("COPY")
-            }
+            Message::CopyInResponse(_)
+            | Message::CopyOutResponse(_)
+            | Message::CopyData(_)
+            | Message::CopyDone => Backend::Unexpected("COPY"),
             _ => Backend::Unexpected("extended-protocol"),
         })
     }
