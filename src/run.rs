@@ -59,18 +59,159 @@ pub fn application_name(label: &str) -> String {
     s
 }
 
-fn connect(params: &ConnParams, startup: &Startup, signals: &Signals) -> Result<Conn> {
-    let conn = Conn::connect(params, startup, signals)?;
-    log::debug(
-        "connected",
-        &format!(
-            "connected to {} as {} (backend pid {})",
-            conn.target().describe(),
-            conn.user(),
-            conn.backend_pid
-        ),
-    );
-    Ok(conn)
+/// The run's lock session: the dedicated connection, the guard, and the lock once taken.
+/// Dropping it releases a lock still held, tells the guard to go, and closes the connection, in
+/// that order (contract §7), so every early return leaves nothing behind on the server.
+struct Session<'a> {
+    conn: Conn,
+    guard: Option<&'a Guard>,
+    lock: Option<Taken>,
+    req: &'a RunRequest,
+    signals: &'a Signals,
+}
+
+/// The lock held while the child runs: the key's own, or with --limit one of its slots.
+struct Taken {
+    key: LockKey,
+    slot: Option<u32>,
+}
+
+impl<'a> Session<'a> {
+    /// Connects and checks that a session lock can be held on this connection.
+    fn open(
+        req: &'a RunRequest,
+        params: &ConnParams,
+        startup: &Startup,
+        guard: Option<&'a Guard>,
+        signals: &'a Signals,
+    ) -> Result<Session<'a>> {
+        let conn = Conn::connect(params, startup, signals)?;
+        log::debug(
+            "connected",
+            &format!(
+                "connected to {} as {} (backend pid {})",
+                conn.target().describe(),
+                conn.user(),
+                conn.backend_pid
+            ),
+        );
+        let mut s = Session {
+            conn,
+            guard,
+            lock: None,
+            req,
+            signals,
+        };
+        if req.scope == Scope::Session {
+            lock::refuse_transaction_pooling(&mut s.conn, signals)?;
+            if !s.conn.deferred_settings.is_empty() {
+                lock::apply_deferred_settings(&mut s.conn, signals)?;
+            }
+        }
+        Ok(s)
+    }
+
+    /// Takes the lock (or a slot), and makes sure it is held by this connection's backend.
+    fn acquire(&mut self, a: &Acquire) -> Result<()> {
+        let (key, slot, backend_pid) = match self.req.limit {
+            None => {
+                let got = lock::acquire(&mut self.conn, a, self.signals)?;
+                (self.req.key.clone(), None, got.backend_pid)
+            }
+            Some(n) => {
+                let s = semaphore::acquire(&mut self.conn, a, n, self.signals)?;
+                (s.key, Some(s.index), s.backend_pid)
+            }
+        };
+        log::mark(Mark::Acquired);
+        self.lock = Some(Taken { key, slot });
+        if backend_pid != self.conn.backend_pid {
+            self.check_pooler(backend_pid)?;
+        }
+        Ok(())
+    }
+
+    /// The backend that ran the lock statement is the one we connected to, unless something in
+    /// between (a pooler) hands statements to other backends: then confirm in pg_locks.
+    fn check_pooler(&mut self, backend_pid: i32) -> Result<()> {
+        let Some(key) = self.lock.as_ref().map(|t| t.key.clone()) else {
+            return Ok(());
+        };
+        if !lock::owns(&mut self.conn, &key, self.req.mode, self.signals)? {
+            lock::unlock_on(
+                &mut self.conn,
+                backend_pid,
+                &key,
+                self.req.mode,
+                self.signals,
+            );
+            self.lock = None;
+            return Err(Error::unavailable(
+                "the lock was taken on a backend that no longer serves this connection (a transaction pooler such as PgBouncer?); a session lock leaks there: use --scope transaction, or connect directly",
+            ));
+        }
+        if self.req.scope == Scope::Session {
+            log::warn(
+                "pooler",
+                "pglock is connected through a pooler or proxy (the backend pid differs from the connection's); with transaction pooling use --scope transaction",
+                &[],
+            );
+        }
+        Ok(())
+    }
+
+    /// Unlocks: `false` when the server did not confirm that the lock was still held. The guard
+    /// is told to go once the release is on its way (see guard.rs).
+    fn release(&mut self) -> bool {
+        let Some(taken) = self.lock.take() else {
+            return false;
+        };
+        let notify = self.req.limit.map(|_| semaphore::channel(self.req.key.id));
+        let guard = self.guard;
+        let sent = || {
+            if let Some(g) = guard {
+                g.stop();
+            }
+        };
+        match lock::release(
+            &mut self.conn,
+            &taken.key,
+            self.req.mode,
+            self.req.scope,
+            notify.as_deref(),
+            self.signals,
+            &sent,
+        ) {
+            Ok(held) => held,
+            Err(e) => {
+                log::debug("release", &format!("unlock failed: {e}"));
+                false
+            }
+        }
+    }
+
+    /// The lock was lost: there is nothing left to release, only the connection to close.
+    fn forget_lock(&mut self) {
+        self.lock = None;
+    }
+
+    fn slot(&self) -> Option<u32> {
+        self.lock.as_ref().and_then(|t| t.slot)
+    }
+
+    fn check_sql(&self) -> String {
+        let key = self.lock.as_ref().map_or(&self.req.key, |t| &t.key);
+        lock::ownership_sql(key, self.req.mode)
+    }
+}
+
+impl Drop for Session<'_> {
+    fn drop(&mut self) {
+        if self.lock.is_some() {
+            self.release();
+        }
+        // The connection closes (Terminate) when `conn` drops, right after this.
+    }
 }
 
 /// Runs and logs the last event of a run that ended with the child's own exit.
@@ -98,20 +239,19 @@ pub fn run(req: RunRequest, run_id: &str) -> Result<i32> {
 
 fn run_inner(req: RunRequest, run_id: &str, nested: &std::cell::Cell<bool>) -> Result<i32> {
     let signals = Signals::install()?;
-    let label = req.key.label();
     let held = nesting::held_by_ancestors();
     if let Some(h) = held.iter().find(|h| h.id == req.key.id) {
         nested.set(true);
         return run_nested(&req, h, &held, run_id, &signals);
     }
-
     let params = ConnParams::resolve(req.database_url.as_deref())?;
     let app = params
         .application_name
         .clone()
-        .unwrap_or_else(|| application_name(&label));
+        .unwrap_or_else(|| application_name(&req.key.label()));
     // The guard is started while the server starts the session, off the path from a lock
     // grant to the child's start; the child's spawn hands it the child's pidfd (see guard.rs).
+    // Declared before the session, it outlives it: the session stops it, its drop reaps it.
     let guard = std::cell::OnceCell::new();
     let start_guard = || {
         guard.get_or_init(Guard::start);
@@ -122,21 +262,9 @@ fn run_inner(req: RunRequest, run_id: &str, nested: &std::cell::Cell<bool>) -> R
         client_keepalive: Some(req.heartbeat),
         while_waiting: Some(&start_guard),
     };
-    let mut conn = connect(&params, &startup, &signals)?;
+    let mut session = Session::open(&req, &params, &startup, None, &signals)?;
     start_guard();
-    if req.scope == Scope::Session {
-        let checked = lock::refuse_transaction_pooling(&mut conn, &signals).and_then(|()| {
-            if conn.deferred_settings.is_empty() {
-                Ok(())
-            } else {
-                lock::apply_deferred_settings(&mut conn, &signals)
-            }
-        });
-        if let Err(e) = checked {
-            conn.close();
-            return Err(e);
-        }
-    }
+    session.guard = guard.get().and_then(Option::as_ref);
 
     let me = Held {
         id: req.key.id,
@@ -145,16 +273,10 @@ fn run_inner(req: RunRequest, run_id: &str, nested: &std::cell::Cell<bool>) -> R
     };
     // The child's start is prepared before the wait (with --limit, once the slot is known).
     let prepared = match req.limit {
-        None => match prepare_child(&req, run_id, &held, &me, None) {
-            Ok(x) => Some(x),
-            Err(e) => {
-                conn.close();
-                return Err(e);
-            }
-        },
+        None => Some(prepare_child(&req, run_id, &held, &me, None)?),
         Some(_) => None,
     };
-    let acquire = Acquire {
+    session.acquire(&Acquire {
         key: &req.key,
         mode: req.mode,
         scope: req.scope,
@@ -162,70 +284,64 @@ fn run_inner(req: RunRequest, run_id: &str, nested: &std::cell::Cell<bool>) -> R
         conflict_exit_code: req.conflict_exit_code,
         params: &params,
         startup: &startup,
+    })?;
+    let exec = match prepared {
+        Some(exec) => exec,
+        None => prepare_child(&req, run_id, &held, &me, session.slot())?,
     };
-    // The lock held while the child runs: the key's own, or with --limit one of its slots.
-    let taken = match req.limit {
-        None => lock::acquire(&mut conn, &acquire, &signals)
-            .map(|a| (req.key.clone(), None, a.backend_pid)),
-        Some(n) => semaphore::acquire(&mut conn, &acquire, n, &signals)
-            .map(|s| (s.key, Some(s.index), s.backend_pid)),
-    };
-    let (held_key, slot, backend_pid) = match taken {
-        Ok(t) => t,
-        Err(e) => {
-            conn.close();
-            return Err(e);
+    let child = start_child(&req, &exec, session.guard.map(Guard::child_slot))?;
+    log_acquired(&req, session.slot());
+    let end = child::supervise(
+        child,
+        Watch {
+            check_sql: session.check_sql(),
+            conn: Some(&mut session.conn),
+            heartbeat: req.heartbeat,
+            kill_after: req.kill_after,
+            max_runtime: req.max_runtime,
+        },
+        &signals,
+    );
+    log::mark(Mark::ChildEnd);
+    finish(end, session, &req)
+}
+
+/// The outcome of a run whose child has ended, after the release (or, with the lock lost, only
+/// the close).
+fn finish(end: End, mut session: Session, req: &RunRequest) -> Result<i32> {
+    let label = req.key.label();
+    match end {
+        End::Exited(code) => {
+            if session.release() {
+                Ok(code)
+            } else {
+                Err(Error::new(
+                    Kind::LockLost,
+                    format!("the lock was gone when the command ended (status {code}); it may have run unprotected for up to two heartbeats"),
+                ))
+            }
         }
-    };
-    let acquired = lock::Acquired { backend_pid };
-    log::mark(Mark::Acquired);
-    // The backend that ran the lock statement is the one we connected to, unless something in
-    // between (a pooler) hands statements to other backends: then confirm in pg_locks.
-    if acquired.backend_pid != conn.backend_pid
-        && !lock::owns(&mut conn, &held_key, req.mode, &signals)?
-    {
-        lock::unlock_on(
-            &mut conn,
-            acquired.backend_pid,
-            &held_key,
-            req.mode,
-            &signals,
-        );
-        conn.close();
-        return Err(Error::unavailable(
-            "the lock was taken on a backend that no longer serves this connection (a transaction pooler such as PgBouncer?); a session lock leaks there: use --scope transaction, or connect directly",
-        ));
+        End::LockLost(why) => {
+            session.forget_lock();
+            Err(Error::new(
+                Kind::LockLost,
+                format!("lock \"{label}\" was lost while the command ran ({why}); the command was stopped"),
+            ))
+        }
+        End::MaxRuntime => Err(Error::new(
+            Kind::MaxRuntime,
+            format!(
+                "the command ran longer than --max-runtime {} and was stopped",
+                crate::duration::format(req.max_runtime.unwrap_or_default())
+            ),
+        )),
     }
-    if acquired.backend_pid != conn.backend_pid && req.scope == Scope::Session {
-        log::warn(
-            "pooler",
-            "pglock is connected through a pooler or proxy (the backend pid differs from the connection's); with transaction pooling use --scope transaction",
-            &[],
-        );
-    }
-    let the_guard = guard.get().and_then(Option::as_ref);
-    // The guard is told to go once the release is on its way (see guard.rs).
-    let stop_guard = || {
-        if let Some(g) = the_guard {
-            g.stop();
-        }
-    };
-    let unlock_and_close = |conn: Conn| release(conn, &req, &held_key, &signals, &stop_guard);
-    let slot_of_guard = the_guard.map(Guard::child_slot);
-    let started = match prepared {
-        Some(exec) => start_child(&req, &exec, slot_of_guard),
-        None => prepare_child(&req, run_id, &held, &me, slot)
-            .and_then(|exec| start_child(&req, &exec, slot_of_guard)),
-    };
-    let child = match started {
-        Ok(pid) => pid,
-        Err(e) => {
-            unlock_and_close(conn);
-            return Err(e);
-        }
-    };
-    // Logged once the child runs: the child's start does not wait for stderr.
+}
+
+/// Logged once the child runs: the child's start does not wait for stderr.
+fn log_acquired(req: &RunRequest, slot: Option<u32>) {
     let (waited_ms, _) = log::timings();
+    let label = req.key.label();
     log::info(
         "acquired",
         &match (slot, req.limit) {
@@ -245,46 +361,6 @@ fn run_inner(req: RunRequest, run_id: &str, nested: &std::cell::Cell<bool>) -> R
             ("slot", V::I(slot.map_or(-1, i64::from))),
         ],
     );
-
-    let end = child::supervise(
-        child,
-        Watch {
-            conn: Some(&mut conn),
-            check_sql: lock::ownership_sql(&held_key, req.mode),
-            heartbeat: req.heartbeat,
-            kill_after: req.kill_after,
-            max_runtime: req.max_runtime,
-        },
-        &signals,
-    );
-    log::mark(Mark::ChildEnd);
-    let result = match end {
-        End::Exited(code) => {
-            if unlock_and_close(conn) {
-                Ok(code)
-            } else {
-                Err(Error::new(
-                    Kind::LockLost,
-                    format!("the lock was gone when the command ended (status {code}); it may have run unprotected for up to two heartbeats"),
-                ))
-            }
-        }
-        End::LockLost(why) => {
-            conn.close();
-            Err(Error::new(Kind::LockLost, format!("lock \"{label}\" was lost while the command ran ({why}); the command was stopped")))
-        }
-        End::MaxRuntime => {
-            unlock_and_close(conn);
-            Err(Error::new(
-                Kind::MaxRuntime,
-                format!(
-                    "the command ran longer than --max-runtime {} and was stopped",
-                    crate::duration::format(req.max_runtime.unwrap_or_default())
-                ),
-            ))
-        }
-    };
-    result
 }
 
 /// Prepares the child's start with the pglock variables.
@@ -377,32 +453,4 @@ fn run_nested(
         )),
         End::LockLost(why) => Err(Error::new(Kind::LockLost, why)),
     }
-}
-
-/// Unlocks and closes. `false` when the server did not confirm that the lock was still held.
-fn release(
-    mut conn: Conn,
-    req: &RunRequest,
-    held_key: &LockKey,
-    signals: &Signals,
-    sent: &dyn Fn(),
-) -> bool {
-    let notify = req.limit.map(|_| semaphore::channel(req.key.id));
-    let held = match lock::release(
-        &mut conn,
-        held_key,
-        req.mode,
-        req.scope,
-        notify.as_deref(),
-        signals,
-        sent,
-    ) {
-        Ok(held) => held,
-        Err(e) => {
-            log::debug("release", &format!("unlock failed: {e}"));
-            false
-        }
-    };
-    conn.close();
-    held
 }

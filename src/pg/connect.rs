@@ -245,7 +245,7 @@ fn connect_target(
     let (stream, channel) = match negotiate_tls(sock, params, t, deadline, signals, &who)? {
         Negotiated::Plain(s) => (s, Channel::Plain),
         Negotiated::Tls(s) => {
-            let end_point = end_point_of(&s);
+            let end_point = s.tls_server_end_point();
             (Stream::Tls(s), Channel::Tls(end_point))
         }
         Negotiated::RetryPlain => {
@@ -519,9 +519,4 @@ fn sslmode_name(m: SslMode) -> &'static str {
         SslMode::VerifyCa => "verify-ca",
         SslMode::VerifyFull => "verify-full",
     }
-}
-
-/// TEMPORARY until tls.rs has `tls_server_end_point`.
-fn end_point_of(_s: &tls::TlsStream) -> Option<Vec<u8>> {
-    None
 }
