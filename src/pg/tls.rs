@@ -62,10 +62,10 @@ impl HostId {
         if let Ok(ip) = host.parse::<IpAddr>() {
             return HostId::Ip(ip);
         }
-        if let Some((addr, _zone)) = host.split_once('%') {
+        if let Some((addr, zone)) = host.split_once('%') {
             return match addr.parse::<Ipv6Addr>() {
-                Ok(ip) => HostId::Ip(IpAddr::V6(ip)),
-                Err(_) => HostId::Neither,
+                Ok(ip) if !zone.is_empty() => HostId::Ip(IpAddr::V6(ip)),
+                _ => HostId::Neither,
             };
         }
         match DnsName::try_from(host.to_string()) {
@@ -127,13 +127,13 @@ fn mode_name(mode: SslMode) -> &'static str {
 fn check_for(mode: SslMode, root: Option<&str>) -> Result<Check, String> {
     match mode {
         SslMode::VerifyFull => Ok(Check::ChainAndName),
-        SslMode::VerifyCa => Ok(Check::Chain),
         // libpq 16+: sslrootcert=system implies verify-full and refuses weaker modes (conninfo
         // already does so; this keeps a weaker mode from ever checking less with system roots).
         _ if root == Some("system") => Err(format!(
             "weak sslmode \"{}\" may not be used with sslrootcert=system (use \"verify-full\")",
             mode_name(mode)
         )),
+        SslMode::VerifyCa => Ok(Check::Chain),
         _ => match root {
             Some(path) if Path::new(path).exists() => Ok(Check::Chain),
             _ => Ok(Check::None),
@@ -937,5 +937,952 @@ impl TlsStream {
                 break;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    /// A directory for one test's files, removed at the end.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new() -> TempDir {
+            static N: AtomicUsize = AtomicUsize::new(0);
+            let p = std::env::temp_dir().join(format!(
+                "pglock-tls-test-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            let _ = std::fs::remove_dir_all(&p);
+            std::fs::create_dir_all(&p).expect("create the test directory");
+            TempDir(p)
+        }
+        fn path(&self, name: &str) -> PathBuf {
+            self.0.join(name)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn openssl(dir: &Path, args: &[&str]) -> Vec<u8> {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+
+    /// Certificates made with openssl in a temporary directory: CAs, the leaves they sign and
+    /// their CRLs, each as `<name>.crt` / `<name>.key`.
+    struct Pki {
+        dir: TempDir,
+        serial: AtomicUsize,
+    }
+
+    impl Pki {
+        fn new() -> Pki {
+            let pki = Pki {
+                dir: TempDir::new(),
+                serial: AtomicUsize::new(1),
+            };
+            pki.ca("ca");
+            pki
+        }
+        fn path(&self, name: &str) -> PathBuf {
+            self.dir.path(name)
+        }
+        fn run(&self, args: &[&str]) -> Vec<u8> {
+            openssl(&self.dir.0, args)
+        }
+        fn ca(&self, name: &str) {
+            let (key, crt, subj) = (
+                format!("{name}.key"),
+                format!("{name}.crt"),
+                format!("/CN=pglock test {name}"),
+            );
+            self.run(&[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                &key,
+                "-out",
+                &crt,
+                "-subj",
+                &subj,
+                "-days",
+                "30",
+            ]);
+            std::fs::write(
+                self.path(&format!("{name}.cnf")),
+                format!(
+                    "[ca]\ndefault_ca = d\n[d]\ndatabase = {name}.index\ncrlnumber = {name}.crlnumber\ndefault_md = sha256\ndefault_crl_days = 1\n"
+                ),
+            )
+            .expect("write the CA config");
+            std::fs::write(self.path(&format!("{name}.index")), "").expect("write the index");
+            std::fs::write(self.path(&format!("{name}.crlnumber")), "01\n")
+                .expect("write the CRL number");
+        }
+        /// A server certificate `name` signed by `ca`, with subject `subj` and, if given, a
+        /// subjectAltName (`DNS:a,IP:1.2.3.4`).
+        fn leaf(
+            &self,
+            ca: &str,
+            name: &str,
+            subj: &str,
+            san: Option<&str>,
+        ) -> CertificateDer<'static> {
+            let (key, csr, crt, ext) = (
+                format!("{name}.key"),
+                format!("{name}.csr"),
+                format!("{name}.crt"),
+                format!("{name}.ext"),
+            );
+            let mut exts = "basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n".to_string();
+            if let Some(san) = san {
+                exts.push_str(&format!("subjectAltName={san}\n"));
+            }
+            std::fs::write(self.path(&ext), exts).expect("write the extensions");
+            self.run(&[
+                "req",
+                "-new",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
+                "-subj",
+                subj,
+            ]);
+            let serial = self.serial.fetch_add(1, Ordering::Relaxed).to_string();
+            self.run(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                &format!("{ca}.crt"),
+                "-CAkey",
+                &format!("{ca}.key"),
+                "-set_serial",
+                &serial,
+                "-days",
+                "30",
+                "-out",
+                &crt,
+                "-extfile",
+                &ext,
+            ]);
+            self.der(name)
+        }
+        fn der(&self, name: &str) -> CertificateDer<'static> {
+            CertificateDer::from_pem_file(self.path(&format!("{name}.crt")))
+                .expect("a PEM certificate")
+        }
+        fn revoke(&self, ca: &str, name: &str) {
+            self.run(&[
+                "ca",
+                "-config",
+                &format!("{ca}.cnf"),
+                "-keyfile",
+                &format!("{ca}.key"),
+                "-cert",
+                &format!("{ca}.crt"),
+                "-revoke",
+                &format!("{name}.crt"),
+            ]);
+        }
+        fn crl(&self, ca: &str, out: &str) -> PathBuf {
+            self.run(&[
+                "ca",
+                "-config",
+                &format!("{ca}.cnf"),
+                "-keyfile",
+                &format!("{ca}.key"),
+                "-cert",
+                &format!("{ca}.crt"),
+                "-gencrl",
+                "-out",
+                out,
+            ]);
+            self.path(out)
+        }
+        fn files(&self, root: &str) -> TlsFiles {
+            TlsFiles {
+                root: Some(self.path(root).display().to_string()),
+                ..TlsFiles::default()
+            }
+        }
+    }
+
+    fn verifier(mode: SslMode, files: &TlsFiles, host: &str) -> Arc<dyn ServerCertVerifier> {
+        let check = check_for(mode, files.root.as_deref()).expect("a usable sslmode");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        server_verifier(check, mode, files, host, &HostId::of(host), &provider).expect("a verifier")
+    }
+
+    fn verify_at(
+        v: &Arc<dyn ServerCertVerifier>,
+        ee: &CertificateDer<'_>,
+        host: &str,
+        now: UnixTime,
+    ) -> Result<(), rustls::Error> {
+        let peer = Some(IpAddr::from([127, 0, 0, 1]));
+        let name = server_name(host, &HostId::of(host), Check::Chain, peer).expect("a name");
+        v.verify_server_cert(ee, &[], &name, &[], now).map(|_| ())
+    }
+
+    fn verify(
+        v: &Arc<dyn ServerCertVerifier>,
+        ee: &CertificateDer<'_>,
+        host: &str,
+    ) -> Result<(), rustls::Error> {
+        verify_at(v, ee, host, UnixTime::now())
+    }
+
+    fn in_days(days: u64) -> UnixTime {
+        UnixTime::since_unix_epoch(
+            Duration::from_secs(UnixTime::now().as_secs()) + Duration::from_secs(days * 86400),
+        )
+    }
+
+    fn is_name_error(r: &Result<(), rustls::Error>) -> bool {
+        matches!(
+            r,
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. }
+            ))
+        )
+    }
+
+    #[test]
+    fn hosts_are_dns_names_ip_addresses_or_neither() {
+        let dns = |h: &str| matches!(HostId::of(h), HostId::Dns(_));
+        assert!(dns("db.example.com"));
+        assert!(dns("localhost"));
+        assert_eq!(
+            HostId::of("10.1.2.3"),
+            HostId::Ip(IpAddr::from([10, 1, 2, 3]))
+        );
+        assert_eq!(
+            HostId::of("::1"),
+            HostId::Ip("::1".parse().expect("an address"))
+        );
+        assert_eq!(
+            HostId::of("fe80::1%eth0"),
+            HostId::Ip("fe80::1".parse().expect("an address"))
+        );
+        for neither in ["127.1", "db.123", "", "fe80::1%", "10.0.0.1%eth0", "a b"] {
+            assert_eq!(HostId::of(neither), HostId::Neither, "{neither:?}");
+        }
+    }
+
+    #[test]
+    fn verify_full_never_checks_a_substitute_name() {
+        let peer = Some(IpAddr::from([192, 0, 2, 7]));
+        for host in ["127.1", "db.123"] {
+            let e = server_name(host, &HostId::of(host), Check::ChainAndName, peer)
+                .expect_err("verify-full must refuse");
+            assert_eq!(
+                e,
+                format!("cannot verify the server's certificate for host \"{host}\": not a DNS name or IP address")
+            );
+            // The modes that do not check the name use the server's address (and send no SNI).
+            for check in [Check::None, Check::Chain] {
+                let name = server_name(host, &HostId::of(host), check, peer).expect("a name");
+                assert_eq!(
+                    name,
+                    ServerName::IpAddress(IpAddr::from([192, 0, 2, 7]).into())
+                );
+            }
+        }
+        let e = server_name("", &HostId::Neither, Check::ChainAndName, peer)
+            .expect_err("an empty host cannot be verified");
+        assert!(e.contains("host name must be specified"), "{e}");
+        let name = server_name(
+            "fe80::1%eth0",
+            &HostId::of("fe80::1%eth0"),
+            Check::ChainAndName,
+            peer,
+        )
+        .expect("an address");
+        assert_eq!(name.to_str(), "fe80::1");
+        let name = server_name(
+            "DB.example.com",
+            &HostId::of("DB.example.com"),
+            Check::ChainAndName,
+            peer,
+        )
+        .expect("a DNS name");
+        assert!(matches!(name, ServerName::DnsName(_)));
+    }
+
+    #[test]
+    fn sslmode_and_root_file_decide_the_check() {
+        let dir = TempDir::new();
+        let root = dir.path("root.crt");
+        std::fs::write(&root, "").expect("write");
+        let root = root.display().to_string();
+        let missing = dir.path("missing.crt").display().to_string();
+        assert_eq!(
+            check_for(SslMode::VerifyFull, None),
+            Ok(Check::ChainAndName)
+        );
+        assert_eq!(
+            check_for(SslMode::VerifyFull, Some("system")),
+            Ok(Check::ChainAndName)
+        );
+        assert_eq!(
+            check_for(SslMode::VerifyCa, Some(&missing)),
+            Ok(Check::Chain)
+        );
+        // As libpq: a root certificate file that exists is used in every mode.
+        assert_eq!(check_for(SslMode::Require, Some(&root)), Ok(Check::Chain));
+        assert_eq!(check_for(SslMode::Prefer, Some(&root)), Ok(Check::Chain));
+        assert_eq!(check_for(SslMode::Require, Some(&missing)), Ok(Check::None));
+        assert_eq!(check_for(SslMode::Prefer, None), Ok(Check::None));
+        for weak in [SslMode::Prefer, SslMode::Require, SslMode::VerifyCa] {
+            let e = check_for(weak, Some("system")).expect_err("weak mode");
+            let want = format!(
+                "weak sslmode \"{}\" may not be used with sslrootcert=system (use \"verify-full\")",
+                mode_name(weak)
+            );
+            assert_eq!(e, want);
+        }
+    }
+
+    #[test]
+    fn text_names_match_as_libpq_matches_them() {
+        let dns = |h: &str| HostCheck::new(h, &HostId::of(h));
+        assert!(text_name_matches("db.example.com", &dns("DB.Example.COM")));
+        assert!(text_name_matches("*.example.com", &dns("db.example.com")));
+        assert!(text_name_matches("*.EXAMPLE.com", &dns("Db.example.COM")));
+        assert!(!text_name_matches(
+            "*.example.com",
+            &dns("a.db.example.com")
+        ));
+        assert!(!text_name_matches("*.example.com", &dns("example.com")));
+        assert!(!text_name_matches("*.example.com", &dns(".example.com")));
+        assert!(!text_name_matches(
+            "db*.example.com",
+            &dns("db1.example.com")
+        ));
+        assert!(!text_name_matches("*", &dns("db")));
+        assert!(!text_name_matches(
+            "db.example.com\0.evil",
+            &dns("db.example.com")
+        ));
+        assert!(!text_name_matches(
+            "other.example.com",
+            &dns("db.example.com")
+        ));
+        // IP hosts: text equality only, never a wildcard.
+        let ip = HostCheck::new("10.0.0.1", &HostId::of("10.0.0.1"));
+        assert!(text_name_matches("10.0.0.1", &ip));
+        assert!(!text_name_matches("*.0.0.1", &ip));
+        let zoned = HostCheck::new("fe80::1%eth0", &HostId::of("fe80::1%eth0"));
+        assert!(text_name_matches("FE80::1", &zoned));
+    }
+
+    #[test]
+    fn verify_full_uses_san_entries_of_the_host_kind_else_the_cn() {
+        let pki = Pki::new();
+        let san = pki.leaf(
+            "ca",
+            "san",
+            "/CN=cn.test",
+            Some("DNS:db.test,DNS:*.wild.test"),
+        );
+        let cn_only = pki.leaf("ca", "cnonly", "/CN=db.test", None);
+        let ip_san = pki.leaf("ca", "ipsan", "/CN=db.test", Some("IP:127.0.0.1"));
+        let wild_cn = pki.leaf("ca", "wildcn", "/CN=*.test", None);
+        let files = pki.files("ca.crt");
+        let full = |host: &str| verifier(SslMode::VerifyFull, &files, host);
+
+        assert!(verify(&full("db.test"), &san, "db.test").is_ok());
+        assert!(verify(&full("DB.Test"), &san, "DB.Test").is_ok());
+        assert!(verify(&full("a.wild.test"), &san, "a.wild.test").is_ok());
+        // A dNSName entry exists: the CN does not count.
+        assert!(is_name_error(&verify(&full("cn.test"), &san, "cn.test")));
+        assert!(is_name_error(&verify(
+            &full("x.a.wild.test"),
+            &san,
+            "x.a.wild.test"
+        )));
+
+        // No subjectAltName: the CN (libpq's fallback; webpki alone refuses it).
+        assert!(verify(&full("db.test"), &cn_only, "db.test").is_ok());
+        assert!(verify(&full("DB.TEST"), &cn_only, "DB.TEST").is_ok());
+        let e = verify(&full("other.test"), &cn_only, "other.test");
+        assert!(is_name_error(&e));
+        assert!(format!("{:?}", e).contains("CN=db.test"), "{e:?}");
+        assert!(is_name_error(&verify(
+            &full("127.0.0.1"),
+            &cn_only,
+            "127.0.0.1"
+        )));
+
+        // Only an iPAddress entry: a DNS host is compared to the CN, an IP host to the entry.
+        assert!(verify(&full("db.test"), &ip_san, "db.test").is_ok());
+        assert!(verify(&full("127.0.0.1"), &ip_san, "127.0.0.1").is_ok());
+        assert!(is_name_error(&verify(
+            &full("127.0.0.2"),
+            &ip_san,
+            "127.0.0.2"
+        )));
+
+        assert!(verify(&full("a.test"), &wild_cn, "a.test").is_ok());
+        assert!(is_name_error(&verify(
+            &full("a.b.test"),
+            &wild_cn,
+            "a.b.test"
+        )));
+
+        // verify-ca: the chain only.
+        let ca_only = verifier(SslMode::VerifyCa, &files, "other.test");
+        assert!(verify(&ca_only, &cn_only, "other.test").is_ok());
+        assert!(verify(&ca_only, &cn_only, "127.1").is_ok());
+    }
+
+    #[test]
+    fn the_cn_fallback_still_checks_the_chain_and_validity() {
+        let pki = Pki::new();
+        pki.ca("other");
+        let stranger = pki.leaf("other", "stranger", "/CN=db.test", None);
+        let cn_only = pki.leaf("ca", "cnonly", "/CN=db.test", None);
+        let files = pki.files("ca.crt");
+        for mode in [SslMode::VerifyFull, SslMode::VerifyCa] {
+            let v = verifier(mode, &files, "db.test");
+            assert_eq!(
+                verify(&v, &stranger, "db.test"),
+                Err(rustls::Error::InvalidCertificate(
+                    CertificateError::UnknownIssuer
+                ))
+            );
+            let late = verify_at(&v, &cn_only, "db.test", in_days(60));
+            assert!(
+                matches!(
+                    late,
+                    Err(rustls::Error::InvalidCertificate(
+                        CertificateError::Expired | CertificateError::ExpiredContext { .. }
+                    ))
+                ),
+                "{late:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_docs_self_signed_recipe_works_as_with_psql() {
+        // https://www.postgresql.org/docs/current/ssl-tcp.html: a self-signed CA certificate with
+        // only a CN, copied to the client as root.crt.
+        let dir = TempDir::new();
+        let selfsigned = |name: &str, cn: &str| {
+            openssl(
+                &dir.0,
+                &[
+                    "req",
+                    "-new",
+                    "-x509",
+                    "-days",
+                    "365",
+                    "-nodes",
+                    "-text",
+                    "-out",
+                    &format!("{name}.crt"),
+                    "-keyout",
+                    &format!("{name}.key"),
+                    "-subj",
+                    &format!("/CN={cn}"),
+                ],
+            );
+            CertificateDer::from_pem_file(dir.path(&format!("{name}.crt"))).expect("a certificate")
+        };
+        let server = selfsigned("server", "db.test");
+        let impostor = selfsigned("impostor", "db.test");
+        let files = TlsFiles {
+            root: Some(dir.path("server.crt").display().to_string()),
+            ..TlsFiles::default()
+        };
+        let full = verifier(SslMode::VerifyFull, &files, "db.test");
+        assert_eq!(verify(&full, &server, "db.test"), Ok(()));
+        // webpki alone refuses it (a CA certificate as the server's).
+        let roots = load_roots(files.root.as_deref().expect("a root")).expect("roots");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots.store), provider)
+            .build()
+            .expect("a verifier");
+        let name = ServerName::try_from("db.test").expect("a name");
+        assert!(webpki
+            .verify_server_cert(&server, &[], &name, &[], UnixTime::now())
+            .is_err());
+        assert!(is_name_error(&verify(
+            &verifier(SslMode::VerifyFull, &files, "x.test"),
+            &server,
+            "x.test"
+        )));
+        assert!(verify(&full, &impostor, "db.test").is_err());
+        assert!(verify_at(&full, &server, "db.test", in_days(400)).is_err());
+        let ca = verifier(SslMode::VerifyCa, &files, "x.test");
+        assert_eq!(verify(&ca, &server, "x.test"), Ok(()));
+        assert!(verify(&ca, &impostor, "x.test").is_err());
+        // With a CRL, the pinned certificate's revocation cannot be checked: refused.
+        let crl_dir = dir.path("crls");
+        std::fs::create_dir(&crl_dir).expect("mkdir");
+        let pki = Pki::new();
+        let crl = pki.crl("ca", "ca.crl");
+        std::fs::copy(&crl, crl_dir.join("ca.crl")).expect("copy");
+        let with_crl = TlsFiles {
+            crl_dir: Some(crl_dir),
+            ..files.clone()
+        };
+        assert!(verify(
+            &verifier(SslMode::VerifyFull, &with_crl, "db.test"),
+            &server,
+            "db.test"
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn crls_revoke_and_a_missing_crl_refuses() {
+        let pki = Pki::new();
+        pki.ca("other");
+        let good = pki.leaf("ca", "good", "/CN=db.test", Some("DNS:db.test"));
+        let bad = pki.leaf("ca", "bad", "/CN=db.test", Some("DNS:db.test"));
+        pki.revoke("ca", "bad");
+        let crl = pki.crl("ca", "ca.crl");
+        let other_crl = pki.crl("other", "other.crl");
+        let with = |crl: Option<&Path>, dir: Option<&Path>| TlsFiles {
+            crl: crl.map(Path::to_path_buf),
+            crl_dir: dir.map(Path::to_path_buf),
+            ..pki.files("ca.crt")
+        };
+        let revoked = Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
+        for mode in [SslMode::VerifyFull, SslMode::VerifyCa] {
+            let v = verifier(mode, &with(Some(&crl), None), "db.test");
+            assert_eq!(verify(&v, &good, "db.test"), Ok(()));
+            assert_eq!(verify(&v, &bad, "db.test"), revoked);
+            // A CRL expired (next update in a day) is refused, as OpenSSL refuses it.
+            let late = verify_at(&v, &good, "db.test", in_days(2));
+            assert!(
+                matches!(
+                    late,
+                    Err(rustls::Error::InvalidCertificate(
+                        CertificateError::ExpiredRevocationList
+                            | CertificateError::ExpiredRevocationListContext { .. }
+                    ))
+                ),
+                "{late:?}"
+            );
+        }
+        // No CRL from the certificate's issuer: unknown status, refused (OpenSSL's "unable to
+        // get certificate CRL" under libpq's CRL_CHECK_ALL).
+        let v = verifier(
+            SslMode::VerifyFull,
+            &with(Some(&other_crl), None),
+            "db.test",
+        );
+        assert_eq!(
+            verify(&v, &good, "db.test"),
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::UnknownRevocationStatus
+            ))
+        );
+        // A directory: every file that holds PEM CRLs, through symlinks; other files skipped.
+        let dir = pki.path("crldir");
+        std::fs::create_dir(&dir).expect("mkdir");
+        std::fs::write(dir.join("README"), "not a CRL").expect("write");
+        std::os::unix::fs::symlink(&crl, dir.join("0badc0de.r0")).expect("symlink");
+        std::fs::copy(&other_crl, dir.join("other.pem")).expect("copy");
+        std::fs::create_dir(dir.join("sub")).expect("mkdir");
+        let v = verifier(SslMode::VerifyFull, &with(None, Some(&dir)), "db.test");
+        assert_eq!(verify(&v, &good, "db.test"), Ok(()));
+        assert_eq!(verify(&v, &bad, "db.test"), revoked);
+        // Both, as libpq loads both.
+        let v = verifier(
+            SslMode::VerifyFull,
+            &with(Some(&other_crl), Some(&dir)),
+            "db.test",
+        );
+        assert_eq!(verify(&v, &bad, "db.test"), revoked);
+    }
+
+    #[test]
+    fn crl_settings_that_cannot_be_used_are_errors() {
+        let pki = Pki::new();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let build = |files: &TlsFiles| {
+            server_verifier(
+                Check::Chain,
+                SslMode::VerifyCa,
+                files,
+                "db.test",
+                &HostId::of("db.test"),
+                &provider,
+            )
+            .map(|_| ())
+        };
+        let empty = pki.path("empty");
+        std::fs::create_dir(&empty).expect("mkdir");
+        std::fs::write(pki.path("notacrl.pem"), "hello").expect("write");
+        let cases = [
+            (
+                Some(pki.path("missing.crl")),
+                None,
+                "could not read sslcrl file",
+            ),
+            (
+                Some(pki.path("notacrl.pem")),
+                None,
+                "holds no certificate revocation list",
+            ),
+            (
+                Some(pki.path("ca.crt")),
+                None,
+                "holds no certificate revocation list",
+            ),
+            (
+                None,
+                Some(empty.clone()),
+                "holds no certificate revocation list",
+            ),
+            (None, Some(pki.path("missing")), "could not read sslcrldir"),
+        ];
+        for (crl, crl_dir, want) in cases {
+            let files = TlsFiles {
+                crl,
+                crl_dir,
+                ..pki.files("ca.crt")
+            };
+            let e = build(&files).expect_err("an unusable CRL setting");
+            assert!(e.contains(want), "{e} (wanted {want})");
+        }
+        // A damaged CRL is named by its file.
+        std::fs::write(
+            pki.path("damaged.crl"),
+            "-----BEGIN X509 CRL-----\nMAMCAQA=\n-----END X509 CRL-----\n",
+        )
+        .expect("write");
+        let files = TlsFiles {
+            crl: Some(pki.path("damaged.crl")),
+            ..pki.files("ca.crt")
+        };
+        let e = build(&files).expect_err("a damaged CRL");
+        assert!(e.contains("damaged.crl"), "{e}");
+        // Root certificate files.
+        let e = build(&pki.files("missing.crt")).expect_err("no root file");
+        assert!(e.contains("does not exist"), "{e}");
+        let e = build(&pki.files("notacrl.pem")).expect_err("no certificate");
+        assert!(e.contains("holds no certificate"), "{e}");
+        let e = build(&TlsFiles::default()).expect_err("no root set");
+        assert!(e.contains("sslmode=verify-ca needs"), "{e}");
+    }
+
+    #[test]
+    fn system_roots_read_the_bundle_and_hashed_directories() {
+        let pki = Pki::new();
+        pki.ca("other");
+        let os = |p: PathBuf| Some(p.into_os_string());
+        let store = system_roots(os(pki.path("ca.crt")), None).expect("a bundle");
+        assert_eq!(store.len(), 1);
+        let dir = pki.path("certs");
+        std::fs::create_dir(&dir).expect("mkdir");
+        std::fs::copy(pki.path("ca.crt"), dir.join("0123abcd.0")).expect("copy");
+        // Not a hashed name: OpenSSL never reads it, so it is not trusted.
+        std::fs::copy(pki.path("other.crt"), dir.join("other.pem")).expect("copy");
+        std::fs::write(pki.path("empty.pem"), "").expect("write");
+        let store = system_roots(os(pki.path("empty.pem")), os(dir.clone())).expect("a directory");
+        assert_eq!(store.len(), 1);
+        let e = system_roots(os(pki.path("missing.pem")), None).expect_err("an unreadable bundle");
+        assert!(e.contains("could not read the CA bundle"), "{e}");
+        std::fs::remove_file(dir.join("0123abcd.0")).expect("rm");
+        let e = system_roots(os(pki.path("empty.pem")), os(dir)).expect_err("nothing found");
+        assert!(e.contains("no CA certificate found"), "{e}");
+        assert!(is_hashed_name("0123abcd.0", ""));
+        assert!(is_hashed_name("0123ABCD.12", ""));
+        assert!(is_hashed_name("0123abcd.r0", "r"));
+        for no in [
+            "0123abcd",
+            "0123abc.0",
+            "0123abcd.",
+            "0123abcd.r0",
+            "ca.pem",
+            "0123abcg.0",
+        ] {
+            assert!(!is_hashed_name(no, ""), "{no}");
+        }
+    }
+
+    #[test]
+    fn key_files_follow_libpq_permission_rules() {
+        let refused = |uid, mode| key_file_allowed("k", true, uid, mode).is_err();
+        assert!(!refused(1000, 0o100600));
+        assert!(!refused(1000, 0o100400));
+        assert!(refused(1000, 0o100640));
+        assert!(refused(1000, 0o100604));
+        assert!(refused(1000, 0o100610));
+        assert!(!refused(0, 0o100600));
+        assert!(!refused(0, 0o100640));
+        assert!(refused(0, 0o100660));
+        assert!(refused(0, 0o100650));
+        assert!(refused(0, 0o100644));
+        let e = key_file_allowed("/k", true, 1000, 0o100644).expect_err("0644");
+        assert_eq!(
+            e,
+            "private key file \"/k\" has group or world access; file must have permissions u=rw (0600) or less if owned by the current user, or permissions u=rw,g=r (0640) or less if owned by root"
+        );
+        let e = key_file_allowed("/k", false, 1000, 0o600).expect_err("a directory");
+        assert_eq!(e, "private key file \"/k\" is not a regular file");
+    }
+
+    #[test]
+    fn client_keys_are_read_as_libpq_reads_them() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let pki = Pki::new();
+        pki.leaf("ca", "client", "/CN=app", None);
+        let key = pki.path("client.key");
+        let chmod = |p: &Path, mode| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod")
+        };
+        chmod(&key, 0o600);
+        assert!(read_client_key(&key).is_ok());
+        chmod(&key, 0o644);
+        let e = read_client_key(&key).expect_err("a world-readable key");
+        assert!(e.contains("has group or world access"), "{e}");
+        chmod(&key, 0o640);
+        let root_owned = std::fs::metadata(&key).expect("stat").uid() == 0;
+        assert_eq!(read_client_key(&key).is_ok(), root_owned);
+        chmod(&key, 0o600);
+        // DER, as libpq falls back to it.
+        let der = pki.path("client.der");
+        pki.run(&[
+            "pkey",
+            "-in",
+            "client.key",
+            "-outform",
+            "der",
+            "-out",
+            "client.der",
+        ]);
+        chmod(&der, 0o600);
+        assert!(read_client_key(&der).is_ok());
+        // Not regular files: refused without waiting (a FIFO has no writer).
+        let fifo = pki.path("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
+            .expect("mkfifo");
+        let e = read_client_key(&fifo).expect_err("a FIFO");
+        assert!(e.contains("is not a regular file"), "{e}");
+        let e = read_client_key(&pki.path("")).expect_err("a directory");
+        assert!(e.contains("is not a regular file"), "{e}");
+        let e = read_client_key(&pki.path("nokey")).expect_err("missing");
+        assert!(
+            e.contains("certificate present, but not private key file"),
+            "{e}"
+        );
+        std::fs::write(pki.path("junk.key"), "junk").expect("write");
+        chmod(&pki.path("junk.key"), 0o600);
+        let e = read_client_key(&pki.path("junk.key")).expect_err("no key");
+        assert!(e.contains("could not load private key file"), "{e}");
+        // The whole client configuration, with a certificate.
+        let files = TlsFiles {
+            cert: Some(pki.path("client.crt")),
+            key: Some(key.clone()),
+            ..TlsFiles::default()
+        };
+        let host = HostId::of("db.test");
+        assert!(client_config(Check::None, SslMode::Require, &files, "db.test", &host).is_ok());
+        chmod(&key, 0o666);
+        let e = client_config(Check::None, SslMode::Require, &files, "db.test", &host)
+            .expect_err("a world-readable key");
+        assert!(e.contains("has group or world access"), "{e}");
+    }
+
+    /// `openssl x509 -outform der | openssl dgst -<alg>` of a certificate file.
+    fn openssl_digest(dir: &TempDir, crt: &str, alg: &str) -> Vec<u8> {
+        let der = format!("{crt}.der");
+        openssl(
+            &dir.0,
+            &["x509", "-in", crt, "-outform", "der", "-out", &der],
+        );
+        openssl(&dir.0, &["dgst", &format!("-{alg}"), "-binary", &der])
+    }
+
+    #[test]
+    fn tls_server_end_point_hashes_as_libpq() {
+        let dir = TempDir::new();
+        let make = |name: &str, args: &[&str]| {
+            let crt = format!("{name}.crt");
+            let key = format!("{name}.key");
+            let mut all = vec![
+                "req", "-x509", "-nodes", "-keyout", &key, "-out", &crt, "-subj", "/CN=t", "-days",
+                "1",
+            ];
+            all.extend_from_slice(args);
+            openssl(&dir.0, &all);
+            let der = CertificateDer::from_pem_file(dir.path(&crt)).expect("a certificate");
+            (crt, der)
+        };
+        let cases: &[(&str, &[&str], &str)] = &[
+            ("rsa256", &["-newkey", "rsa:2048", "-sha256"], "sha256"),
+            (
+                "ec384",
+                &[
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:P-384",
+                    "-sha384",
+                ],
+                "sha384",
+            ),
+            (
+                "ec512",
+                &[
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:P-256",
+                    "-sha512",
+                ],
+                "sha512",
+            ),
+            ("rsa224", &["-newkey", "rsa:2048", "-sha224"], "sha224"),
+            // SHA-1 signatures hash with SHA-256 (RFC 5929 4.1).
+            ("rsa1", &["-newkey", "rsa:2048", "-sha1"], "sha256"),
+            // RSASSA-PSS names its hash in its parameters.
+            (
+                "pss384",
+                &[
+                    "-newkey",
+                    "rsa:2048",
+                    "-sha384",
+                    "-sigopt",
+                    "rsa_padding_mode:pss",
+                ],
+                "sha384",
+            ),
+        ];
+        for (name, args, alg) in cases {
+            let (crt, der) = make(name, args);
+            let got = tls_server_end_point_of(der.as_ref());
+            assert_eq!(got, Some(openssl_digest(&dir, &crt, alg)), "{name}");
+        }
+        // Ed25519 has no hash: no channel binding, as with libpq.
+        let (_, der) = make("ed", &["-newkey", "ed25519"]);
+        assert_eq!(tls_server_end_point_of(der.as_ref()), None);
+        assert_eq!(tls_server_end_point_of(b""), None);
+        assert_eq!(
+            tls_server_end_point_of(&[0x30, 0x82, 0xff, 0xff, 0x01]),
+            None
+        );
+    }
+
+    /// One TLS handshake against an in-process rustls server with `name.crt`/`name.key`; the
+    /// client as `client_config` makes it for `host` (connecting to 127.0.0.1). Returns the
+    /// client's stream or error, and the SNI the server saw.
+    fn handshake_with(
+        pki: &Pki,
+        name: &str,
+        mode: SslMode,
+        host: &str,
+    ) -> (Result<TlsStream, String>, Option<String>) {
+        use std::net::TcpListener;
+        let chain = vec![pki.der(name)];
+        let key = PrivateKeyDer::from_pem_file(pki.path(&format!("{name}.key"))).expect("a key");
+        let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("a server config");
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("an address");
+        let server = std::thread::spawn(move || {
+            let (mut sock, _) = listener.accept().ok()?;
+            sock.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+            let mut conn = rustls::ServerConnection::new(Arc::new(server)).ok()?;
+            while conn.is_handshaking() {
+                if conn.complete_io(&mut sock).is_err() {
+                    break;
+                }
+            }
+            conn.server_name().map(str::to_string)
+        });
+        let client = (|| {
+            let files = pki.files("ca.crt");
+            let check = check_for(mode, files.root.as_deref())?;
+            let id = HostId::of(host);
+            let mut sock = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+            sock.set_read_timeout(Some(Duration::from_secs(5)))
+                .map_err(|e| e.to_string())?;
+            let peer = sock.peer_addr().ok().map(|a| a.ip());
+            let name = server_name(host, &id, check, peer)?;
+            let config = client_config(check, mode, &files, host, &id)?;
+            let mut conn =
+                ClientConnection::new(Arc::new(config), name).map_err(|e| e.to_string())?;
+            while conn.is_handshaking() {
+                conn.complete_io(&mut sock).map_err(|e| e.to_string())?;
+            }
+            Ok(TlsStream { conn, sock })
+        })();
+        let sni = server.join().expect("the server thread");
+        (client, sni)
+    }
+
+    #[test]
+    fn handshakes_send_sni_only_for_dns_names_and_bind_the_channel() {
+        let pki = Pki::new();
+        let der = pki.leaf("ca", "srv", "/CN=srv", Some("DNS:localhost,IP:127.0.0.1"));
+        let want = sha2::Sha256::digest(der.as_ref()).to_vec();
+        use sha2::Digest;
+
+        let (client, sni) = handshake_with(&pki, "srv", SslMode::VerifyFull, "localhost");
+        let stream = client.expect("verify-full by name");
+        assert_eq!(sni.as_deref(), Some("localhost"));
+        assert_eq!(stream.tls_server_end_point(), Some(want.clone()));
+
+        let (client, sni) = handshake_with(&pki, "srv", SslMode::VerifyFull, "127.0.0.1");
+        assert!(client.is_ok(), "verify-full by address");
+        assert_eq!(sni, None);
+
+        // A host rustls cannot name: verify-full refuses before any byte is sent; verify-ca
+        // verifies the chain with the socket's address as the name, and sends no SNI.
+        let (client, _) = handshake_with(&pki, "srv", SslMode::VerifyFull, "127.1");
+        let e = client.err().expect("refused");
+        assert!(e.contains("not a DNS name or IP address"), "{e}");
+        let (client, sni) = handshake_with(&pki, "srv", SslMode::VerifyCa, "127.1");
+        assert!(client.is_ok(), "verify-ca");
+        assert_eq!(sni, None);
+
+        let (client, _) = handshake_with(&pki, "srv", SslMode::VerifyFull, "other.test");
+        let e = client.err().expect("wrong name");
+        assert!(e.contains("certificate not valid for name"), "{e}");
     }
 }
