@@ -661,3 +661,85 @@ fn static_binary_runs_in_an_empty_root() {
     assert!(stderr.contains("acquired lock"), "{stderr}");
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// A root in which host names are looked up through a DNS server that never answers (a UDP
+/// socket of the test's, on a loopback address of its own): the look-up hangs as it does when
+/// a network drops DNS packets.
+fn silent_dns_root(name: &str) -> (std::path::PathBuf, std::net::UdpSocket) {
+    let root = tmpdir(name);
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::copy(bin(), root.join("bin/pglock")).unwrap();
+    std::fs::write(root.join("etc/hosts"), "127.0.0.1 localhost\n").unwrap();
+    std::fs::write(root.join("etc/nsswitch.conf"), "hosts: dns\n").unwrap();
+    let sock = (70..120)
+        .find_map(|last| {
+            std::net::UdpSocket::bind(("127.0.0.".to_string() + &last.to_string(), 53)).ok()
+        })
+        .expect("a free loopback address for port 53");
+    let ns = sock.local_addr().unwrap().ip();
+    std::fs::write(
+        root.join("etc/resolv.conf"),
+        format!("nameserver {ns}\noptions timeout:30 attempts:5\n"),
+    )
+    .unwrap();
+    (root, sock)
+}
+
+/// Host-name look-ups are bounded by connect_timeout and cancelled by a signal (getaddrinfo
+/// itself can be neither: its own timeouts here add up to minutes).
+#[test]
+fn a_hanging_dns_lookup_obeys_connect_timeout_and_signals() {
+    assert!(is_root(), "this test needs root for chroot(8)");
+    let (root, _dns) = silent_dns_root("dns-hang");
+    let run = |url: &str| {
+        let mut c = std::process::Command::new("/usr/sbin/chroot");
+        c.arg(&root)
+            .args([
+                "/bin/pglock",
+                "run",
+                "--key",
+                &key("dns"),
+                "--database-url",
+                url,
+            ])
+            .args(["--", "/bin/pglock", "--version"])
+            .env_clear()
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        c
+    };
+    let t = std::time::Instant::now();
+    let out = run("postgres://u:p@db.never.test:5432/x?connect_timeout=2&sslmode=disable")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{stderr}");
+    assert!(stderr.contains("timed out"), "{stderr}");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("pglock "),
+        "the child ran"
+    );
+    let took = t.elapsed();
+    assert!(
+        took < Duration::from_millis(4500),
+        "took {took:?}: {stderr}"
+    );
+
+    // No connect_timeout: SIGTERM ends the wait at once.
+    let child = run("postgres://u:p@db.never.test:5432/x?sslmode=disable")
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let t = std::time::Instant::now();
+    signal(&child, nix::sys::signal::Signal::SIGTERM);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(128 + 15), "{stderr}");
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        t.elapsed()
+    );
+    let _ = std::fs::remove_dir_all(&root);
+}
