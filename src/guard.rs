@@ -27,8 +27,13 @@
 
 #[cfg(target_os = "linux")]
 mod imp {
+    use nix::errno::Errno;
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow};
+    use nix::sys::wait::{waitpid, WaitPidFlag};
+    use nix::unistd::Pid;
     use std::cell::Cell;
-    use std::os::fd::RawFd;
+    use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
     use std::sync::atomic::{AtomicI32, Ordering};
 
     /// pidfds the guard reads from memory it shares with pglock.
@@ -41,57 +46,73 @@ mod imp {
 
     /// Holds the write end of the guard's stop pipe.
     pub struct Guard {
-        stop: Cell<RawFd>,
+        stop: Cell<Option<OwnedFd>>,
         pid: libc::pid_t,
     }
 
+    /// A pidfd of `pid`, or -1. Neither nix nor std wraps pidfd_open(2), hence the raw call.
     fn pidfd_open(pid: i32) -> RawFd {
+        // SAFETY: pidfd_open(2) takes a pid and flags (0) by value and returns a new descriptor
+        // or -1: no memory of ours is read or written.
         unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) as RawFd }
     }
 
+    /// Waits on `fds` until poll reports at least one of them ready.
+    fn wait_ready(fds: &mut [PollFd]) {
+        while !matches!(poll(fds, PollTimeout::NONE), Ok(n) if n > 0) {}
+    }
+
     /// The guard's whole life. It runs on its own stack in pglock's address space and descriptor
-    /// table (CLONE_VM | CLONE_FILES), with every signal blocked: raw system calls only, no
-    /// allocation, no unwinding.
+    /// table (CLONE_VM | CLONE_FILES), with every signal blocked: system calls through thin
+    /// wrappers only (nix's, libc's), no allocation, no unwinding.
     extern "C" fn guard_main(_arg: *mut libc::c_void) -> libc::c_int {
-        unsafe {
-            libc::prctl(libc::PR_SET_NAME, c"pglock-guard".as_ptr());
-            let mut fds = [
-                libc::pollfd {
-                    fd: PGLOCK_PIDFD.load(Ordering::SeqCst),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-                libc::pollfd {
-                    fd: STOP_FD.load(Ordering::SeqCst),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-            ];
-            while libc::poll(fds.as_mut_ptr(), 2, -1) <= 0 {}
-            if fds[0].revents == 0 {
-                // Told to go: the child has been reaped, there is nothing left to guard.
-                libc::_exit(0)
-            }
+        let _ = nix::sys::prctl::set_name(c"pglock-guard");
+        // SAFETY: `Guard::start` opened both descriptors and stored them here before it cloned
+        // this process, and nothing ever closes them: pglock keeps them for its whole life, and
+        // once it has gone the descriptor table it shares with this process lives on as long as
+        // this process does. So they stay open for as long as these borrows are used.
+        let (pglock, stop) = unsafe {
+            (
+                BorrowedFd::borrow_raw(PGLOCK_PIDFD.load(Ordering::SeqCst)),
+                BorrowedFd::borrow_raw(STOP_FD.load(Ordering::SeqCst)),
+            )
+        };
+        let mut fds = [
+            PollFd::new(pglock, PollFlags::POLLIN),
+            PollFd::new(stop, PollFlags::POLLIN),
+        ];
+        wait_ready(&mut fds);
+        // Nothing on pglock's pidfd (revents 0): told to go, the child has been reaped, there is
+        // nothing left to guard.
+        if fds[0].revents() != Some(PollFlags::empty()) {
             // pglock is gone (exited or killed). Its descriptors stay open while this process
             // lives, the lock connection's socket among them.
             let child = CHILD_PIDFD.load(Ordering::SeqCst);
             if child >= 0 {
-                libc::syscall(
-                    libc::SYS_pidfd_send_signal,
-                    child,
-                    libc::SIGKILL,
-                    std::ptr::null::<libc::siginfo_t>(),
-                    0,
-                );
-                let mut c = libc::pollfd {
-                    fd: child,
-                    events: libc::POLLIN,
-                    revents: 0,
+                // SAFETY: a descriptor in the slot is the child's pidfd, which the kernel put
+                // there (CLONE_PIDFD). Only `Guard`'s drop closes it, in pglock, after taking it
+                // out of the slot; pglock is gone, so that drop never runs any more, and the
+                // descriptor stays open while this process lives.
+                let child = unsafe { BorrowedFd::borrow_raw(child) };
+                // SAFETY: pidfd_send_signal(2) takes a descriptor, a signal number, a null
+                // siginfo pointer (meaning none) and flags (0): no memory of ours is read or
+                // written. nix and std have no wrapper for it.
+                unsafe {
+                    libc::syscall(
+                        libc::SYS_pidfd_send_signal,
+                        child.as_raw_fd(),
+                        libc::SIGKILL,
+                        std::ptr::null::<libc::siginfo_t>(),
+                        0,
+                    )
                 };
-                while libc::poll(&mut c, 1, -1) <= 0 {}
+                wait_ready(&mut [PollFd::new(child, PollFlags::POLLIN)]);
             }
-            libc::_exit(0)
         }
+        // SAFETY: _exit(2) ends this process at once and has no precondition. Unlike `exit`, it
+        // runs none of pglock's atexit handlers or destructors in the memory this process shares
+        // with pglock.
+        unsafe { libc::_exit(0) }
     }
 
     impl Guard {
@@ -103,48 +124,67 @@ mod imp {
                 return None;
             }
             PGLOCK_PIDFD.store(me, Ordering::SeqCst);
-            let mut pipe = [-1; 2];
-            if unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-                return None;
-            }
-            STOP_FD.store(pipe[0], Ordering::SeqCst);
-            unsafe {
-                let stack = libc::mmap(
+            let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).ok()?;
+            // The read end stays open for pglock's whole life: the guard polls it.
+            STOP_FD.store(read.into_raw_fd(), Ordering::SeqCst);
+            // SAFETY: an anonymous private mapping at an address of the kernel's choice (null
+            // hint, no MAP_FIXED) creates fresh memory and touches no existing mapping or Rust
+            // object. It is never unmapped: it is the guard's stack for the guard's whole life.
+            let stack = unsafe {
+                libc::mmap(
                     std::ptr::null_mut(),
                     STACK,
                     libc::PROT_READ | libc::PROT_WRITE,
                     libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
                     -1,
                     0,
-                );
-                if stack == libc::MAP_FAILED {
-                    return None;
-                }
-                // Every signal blocked in the guard: a terminal's Ctrl-C or a process-group kill
-                // must neither end it nor run pglock's handlers in it.
-                let mut all: libc::sigset_t = std::mem::zeroed();
-                let mut old: libc::sigset_t = std::mem::zeroed();
-                libc::sigfillset(&mut all);
-                libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
-                let top = (stack as *mut u8).add(STACK) as *mut libc::c_void;
-                // Not pinned to a CPU: the guard wakes where the scheduler finds room when
-                // pglock exits. (It was pinned to pglock's CPU when it started after a forked
-                // child; started during connect, pinning measured no different for run -- true
-                // and worse for the handoff: 0.89x vs 0.81x over five runs of 120.)
-                // No exit signal: see the module's comment. (pglock's own reaping, a
-                // `waitpid(-1)` without `__WALL`, leaves such a child alone.)
-                let pid = libc::clone(
+                )
+            };
+            if stack == libc::MAP_FAILED {
+                return None;
+            }
+            // Every signal blocked in the guard: a terminal's Ctrl-C or a process-group kill
+            // must neither end it nor run pglock's handlers in it.
+            let mut old = SigSet::empty();
+            let _ = pthread_sigmask(
+                SigmaskHow::SIG_SETMASK,
+                Some(&SigSet::all()),
+                Some(&mut old),
+            );
+            // One past the mapping's end (page-aligned, so 16-byte aligned): stacks grow down.
+            let top = stack
+                .cast::<u8>()
+                .wrapping_add(STACK)
+                .cast::<libc::c_void>();
+            // Not pinned to a CPU: the guard wakes where the scheduler finds room when
+            // pglock exits. (It was pinned to pglock's CPU when it started after a forked
+            // child; started during connect, pinning measured no different for run -- true
+            // and worse for the handoff: 0.89x vs 0.81x over five runs of 120.)
+            // No exit signal: see the module's comment. (pglock's own reaping, a
+            // `waitpid(-1)` without `__WALL`, leaves such a child alone.)
+            // SAFETY: the new process runs `guard_main` on `top`, the end of the 64 KiB mapping
+            // above, which nothing else uses and which is never unmapped. It shares pglock's
+            // memory (CLONE_VM) but writes only to its own stack, and reads only that and the
+            // three atomics above: it allocates nothing, takes no lock, has no reachable panic
+            // (its descriptors are never -1) and ends by _exit without returning, so it can
+            // neither corrupt nor race with pglock's state. It has no thread-local storage of its
+            // own (no CLONE_SETTLS): the one thread-local it could write is errno, by a failing
+            // call, and while pglock lives its calls (prctl, a poll of valid descriptors with
+            // every signal blocked) do not fail. Every signal is blocked across the clone, so no
+            // handler of pglock's runs on that stack; pglock's mask is restored just after.
+            let pid = unsafe {
+                libc::clone(
                     guard_main,
                     top,
                     libc::CLONE_VM | libc::CLONE_FILES,
                     std::ptr::null_mut(),
-                );
-                libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
-                (pid > 0).then_some(Guard {
-                    stop: Cell::new(pipe[1]),
-                    pid,
-                })
-            }
+                )
+            };
+            let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+            (pid > 0).then_some(Guard {
+                stop: Cell::new(Some(write)),
+                pid,
+            })
         }
 
         /// Where the child's pidfd goes: `spawn` has the kernel write it there (`CLONE_PIDFD`)
@@ -156,10 +196,8 @@ mod imp {
         /// Tells the guard to exit: the child has been reaped (or never ran), there is nothing
         /// left to guard. Idempotent.
         pub fn stop(&self) {
-            let fd = self.stop.replace(-1);
-            if fd >= 0 {
-                unsafe { libc::close(fd) };
-            }
+            // Closing the write end (OwnedFd's drop) is what the guard polls for.
+            drop(self.stop.take());
         }
     }
 
@@ -168,12 +206,17 @@ mod imp {
             self.stop();
             // Told to go, the guard exits at once (pglock is alive, so it is not killing a
             // child): this returns as soon as it has, usually at once.
-            while unsafe { libc::waitpid(self.pid, std::ptr::null_mut(), libc::__WCLONE) } < 0
-                && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
-            {}
+            while matches!(
+                waitpid(Pid::from_raw(self.pid), Some(WaitPidFlag::__WCLONE)),
+                Err(Errno::EINTR)
+            ) {}
             let fd = CHILD_PIDFD.swap(-1, Ordering::SeqCst);
             if fd >= 0 {
-                unsafe { libc::close(fd) };
+                // SAFETY: a descriptor in the slot is the child's pidfd, which the kernel opened
+                // for pglock (CLONE_PIDFD) and which nothing else owns or closes. The swap took
+                // it out of the slot, so this is its one owner from now on; the guard reads the
+                // slot only once pglock is gone, which is not yet the case while this runs.
+                drop(unsafe { OwnedFd::from_raw_fd(fd) });
             }
         }
     }

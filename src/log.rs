@@ -219,7 +219,7 @@ fn rfc3339(secs: i64, millis: u32) -> String {
 /// A new run id: 16 hex digits from the kernel's random source (time and pid as a fallback).
 pub fn new_run_id() -> String {
     let mut b = [0u8; 8];
-    if crate::pg::scram::fill_random(&mut b).is_err() {
+    if getrandom::fill(&mut b).is_err() {
         let t = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();

@@ -45,6 +45,9 @@ extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut
     let code = if info.is_null() {
         0
     } else {
+        // SAFETY: the handler is installed with SA_SIGINFO, so the kernel passes a pointer to a
+        // siginfo_t on the handler's stack, valid and initialised for the handler's run; it is
+        // not null (checked above) and only read here.
         unsafe { (*info).si_code }
     };
     let from_process = sent_by_process(code);
@@ -52,6 +55,10 @@ extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut
     if fd >= 0 {
         let errno = nix::errno::Errno::last_raw();
         let rec = [sig as u8, from_process as u8];
+        // SAFETY: write(2) reads 2 bytes from `rec`, a live local array of 2 bytes, and is
+        // async-signal-safe. `fd` is the pipe's write end: `Signals` sets the number to -1
+        // before it closes the pipe. (nix's write would need a `BorrowedFd`, made from this
+        // raw number as unsafely.)
         unsafe { libc::write(fd, rec.as_ptr().cast(), 2) };
         nix::errno::Errno::set_raw(errno);
     }
@@ -95,6 +102,10 @@ impl Signals {
             SigSet::empty(),
         );
         for sig in FORWARDED.iter().copied().chain([Signal::SIGCHLD]) {
+            // SAFETY: the handler may run at any point of the program, so it must be
+            // async-signal-safe, and `on_signal` is: it reads si_code, loads an atomic, calls
+            // write(2) and saves and restores errno; it allocates nothing, takes no lock and
+            // cannot panic.
             unsafe { signal::sigaction(sig, &action) }
                 .map_err(|e| Error::internal(format!("cannot handle {sig}: {e}")))?;
         }

@@ -83,85 +83,105 @@ fn pointers(v: &[CString]) -> Vec<*const libc::c_char> {
 #[cfg(target_os = "linux")]
 mod imp {
     use super::{pointers, Exec};
+    use nix::errno::Errno;
+    use nix::sys::signal::{pthread_sigmask, sigprocmask, SigSet, SigmaskHow, Signal};
+    use nix::sys::wait::waitpid;
+    use nix::unistd::Pid;
     use std::io;
-    use std::sync::atomic::AtomicI32;
+    use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
     /// Shared between pglock and the child, which writes `errno` here when it cannot exec.
-    #[repr(C)]
-    struct Shared {
-        paths: *const *const libc::c_char,
+    struct Shared<'a> {
+        /// Where COMMAND may be, in execvp's order, then a null pointer.
+        paths: &'a [*const libc::c_char],
         argv: *const *const libc::c_char,
         envp: *const *const libc::c_char,
         /// `/bin/sh`, a slot for the file, then COMMAND's arguments: execvp's way with a file
         /// that is not an executable format (a script without `#!`).
-        sh_argv: *mut *const libc::c_char,
-        /// pglock's signal mask before the spawn, restored in pglock once the child has exec'd.
-        mask: libc::sigset_t,
+        sh_argv: &'a mut [*const libc::c_char],
         /// The signals with a handler in pglock, and SIGPIPE.
-        reset: *const libc::c_int,
-        reset_len: usize,
-        parent: libc::pid_t,
+        reset: &'a [Signal],
+        parent: Pid,
         errno: libc::c_int,
     }
 
+    const STACK_SIZE: usize = 32 * 1024;
+
     /// The child's stack until it execs: one at a time, in pglock's memory (CLONE_VM). Static,
     /// so nothing is allocated or zeroed for it; the child touches a page or two.
-    struct Stack(std::cell::UnsafeCell<[u8; 32 * 1024]>);
-    // Safety: used by one spawn at a time, in a single-threaded program.
+    struct Stack(std::cell::UnsafeCell<[u8; STACK_SIZE]>);
+    // SAFETY: the bytes are reached only through the raw pointer `spawn` hands to clone as the
+    // child's stack (no reference to them is ever made), and `spawn` lets one child at a time
+    // run on them: it holds STACK_IN_USE until clone has returned, which CLONE_VFORK holds back
+    // until that child has exec'd or exited.
     unsafe impl Sync for Stack {}
-    static STACK: Stack = Stack(std::cell::UnsafeCell::new([0; 32 * 1024]));
+    static STACK: Stack = Stack(std::cell::UnsafeCell::new([0; STACK_SIZE]));
+    /// Set while a child runs on STACK (pglock spawns from one thread, so it is never found set).
+    static STACK_IN_USE: AtomicBool = AtomicBool::new(false);
 
+    /// Ends the child.
+    fn exit(code: libc::c_int) -> ! {
+        // SAFETY: _exit(2) has no precondition. Unlike `exit`, it runs none of pglock's atexit
+        // handlers or destructors, and flushes none of its buffers, in the memory the child
+        // shares with pglock.
+        unsafe { libc::_exit(code) }
+    }
+
+    /// The child until it execs, on STACK, in pglock's memory while pglock is suspended: only
+    /// async-signal-safe calls through thin wrappers, no allocation, no lock, no unwinding.
     extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
-        // Safety: `arg` is the `Shared` of `spawn`, which is suspended until execve or _exit.
+        // SAFETY: `arg` is `spawn`'s `Shared`, live and not used by `spawn` again until clone
+        // has returned there, which CLONE_VFORK holds back until this process has exec'd or
+        // exited: this is the only reference to it meanwhile.
+        let sh = unsafe { &mut *arg.cast::<Shared>() };
+        // pglock's handlers would write into its signal pipe: the child gets the defaults
+        // back, and SIGPIPE too, which Rust's runtime ignores (as std's Command does).
+        // SAFETY: all zeroes is a valid `libc::sigaction` (integers, an empty mask, no
+        // restorer); with SIG_DFL it installs no handler, and sigaction(2) only reads it.
         unsafe {
-            let sh = &mut *(arg as *mut Shared);
-            // pglock's handlers would write into its signal pipe: the child gets the defaults
-            // back, and SIGPIPE too, which Rust's runtime ignores (as std's Command does).
             let mut dfl: libc::sigaction = std::mem::zeroed();
             dfl.sa_sigaction = libc::SIG_DFL;
-            for i in 0..sh.reset_len {
-                libc::sigaction(*sh.reset.add(i), &dfl, std::ptr::null_mut());
+            for &sig in sh.reset {
+                libc::sigaction(sig as libc::c_int, &dfl, std::ptr::null_mut());
             }
-            // No signal blocked in the child, whatever pglock inherited (as std's Command did).
-            let mut none: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut none);
-            libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                sh.errno = *libc::__errno_location();
-                libc::_exit(127);
-            }
-            // pglock may have died before the prctl took effect.
-            if libc::getppid() != sh.parent {
-                libc::_exit(137);
-            }
-            // execvp's search: go on past a directory without it, remember a refusal.
-            let mut err = libc::ENOENT;
-            let mut p = sh.paths;
-            while !(*p).is_null() {
-                libc::execve(*p, sh.argv, sh.envp);
-                match *libc::__errno_location() {
-                    libc::ENOEXEC => {
-                        *sh.sh_argv.add(1) = *p;
-                        libc::execve(*sh.sh_argv, sh.sh_argv, sh.envp);
-                        err = *libc::__errno_location();
-                        break;
-                    }
-                    libc::EACCES => err = libc::EACCES,
-                    libc::ENOENT
-                    | libc::ENOTDIR
-                    | libc::ESTALE
-                    | libc::ENODEV
-                    | libc::ETIMEDOUT => {}
-                    e => {
-                        err = e;
-                        break;
-                    }
-                }
-                p = p.add(1);
-            }
-            sh.errno = err;
-            libc::_exit(127)
         }
+        // No signal blocked in the child, whatever pglock inherited (as std's Command did).
+        let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+        if nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err() {
+            sh.errno = Errno::last_raw();
+            exit(127);
+        }
+        // pglock may have died before the prctl took effect.
+        if nix::unistd::getppid() != sh.parent {
+            exit(137);
+        }
+        // execvp's search: go on past a directory without it, remember a refusal.
+        let mut err = libc::ENOENT;
+        for &path in sh.paths.iter().take_while(|p| !p.is_null()) {
+            // SAFETY: execve(2) only reads: `path` is a NUL-terminated string of `Exec`'s, and
+            // `argv` and `envp` are null-terminated arrays of such strings, all alive in
+            // `spawn`'s frame and its caller's until clone has returned there.
+            unsafe { libc::execve(path, sh.argv, sh.envp) };
+            match Errno::last_raw() {
+                libc::ENOEXEC => {
+                    // `sh_argv` has at least three entries: /bin/sh, this slot, a null.
+                    sh.sh_argv[1] = path;
+                    // SAFETY: as above; `sh_argv` is a null-terminated array of NUL-terminated
+                    // strings too (`/bin/sh` a static one, the others `Exec`'s).
+                    unsafe { libc::execve(sh.sh_argv[0], sh.sh_argv.as_ptr(), sh.envp) };
+                    err = Errno::last_raw();
+                    break;
+                }
+                libc::EACCES => err = libc::EACCES,
+                libc::ENOENT | libc::ENOTDIR | libc::ESTALE | libc::ENODEV | libc::ETIMEDOUT => {}
+                e => {
+                    err = e;
+                    break;
+                }
+            }
+        }
+        sh.errno = err;
+        exit(127)
     }
 
     pub fn spawn(prep: &Exec, pidfd: Option<&AtomicI32>) -> io::Result<i32> {
@@ -172,64 +192,83 @@ mod imp {
             .into_iter()
             .chain(argv[1..].iter().copied())
             .collect();
-        let reset: Vec<libc::c_int> = crate::signals::FORWARDED
+        let reset: Vec<Signal> = crate::signals::FORWARDED
             .iter()
-            .map(|&s| s as libc::c_int)
-            .chain([libc::SIGCHLD, libc::SIGSEGV, libc::SIGBUS, libc::SIGPIPE])
+            .copied()
+            .chain([
+                Signal::SIGCHLD,
+                Signal::SIGSEGV,
+                Signal::SIGBUS,
+                Signal::SIGPIPE,
+            ])
             .collect();
-        // Safety: the child runs `child_main` on STACK with `shared`, which lives until clone
-        // returns, which CLONE_VFORK holds back until the child has exec'd or exited.
-        unsafe {
-            let mut shared = Shared {
-                paths: paths.as_ptr(),
-                argv: argv.as_ptr(),
-                envp: envp.as_ptr(),
-                sh_argv: sh_argv.as_mut_ptr(),
-                mask: std::mem::zeroed(),
-                reset: reset.as_ptr(),
-                reset_len: reset.len(),
-                parent: libc::getpid(),
-                errno: 0,
+        let mut shared = Shared {
+            paths: &paths,
+            argv: argv.as_ptr(),
+            envp: envp.as_ptr(),
+            sh_argv: &mut sh_argv,
+            reset: &reset,
+            parent: nix::unistd::getpid(),
+            errno: 0,
+        };
+        if STACK_IN_USE.swap(true, Ordering::Acquire) {
+            return Err(io::Error::other("another child is being started"));
+        }
+        // Every signal blocked until the child has reset the handlers; pglock's mask is kept
+        // here and restored once the child has exec'd.
+        let mut mask = SigSet::empty();
+        let _ = pthread_sigmask(
+            SigmaskHow::SIG_SETMASK,
+            Some(&SigSet::all()),
+            Some(&mut mask),
+        );
+        let end = STACK.0.get().cast::<u8>().wrapping_add(STACK_SIZE);
+        let top = end.wrapping_sub(end as usize & 15).cast::<libc::c_void>();
+        // With CLONE_PIDFD the kernel stores the child's pidfd in `pidfd` before the child
+        // runs: the guard, which reads it from shared memory, knows the child at once.
+        let flags = libc::CLONE_VM
+            | libc::CLONE_VFORK
+            | libc::SIGCHLD
+            | if pidfd.is_some() {
+                libc::CLONE_PIDFD
+            } else {
+                0
             };
-            let mut all: libc::sigset_t = std::mem::zeroed();
-            libc::sigfillset(&mut all);
-            libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut shared.mask);
-            let stack = STACK.0.get();
-            let top =
-                ((stack as usize + std::mem::size_of_val(&*stack)) & !15) as *mut libc::c_void;
-            // With CLONE_PIDFD the kernel stores the child's pidfd in `pidfd` before the child
-            // runs: the guard, which reads it from shared memory, knows the child at once.
-            let flags = libc::CLONE_VM
-                | libc::CLONE_VFORK
-                | libc::SIGCHLD
-                | if pidfd.is_some() {
-                    libc::CLONE_PIDFD
-                } else {
-                    0
-                };
-            let pid = libc::clone(
+        // SAFETY: the child runs `child_main` with `shared` on STACK, below `top` (16-byte
+        // aligned, in bounds). STACK_IN_USE makes it the only user of STACK, and CLONE_VFORK
+        // holds clone back until the child has exec'd or exited, so its use of STACK, of
+        // `shared` and of everything `shared` points into (this frame's vectors, `prep`'s
+        // strings) ends before this frame goes on. In pglock's memory (CLONE_VM) and on its
+        // thread's thread-locals (errno), the child runs while this thread is suspended, with
+        // every signal blocked until it has reset the handled ones to the default, so no
+        // handler of pglock's runs in it; `child_main` calls only async-signal-safe functions,
+        // allocates nothing, takes no lock, and ends by execve or _exit without returning. The
+        // pidfd slot, when given, is an AtomicI32 the kernel writes a descriptor into before
+        // clone returns.
+        let pid = unsafe {
+            libc::clone(
                 child_main,
                 top,
                 flags,
-                (&mut shared as *mut Shared).cast(),
-                pidfd.map_or(std::ptr::null_mut(), |a| a.as_ptr()),
-            );
-            let clone_err = io::Error::last_os_error();
-            libc::pthread_sigmask(libc::SIG_SETMASK, &shared.mask, std::ptr::null_mut());
-            if pid < 0 {
-                return Err(clone_err);
-            }
-            let errno = std::ptr::read_volatile(&shared.errno);
-            if errno != 0 {
-                // The pidfd left in the slot is closed by the slot's owner (the Guard's drop).
-                let mut status = 0;
-                while libc::waitpid(pid, &mut status, 0) < 0
-                    && *libc::__errno_location() == libc::EINTR
-                {}
-                return Err(io::Error::from_raw_os_error(errno));
-            }
-            Ok(pid)
+                (&raw mut shared).cast(),
+                pidfd.map_or(std::ptr::null_mut(), AtomicI32::as_ptr),
+            )
+        };
+        let clone_err = io::Error::last_os_error();
+        STACK_IN_USE.store(false, Ordering::Release);
+        let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&mask), None);
+        if pid < 0 {
+            return Err(clone_err);
         }
+        // Written by the child, if it could not exec, through the pointer clone was given: the
+        // compiler cannot assume the call left it alone.
+        let errno = shared.errno;
+        if errno != 0 {
+            // The pidfd left in the slot is closed by the slot's owner (the Guard's drop).
+            while matches!(waitpid(Pid::from_raw(pid), None), Err(Errno::EINTR)) {}
+            return Err(io::Error::from_raw_os_error(errno));
+        }
+        Ok(pid)
     }
 }
 
