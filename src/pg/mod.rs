@@ -225,6 +225,10 @@ impl Conn {
             }
         };
         match n {
+            Ok(0) if !self.inbox.is_empty() => Err(self.lost(
+                "protocol violation: the server closed the connection in the middle of a message"
+                    .into(),
+            )),
             Ok(0) => Err(self.lost("the server closed the connection".into())),
             Ok(n) => {
                 self.inbox.extend(&tmp[..n]);

@@ -31,6 +31,11 @@ impl Inbox {
         self.buf.extend_from_slice(data);
     }
 
+    /// Nothing is buffered, not even part of a message.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
     /// A whole message (or a header that is already a violation) is buffered: poll would not
     /// report it, since it is no longer on the socket.
     pub fn has_message(&self) -> bool {
