@@ -23,10 +23,17 @@ and age (waiting: since the wait began; held: since the session connected), as a
 \fB\-\-json\fR. A role without superuser rights sees what PostgreSQL shows it.
 .PP
 Connections: \fB\-\-database\-url\fR, \fBPGLOCK_DATABASE_URL\fR, \fBDATABASE_URL\fR, then libpq's
-\fBPG*\fR variables and defaults; URIs and key=value strings. TLS follows libpq's sslmode:
-disable, prefer (default), require (encrypted, not verified unless sslrootcert is given),
-verify\-ca (the chain to \fBsslrootcert\fR), verify\-full (also the host name); \fBsslcert\fR
-and \fBsslkey\fR present a client certificate; \fBsslrootcert=system\fR uses the system's CAs.
+\fBPG*\fR variables and defaults; URIs, key=value strings and service files (\fBservice=\fR,
+\fBPGSERVICE\fR). Every libpq setting means what it means to libpq; one pglock does not support is
+refused, never ignored. TLS follows libpq's sslmode: disable, prefer (default), require
+(encrypted; the chain is verified when a root certificate is given or ~/.postgresql/root.crt
+exists), verify\-ca (the chain to \fBsslrootcert\fR), verify\-full (also the host name);
+\fBsslrootcert=system\fR uses the system's CAs and implies verify\-full; \fBsslcrl\fR and
+\fBsslcrldir\fR check revocation; \fBsslcert\fR and \fBsslkey\fR present a client certificate.
+Authentication: trust, password, MD5, SCRAM\-SHA\-256 and SCRAM\-SHA\-256\-PLUS;
+\fBchannel_binding=require\fR and \fBrequire_auth\fR forbid weaker methods, and no password is
+sent where they forbid it. A malformed or oversized server message is a protocol violation
+(exit 69, or 74 while the command runs).
 .PP
 Every option of \fBrun\fR can also be set in the environment as \fBPGLOCK_\fIOPTION\fR; a value on
 the command line wins. Durations are written 500ms, 30s, 5m, 1h or 1m30s.
@@ -91,7 +98,7 @@ any option of \fBrun\fR, as listed above
 \fBPGLOCK_DATABASE_URL\fR, \fBDATABASE_URL\fR
 the connection URI or key=value string, first found wins, after \fB\-\-database\-url\fR
 .TP
-\fBPGHOST\fR, \fBPGPORT\fR, \fBPGUSER\fR, \fBPGPASSWORD\fR, \fBPGDATABASE\fR, \fBPGSSLMODE\fR, \fBPGCONNECT_TIMEOUT\fR, \fBPGAPPNAME\fR, \fBPGPASSFILE\fR, \fBPGOPTIONS\fR
+\fBPGHOST\fR, \fBPGHOSTADDR\fR, \fBPGPORT\fR, \fBPGUSER\fR, \fBPGPASSWORD\fR, \fBPGDATABASE\fR, \fBPGSERVICE\fR, \fBPGSERVICEFILE\fR, \fBPGSSLMODE\fR, \fBPGSSLROOTCERT\fR, \fBPGSSLCERT\fR, \fBPGSSLKEY\fR, \fBPGSSLCRL\fR, \fBPGSSLCRLDIR\fR, \fBPGCHANNELBINDING\fR, \fBPGREQUIREAUTH\fR, \fBPGCONNECT_TIMEOUT\fR, \fBPGAPPNAME\fR, \fBPGPASSFILE\fR, \fBPGOPTIONS\fR
 libpq's variables, used parameter by parameter where the connection string is silent;
 the password file is \fB~/.pgpass\fR unless \fBPGPASSFILE\fR names another
 .TP
