@@ -3,6 +3,8 @@
 //! `main` parses, dispatches, prints the one error line and exits with the error's code; the
 //! work is in the modules.
 
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+
 mod child;
 mod cli;
 mod conninfo;

@@ -186,6 +186,8 @@ fn the_child_runs_with_pglock_cpu_affinity() {
             "grep ^Cpus_allowed_list: /proc/self/status",
         );
         if let Some(cpus) = mask {
+            // SAFETY: the closure runs in the forked child before exec and calls only
+            // async-signal-safe functions (sched_setaffinity) on a stack-local cpu_set_t.
             unsafe {
                 std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
                     let mut set: libc::cpu_set_t = std::mem::zeroed();
@@ -222,6 +224,8 @@ fn the_child_starts_with_no_signal_blocked_or_ignored_by_pglock() {
         "/proc/self/status",
     ]);
     // pglock itself starts with SIGUSR2 and SIGALRM blocked; its child must not inherit that.
+    // SAFETY: the closure runs in the forked child before exec and calls only async-signal-safe
+    // functions (sigemptyset, sigaddset, sigprocmask) on a stack-local sigset_t.
     unsafe {
         std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
             let mut set: libc::sigset_t = std::mem::zeroed();

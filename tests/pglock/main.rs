@@ -1,6 +1,8 @@
 //! Integration tests: the built pglock binary against a real PostgreSQL that the suite starts
 //! itself (see `harness.rs`). No mock of PostgreSQL anywhere.
 
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+
 mod harness;
 
 mod child;
