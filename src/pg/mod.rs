@@ -76,8 +76,15 @@ enum Stream {
 #[derive(Default)]
 struct Pending {
     rows: Rows,
+    /// The rows' size so far, held to `MAX_RESULT`.
+    bytes: usize,
     error: Option<ServerError>,
 }
+
+/// The largest result pglock keeps: its own queries return a few rows (`pglock status` one per
+/// advisory lock on the database, a few hundred bytes each), so a server that sends rows without
+/// end is stopped here rather than by the memory running out.
+const MAX_RESULT: usize = 32 * 1024 * 1024;
 
 pub struct Conn {
     stream: Stream,
@@ -304,8 +311,19 @@ impl Conn {
             }
             Backend::RowDescription | Backend::Complete if self.pending.is_some() => {}
             Backend::Row(r) if self.pending.is_some() => {
-                if let Some(p) = self.pending.as_mut() {
+                let size = 24
+                    + r.iter()
+                        .map(|v| 24 + v.as_ref().map_or(0, String::len))
+                        .sum::<usize>();
+                let full = self.pending.as_mut().is_some_and(|p| {
+                    p.bytes += size;
                     p.rows.push(r);
+                    p.bytes > MAX_RESULT
+                });
+                if full {
+                    return Err(self.violation(format!(
+                        "protocol violation: the server sent a result larger than pglock accepts ({MAX_RESULT} bytes)"
+                    )));
                 }
             }
             Backend::Ready(status) if self.pending.is_some() => {
@@ -467,5 +485,102 @@ fn describe(m: &Backend) -> String {
         Backend::Error(e) => format!("an error ({e})"),
         Backend::Unexpected(what) => format!("a {what} message pglock never asks for"),
         Backend::Parameter { .. } | Backend::Notice | Backend::Notification => "a message".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conninfo::Host;
+
+    /// A connection whose server side is the returned socket.
+    fn pair() -> (Conn, UnixStream) {
+        let (a, b) = UnixStream::pair().unwrap();
+        let t = Target {
+            host: Host::Unix("/nonexistent".into()),
+            port: 5432,
+            hostaddr: None,
+        };
+        (Conn::new(Stream::Unix(a), &t, "u"), b)
+    }
+
+    fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut m = vec![tag];
+        m.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
+        m.extend_from_slice(body);
+        m
+    }
+
+    fn row(v: &[u8]) -> Vec<u8> {
+        let mut b = 1u16.to_be_bytes().to_vec();
+        b.extend_from_slice(&(v.len() as i32).to_be_bytes());
+        b.extend_from_slice(v);
+        msg(b'D', &b)
+    }
+
+    fn result(conn: &mut Conn) -> Result<QueryResult, ReadErr> {
+        loop {
+            if let Some(r) = conn.poll_result()? {
+                return Ok(r);
+            }
+        }
+    }
+
+    #[test]
+    fn a_query_result_and_its_transaction_status() {
+        let (mut conn, mut server) = pair();
+        conn.send_query("SELECT 1").unwrap();
+        let mut s = row(b"t");
+        s.extend(msg(b'C', b"SELECT 1\0"));
+        s.extend(msg(b'Z', b"T"));
+        server.write_all(&s).unwrap();
+        match result(&mut conn) {
+            Ok(QueryResult::Rows(r)) => assert_eq!(r, vec![vec![Some("t".to_string())]]),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(conn.tx_status, b'T');
+    }
+
+    #[test]
+    fn rows_without_end_are_stopped_at_the_cap() {
+        let (mut conn, mut server) = pair();
+        conn.send_query("SELECT 1").unwrap();
+        let writer = std::thread::spawn(move || {
+            let chunk: Vec<u8> = (0..64).flat_map(|_| row(&[b'x'; 1000])).collect();
+            while server.write_all(&chunk).is_ok() {}
+        });
+        match result(&mut conn) {
+            Err(ReadErr::Protocol(m)) => assert!(m.contains("larger than"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        // Broken for good: the next query fails at once.
+        assert!(conn.send_query("SELECT 1").is_err());
+        drop(conn);
+        writer.join().unwrap();
+    }
+
+    #[test]
+    fn messages_out_of_place_are_violations() {
+        let (mut conn, mut server) = pair();
+        // A row with no query under way.
+        server.write_all(&row(b"t")).unwrap();
+        assert!(matches!(conn.poll_result(), Err(ReadErr::Protocol(_))));
+        // An authentication request after startup.
+        let (mut conn, mut server) = pair();
+        conn.send_query("SELECT 1").unwrap();
+        server.write_all(&msg(b'R', &0i32.to_be_bytes())).unwrap();
+        assert!(matches!(result(&mut conn), Err(ReadErr::Protocol(_))));
+    }
+
+    #[test]
+    fn a_fatal_error_ends_the_session() {
+        let (mut conn, mut server) = pair();
+        server
+            .write_all(&msg(b'E', b"SFATAL\0VFATAL\0C57P01\0Mterminating\0\0"))
+            .unwrap();
+        match conn.poll_result() {
+            Err(ReadErr::Closed(m)) => assert!(m.contains("terminating"), "{m}"),
+            other => panic!("{other:?}"),
+        }
     }
 }
