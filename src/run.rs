@@ -96,11 +96,15 @@ pub fn run(req: RunRequest, run_id: &str) -> Result<i32> {
     Ok(code)
 }
 
-fn run_inner(req: RunRequest, run_id: &str, nested: &std::cell::Cell<bool>) -> Result<i32> {
+fn run_inner(mut req: RunRequest, run_id: &str, nested: &std::cell::Cell<bool>) -> Result<i32> {
     let signals = Signals::install()?;
     let label = req.key.label();
     let held = nesting::held_by_ancestors();
-    if let Some(h) = held.iter().find(|h| h.id == req.key.id) {
+    // (A lock whose id the server computes is looked up once connected, below.)
+    if let Some(h) = held
+        .iter()
+        .find(|h| req.key.pending.is_none() && h.id == req.key.id)
+    {
         nested.set(true);
         return run_nested(&req, h, &held, run_id, &signals);
     }
@@ -135,6 +139,27 @@ fn run_inner(req: RunRequest, run_id: &str, nested: &std::cell::Cell<bool>) -> R
         if let Err(e) = checked {
             conn.close();
             return Err(e);
+        }
+    }
+    if req.key.pending.is_some() {
+        // --key-hashtext, and --lock-of tools whose id depends on this connection's database or
+        // schema: the id comes from this connection, before anything that needs it.
+        match lock::resolve(&mut conn, &req.key, &signals) {
+            Ok(k) => req.key = k,
+            Err(e) => {
+                conn.close();
+                return Err(e);
+            }
+        }
+        log::set_lock_id(req.key.id.json());
+        log::debug(
+            "resolved",
+            &format!("lock \"{label}\" is {} here", req.key.sql),
+        );
+        if let Some(h) = held.iter().find(|h| h.id == req.key.id) {
+            conn.close();
+            nested.set(true);
+            return run_nested(&req, h, &held, run_id, &signals);
         }
     }
 
@@ -295,11 +320,7 @@ fn prepare_child(
     me: &Held,
     slot: Option<u32>,
 ) -> Result<Exec> {
-    let (set, remove) = if req.key.name.is_some() {
-        (("PGLOCK_KEY", req.key.label()), "PGLOCK_KEY_ID")
-    } else {
-        (("PGLOCK_KEY_ID", req.key.id.to_string()), "PGLOCK_KEY")
-    };
+    let (set, mut remove) = req.key.child_vars();
     let env = [
         set,
         ("PGLOCK_LOCK_ID", req.key.id.to_string()),
@@ -310,7 +331,8 @@ fn prepare_child(
     if let Some(i) = slot {
         env.push(("PGLOCK_SLOT", i.to_string()));
     }
-    child::prepare(&req.command, &env, &[remove, "PGLOCK_SLOT"])
+    remove.push("PGLOCK_SLOT");
+    child::prepare(&req.command, &env, &remove)
 }
 
 /// Starts the prepared child.
