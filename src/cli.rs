@@ -38,8 +38,7 @@ pub enum Command {
     )]
     Run(RunArgs),
     /// Print the advisory lock id of a lock (or the SQL that yields it)
-    #[command(
-        after_help = "Examples:\n  \
+    #[command(after_help = "Examples:\n  \
             pglock key seed                          # the id of --key seed, computed here\n  \
             pglock key seed --sql                    # the same as an SQL expression\n  \
             pglock key --key-id 1,2 --sql            # 1, 2: pg_advisory_lock(1, 2)\n  \
@@ -47,8 +46,7 @@ pub enum Command {
             pglock key --lock-of rails               # reads current_database() on the server\n  \
             pglock key --lock-of flyway --lock-schema app --sql\n\n\
             Forms that need the server's answer connect as `pglock run` does (--database-url, \
-            PGLOCK_DATABASE_URL, DATABASE_URL, then libpq's PG* variables); the others never connect."
-    )]
+            PGLOCK_DATABASE_URL, DATABASE_URL, then libpq's PG* variables); the others never connect.")]
     Key(KeyArgs),
     /// List the advisory locks held and awaited on the database
     #[command(
@@ -325,7 +323,12 @@ pub struct KeyArgs {
     pub key_id: Option<String>,
 
     /// The lock of pg_advisory_lock(hashtext('NAME')): the server computes it (connects; with --sql, not)
-    #[arg(long, value_name = "NAME", allow_hyphen_values = true, conflicts_with = "lock_of")]
+    #[arg(
+        long,
+        value_name = "NAME",
+        allow_hyphen_values = true,
+        conflicts_with = "lock_of"
+    )]
     pub key_hashtext: Option<String>,
 
     /// The lock TOOL takes around its migrations (connects when it depends on the database or schema)

@@ -247,9 +247,7 @@ impl Tool {
             Tool::Rails => RAILS_SALT * i64::from(crc32(i.database.as_bytes())),
             Tool::Prisma => 72_707_369,
             // The int hash of `"schema"."table"` is sign-extended into the long.
-            Tool::Flyway => {
-                FLYWAY_MAGIC + i64::from(java_hash(&flyway_table(&i.schema, &i.table)))
-            }
+            Tool::Flyway => FLYWAY_MAGIC + i64::from(java_hash(&flyway_table(&i.schema, &i.table))),
             Tool::Atlas => i64::from(fnv1_32(b"atlas_migrate_execute")),
             Tool::Goose => i64::from(crc32(b"goose")),
             Tool::Sqitch => 75_474_063,
@@ -557,7 +555,11 @@ fn tool_key(key: LockKey, tool: Tool, inputs: &ToolInputs) -> LockKey {
     let id = tool.id(inputs);
     LockKey {
         id: LockId::Big(id),
-        sql: format!("{id} /* {}: {} */", tool.describe(), tool.formula(inputs).replace("*/", "* /")),
+        sql: format!(
+            "{id} /* {}: {} */",
+            tool.describe(),
+            tool.formula(inputs).replace("*/", "* /")
+        ),
         pending: None,
         ..key
     }
@@ -822,7 +824,10 @@ mod tests {
     fn forms() {
         let h = LockKey::hashtext("cron:x").unwrap();
         assert_eq!(h.sql, "hashtext('cron:x')");
-        assert_eq!(h.pending.as_ref().unwrap().sql(), "SELECT hashtext('cron:x')");
+        assert_eq!(
+            h.pending.as_ref().unwrap().sql(),
+            "SELECT hashtext('cron:x')"
+        );
         let r = h.resolved(&[Some("-1323412724".into())]).unwrap();
         assert_eq!(r.id, LockId::Big(-1_323_412_724));
         assert!(r.pending.is_none());

@@ -272,8 +272,12 @@ pub fn resolve(conn: &mut Conn, key: &LockKey, signals: &Signals) -> Result<Lock
     let Some(pending) = &key.pending else {
         return Ok(key.clone());
     };
-    let rows = query(conn, &pending.sql(), signals)
-        .map_err(|e| e.context_msg(&format!("cannot compute the id of lock \"{}\"", key.label())))?;
+    let rows = query(conn, &pending.sql(), signals).map_err(|e| {
+        e.context_msg(&format!(
+            "cannot compute the id of lock \"{}\"",
+            key.label()
+        ))
+    })?;
     key.resolved(rows.first().map_or(&[][..], |r| &r[..]))
 }
 

@@ -90,7 +90,12 @@ fn lock_key(args: &RunArgs, m: &ArgMatches) -> Result<LockKey> {
     let forms: [(&str, &str, &str, &Option<String>); 4] = [
         ("key", "--key", "PGLOCK_KEY", &args.key),
         ("key_id", "--key-id", "PGLOCK_KEY_ID", &args.key_id),
-        ("key_hashtext", "--key-hashtext", "PGLOCK_KEY_HASHTEXT", &args.key_hashtext),
+        (
+            "key_hashtext",
+            "--key-hashtext",
+            "PGLOCK_KEY_HASHTEXT",
+            &args.key_hashtext,
+        ),
         ("lock_of", "--lock-of", "PGLOCK_LOCK_OF", &args.lock_of),
     ];
     let given: Vec<_> = forms.iter().filter(|f| f.3.is_some()).collect();
@@ -121,7 +126,10 @@ fn lock_key(args: &RunArgs, m: &ArgMatches) -> Result<LockKey> {
     let lock_of = chosen.0 == "lock_of";
     // --lock-schema and --lock-table belong to --lock-of; from the environment they go with an
     // environment --lock-of, and are ignored with a lock given on the command line instead.
-    for (id, opt) in [("lock_schema", "--lock-schema"), ("lock_table", "--lock-table")] {
+    for (id, opt) in [
+        ("lock_schema", "--lock-schema"),
+        ("lock_table", "--lock-table"),
+    ] {
         let set = m.value_source(id).is_some();
         if set && !lock_of && (from_cli(m, id) || !from_cli(m, chosen.0)) {
             return Err(Error::usage(format!(
@@ -135,11 +143,25 @@ fn lock_key(args: &RunArgs, m: &ArgMatches) -> Result<LockKey> {
         "key" => LockKey::from_name(value),
         "key_id" => LockKey::from_id_text(value),
         "key_hashtext" => LockKey::hashtext(value),
-        _ => LockKey::of_tool(
-            Tool::from_name(value)?,
-            args.lock_schema.as_deref(),
-            args.lock_table.as_deref(),
-        ),
+        _ => {
+            let tool = Tool::from_name(value)?;
+            // An input from the environment that a --lock-of on the command line does not use
+            // was meant for another tool: ignored, where the command line's own is an error.
+            let input = |id: &str, v: &Option<String>, used: bool| match v {
+                Some(_) if !used && !from_cli(m, id) && from_cli(m, chosen.0) => None,
+                v => v.clone(),
+            };
+            LockKey::of_tool(
+                tool,
+                input("lock_schema", &args.lock_schema, tool.uses_schema()).as_deref(),
+                input(
+                    "lock_table",
+                    &args.lock_table,
+                    tool.default_table().is_some(),
+                )
+                .as_deref(),
+            )
+        }
     }
 }
 
