@@ -322,7 +322,7 @@ pub struct KeyArgs {
     #[arg(long, value_name = "ID", allow_hyphen_values = true, conflicts_with_all = ["key_hashtext", "lock_of"])]
     pub key_id: Option<String>,
 
-    /// The lock of pg_advisory_lock(hashtext('NAME')): the server computes it (connects; with --sql, not)
+    /// The lock of pg_advisory_lock(hashtext('NAME')), computed by the server (--sql prints it offline)
     #[arg(
         long,
         value_name = "NAME",
