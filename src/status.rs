@@ -208,7 +208,6 @@ pub fn json(entries: &[Entry]) -> String {
             }
         };
         opt(&mut s, "key", &e.key);
-        opt(&mut s, "lock_of", &e.tool.map(|t| t.name().to_string()));
         opt(&mut s, "mode", &Some(e.mode.clone()));
         let _ = write!(
             s,
@@ -219,6 +218,7 @@ pub fn json(entries: &[Entry]) -> String {
         opt(&mut s, "user", &e.user);
         opt(&mut s, "client", &e.client);
         opt(&mut s, "application", &e.application);
+        opt(&mut s, "lock_of", &e.tool.map(|t| t.name().to_string()));
         match e.age_s {
             Some(a) => {
                 let _ = write!(s, ",\"age_s\":{a}}}");
