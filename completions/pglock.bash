@@ -191,7 +191,7 @@ _pglock() {
             return 0
             ;;
         pglock__subcmd__status)
-            opts="-h -V --key --key-id --json --database-url --help --version"
+            opts="-h -V --key --key-id --key-hashtext --lock-of --lock-schema --lock-table --json --database-url --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -202,6 +202,22 @@ _pglock() {
                     return 0
                     ;;
                 --key-id)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --key-hashtext)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --lock-of)
+                    COMPREPLY=($(compgen -W "golang-migrate golang-migrate-with-instance sqlx rails prisma flyway atlas goose sqitch graphile-migrate node-pg-migrate" -- "${cur}"))
+                    return 0
+                    ;;
+                --lock-schema)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --lock-table)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

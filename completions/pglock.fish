@@ -86,6 +86,20 @@ complete -c pglock -n "__fish_pglock_using_subcommand key" -s h -l help -d 'Prin
 complete -c pglock -n "__fish_pglock_using_subcommand key" -s V -l version -d 'Print version'
 complete -c pglock -n "__fish_pglock_using_subcommand status" -l key -d 'Only this lock NAME' -r
 complete -c pglock -n "__fish_pglock_using_subcommand status" -l key-id -d 'Only this raw lock id (or A,B for the two-int4 form)' -r
+complete -c pglock -n "__fish_pglock_using_subcommand status" -l key-hashtext -d 'Only the lock of pg_advisory_lock(hashtext(\'NAME\'))' -r
+complete -c pglock -n "__fish_pglock_using_subcommand status" -l lock-of -d 'Only the lock TOOL takes around its migrations on this database' -r -f -a "golang-migrate\t''
+golang-migrate-with-instance\t''
+sqlx\t''
+rails\t''
+prisma\t''
+flyway\t''
+atlas\t''
+goose\t''
+sqitch\t''
+graphile-migrate\t''
+node-pg-migrate\t''"
+complete -c pglock -n "__fish_pglock_using_subcommand status" -l lock-schema -d 'With --lock-of golang-migrate or flyway: the schema of the migrations table' -r
+complete -c pglock -n "__fish_pglock_using_subcommand status" -l lock-table -d 'With --lock-of golang-migrate or flyway: the migrations table' -r
 complete -c pglock -n "__fish_pglock_using_subcommand status" -l database-url -d 'PostgreSQL connection URI or key=value string [default: DATABASE_URL, then libpq\'s PG* variables]' -r
 complete -c pglock -n "__fish_pglock_using_subcommand status" -l json -d 'One JSON array of lock objects instead of a table'
 complete -c pglock -n "__fish_pglock_using_subcommand status" -s h -l help -d 'Print help'

@@ -293,6 +293,22 @@ pub struct StatusArgs {
     )]
     pub key_id: Option<String>,
 
+    /// Only the lock of pg_advisory_lock(hashtext('NAME'))
+    #[arg(long, value_name = "NAME", allow_hyphen_values = true, conflicts_with_all = ["key", "key_id"])]
+    pub key_hashtext: Option<String>,
+
+    /// Only the lock TOOL takes around its migrations on this database
+    #[arg(long, value_name = "TOOL", value_parser = tool_values(), conflicts_with_all = ["key", "key_id", "key_hashtext"])]
+    pub lock_of: Option<String>,
+
+    /// With --lock-of golang-migrate or flyway: the schema of the migrations table
+    #[arg(long, value_name = "SCHEMA", requires = "lock_of")]
+    pub lock_schema: Option<String>,
+
+    /// With --lock-of golang-migrate or flyway: the migrations table
+    #[arg(long, value_name = "TABLE", requires = "lock_of")]
+    pub lock_table: Option<String>,
+
     /// One JSON array of lock objects instead of a table
     #[arg(long)]
     pub json: bool,

@@ -185,7 +185,7 @@ pub fn man(out: &mut dyn Write) -> io::Result<()> {
     page.render_name_section(out)?;
     writeln!(
         out,
-        ".SH SYNOPSIS\n\\fBpglock run\\fR [\\fIOPTIONS\\fR] \\fILOCK\\fR \\fB\\-\\-\\fR \\fICOMMAND\\fR [\\fIARG\\fR...]\n.br\n\\fBpglock key\\fR \\fILOCK\\fR [\\fB\\-\\-sql\\fR]\n.br\n\\fBpglock status\\fR [\\fB\\-\\-key\\fR \\fINAME\\fR | \\fB\\-\\-key\\-id\\fR \\fIID\\fR] [\\fB\\-\\-json\\fR] [\\fB\\-\\-database\\-url\\fR \\fIURL\\fR]"
+        ".SH SYNOPSIS\n\\fBpglock run\\fR [\\fIOPTIONS\\fR] \\fILOCK\\fR \\fB\\-\\-\\fR \\fICOMMAND\\fR [\\fIARG\\fR...]\n.br\n\\fBpglock key\\fR \\fILOCK\\fR [\\fB\\-\\-sql\\fR]\n.br\n\\fBpglock status\\fR [\\fILOCK\\fR] [\\fB\\-\\-json\\fR] [\\fB\\-\\-database\\-url\\fR \\fIURL\\fR]"
     )?;
     writeln!(
         out,

@@ -231,10 +231,20 @@ pub fn json(entries: &[Entry]) -> String {
 }
 
 pub fn run(args: StatusArgs) -> Result<i32> {
-    let filter = match (&args.key, &args.key_id) {
-        (Some(n), _) => Some(LockKey::from_name(n)?),
-        (None, Some(i)) => Some(LockKey::from_id_text(i)?),
-        (None, None) => None,
+    let filter = if let Some(n) = &args.key {
+        Some(LockKey::from_name(n)?)
+    } else if let Some(i) = &args.key_id {
+        Some(LockKey::from_id_text(i)?)
+    } else if let Some(n) = &args.key_hashtext {
+        Some(LockKey::hashtext(n)?)
+    } else if let Some(t) = &args.lock_of {
+        Some(LockKey::of_tool(
+            Tool::from_name(t)?,
+            args.lock_schema.as_deref(),
+            args.lock_table.as_deref(),
+        )?)
+    } else {
+        None
     };
     let signals = Signals::install()?;
     let url = args
@@ -258,6 +268,17 @@ pub fn run(args: StatusArgs) -> Result<i32> {
         let major: u32 = parts.next()?.parse().ok()?;
         Some(major * 10_000)
     });
+    // A filter whose id the server computes asks this connection first.
+    let filter = match filter {
+        Some(k) if k.pending.is_some() => match crate::lock::resolve(&mut conn, &k, &signals) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                conn.close();
+                return Err(e);
+            }
+        },
+        other => other,
+    };
     let rows = crate::lock::query(&mut conn, &sql(version.unwrap_or(0)), &signals);
     conn.close();
     let wanted = filter.as_ref().map(ids_of);

@@ -557,6 +557,23 @@ fn status_names_the_tools_locks() {
     ] {
         assert!(table.contains(want), "status lacks {want}:\n{table}");
     }
+    // Filters by the forms: only that lock.
+    for (filter, want) in [
+        (vec!["--lock-of", "rails"], "rails migrations"),
+        (vec!["--key-id", "-5,6"], "-5,6"),
+        (
+            vec!["--lock-of", "flyway", "--lock-schema", "public"],
+            "flyway migrations",
+        ),
+    ] {
+        let mut args = vec!["status"];
+        args.extend(&filter);
+        let (only, _) = expect_code(pglock_in(db, &args), 0);
+        assert_eq!(only.lines().count(), 2, "{filter:?}:\n{only}");
+        assert!(only.contains(want), "{filter:?}:\n{only}");
+    }
+    let (none, _) = expect_code(pglock_in(db, &["status", "--key-hashtext", "x"]), 0);
+    assert_eq!(none.lines().count(), 1, "{none}");
     let (json, _) = expect_code(pglock_in(db, &["status", "--json"]), 0);
     assert!(json.contains("\"lock_of\":\"rails\""), "{json}");
     assert!(json.contains("\"key1\":-5,\"key2\":6"), "{json}");
