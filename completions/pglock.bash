@@ -63,12 +63,36 @@ _pglock() {
             return 0
             ;;
         pglock__subcmd__key)
-            opts="-h -V --sql --limit --help --version"
+            opts="-h -V --key-id --key-hashtext --lock-of --lock-schema --lock-table --sql --database-url --limit --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --key-id)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --key-hashtext)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --lock-of)
+                    COMPREPLY=($(compgen -W "golang-migrate golang-migrate-with-instance sqlx rails prisma flyway atlas goose sqitch graphile-migrate node-pg-migrate" -- "${cur}"))
+                    return 0
+                    ;;
+                --lock-schema)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --lock-table)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --database-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --limit)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -81,7 +105,7 @@ _pglock() {
             return 0
             ;;
         pglock__subcmd__run)
-            opts="-n -w -E -q -v -h -V --key --key-id --no-wait --timeout --shared --scope --limit --conflict-exit-code --database-url --max-runtime --kill-after --heartbeat --release-after --quiet --verbose --log-format --help --version"
+            opts="-n -w -E -q -v -h -V --key --key-id --key-hashtext --lock-of --lock-schema --lock-table --no-wait --timeout --shared --scope --limit --conflict-exit-code --database-url --max-runtime --kill-after --heartbeat --release-after --quiet --verbose --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -92,6 +116,22 @@ _pglock() {
                     return 0
                     ;;
                 --key-id)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --key-hashtext)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --lock-of)
+                    COMPREPLY=($(compgen -W "golang-migrate golang-migrate-with-instance sqlx rails prisma flyway atlas goose sqitch graphile-migrate node-pg-migrate" -- "${cur}"))
+                    return 0
+                    ;;
+                --lock-schema)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --lock-table)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -151,7 +191,7 @@ _pglock() {
             return 0
             ;;
         pglock__subcmd__status)
-            opts="-h -V --key --key-id --json --database-url --help --version"
+            opts="-h -V --key --key-id --key-hashtext --lock-of --lock-schema --lock-table --json --database-url --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -162,6 +202,22 @@ _pglock() {
                     return 0
                     ;;
                 --key-id)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --key-hashtext)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --lock-of)
+                    COMPREPLY=($(compgen -W "golang-migrate golang-migrate-with-instance sqlx rails prisma flyway atlas goose sqitch graphile-migrate node-pg-migrate" -- "${cur}"))
+                    return 0
+                    ;;
+                --lock-schema)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --lock-table)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

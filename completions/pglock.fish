@@ -27,11 +27,25 @@ end
 complete -c pglock -n "__fish_pglock_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c pglock -n "__fish_pglock_needs_command" -s V -l version -d 'Print version'
 complete -c pglock -n "__fish_pglock_needs_command" -f -a "run" -d 'Take the lock, run COMMAND, release the lock, exit with COMMAND\'s status'
-complete -c pglock -n "__fish_pglock_needs_command" -f -a "key" -d 'Print the advisory lock id of a key NAME (or the SQL that computes it)'
+complete -c pglock -n "__fish_pglock_needs_command" -f -a "key" -d 'Print the advisory lock id of a lock (or the SQL that yields it)'
 complete -c pglock -n "__fish_pglock_needs_command" -f -a "status" -d 'List the advisory locks held and awaited on the database'
 complete -c pglock -n "__fish_pglock_needs_command" -f -a "generate" -d 'Write the man page or a shell completion script to stdout (for packaging)'
 complete -c pglock -n "__fish_pglock_using_subcommand run" -l key -d 'Lock NAME: mapped to a 64-bit advisory lock id (see `pglock key`)' -r
-complete -c pglock -n "__fish_pglock_using_subcommand run" -l key-id -d 'Raw advisory lock id, decimal or hex (0x47524f4f), as used by pg_advisory_lock(bigint)' -r
+complete -c pglock -n "__fish_pglock_using_subcommand run" -l key-id -d 'Raw advisory lock id, decimal or hex (0x47524f4f), as used by pg_advisory_lock(bigint); or A,B, two 32-bit keys as used by pg_advisory_lock(int, int), a different lock' -r
+complete -c pglock -n "__fish_pglock_using_subcommand run" -l key-hashtext -d 'The lock of pg_advisory_lock(hashtext(\'NAME\')), computed by the server on the lock connection' -r
+complete -c pglock -n "__fish_pglock_using_subcommand run" -l lock-of -d 'The advisory lock TOOL takes around its migrations, computed as TOOL does on this database' -r -f -a "golang-migrate\t''
+golang-migrate-with-instance\t''
+sqlx\t''
+rails\t''
+prisma\t''
+flyway\t''
+atlas\t''
+goose\t''
+sqitch\t''
+graphile-migrate\t''
+node-pg-migrate\t''"
+complete -c pglock -n "__fish_pglock_using_subcommand run" -l lock-schema -d 'With --lock-of golang-migrate or flyway: the schema of the migrations table [default: current_schema()]' -r
+complete -c pglock -n "__fish_pglock_using_subcommand run" -l lock-table -d 'With --lock-of golang-migrate or flyway: the migrations table [default: schema_migrations, flyway_schema_history]' -r
 complete -c pglock -n "__fish_pglock_using_subcommand run" -s w -l timeout -d 'Wait at most DURATION for the lock (500ms, 30s, 5m, 1h), then exit 75; 0 is --no-wait' -r
 complete -c pglock -n "__fish_pglock_using_subcommand run" -l scope -d 'session: a session lock (pg_advisory_lock); transaction: pg_advisory_xact_lock in a transaction held open while COMMAND runs, for PgBouncer in transaction pooling mode' -r -f -a "session\t''
 transaction\t''"
@@ -48,14 +62,44 @@ complete -c pglock -n "__fish_pglock_using_subcommand run" -s n -l no-wait -d 'T
 complete -c pglock -n "__fish_pglock_using_subcommand run" -l shared -d 'Take a shared lock: shared holders run together, exclusive holders wait for all of them'
 complete -c pglock -n "__fish_pglock_using_subcommand run" -s q -l quiet -d 'Errors only'
 complete -c pglock -n "__fish_pglock_using_subcommand run" -s v -l verbose -d 'More detail (connection, queries, signals)'
-complete -c pglock -n "__fish_pglock_using_subcommand run" -s h -l help -d 'Print help'
+complete -c pglock -n "__fish_pglock_using_subcommand run" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c pglock -n "__fish_pglock_using_subcommand run" -s V -l version -d 'Print version'
+complete -c pglock -n "__fish_pglock_using_subcommand key" -l key-id -d 'A raw id, or A,B for the two-int4 form' -r
+complete -c pglock -n "__fish_pglock_using_subcommand key" -l key-hashtext -d 'The lock of pg_advisory_lock(hashtext(\'NAME\')), computed by the server (--sql prints it offline)' -r
+complete -c pglock -n "__fish_pglock_using_subcommand key" -l lock-of -d 'The lock TOOL takes around its migrations (connects when it depends on the database or schema)' -r -f -a "golang-migrate\t''
+golang-migrate-with-instance\t''
+sqlx\t''
+rails\t''
+prisma\t''
+flyway\t''
+atlas\t''
+goose\t''
+sqitch\t''
+graphile-migrate\t''
+node-pg-migrate\t''"
+complete -c pglock -n "__fish_pglock_using_subcommand key" -l lock-schema -d 'With --lock-of golang-migrate or flyway: the schema of the migrations table' -r
+complete -c pglock -n "__fish_pglock_using_subcommand key" -l lock-table -d 'With --lock-of golang-migrate or flyway: the migrations table' -r
+complete -c pglock -n "__fish_pglock_using_subcommand key" -l database-url -d 'PostgreSQL connection URI or key=value string, for the forms the server computes' -r
 complete -c pglock -n "__fish_pglock_using_subcommand key" -l limit -d 'Print the slot lock ids of `run --limit N` (with --sql: the SQL that takes a free slot)' -r
-complete -c pglock -n "__fish_pglock_using_subcommand key" -l sql -d 'Print the SQL expression that computes the id instead of the id'
+complete -c pglock -n "__fish_pglock_using_subcommand key" -l sql -d 'Print the SQL that yields the id (the argument(s) of pg_advisory_lock) instead of the id'
 complete -c pglock -n "__fish_pglock_using_subcommand key" -s h -l help -d 'Print help'
 complete -c pglock -n "__fish_pglock_using_subcommand key" -s V -l version -d 'Print version'
 complete -c pglock -n "__fish_pglock_using_subcommand status" -l key -d 'Only this lock NAME' -r
-complete -c pglock -n "__fish_pglock_using_subcommand status" -l key-id -d 'Only this raw lock id' -r
+complete -c pglock -n "__fish_pglock_using_subcommand status" -l key-id -d 'Only this raw lock id (or A,B for the two-int4 form)' -r
+complete -c pglock -n "__fish_pglock_using_subcommand status" -l key-hashtext -d 'Only the lock of pg_advisory_lock(hashtext(\'NAME\'))' -r
+complete -c pglock -n "__fish_pglock_using_subcommand status" -l lock-of -d 'Only the lock TOOL takes around its migrations on this database' -r -f -a "golang-migrate\t''
+golang-migrate-with-instance\t''
+sqlx\t''
+rails\t''
+prisma\t''
+flyway\t''
+atlas\t''
+goose\t''
+sqitch\t''
+graphile-migrate\t''
+node-pg-migrate\t''"
+complete -c pglock -n "__fish_pglock_using_subcommand status" -l lock-schema -d 'With --lock-of golang-migrate or flyway: the schema of the migrations table' -r
+complete -c pglock -n "__fish_pglock_using_subcommand status" -l lock-table -d 'With --lock-of golang-migrate or flyway: the migrations table' -r
 complete -c pglock -n "__fish_pglock_using_subcommand status" -l database-url -d 'PostgreSQL connection URI or key=value string [default: DATABASE_URL, then libpq\'s PG* variables]' -r
 complete -c pglock -n "__fish_pglock_using_subcommand status" -l json -d 'One JSON array of lock objects instead of a table'
 complete -c pglock -n "__fish_pglock_using_subcommand status" -s h -l help -d 'Print help'

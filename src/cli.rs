@@ -17,7 +17,8 @@ use std::ffi::OsString;
         pglock run --key seed -- ./seed.sh\n  \
         pglock run -n --key nightly-report -- ./report.sh     # skip if already running\n  \
         pglock run -w 5m --key migrate -- ./migrate up         # wait at most 5 minutes\n  \
-        pglock key seed --sql                                  # take the same lock from SQL",
+        pglock key seed --sql                                  # take the same lock from SQL\n  \
+        pglock run --lock-of rails -- ./seed.sh                # never while Rails migrates",
     propagate_version = true,
     disable_help_subcommand = true
 )]
@@ -32,10 +33,20 @@ pub enum Command {
     /// Take the lock, run COMMAND, release the lock, exit with COMMAND's status
     #[command(
         after_help = RUN_EXAMPLES,
-        override_usage = "pglock run [OPTIONS] (--key NAME | --key-id ID) -- COMMAND [ARG]..."
+        override_usage = "pglock run [OPTIONS] LOCK -- COMMAND [ARG]...\n       \
+            LOCK: --key NAME | --key-id ID | --key-id A,B | --key-hashtext NAME | --lock-of TOOL"
     )]
     Run(RunArgs),
-    /// Print the advisory lock id of a key NAME (or the SQL that computes it)
+    /// Print the advisory lock id of a lock (or the SQL that yields it)
+    #[command(after_help = "Examples:\n  \
+            pglock key seed                          # the id of --key seed, computed here\n  \
+            pglock key seed --sql                    # the same as an SQL expression\n  \
+            pglock key --key-id 1,2 --sql            # 1, 2: pg_advisory_lock(1, 2)\n  \
+            pglock key --key-hashtext cron:sync      # asks the server: hashtext is its own hash\n  \
+            pglock key --lock-of rails               # reads current_database() on the server\n  \
+            pglock key --lock-of flyway --lock-schema app --sql\n\n\
+            Forms that need the server's answer connect as `pglock run` does (--database-url, \
+            PGLOCK_DATABASE_URL, DATABASE_URL, then libpq's PG* variables); the others never connect.")]
     Key(KeyArgs),
     /// List the advisory locks held and awaited on the database
     #[command(
@@ -54,7 +65,9 @@ const RUN_EXAMPLES: &str = "Examples:\n  \
     pglock run --key seed -- ./seed.sh\n  \
     pglock run --no-wait --key nightly -- ./nightly.sh      # exit 75 if another run holds it\n  \
     pglock run --timeout 30s --key migrate -- ./migrate up  # give up after 30 seconds\n  \
-    PGLOCK_KEY=seed pglock run -- ./seed.sh                 # options from the environment\n\n\
+    PGLOCK_KEY=seed pglock run -- ./seed.sh                 # options from the environment\n  \
+    pglock run --key-hashtext cron:sync -- ./sync.sh        # = pg_advisory_lock(hashtext('cron:sync'))\n  \
+    pglock run -w 10m --lock-of golang-migrate -- ./seed.sh # wait while `migrate up` runs\n\n\
     Exit status: COMMAND's own; 128+N if a signal N killed it; 2 usage error; 69 PostgreSQL \
     unavailable; 70 internal error; 74 lock lost while COMMAND ran; 75 lock not acquired (see -E); \
     124 --max-runtime elapsed; 126 COMMAND not executable; 127 COMMAND not found.";
@@ -65,7 +78,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "NAME", env = "PGLOCK_KEY", help_heading = "Lock")]
     pub key: Option<String>,
 
-    /// Raw advisory lock id, decimal or hex (0x47524f4f), as used by pg_advisory_lock(bigint)
+    /// Raw advisory lock id, decimal or hex (0x47524f4f), as used by pg_advisory_lock(bigint); or
+    /// A,B, two 32-bit keys as used by pg_advisory_lock(int, int), a different lock
     #[arg(
         long,
         value_name = "ID",
@@ -74,6 +88,49 @@ pub struct RunArgs {
         help_heading = "Lock"
     )]
     pub key_id: Option<String>,
+
+    /// The lock of pg_advisory_lock(hashtext('NAME')), computed by the server on the lock connection
+    #[arg(
+        long,
+        value_name = "NAME",
+        env = "PGLOCK_KEY_HASHTEXT",
+        allow_hyphen_values = true,
+        help_heading = "Lock"
+    )]
+    pub key_hashtext: Option<String>,
+
+    /// The advisory lock TOOL takes around its migrations, computed as TOOL does on this database
+    ///
+    /// golang-migrate is the migrate CLI and migrate.New (opened from a database URL: its database
+    /// name is the URL's path with the leading slash); golang-migrate-with-instance is
+    /// postgres.WithInstance (current_database()). See the README for each tool's formula and what
+    /// it does while pglock holds its lock.
+    #[arg(
+        long,
+        value_name = "TOOL",
+        env = "PGLOCK_LOCK_OF",
+        value_parser = tool_values(),
+        help_heading = "Lock"
+    )]
+    pub lock_of: Option<String>,
+
+    /// With --lock-of golang-migrate or flyway: the schema of the migrations table [default: current_schema()]
+    #[arg(
+        long,
+        value_name = "SCHEMA",
+        env = "PGLOCK_LOCK_SCHEMA",
+        help_heading = "Lock"
+    )]
+    pub lock_schema: Option<String>,
+
+    /// With --lock-of golang-migrate or flyway: the migrations table [default: schema_migrations, flyway_schema_history]
+    #[arg(
+        long,
+        value_name = "TABLE",
+        env = "PGLOCK_LOCK_TABLE",
+        help_heading = "Lock"
+    )]
+    pub lock_table: Option<String>,
 
     /// Try once; if the lock is held, do not run COMMAND and exit 75
     #[arg(short = 'n', long, env = "PGLOCK_NO_WAIT", help_heading = "Lock")]
@@ -227,7 +284,7 @@ pub struct StatusArgs {
     #[arg(long, value_name = "NAME")]
     pub key: Option<String>,
 
-    /// Only this raw lock id
+    /// Only this raw lock id (or A,B for the two-int4 form)
     #[arg(
         long,
         value_name = "ID",
@@ -235,6 +292,22 @@ pub struct StatusArgs {
         conflicts_with = "key"
     )]
     pub key_id: Option<String>,
+
+    /// Only the lock of pg_advisory_lock(hashtext('NAME'))
+    #[arg(long, value_name = "NAME", allow_hyphen_values = true, conflicts_with_all = ["key", "key_id"])]
+    pub key_hashtext: Option<String>,
+
+    /// Only the lock TOOL takes around its migrations on this database
+    #[arg(long, value_name = "TOOL", value_parser = tool_values(), conflicts_with_all = ["key", "key_id", "key_hashtext"])]
+    pub lock_of: Option<String>,
+
+    /// With --lock-of golang-migrate or flyway: the schema of the migrations table
+    #[arg(long, value_name = "SCHEMA", requires = "lock_of")]
+    pub lock_schema: Option<String>,
+
+    /// With --lock-of golang-migrate or flyway: the migrations table
+    #[arg(long, value_name = "TABLE", requires = "lock_of")]
+    pub lock_table: Option<String>,
 
     /// One JSON array of lock objects instead of a table
     #[arg(long)]
@@ -252,17 +325,61 @@ pub struct StatusArgs {
 
 #[derive(Debug, Args)]
 pub struct KeyArgs {
-    /// The key name
-    #[arg(value_name = "NAME", allow_hyphen_values = true)]
-    pub name: String,
+    /// The key NAME (as --key NAME)
+    #[arg(
+        value_name = "NAME",
+        allow_hyphen_values = true,
+        required_unless_present_any = ["key_id", "key_hashtext", "lock_of"],
+        conflicts_with_all = ["key_id", "key_hashtext", "lock_of"]
+    )]
+    pub name: Option<String>,
 
-    /// Print the SQL expression that computes the id instead of the id
+    /// A raw id, or A,B for the two-int4 form
+    #[arg(long, value_name = "ID", allow_hyphen_values = true, conflicts_with_all = ["key_hashtext", "lock_of"])]
+    pub key_id: Option<String>,
+
+    /// The lock of pg_advisory_lock(hashtext('NAME')), computed by the server (--sql prints it offline)
+    #[arg(
+        long,
+        value_name = "NAME",
+        allow_hyphen_values = true,
+        conflicts_with = "lock_of"
+    )]
+    pub key_hashtext: Option<String>,
+
+    /// The lock TOOL takes around its migrations (connects when it depends on the database or schema)
+    #[arg(long, value_name = "TOOL", value_parser = tool_values())]
+    pub lock_of: Option<String>,
+
+    /// With --lock-of golang-migrate or flyway: the schema of the migrations table
+    #[arg(long, value_name = "SCHEMA", requires = "lock_of")]
+    pub lock_schema: Option<String>,
+
+    /// With --lock-of golang-migrate or flyway: the migrations table
+    #[arg(long, value_name = "TABLE", requires = "lock_of")]
+    pub lock_table: Option<String>,
+
+    /// Print the SQL that yields the id (the argument(s) of pg_advisory_lock) instead of the id
     #[arg(long)]
     pub sql: bool,
+
+    /// PostgreSQL connection URI or key=value string, for the forms the server computes
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "PGLOCK_DATABASE_URL",
+        hide_env_values = true
+    )]
+    pub database_url: Option<String>,
 
     /// Print the slot lock ids of `run --limit N` (with --sql: the SQL that takes a free slot)
     #[arg(long, value_name = "N")]
     pub limit: Option<u32>,
+}
+
+/// The `--lock-of` values, for help and completions.
+fn tool_values() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(crate::key::tool_names())
 }
 
 #[cfg(test)]

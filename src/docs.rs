@@ -17,6 +17,26 @@ and \fBpglock key\fR NAME \fB\-\-sql\fR prints the SQL expression (PostgreSQL 11
 extension) that yields it, so that application code can take the same lock. In \fBpg_locks\fR the
 lock shows as locktype advisory, classid = id >> 32, objid = id & 0xffffffff, objsubid = 1.
 .PP
+The other forms take the locks that existing code and migration tools already take, so that
+pglock and that code exclude each other. \fB\-\-key\-id\fR A,B is the two\-int4 form,
+pg_advisory_lock(A, B), objsubid = 2 in \fBpg_locks\fR: a different lock from every bigint id.
+\fB\-\-key\-hashtext\fR NAME is the lock of pg_advisory_lock(hashtext('NAME')); hashtext is the
+server's own hash, so the lock connection asks the server for it. \fB\-\-lock\-of\fR TOOL is the
+lock that golang\-migrate, sqlx, rails, prisma, flyway, atlas, goose, sqitch, graphile\-migrate or
+node\-pg\-migrate takes around its migrations, computed as the tool computes it from
+current_database() and current_schema() read on the lock connection, or from
+\fB\-\-lock\-schema\fR and \fB\-\-lock\-table\fR (golang\-migrate and flyway).
+golang\-migrate is the migrate CLI and migrate.New (opened from a URL: the database name is the
+URL's path, with its slash); golang\-migrate\-with\-instance is postgres.WithInstance
+(current_database()). Most tools fail, at once or after a timeout, rather than wait while pglock
+holds their lock; sqlx waits. Flyway and Ecto lock per migration, not per run. Ecto's id is
+\fBmix run \-e 'IO.puts :erlang.phash2({:ecto, nil, MyApp.Repo})'\fR, for \fB\-\-key\-id\fR.
+A session lock and a transaction lock on one id exclude each other. The forms exclude each other;
+one on the command line wins over the environment's. \fB\-\-limit\fR works with \fB\-\-key\fR
+and a bigint \fB\-\-key\-id\fR only. \fBpglock key\fR prints the id of every form (connecting
+only where the server's answer is needed) and \fBpglock status\fR names the tools' locks, such
+as "rails migrations", and a two\-int4 lock as A,B.
+.PP
 \fBpglock status\fR lists every advisory lock on the database, held or awaited: lock id, key
 name (for pglock's own sessions), mode, held or waiting, pid, user, client address, application
 and age (waiting: since the wait began; held: since the session connected), as a table or with
@@ -103,7 +123,8 @@ libpq's variables, used parameter by parameter where the connection string is si
 the password file is \fB~/.pgpass\fR unless \fBPGPASSFILE\fR names another
 .TP
 \fBPGLOCK_KEY\fR, \fBPGLOCK_KEY_ID\fR, \fBPGLOCK_LOCK_ID\fR, \fBPGLOCK_RUN_ID\fR, \fBPGLOCK_HELD\fR
-set for the child: the key, its lock id, this run's id (also in every log line), and the locks
+set for the child: the key (\fBPGLOCK_KEY_ID\fR with the id for the other forms, whose variables
+are removed), its lock id, this run's id (also in every log line), and the locks
 held by pglock and its ancestors (a nested \fBpglock run\fR for a lock its ancestor holds runs at
 once, or fails at once with exit 2 when the ancestor's shared lock cannot cover an exclusive one)
 .SH SIGNALS
@@ -129,6 +150,14 @@ A shell script:
 .RS
 export PGLOCK_KEY=billing\-export
 pglock run \-\-no\-wait \-\- ./export.sh || [ $? \-eq 75 ] && echo "skipped: already running"
+.RE
+.fi
+.PP
+A seed that waits while Rails migrates, and holds Rails' migration lock while it runs:
+.PP
+.nf
+.RS
+pglock run \-\-timeout 15m \-\-lock\-of rails \-\- ./seed.sh
 .RE
 .fi
 .PP
@@ -163,7 +192,11 @@ pub fn man(out: &mut dyn Write) -> io::Result<()> {
     page.render_name_section(out)?;
     writeln!(
         out,
-        ".SH SYNOPSIS\n\\fBpglock run\\fR [\\fIOPTIONS\\fR] (\\fB\\-\\-key\\fR \\fINAME\\fR | \\fB\\-\\-key\\-id\\fR \\fIID\\fR) \\fB\\-\\-\\fR \\fICOMMAND\\fR [\\fIARG\\fR...]\n.br\n\\fBpglock key\\fR \\fINAME\\fR [\\fB\\-\\-sql\\fR]\n.br\n\\fBpglock status\\fR [\\fB\\-\\-key\\fR \\fINAME\\fR | \\fB\\-\\-key\\-id\\fR \\fIID\\fR] [\\fB\\-\\-json\\fR] [\\fB\\-\\-database\\-url\\fR \\fIURL\\fR]"
+        ".SH SYNOPSIS\n\\fBpglock run\\fR [\\fIOPTIONS\\fR] \\fILOCK\\fR \\fB\\-\\-\\fR \\fICOMMAND\\fR [\\fIARG\\fR...]\n.br\n\\fBpglock key\\fR \\fILOCK\\fR [\\fB\\-\\-sql\\fR]\n.br\n\\fBpglock status\\fR [\\fILOCK\\fR] [\\fB\\-\\-json\\fR] [\\fB\\-\\-database\\-url\\fR \\fIURL\\fR]"
+    )?;
+    writeln!(
+        out,
+        ".br\n\\fILOCK\\fR: \\fB\\-\\-key\\fR \\fINAME\\fR | \\fB\\-\\-key\\-id\\fR \\fIID\\fR | \\fB\\-\\-key\\-id\\fR \\fIA\\fR,\\fIB\\fR | \\fB\\-\\-key\\-hashtext\\fR \\fINAME\\fR | \\fB\\-\\-lock\\-of\\fR \\fITOOL\\fR (\\fBpglock key\\fR also takes a bare \\fINAME\\fR)"
     )?;
     out.write_all(DESCRIPTION.as_bytes())?;
     let run = cmd.find_subcommand("run").expect("run subcommand");

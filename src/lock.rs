@@ -106,13 +106,14 @@ pub fn describe_holders(h: &[Holder]) -> String {
     }
 }
 
-/// The `pg_locks` condition that selects this lock (contract §2's bigint form).
+/// The `pg_locks` condition that selects this lock, in its key space (contract §2).
 pub fn locks_filter(key: &LockKey) -> String {
     format!(
-        "l.locktype = 'advisory' AND l.classid = {} AND l.objid = {} AND l.objsubid = 1 \
+        "l.locktype = 'advisory' AND l.classid = {} AND l.objid = {} AND l.objsubid = {} \
          AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
         key.classid(),
-        key.objid()
+        key.objid(),
+        key.id.objsubid()
     )
 }
 
@@ -254,11 +255,30 @@ fn lock_sql(
         // transaction aborts and takes the first SET with it; on success the last SET resets.
         Some(ms) => sql.push_str(&format!(
             "SET {local}lock_timeout = {ms}; SELECT {func}({}), pg_backend_pid(); SET {local}lock_timeout = 0",
-            key.id
+            key.id.sql_args()
         )),
-        None => sql.push_str(&format!("SELECT {func}({}), pg_backend_pid()", key.id)),
+        None => sql.push_str(&format!(
+            "SELECT {func}({}), pg_backend_pid()",
+            key.id.sql_args()
+        )),
     }
     sql
+}
+
+/// Reads on the lock connection what the lock's id needs (`hashtext`, `current_database()`,
+/// `current_schema()`): one round trip, before anything that needs the id (the nesting check, the
+/// child's variables, the lock itself).
+pub fn resolve(conn: &mut Conn, key: &LockKey, signals: &Signals) -> Result<LockKey> {
+    let Some(pending) = &key.pending else {
+        return Ok(key.clone());
+    };
+    let rows = query(conn, &pending.sql(), signals).map_err(|e| {
+        e.context_msg(&format!(
+            "cannot compute the id of lock \"{}\"",
+            key.label()
+        ))
+    })?;
+    key.resolved(rows.first().map_or(&[][..], |r| &r[..]))
 }
 
 /// Applies the session settings a pooler kept out of the startup packet (session scope).
@@ -307,6 +327,12 @@ const RECONNECT_FOR: Duration = Duration::from_secs(60);
 /// failover) is replaced and the wait goes on, within `--timeout` and for at most a minute of
 /// reconnecting.
 pub fn acquire(conn: &mut Conn, a: &Acquire, signals: &Signals) -> Result<Acquired> {
+    if a.key.pending.is_some() {
+        return Err(Error::internal(format!(
+            "lock \"{}\" was to be taken before its id was known",
+            a.key.label()
+        )));
+    }
     let start = Instant::now();
     let label = a.key.label();
     let deadline = match a.wait {
@@ -607,7 +633,7 @@ pub fn unlock_on(conn: &mut Conn, backend: i32, key: &LockKey, mode: Mode, signa
     let sql = format!(
         "SELECT CASE WHEN pg_backend_pid() = {backend} THEN pg_advisory_unlock{}({}) END",
         fn_suffix(mode),
-        key.id
+        key.id.sql_args()
     );
     for _ in 0..32 {
         match query(conn, &sql, signals) {
@@ -642,9 +668,13 @@ pub fn release(
         Some(chan) => format!(
             "SELECT pg_advisory_unlock{}({}); NOTIFY {chan}",
             fn_suffix(mode),
-            key.id
+            key.id.sql_args()
         ),
-        None => format!("SELECT pg_advisory_unlock{}({})", fn_suffix(mode), key.id),
+        None => format!(
+            "SELECT pg_advisory_unlock{}({})",
+            fn_suffix(mode),
+            key.id.sql_args()
+        ),
     };
     let rows = query_then(conn, &sql, signals, sent)?;
     Ok(first_bool(&rows))

@@ -40,10 +40,18 @@ struct Logger {
     settings: LogSettings,
     run_id: String,
     key: String,
-    lock_id: i64,
 }
 
 static LOGGER: OnceLock<Logger> = OnceLock::new();
+
+/// The lock id as a JSON value: a number, `"A,B"` for the two-int4 form, `null` until the server
+/// has computed it (`--key-hashtext`, `--lock-of`).
+static LOCK_ID: Mutex<String> = Mutex::new(String::new());
+
+/// Sets the `lock_id` of the lines that follow (a JSON value).
+pub fn set_lock_id(json: String) {
+    *LOCK_ID.lock().unwrap_or_else(|e| e.into_inner()) = json;
+}
 
 /// The phases of a run, for `waited_ms` and `ran_ms` of the last event.
 struct Clock {
@@ -55,13 +63,13 @@ struct Clock {
 
 static CLOCK: Mutex<Option<Clock>> = Mutex::new(None);
 
-pub fn init(settings: LogSettings, run_id: String, key: String, lock_id: i64) {
+pub fn init(settings: LogSettings, run_id: String, key: String, lock_id: String) {
     let _ = LOGGER.set(Logger {
         settings,
         run_id,
         key,
-        lock_id,
     });
+    set_lock_id(lock_id);
     *CLOCK.lock().unwrap_or_else(|e| e.into_inner()) = Some(Clock {
         start: Instant::now(),
         acquired: None,
@@ -149,7 +157,11 @@ fn json_line(l: &Logger, level: Level, event: &str, msg: &str, fields: &[(&str, 
     json_str(&mut s, event);
     s.push_str(",\"key\":");
     json_str(&mut s, &l.key);
-    let _ = write!(s, ",\"lock_id\":{}", l.lock_id);
+    let _ = write!(
+        s,
+        ",\"lock_id\":{}",
+        LOCK_ID.lock().unwrap_or_else(|e| e.into_inner())
+    );
     s.push_str(",\"run_id\":");
     json_str(&mut s, &l.run_id);
     s.push_str(",\"msg\":");

@@ -13,6 +13,7 @@ mod duration;
 mod error;
 mod guard;
 mod key;
+mod key_cmd;
 mod lock;
 mod log;
 mod nesting;
@@ -47,32 +48,7 @@ fn real_main() -> Result<i32, Error> {
     };
     let parsed = cli::Cli::from_arg_matches(&matches).map_err(|e| Error::usage(first_line(&e)))?;
     match parsed.command {
-        cli::Command::Key(k) => {
-            key::validate_name(&k.name)?;
-            if let Some(n) = k.limit {
-                if !(1..=request::MAX_LIMIT).contains(&n) {
-                    return Err(Error::usage(format!(
-                        "--limit {n}: give a number of slots from 1 to {}",
-                        request::MAX_LIMIT
-                    )));
-                }
-                let id = key::id_of(&k.name);
-                if k.sql {
-                    println!("{}", key::slot_sql(id, n));
-                } else {
-                    for i in 0..n {
-                        println!("{i} {}", key::slot_id(id, i));
-                    }
-                }
-                return Ok(0);
-            }
-            if k.sql {
-                println!("{}", key::sql_expr(&k.name));
-            } else {
-                println!("{}", key::id_of(&k.name));
-            }
-            Ok(0)
-        }
+        cli::Command::Key(k) => key_cmd::run(k),
         cli::Command::Status(args) => status::run(args),
         cli::Command::Generate { what } => {
             let mut out = std::io::stdout().lock();
@@ -86,7 +62,11 @@ fn real_main() -> Result<i32, Error> {
             let sub = matches.subcommand_matches("run").expect("run matched");
             let req = request::run_request(args, sub)?;
             let run_id = log::new_run_id();
-            log::init(req.log.clone(), run_id.clone(), req.key.label(), req.key.id);
+            let lock_id = match req.key.pending {
+                Some(_) => "null".to_string(),
+                None => req.key.id.json(),
+            };
+            log::init(req.log.clone(), run_id.clone(), req.key.label(), lock_id);
             run::run(req, &run_id)
         }
     }

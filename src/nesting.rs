@@ -2,16 +2,18 @@
 //! for the same lock id must not wait for its own ancestor.
 //!
 //! Every pglock passes `PGLOCK_HELD` to its child: the locks held by it and its ancestors, as
-//! `ID:MODE:PID` entries separated by `;`. An entry counts only while PID is an ancestor of this
+//! `ID:MODE:PID` entries separated by `;`, ID as the lock id prints (`-42`, or `1,2` for the
+//! two-int4 form, a different lock from every bigint id). An entry counts only while PID is an ancestor of this
 //! process, so a stale variable (a daemon left behind, a copied environment) is ignored.
 
+use crate::key::LockId;
 use crate::request::Mode;
 
 pub const VAR: &str = "PGLOCK_HELD";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Held {
-    pub id: i64,
+    pub id: LockId,
     pub mode: Mode,
     pub pid: i32,
 }
@@ -20,7 +22,7 @@ pub fn parse(v: &str) -> Vec<Held> {
     v.split(';')
         .filter_map(|e| {
             let mut f = e.split(':');
-            let id = f.next()?.parse().ok()?;
+            let id = LockId::parse(f.next()?).ok()?;
             let mode = match f.next()? {
                 "exclusive" => Mode::Exclusive,
                 "shared" => Mode::Shared,
@@ -88,18 +90,24 @@ mod tests {
     #[test]
     fn round_trip() {
         let a = Held {
-            id: -5,
+            id: LockId::Big(-5),
             mode: Mode::Shared,
             pid: 10,
         };
         let b = Held {
-            id: 7,
+            id: LockId::Big(7),
             mode: Mode::Exclusive,
             pid: 11,
         };
-        let v = child_value(std::slice::from_ref(&a), &b);
-        assert_eq!(v, "-5:shared:10;7:exclusive:11");
-        assert_eq!(parse(&v), vec![a, b]);
+        let c = Held {
+            id: LockId::Pair(0, 7),
+            mode: Mode::Exclusive,
+            pid: 12,
+        };
+        let v = child_value(&[a.clone(), b.clone()], &c);
+        assert_eq!(v, "-5:shared:10;7:exclusive:11;0,7:exclusive:12");
+        assert_eq!(parse(&v), vec![a, b, c.clone()]);
+        assert_ne!(c.id, LockId::Big(7));
         assert!(parse("garbage;1:x:2").is_empty());
     }
 

@@ -5,7 +5,7 @@
 use crate::cli::{LogFormat, RunArgs, ScopeArg};
 use crate::duration;
 use crate::error::{code, Error, Result};
-use crate::key::LockKey;
+use crate::key::{LockId, LockKey, Tool};
 use clap::parser::ValueSource;
 use clap::ArgMatches;
 use std::ffi::OsString;
@@ -82,6 +82,89 @@ fn from_cli(m: &ArgMatches, id: &str) -> bool {
     m.value_source(id) == Some(ValueSource::CommandLine)
 }
 
+/// The one lock of `run`, from its forms (contract §2): exactly one of `--key`, `--key-id`,
+/// `--key-hashtext` and `--lock-of`. A form on the command line wins over the forms in the
+/// environment (a nested pglock inherits its ancestor's `PGLOCK_KEY` or `PGLOCK_KEY_ID`); two on
+/// the command line, or none there and two in the environment, are a usage error.
+fn lock_key(args: &RunArgs, m: &ArgMatches) -> Result<LockKey> {
+    let forms: [(&str, &str, &str, &Option<String>); 4] = [
+        ("key", "--key", "PGLOCK_KEY", &args.key),
+        ("key_id", "--key-id", "PGLOCK_KEY_ID", &args.key_id),
+        (
+            "key_hashtext",
+            "--key-hashtext",
+            "PGLOCK_KEY_HASHTEXT",
+            &args.key_hashtext,
+        ),
+        ("lock_of", "--lock-of", "PGLOCK_LOCK_OF", &args.lock_of),
+    ];
+    let given: Vec<_> = forms.iter().filter(|f| f.3.is_some()).collect();
+    let on_cli: Vec<_> = given.iter().filter(|f| from_cli(m, f.0)).collect();
+    let chosen = match (on_cli.as_slice(), given.as_slice()) {
+        ([one], _) => **one,
+        ([], [one]) => *one,
+        ([], []) => {
+            return Err(Error::usage(
+                "no lock given: add one of --key NAME, --key-id ID, --key-hashtext NAME or --lock-of TOOL (or set PGLOCK_KEY, ...)",
+            ))
+        }
+        ([], many) => {
+            return Err(Error::usage(format!(
+                "give one lock, not {}: {} are set in the environment",
+                many.len(),
+                many.iter().map(|f| f.2).collect::<Vec<_>>().join(" and ")
+            )))
+        }
+        (many, _) => {
+            return Err(Error::usage(format!(
+                "give one lock, not {}: {} exclude each other",
+                many.len(),
+                many.iter().map(|f| f.1).collect::<Vec<_>>().join(" and ")
+            )))
+        }
+    };
+    let lock_of = chosen.0 == "lock_of";
+    // --lock-schema and --lock-table belong to --lock-of; from the environment they go with an
+    // environment --lock-of, and are ignored with a lock given on the command line instead.
+    for (id, opt) in [
+        ("lock_schema", "--lock-schema"),
+        ("lock_table", "--lock-table"),
+    ] {
+        let set = m.value_source(id).is_some();
+        if set && !lock_of && (from_cli(m, id) || !from_cli(m, chosen.0)) {
+            return Err(Error::usage(format!(
+                "{opt} goes with --lock-of TOOL, not with {}",
+                chosen.1
+            )));
+        }
+    }
+    let value = chosen.3.as_deref().unwrap_or_default();
+    match chosen.0 {
+        "key" => LockKey::from_name(value),
+        "key_id" => LockKey::from_id_text(value),
+        "key_hashtext" => LockKey::hashtext(value),
+        _ => {
+            let tool = Tool::from_name(value)?;
+            // An input from the environment that a --lock-of on the command line does not use
+            // was meant for another tool: ignored, where the command line's own is an error.
+            let input = |id: &str, v: &Option<String>, used: bool| match v {
+                Some(_) if !used && !from_cli(m, id) && from_cli(m, chosen.0) => None,
+                v => v.clone(),
+            };
+            LockKey::of_tool(
+                tool,
+                input("lock_schema", &args.lock_schema, tool.uses_schema()).as_deref(),
+                input(
+                    "lock_table",
+                    &args.lock_table,
+                    tool.default_table().is_some(),
+                )
+                .as_deref(),
+            )
+        }
+    }
+}
+
 fn duration_opt(name: &str, text: &str) -> Result<Duration> {
     duration::parse(text).map_err(|e| Error::usage(format!("--{name}: {e}")))
 }
@@ -101,21 +184,7 @@ pub fn run_request(args: RunArgs, m: &ArgMatches) -> Result<RunRequest> {
         json: args.log_format == LogFormat::Json,
     };
 
-    let (key_cli, id_cli) = (from_cli(m, "key"), from_cli(m, "key_id"));
-    let key = match (&args.key, &args.key_id) {
-        (Some(_), Some(_)) if key_cli == id_cli => return Err(Error::usage(
-            "give either --key NAME or --key-id ID, not both (check PGLOCK_KEY and PGLOCK_KEY_ID)",
-        )),
-        (Some(name), Some(_)) if key_cli => LockKey::from_name(name)?,
-        (Some(_), Some(id)) => LockKey::from_id_text(id)?,
-        (Some(name), None) => LockKey::from_name(name)?,
-        (None, Some(id)) => LockKey::from_id_text(id)?,
-        (None, None) => {
-            return Err(Error::usage(
-                "no lock given: add --key NAME (or --key-id ID, or set PGLOCK_KEY)",
-            ))
-        }
-    };
+    let key = lock_key(&args, m)?;
 
     let wait = match (args.no_wait, &args.timeout) {
         (true, Some(_)) => {
@@ -157,6 +226,23 @@ pub fn run_request(args: RunArgs, m: &ArgMatches) -> Result<RunRequest> {
             }
         },
     };
+    if limit.is_some() {
+        // The slots are other locks, derived from a bigint id: they exclude neither the code
+        // that takes the lock itself nor a tool.
+        let why = if matches!(key.id, LockId::Pair(..)) {
+            Some("the two-int4 form A,B has no bigint id to derive slots from")
+        } else if key.name.is_none() && key.what.is_some() {
+            Some("its slots would be other locks, which exclude neither the code nor the tool that takes this one")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Err(Error::usage(format!(
+                "--limit works with --key NAME and a bigint --key-id only: with lock \"{}\", {why}",
+                key.label()
+            )));
+        }
+    }
     if limit.is_some() && args.shared {
         return Err(Error::usage(
             "--limit and --shared exclude each other: a semaphore slot is held exclusively",

@@ -59,6 +59,20 @@ pub fn application_name(label: &str) -> String {
     s
 }
 
+fn connect(params: &ConnParams, startup: &Startup, signals: &Signals) -> Result<Conn> {
+    let conn = Conn::connect(params, startup, signals)?;
+    log::debug(
+        "connected",
+        &format!(
+            "connected to {} as {} (backend pid {})",
+            conn.target().describe(),
+            conn.user(),
+            conn.backend_pid
+        ),
+    );
+    Ok(conn)
+}
+
 /// The run's lock session: the dedicated connection, the guard, and the lock once taken.
 /// Dropping it releases a lock still held, tells the guard to go, and closes the connection, in
 /// that order (contract §7), so every early return leaves nothing behind on the server.
@@ -77,24 +91,13 @@ struct Taken {
 }
 
 impl<'a> Session<'a> {
-    /// Connects and checks that a session lock can be held on this connection.
+    /// Takes charge of the connection, and checks that a session lock can be held on it.
     fn open(
+        conn: Conn,
         req: &'a RunRequest,
-        params: &ConnParams,
-        startup: &Startup,
         guard: Option<&'a Guard>,
         signals: &'a Signals,
     ) -> Result<Session<'a>> {
-        let conn = Conn::connect(params, startup, signals)?;
-        log::debug(
-            "connected",
-            &format!(
-                "connected to {} as {} (backend pid {})",
-                conn.target().describe(),
-                conn.user(),
-                conn.backend_pid
-            ),
-        );
         let mut s = Session {
             conn,
             guard,
@@ -237,10 +240,14 @@ pub fn run(req: RunRequest, run_id: &str) -> Result<i32> {
     Ok(code)
 }
 
-fn run_inner(req: RunRequest, run_id: &str, nested: &std::cell::Cell<bool>) -> Result<i32> {
+fn run_inner(mut req: RunRequest, run_id: &str, nested: &std::cell::Cell<bool>) -> Result<i32> {
     let signals = Signals::install()?;
     let held = nesting::held_by_ancestors();
-    if let Some(h) = held.iter().find(|h| h.id == req.key.id) {
+    // (A lock whose id the server computes is looked up once connected, below.)
+    if let Some(h) = held
+        .iter()
+        .find(|h| req.key.pending.is_none() && h.id == req.key.id)
+    {
         nested.set(true);
         return run_nested(&req, h, &held, run_id, &signals);
     }
@@ -262,9 +269,25 @@ fn run_inner(req: RunRequest, run_id: &str, nested: &std::cell::Cell<bool>) -> R
         client_keepalive: Some(req.heartbeat),
         while_waiting: Some(&start_guard),
     };
-    let mut session = Session::open(&req, &params, &startup, None, &signals)?;
+    let mut conn = connect(&params, &startup, &signals)?;
     start_guard();
-    session.guard = guard.get().and_then(Option::as_ref);
+    if req.key.pending.is_some() {
+        // --key-hashtext, and --lock-of tools whose id depends on this connection's database or
+        // schema: the id comes from this connection, before anything that needs it.
+        req.key = lock::resolve(&mut conn, &req.key, &signals)?;
+        log::set_lock_id(req.key.id.json());
+        log::debug(
+            "resolved",
+            &format!("lock \"{}\" is {} here", req.key.label(), req.key.sql),
+        );
+        if let Some(h) = held.iter().find(|h| h.id == req.key.id) {
+            drop(conn);
+            nested.set(true);
+            return run_nested(&req, h, &held, run_id, &signals);
+        }
+    }
+    let guard = guard.get().and_then(Option::as_ref);
+    let mut session = Session::open(conn, &req, guard, &signals)?;
 
     let me = Held {
         id: req.key.id,
@@ -371,11 +394,7 @@ fn prepare_child(
     me: &Held,
     slot: Option<u32>,
 ) -> Result<Exec> {
-    let (set, remove) = if req.key.name.is_some() {
-        (("PGLOCK_KEY", req.key.label()), "PGLOCK_KEY_ID")
-    } else {
-        (("PGLOCK_KEY_ID", req.key.id.to_string()), "PGLOCK_KEY")
-    };
+    let (set, mut remove) = req.key.child_vars();
     let env = [
         set,
         ("PGLOCK_LOCK_ID", req.key.id.to_string()),
@@ -386,7 +405,8 @@ fn prepare_child(
     if let Some(i) = slot {
         env.push(("PGLOCK_SLOT", i.to_string()));
     }
-    child::prepare(&req.command, &env, &[remove, "PGLOCK_SLOT"])
+    remove.push("PGLOCK_SLOT");
+    child::prepare(&req.command, &env, &remove)
 }
 
 /// Starts the prepared child.

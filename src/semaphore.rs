@@ -8,7 +8,7 @@
 //! Thousands of waiters therefore cost the server one query a second.
 
 use crate::error::{Error, Kind, Result};
-use crate::key::{self, LockKey};
+use crate::key::{self, LockId, LockKey};
 use crate::lock::{self, describe_holders, Acquire};
 use crate::log::{self, V};
 use crate::pg::Conn;
@@ -19,9 +19,13 @@ use std::time::{Duration, Instant};
 /// How often the head of the line tries the slots without a notification.
 const FALLBACK_POLL: Duration = Duration::from_secs(1);
 
-/// The LISTEN/NOTIFY channel of the semaphore on `id`.
-pub fn channel(id: i64) -> String {
-    format!("pglock_{:016x}", id as u64)
+/// The LISTEN/NOTIFY channel of the semaphore on `id` (a bigint id: `--limit` refuses the
+/// two-int4 form, whose slots would have no id).
+pub fn channel(id: LockId) -> String {
+    match id {
+        LockId::Big(id) => format!("pglock_{:016x}", id as u64),
+        LockId::Pair(a, b) => format!("pglock_{:08x}_{:08x}", a as u32, b as u32),
+    }
 }
 
 pub struct Slot {
@@ -39,10 +43,7 @@ fn try_slots(conn: &mut Conn, id: i64, n: u32, signals: &Signals) -> Result<Opti
         let backend_pid = r.get(1)?.as_ref()?.parse().ok()?;
         Some(Slot {
             index,
-            key: LockKey {
-                id: key::slot_id(id, index),
-                name: None,
-            },
+            key: LockKey::from_id(LockId::Big(key::slot_id(id, index))),
             backend_pid,
         })
     }))
@@ -53,10 +54,7 @@ fn slot_holders(conn: &mut Conn, id: i64, n: u32, signals: &Signals) -> Result<V
     for i in 0..n.min(8) {
         all.extend(lock::holders(
             conn,
-            &LockKey {
-                id: key::slot_id(id, i),
-                name: None,
-            },
+            &LockKey::from_id(LockId::Big(key::slot_id(id, i))),
             signals,
         )?);
     }
@@ -66,8 +64,12 @@ fn slot_holders(conn: &mut Conn, id: i64, n: u32, signals: &Signals) -> Result<V
 /// Takes one of `n` slots, waiting as `a.wait` says.
 pub fn acquire(conn: &mut Conn, a: &Acquire, n: u32, signals: &Signals) -> Result<Slot> {
     let start = Instant::now();
-    let id = a.key.id;
     let label = a.key.label();
+    let Some(id) = a.key.id.big() else {
+        return Err(Error::internal(format!(
+            "--limit reached lock \"{label}\", which has no bigint id"
+        )));
+    };
     if let Some(slot) = try_slots(conn, id, n, signals)? {
         return Ok(slot);
     }
@@ -89,10 +91,10 @@ pub fn acquire(conn: &mut Conn, a: &Acquire, n: u32, signals: &Signals) -> Resul
         _ => None,
     };
     // Line up behind the other waiters: the server's queue, no polling.
-    let queue = LockKey {
-        id: key::queue_id(id),
-        name: Some(format!("{label} (queue for one of {n} slots)")),
-    };
+    let queue = LockKey::described(
+        LockId::Big(key::queue_id(id)),
+        format!("{label} (queue for one of {n} slots)"),
+    );
     let left = deadline.map(|d| {
         Wait::Timeout(
             d.saturating_duration_since(Instant::now())
@@ -111,7 +113,7 @@ pub fn acquire(conn: &mut Conn, a: &Acquire, n: u32, signals: &Signals) -> Resul
         _ => e,
     })?;
     // Head of the line: listen first, so that no release between a try and the wait is missed.
-    let chan = channel(id);
+    let chan = channel(a.key.id);
     lock::query(conn, &format!("LISTEN {chan}"), signals)?;
     log::info(
         "waiting",
@@ -123,7 +125,10 @@ pub fn acquire(conn: &mut Conn, a: &Acquire, n: u32, signals: &Signals) -> Resul
             // Let the next waiter move up.
             lock::query(
                 conn,
-                &format!("UNLISTEN {chan}; SELECT pg_advisory_unlock({})", queue.id),
+                &format!(
+                    "UNLISTEN {chan}; SELECT pg_advisory_unlock({})",
+                    queue.id.sql_args()
+                ),
                 signals,
             )?;
             return Ok(slot);

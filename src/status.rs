@@ -1,11 +1,13 @@
 //! `pglock status` (contract §9): every advisory lock on the database, held or awaited, with who
 //! holds or awaits it; key names for pglock's own sessions (application_name `pglock:NAME` whose
-//! NAME maps to the lock id).
+//! NAME maps to the lock id), and the migration tools' locks by name (contract §2): a lock whose id
+//! is a known tool's lock on this database and schema, with the tool's default table, shows as
+//! `rails migrations`.
 
 use crate::cli::StatusArgs;
 use crate::conninfo::ConnParams;
 use crate::error::Result;
-use crate::key::{self, LockKey};
+use crate::key::{self, LockId, LockKey, Tool};
 use crate::log::json_str;
 use crate::pg::{Conn, Startup};
 use crate::signals::Signals;
@@ -16,6 +18,8 @@ pub struct Entry {
     /// The 64-bit id (objsubid 1), or `key1,key2` for the two-int4 form (objsubid 2).
     pub id: String,
     pub key: Option<String>,
+    /// The migration tool whose lock this is (by its id on this database).
+    pub tool: Option<Tool>,
     pub mode: String,
     pub granted: bool,
     pub pid: String,
@@ -35,7 +39,7 @@ fn sql(server_version: u32) -> String {
     format!(
         "SELECT l.classid::bigint, l.objid::bigint, l.objsubid, l.mode, l.granted, l.pid, a.usename, \
          CASE WHEN a.client_port = -1 THEN 'local' ELSE host(a.client_addr) END, a.application_name, \
-         floor(extract(epoch FROM now() - {since}))::bigint \
+         floor(extract(epoch FROM now() - {since}))::bigint, current_database(), current_schema() \
          FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid \
          WHERE l.locktype = 'advisory' \
          AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
@@ -43,7 +47,7 @@ fn sql(server_version: u32) -> String {
     )
 }
 
-fn entry(r: &[Option<String>]) -> Entry {
+fn entry(r: &[Option<String>], tools: &[(i64, Tool)]) -> Entry {
     let get = |i: usize| r.get(i).cloned().flatten();
     let num = |i: usize| get(i).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
     let (hi, lo, sub) = (num(0), num(1), num(2));
@@ -59,9 +63,17 @@ fn entry(r: &[Option<String>]) -> Entry {
         .and_then(|a| a.strip_prefix("pglock:"))
         .filter(|name| sub == 1 && key::validate_name(name).is_ok())
         .and_then(|name| name_of(name, &id));
+    let tool = match sub {
+        1 => tools
+            .iter()
+            .find(|(t, _)| *t == (hi << 32) | lo)
+            .map(|(_, tool)| *tool),
+        _ => None,
+    };
     Entry {
+        key: key.or_else(|| tool.map(Tool::describe)),
         id,
-        key,
+        tool,
         mode: match get(3).as_deref() {
             Some("ExclusiveLock") => "exclusive".into(),
             Some("ShareLock") => "shared".into(),
@@ -94,13 +106,14 @@ fn name_of(name: &str, id: &str) -> Option<String> {
 /// Slots of a `--limit` semaphore that status recognises by name (and `--key` includes).
 const SLOTS_NAMED: u32 = 1024;
 
-/// The ids that belong to `k`: its own, its `--limit` queue and its first slots.
+/// The ids that belong to `k`: its own, and for a bigint id its `--limit` queue and first slots.
 fn ids_of(k: &LockKey) -> std::collections::HashSet<String> {
-    let mut ids: std::collections::HashSet<String> = (0..SLOTS_NAMED)
-        .map(|i| key::slot_id(k.id, i).to_string())
-        .collect();
+    let mut ids = std::collections::HashSet::new();
     ids.insert(k.id.to_string());
-    ids.insert(key::queue_id(k.id).to_string());
+    if let LockId::Big(id) = k.id {
+        ids.extend((0..SLOTS_NAMED).map(|i| key::slot_id(id, i).to_string()));
+        ids.insert(key::queue_id(id).to_string());
+    }
     ids
 }
 
@@ -205,6 +218,7 @@ pub fn json(entries: &[Entry]) -> String {
         opt(&mut s, "user", &e.user);
         opt(&mut s, "client", &e.client);
         opt(&mut s, "application", &e.application);
+        opt(&mut s, "lock_of", &e.tool.map(|t| t.name().to_string()));
         match e.age_s {
             Some(a) => {
                 let _ = write!(s, ",\"age_s\":{a}}}");
@@ -217,10 +231,20 @@ pub fn json(entries: &[Entry]) -> String {
 }
 
 pub fn run(args: StatusArgs) -> Result<i32> {
-    let filter = match (&args.key, &args.key_id) {
-        (Some(n), _) => Some(LockKey::from_name(n)?),
-        (None, Some(i)) => Some(LockKey::from_id_text(i)?),
-        (None, None) => None,
+    let filter = if let Some(n) = &args.key {
+        Some(LockKey::from_name(n)?)
+    } else if let Some(i) = &args.key_id {
+        Some(LockKey::from_id_text(i)?)
+    } else if let Some(n) = &args.key_hashtext {
+        Some(LockKey::hashtext(n)?)
+    } else if let Some(t) = &args.lock_of {
+        Some(LockKey::of_tool(
+            Tool::from_name(t)?,
+            args.lock_schema.as_deref(),
+            args.lock_table.as_deref(),
+        )?)
+    } else {
+        None
     };
     let signals = Signals::install()?;
     let url = args
@@ -244,12 +268,30 @@ pub fn run(args: StatusArgs) -> Result<i32> {
         let major: u32 = parts.next()?.parse().ok()?;
         Some(major * 10_000)
     });
+    // A filter whose id the server computes asks this connection first.
+    let filter = match filter {
+        Some(k) if k.pending.is_some() => match crate::lock::resolve(&mut conn, &k, &signals) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                conn.close();
+                return Err(e);
+            }
+        },
+        other => other,
+    };
     let rows = crate::lock::query(&mut conn, &sql(version.unwrap_or(0)), &signals);
     conn.close();
     let wanted = filter.as_ref().map(ids_of);
-    let entries: Vec<Entry> = rows?
+    let rows = rows?;
+    // The tools' locks on this database and (for the tools whose lock depends on it) schema, as
+    // the status connection sees them.
+    let tools = rows.first().map_or_else(Vec::new, |r| {
+        let get = |i: usize| r.get(i).cloned().flatten();
+        key::known_tool_locks(&get(10).unwrap_or_default(), get(11).as_deref())
+    });
+    let entries: Vec<Entry> = rows
         .iter()
-        .map(|r| entry(r))
+        .map(|r| entry(r, &tools))
         .filter(|e| wanted.as_ref().is_none_or(|w| w.contains(&e.id)))
         .collect();
     print!(

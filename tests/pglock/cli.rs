@@ -35,7 +35,7 @@ fn bad_input_is_a_one_line_usage_error() {
     one_line_usage(
         &["run", "--key", "a", "--key-id", "1", "--", "true"],
         &[],
-        "not both",
+        "give one lock",
     );
     one_line_usage(&["run", "--", "true"], &[], "no lock given");
     one_line_usage(&["run", "--key", "a"], &[], "COMMAND");

@@ -13,6 +13,7 @@ mod exit_codes;
 mod faults;
 mod hostile;
 mod locking;
+mod migration;
 mod pooler;
 mod semaphore;
 mod signals;

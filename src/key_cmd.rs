@@ -1,0 +1,88 @@
+//! `pglock key` (contract §1, §2): prints a lock's id, or with `--sql` the SQL that yields its key.
+//! Forms that need the server's answer (`--key-hashtext`, a tool's lock that depends on the
+//! database or schema) connect, as `pglock run` does, and ask; the others never connect.
+
+use crate::cli::KeyArgs;
+use crate::conninfo::ConnParams;
+use crate::error::{Error, Result};
+use crate::key::{self, LockId, LockKey, Tool};
+use crate::pg::{Conn, Startup};
+use crate::request::MAX_LIMIT;
+use crate::signals::Signals;
+
+pub fn run(args: KeyArgs) -> Result<i32> {
+    let mut lock = if let Some(name) = &args.name {
+        LockKey::from_name(name)?
+    } else if let Some(id) = &args.key_id {
+        LockKey::from_id_text(id)?
+    } else if let Some(name) = &args.key_hashtext {
+        LockKey::hashtext(name)?
+    } else if let Some(tool) = &args.lock_of {
+        LockKey::of_tool(
+            Tool::from_name(tool)?,
+            args.lock_schema.as_deref(),
+            args.lock_table.as_deref(),
+        )?
+    } else {
+        return Err(Error::usage(
+            "give a key NAME, --key-id ID, --key-hashtext NAME or --lock-of TOOL",
+        ));
+    };
+    if let Some(n) = args.limit {
+        if !(1..=MAX_LIMIT).contains(&n) {
+            return Err(Error::usage(format!(
+                "--limit {n}: give a number of slots from 1 to {MAX_LIMIT}"
+            )));
+        }
+        let id = match (lock.name.is_some() || lock.what.is_none(), lock.id) {
+            (true, LockId::Big(id)) => id,
+            _ => {
+                return Err(Error::usage(
+                    "--limit works with a key NAME and a bigint --key-id only",
+                ))
+            }
+        };
+        if args.sql {
+            println!("{}", key::slot_sql(id, n));
+        } else {
+            for i in 0..n {
+                println!("{i} {}", key::slot_id(id, i));
+            }
+        }
+        return Ok(0);
+    }
+    // hashtext('NAME') is its own SQL: only its value needs the server.
+    let need_server = lock.pending.is_some() && (!args.sql || lock.sql.is_empty());
+    if need_server {
+        lock = ask_server(&lock, args.database_url)?;
+    }
+    if args.sql {
+        println!("{}", lock.sql);
+    } else {
+        println!("{}", lock.id);
+    }
+    Ok(0)
+}
+
+/// Connects as `pglock run` does and reads what the id needs.
+fn ask_server(lock: &LockKey, url: Option<String>) -> Result<LockKey> {
+    let signals = Signals::install()?;
+    let url = url
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("DATABASE_URL").ok().filter(|s| !s.is_empty()));
+    let params = ConnParams::resolve(url.as_deref())?;
+    let app = params
+        .application_name
+        .clone()
+        .unwrap_or_else(|| "pglock key".into());
+    let startup = Startup {
+        application_name: &app,
+        settings: Vec::new(),
+        client_keepalive: None,
+        while_waiting: None,
+    };
+    let mut conn = Conn::connect(&params, &startup, &signals)?;
+    let resolved = crate::lock::resolve(&mut conn, lock, &signals);
+    conn.close();
+    resolved
+}
