@@ -6,6 +6,9 @@
 //!   checks the chain to `sslrootcert`; `verify-full` also checks the host name, by libpq's rules
 //!   (the subjectAltName entries of the host's kind, else the subject CN), never against a
 //!   substitute name.
+//! - An X.509 version 1 server certificate (the docs' CA-signed recipe, which webpki refuses) is
+//!   verified as OpenSSL verifies it when a root issued it directly (signature, validity, the
+//!   CN), over TLS 1.3 only; refused with CRLs, under an intermediate or a name-constrained root.
 //! - `sslrootcert=system`: the system's CA certificates (`SSL_CERT_FILE`, `SSL_CERT_DIR`, the usual
 //!   bundle paths).
 //! - `sslcrl` / `sslcrldir`: revocation lists, checked for the whole chain whenever the chain is.
@@ -20,10 +23,11 @@ use crate::conninfo::{ConnParams, SslMode, TlsFiles};
 use crate::signals::Signals;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
-use rustls::crypto::CryptoProvider;
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{
-    CertificateDer, CertificateRevocationListDer, DnsName, PrivateKeyDer, ServerName, UnixTime,
+    CertificateDer, CertificateRevocationListDer, DnsName, PrivateKeyDer, ServerName,
+    SubjectPublicKeyInfoDer, UnixTime,
 };
 use rustls::{CertificateError, ClientConfig, ClientConnection, RootCertStore};
 use rustls::{DigitallySignedStruct, SignatureScheme};
@@ -346,6 +350,11 @@ struct Verifier {
     /// trusted as OpenSSL trusts it (webpki refuses a CA certificate as the server's, which the
     /// docs' self-signed recipe makes).
     pinned: Vec<CertificateDer<'static>>,
+    /// The roots webpki verifies against, for an X.509 version 1 server certificate (which
+    /// webpki refuses to parse; see `check_v1`).
+    roots: Arc<RootCertStore>,
+    /// The provider's signature algorithms, for the same.
+    algs: WebPkiSupportedAlgorithms,
     crls: bool,
     /// verify-full: the host as libpq compares it. `None`: verify-ca, the chain only.
     name: Option<HostCheck>,
@@ -432,6 +441,290 @@ impl Verifier {
         }
         self.check_name(end_entity, server_name)
     }
+
+    /// An X.509 version 1 server certificate (no extensions; what `openssl x509 -req` makes
+    /// without `-extfile`, as in the PostgreSQL docs' CA-signed recipe), which webpki refuses.
+    /// Checked as OpenSSL checks it when a root issued it directly: the issuer is a root, the
+    /// root's key verifies the certificate's signature (with the provider's algorithms, as webpki
+    /// would), the validity period includes `now`, and the name by libpq's rules (the CN: there
+    /// is no subjectAltName). Refused, with an error saying why, where pglock cannot check as
+    /// much as for a version 3 certificate: an intermediate CA between it and the root, a root
+    /// with name constraints, and CRLs (its revocation).
+    fn check_v1(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        use x509_parser::prelude::FromDer;
+        let bad = || rustls::Error::InvalidCertificate(CertificateError::BadEncoding);
+        let parts = CertParts::v1(end_entity).ok_or_else(bad)?;
+        let (_, cert) = x509_parser::certificate::X509Certificate::from_der(end_entity.as_ref())
+            .map_err(|_| bad())?;
+        if cert.version() != x509_parser::x509::X509Version::V1 || !cert.extensions().is_empty() {
+            return Err(bad());
+        }
+        if parts.tbs_sig_alg != parts.sig_alg {
+            return Err(bad());
+        }
+        let anchors: Vec<_> = self
+            .roots
+            .roots
+            .iter()
+            .filter(|a| a.subject.as_ref() == parts.issuer)
+            .collect();
+        if anchors.is_empty() {
+            let by_intermediate = intermediates
+                .iter()
+                .filter_map(|c| CertParts::of(c.as_ref()))
+                .any(|c| c.subject == parts.issuer);
+            if by_intermediate {
+                return Err(refusal(
+                    "the server's certificate is X.509 version 1 and issued by an intermediate CA: \
+                     pglock accepts a version 1 certificate only when its issuer is in sslrootcert; \
+                     reissue it as version 3 (openssl x509 -req with -extfile)",
+                ));
+            }
+            return Err(rustls::Error::InvalidCertificate(
+                CertificateError::UnknownIssuer,
+            ));
+        }
+        let mut error = rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer);
+        let mut signed = false;
+        for anchor in anchors {
+            match verify_signed_by(&self.algs, anchor.subject_public_key_info.as_ref(), &parts) {
+                Ok(()) if anchor.name_constraints.is_some() => {
+                    return Err(refusal(
+                        "the server's certificate is X.509 version 1 and its root certificate has \
+                         name constraints, which pglock cannot apply to a version 1 certificate: \
+                         reissue it as version 3 (openssl x509 -req with -extfile)",
+                    ))
+                }
+                Ok(()) => {
+                    signed = true;
+                    break;
+                }
+                Err(e) => error = e,
+            }
+        }
+        if !signed {
+            return Err(error);
+        }
+        let secs = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+        let validity = cert.validity();
+        if secs < validity.not_before.timestamp() {
+            return Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidYet,
+            ));
+        }
+        if secs > validity.not_after.timestamp() {
+            return Err(rustls::Error::InvalidCertificate(CertificateError::Expired));
+        }
+        // Revocation: webpki's CRL checks need a certificate it parses; refused rather than
+        // checked less (as libpq's CRL_CHECK_ALL would check it).
+        if self.crls {
+            return Err(refusal(
+                "the server's certificate is X.509 version 1, whose revocation pglock cannot check \
+                 against sslcrl/sslcrldir: reissue it as version 3 (openssl x509 -req with -extfile)",
+            ));
+        }
+        self.check_name(end_entity, server_name)
+    }
+}
+
+/// An error pglock states itself, shown as its message (rustls prints an `OtherError` through
+/// `Debug`).
+struct Refusal(&'static str);
+
+impl std::fmt::Debug for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::error::Error for Refusal {}
+
+fn refusal(message: &'static str) -> rustls::Error {
+    rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(
+        Refusal(message),
+    ))))
+}
+
+/// webpki's `UnsupportedCertVersion`, as rustls passes it on (an `OtherError`, the webpki type
+/// being private to rustls: recognised by its name).
+fn is_unsupported_version(e: &rustls::Error) -> bool {
+    match e {
+        rustls::Error::InvalidCertificate(CertificateError::Other(other)) => {
+            format!("{:?}", other.0) == "UnsupportedCertVersion"
+        }
+        _ => false,
+    }
+}
+
+/// A DER element: its tag, its contents, the whole element, and what follows it.
+type DerElement<'a> = (u8, &'a [u8], &'a [u8], &'a [u8]);
+
+/// One DER element at the start of `input`: its tag, its contents, the whole element and what
+/// follows it. Single-byte tags and definite lengths only; `None` for anything else or a length
+/// past the input.
+fn der_next(input: &[u8]) -> Option<DerElement<'_>> {
+    let (&tag, rest) = input.split_first()?;
+    if tag & 0x1f == 0x1f {
+        return None;
+    }
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 {
+            return None;
+        }
+        let len = rest.get(..n)?.iter().try_fold(0usize, |acc, &b| {
+            acc.checked_mul(256)?.checked_add(usize::from(b))
+        })?;
+        (len, rest.get(n..)?)
+    };
+    let contents = rest.get(..len)?;
+    let after = rest.get(len..)?;
+    let whole = input.get(..input.len().checked_sub(after.len())?)?;
+    Some((tag, contents, whole, after))
+}
+
+/// `input` is one element with `tag`, and what follows it.
+fn der_expect(input: &[u8], tag: u8) -> Option<(&[u8], &[u8], &[u8])> {
+    let (t, contents, whole, after) = der_next(input)?;
+    (t == tag).then_some((contents, whole, after))
+}
+
+const SEQUENCE: u8 = 0x30;
+const INTEGER: u8 = 0x02;
+const BIT_STRING: u8 = 0x03;
+
+/// The contents of a BIT STRING without unused bits (signatures and keys).
+fn bit_string_bytes(contents: &[u8]) -> Option<&[u8]> {
+    match contents.split_first()? {
+        (0, bytes) => Some(bytes),
+        _ => None,
+    }
+}
+
+/// The fields of a certificate's DER that its signature check needs, as they are encoded.
+struct CertParts<'a> {
+    /// The whole TBSCertificate: the signed bytes.
+    tbs: &'a [u8],
+    /// Whether the TBSCertificate has an explicit version (v2, v3; never in a DER version 1).
+    explicit_version: bool,
+    /// The contents of the TBSCertificate's signature AlgorithmIdentifier.
+    tbs_sig_alg: &'a [u8],
+    /// The contents of the issuer and subject Names (as webpki and a trust anchor hold them).
+    issuer: &'a [u8],
+    subject: &'a [u8],
+    /// The whole SubjectPublicKeyInfo.
+    spki: &'a [u8],
+    /// What the TBSCertificate holds after the key (unique IDs, extensions).
+    tail: &'a [u8],
+    /// The contents of the signatureAlgorithm, and the signature's bytes.
+    sig_alg: &'a [u8],
+    signature: &'a [u8],
+}
+
+impl<'a> CertParts<'a> {
+    fn of(der: &'a [u8]) -> Option<CertParts<'a>> {
+        let (cert, _, rest) = der_expect(der, SEQUENCE)?;
+        if !rest.is_empty() {
+            return None;
+        }
+        let (tbs_body, tbs, rest) = der_expect(cert, SEQUENCE)?;
+        let (sig_alg, _, rest) = der_expect(rest, SEQUENCE)?;
+        let (sig, _, rest) = der_expect(rest, BIT_STRING)?;
+        if !rest.is_empty() {
+            return None;
+        }
+        let signature = bit_string_bytes(sig)?;
+        let (explicit_version, fields) = match der_next(tbs_body)? {
+            (0xa0, _, _, rest) => (true, rest),
+            _ => (false, tbs_body),
+        };
+        let (_serial, _, rest) = der_expect(fields, INTEGER)?;
+        let (tbs_sig_alg, _, rest) = der_expect(rest, SEQUENCE)?;
+        let (issuer, _, rest) = der_expect(rest, SEQUENCE)?;
+        let (_validity, _, rest) = der_expect(rest, SEQUENCE)?;
+        let (subject, _, rest) = der_expect(rest, SEQUENCE)?;
+        let (_, spki, tail) = der_expect(rest, SEQUENCE)?;
+        Some(CertParts {
+            tbs,
+            explicit_version,
+            tbs_sig_alg,
+            issuer,
+            subject,
+            spki,
+            tail,
+            sig_alg,
+            signature,
+        })
+    }
+
+    /// The parts of an X.509 version 1 certificate (no version field, nothing after the key);
+    /// `None` for any other.
+    fn v1(der: &'a CertificateDer<'_>) -> Option<CertParts<'a>> {
+        CertParts::of(der.as_ref()).filter(|p| !p.explicit_version && p.tail.is_empty())
+    }
+}
+
+/// Whether the key of `issuer_spki` (the contents of a SubjectPublicKeyInfo, as a trust anchor
+/// holds it) signed `cert`, with an algorithm of `algs` whose identifiers are exactly the
+/// certificate's signature algorithm and the key's algorithm (webpki's rule).
+fn verify_signed_by(
+    algs: &WebPkiSupportedAlgorithms,
+    issuer_spki: &[u8],
+    cert: &CertParts<'_>,
+) -> Result<(), rustls::Error> {
+    let bad = || rustls::Error::InvalidCertificate(CertificateError::BadEncoding);
+    let (key_alg, _, rest) = der_expect(issuer_spki, SEQUENCE).ok_or_else(bad)?;
+    let (key_bits, _, rest) = der_expect(rest, BIT_STRING).ok_or_else(bad)?;
+    if !rest.is_empty() {
+        return Err(bad());
+    }
+    let key = bit_string_bytes(key_bits).ok_or_else(bad)?;
+    let mut for_signature = algs
+        .all
+        .iter()
+        .filter(|a| a.signature_alg_id().as_ref() == cert.sig_alg)
+        .peekable();
+    if for_signature.peek().is_none() {
+        return Err(rustls::Error::InvalidCertificate(
+            CertificateError::UnsupportedSignatureAlgorithmContext {
+                signature_algorithm_id: cert.sig_alg.to_vec(),
+                supported_algorithms: algs.all.iter().map(|a| a.signature_alg_id()).collect(),
+            },
+        ));
+    }
+    let mut for_key = for_signature
+        .filter(|a| a.public_key_alg_id().as_ref() == key_alg)
+        .peekable();
+    if for_key.peek().is_none() {
+        return Err(rustls::Error::InvalidCertificate(
+            CertificateError::UnsupportedSignatureAlgorithmForPublicKeyContext {
+                signature_algorithm_id: cert.sig_alg.to_vec(),
+                public_key_algorithm_id: key_alg.to_vec(),
+            },
+        ));
+    }
+    if for_key.any(|a| a.verify_signature(key, cert.tbs, cert.signature).is_ok()) {
+        Ok(())
+    } else {
+        Err(rustls::Error::InvalidCertificate(
+            CertificateError::BadSignature,
+        ))
+    }
 }
 
 impl ServerCertVerifier for Verifier {
@@ -462,6 +755,11 @@ impl ServerCertVerifier for Verifier {
             {
                 self.check_pinned(end_entity, server_name, now)
             }
+            // An X.509 version 1 certificate (the docs' CA-signed recipe), which webpki does not
+            // parse: verified as OpenSSL verifies it, directly under a root.
+            Err(e) if is_unsupported_version(&e) && CertParts::v1(end_entity).is_some() => {
+                self.check_v1(end_entity, intermediates, server_name, now)
+            }
             Err(e) => Err(e),
         }
     }
@@ -471,7 +769,16 @@ impl ServerCertVerifier for Verifier {
         c: &CertificateDer<'_>,
         d: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls12_signature(m, c, d)
+        match self.webpki.verify_tls12_signature(m, c, d) {
+            // rustls has no TLS 1.2 check of a raw public key: a version 1 certificate is
+            // refused there rather than checked by code of pglock's own.
+            Err(e) if is_unsupported_version(&e) && CertParts::v1(c).is_some() => Err(refusal(
+                "the server's certificate is X.509 version 1, which pglock accepts only over TLS 1.3 \
+                 (the server negotiated TLS 1.2): reissue the certificate as version 3 (openssl x509 \
+                 -req with -extfile, e.g. a subjectAltName), or let the server use TLS 1.3",
+            )),
+            r => r,
+        }
     }
     fn verify_tls13_signature(
         &self,
@@ -479,7 +786,20 @@ impl ServerCertVerifier for Verifier {
         c: &CertificateDer<'_>,
         d: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls13_signature(m, c, d)
+        match self.webpki.verify_tls13_signature(m, c, d) {
+            // A version 1 certificate (accepted by `check_v1`): the signature is checked with its
+            // public key, as rustls checks a raw public key.
+            Err(e) if is_unsupported_version(&e) => match CertParts::v1(c) {
+                Some(parts) => rustls::crypto::verify_tls13_signature_with_raw_key(
+                    m,
+                    &SubjectPublicKeyInfoDer::from(parts.spki),
+                    d,
+                    &self.algs,
+                ),
+                None => Err(e),
+            },
+            r => r,
+        }
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.webpki.supported_verify_schemes()
@@ -607,8 +927,8 @@ fn server_verifier(
     // no CRL is refused (OpenSSL's "unable to get certificate CRL"; webpki's default unknown
     // status policy), and an expired CRL is refused (OpenSSL's "CRL has expired"). libpq ignores
     // CRLs with sslrootcert=system; pglock applies them there too, as they were asked for.
-    let mut builder =
-        WebPkiServerVerifier::builder_with_provider(Arc::new(roots.store), provider.clone());
+    let store = Arc::new(roots.store);
+    let mut builder = WebPkiServerVerifier::builder_with_provider(store.clone(), provider.clone());
     let have_crls = !crls.is_empty();
     if have_crls {
         builder = builder.with_crls(crls).enforce_revocation_expiration();
@@ -619,6 +939,8 @@ fn server_verifier(
     Ok(Arc::new(Verifier {
         webpki,
         pinned: roots.pinned,
+        roots: store,
+        algs: provider.signature_verification_algorithms,
         crls: have_crls,
         name: (check == Check::ChainAndName).then(|| HostCheck::new(host, id)),
     }))
@@ -1096,6 +1418,45 @@ mod tests {
                 &crt,
                 "-extfile",
                 &ext,
+            ]);
+            self.der(name)
+        }
+        /// The PostgreSQL docs' CA-signed recipe: `name` (subject `subj`, a key made by
+        /// `newkey`, e.g. `["rsa:2048"]` or `["ec", "-pkeyopt", "ec_paramgen_curve:P-256"]`)
+        /// signed by `ca` without extensions, an X.509 version 1 certificate.
+        fn leaf_v1(
+            &self,
+            ca: &str,
+            name: &str,
+            subj: &str,
+            newkey: &[&str],
+        ) -> CertificateDer<'static> {
+            let (key, csr, crt) = (
+                format!("{name}.key"),
+                format!("{name}.csr"),
+                format!("{name}.crt"),
+            );
+            let mut args = vec!["req", "-new", "-nodes", "-text", "-newkey"];
+            args.extend_from_slice(newkey);
+            args.extend(["-keyout", &key, "-out", &csr, "-subj", subj]);
+            self.run(&args);
+            let serial = self.serial.fetch_add(1, Ordering::Relaxed).to_string();
+            self.run(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-text",
+                "-days",
+                "30",
+                "-CA",
+                &format!("{ca}.crt"),
+                "-CAkey",
+                &format!("{ca}.key"),
+                "-set_serial",
+                &serial,
+                "-out",
+                &crt,
             ]);
             self.der(name)
         }
@@ -1811,17 +2172,33 @@ mod tests {
         mode: SslMode,
         host: &str,
     ) -> (Result<TlsStream, String>, Option<String>) {
+        handshake_as(pki, name, name, rustls::DEFAULT_VERSIONS, mode, host)
+    }
+
+    /// `handshake_with`, the server presenting `cert.crt` with the key `key.key` (not checked to
+    /// match, nor the certificate parsed: a version 1 certificate, a key that is not its own) and
+    /// speaking only `versions`.
+    fn handshake_as(
+        pki: &Pki,
+        cert: &str,
+        key: &str,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+        mode: SslMode,
+        host: &str,
+    ) -> (Result<TlsStream, String>, Option<String>) {
         use std::net::TcpListener;
-        let chain = vec![pki.der(name)];
-        let key = PrivateKeyDer::from_pem_file(pki.path(&format!("{name}.key"))).expect("a key");
-        let server = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .expect("a server config");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let key = PrivateKeyDer::from_pem_file(pki.path(&format!("{key}.key"))).expect("a key");
+        let key = provider
+            .key_provider
+            .load_private_key(key)
+            .expect("a signing key");
+        let certified = rustls::sign::CertifiedKey::new(vec![pki.der(cert)], key);
+        let server = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(versions)
+            .expect("versions")
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(certified)));
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("an address");
         let server = std::thread::spawn(move || {
@@ -1884,5 +2261,304 @@ mod tests {
         let (client, _) = handshake_with(&pki, "srv", SslMode::VerifyFull, "other.test");
         let e = client.err().expect("wrong name");
         assert!(e.contains("certificate not valid for name"), "{e}");
+    }
+
+    fn is_refusal(r: &Result<(), rustls::Error>, want: &str) -> bool {
+        match r {
+            Err(rustls::Error::InvalidCertificate(CertificateError::Other(e))) => {
+                format!("{:?}", e.0).contains(want)
+            }
+            _ => false,
+        }
+    }
+
+    #[test]
+    fn the_docs_ca_signed_recipe_a_version_1_certificate_verifies_under_its_root() {
+        let pki = Pki::new();
+        pki.ca("other");
+        // The docs' recipe: an RSA root, an RSA leaf signed without extensions.
+        pki.run(&[
+            "req",
+            "-new",
+            "-x509",
+            "-days",
+            "30",
+            "-nodes",
+            "-newkey",
+            "rsa:2048",
+            "-keyout",
+            "root.key",
+            "-out",
+            "root.crt",
+            "-subj",
+            "/CN=pglock test root",
+        ]);
+        let rsa = pki.leaf_v1("root", "rsa", "/CN=db.test", &["rsa:2048"]);
+        let ec_args = ["ec", "-pkeyopt", "ec_paramgen_curve:P-256"];
+        let ec = pki.leaf_v1("ca", "ec", "/CN=db.test", &ec_args);
+        let stranger = pki.leaf_v1("other", "stranger", "/CN=db.test", &ec_args);
+        for der in [&rsa, &ec] {
+            let parts = CertParts::v1(der).expect("a version 1 certificate");
+            assert!(parts.tail.is_empty());
+        }
+        // A version 3 certificate (the CA's) is not taken for one.
+        assert!(CertParts::v1(&pki.der("other")).is_none());
+        // Both roots in one file, as a bundle: each leaf finds its own.
+        let both = [
+            std::fs::read(pki.path("root.crt")).expect("read"),
+            std::fs::read(pki.path("ca.crt")).expect("read"),
+        ]
+        .concat();
+        std::fs::write(pki.path("both.crt"), both).expect("write");
+        let files = pki.files("both.crt");
+        for (der, what) in [(&rsa, "rsa"), (&ec, "ec")] {
+            let full = verifier(SslMode::VerifyFull, &files, "db.test");
+            assert_eq!(verify(&full, der, "db.test"), Ok(()), "{what}");
+            assert_eq!(verify(&full, der, "DB.TEST"), Ok(()), "{what}");
+            let wrong = verify(
+                &verifier(SslMode::VerifyFull, &files, "other.test"),
+                der,
+                "other.test",
+            );
+            assert!(is_name_error(&wrong), "{what}: {wrong:?}");
+            assert!(format!("{wrong:?}").contains("CN=db.test"), "{wrong:?}");
+            let ca = verifier(SslMode::VerifyCa, &files, "other.test");
+            assert_eq!(verify(&ca, der, "other.test"), Ok(()), "{what}");
+            // Validity: expired, not yet valid.
+            for mode in [SslMode::VerifyFull, SslMode::VerifyCa] {
+                let v = verifier(mode, &files, "db.test");
+                assert_eq!(
+                    verify_at(&v, der, "db.test", in_days(60)),
+                    Err(rustls::Error::InvalidCertificate(CertificateError::Expired)),
+                    "{what}"
+                );
+                assert_eq!(
+                    verify_at(
+                        &v,
+                        der,
+                        "db.test",
+                        UnixTime::since_unix_epoch(Duration::ZERO)
+                    ),
+                    Err(rustls::Error::InvalidCertificate(
+                        CertificateError::NotValidYet
+                    )),
+                    "{what}"
+                );
+            }
+        }
+        // Signed by a CA that is not in sslrootcert.
+        for mode in [SslMode::VerifyFull, SslMode::VerifyCa] {
+            let v = verifier(mode, &files, "db.test");
+            assert_eq!(
+                verify(&v, &stranger, "db.test"),
+                Err(rustls::Error::InvalidCertificate(
+                    CertificateError::UnknownIssuer
+                ))
+            );
+        }
+        // A root with the issuer's name but another key: the signature does not verify.
+        pki.run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "twin.key",
+            "-out",
+            "twin.crt",
+            "-subj",
+            "/CN=pglock test ca",
+            "-days",
+            "30",
+        ]);
+        let twin = verifier(SslMode::VerifyCa, &pki.files("twin.crt"), "db.test");
+        assert_eq!(
+            verify(&twin, &ec, "db.test"),
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::BadSignature
+            ))
+        );
+        // A damaged signature, a changed TBSCertificate: refused.
+        let mut bad_sig = ec.as_ref().to_vec();
+        if let Some(last) = bad_sig.last_mut() {
+            *last ^= 1;
+        }
+        let full = verifier(SslMode::VerifyFull, &files, "db.test");
+        assert!(verify(&full, &CertificateDer::from(bad_sig), "db.test").is_err());
+        let pos = ec
+            .as_ref()
+            .windows(7)
+            .position(|w| w == b"db.test")
+            .expect("the CN");
+        let mut renamed = ec.as_ref().to_vec();
+        renamed[pos] = b'x';
+        let r = verify(&full, &CertificateDer::from(renamed), "xb.test");
+        assert_eq!(
+            r,
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::BadSignature
+            ))
+        );
+        // With CRLs, its revocation cannot be checked: refused, even by a CRL that revokes
+        // nothing.
+        let crl = pki.crl("ca", "ca.crl");
+        let with_crl = TlsFiles {
+            crl: Some(crl),
+            ..pki.files("ca.crt")
+        };
+        let r = verify(
+            &verifier(SslMode::VerifyFull, &with_crl, "db.test"),
+            &ec,
+            "db.test",
+        );
+        assert!(is_refusal(&r, "revocation"), "{r:?}");
+    }
+
+    #[test]
+    fn a_version_1_certificate_under_an_intermediate_is_refused() {
+        let pki = Pki::new();
+        // An intermediate CA signed by `ca`, and a version 1 leaf it signs.
+        pki.run(&[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "inter.key",
+            "-out",
+            "inter.csr",
+            "-subj",
+            "/CN=pglock test inter",
+        ]);
+        std::fs::write(
+            pki.path("inter.ext"),
+            "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n",
+        )
+        .expect("write");
+        pki.run(&[
+            "x509",
+            "-req",
+            "-in",
+            "inter.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-set_serial",
+            "99",
+            "-days",
+            "30",
+            "-out",
+            "inter.crt",
+            "-extfile",
+            "inter.ext",
+        ]);
+        let leaf = pki.leaf_v1(
+            "inter",
+            "leaf",
+            "/CN=db.test",
+            &["ec", "-pkeyopt", "ec_paramgen_curve:P-256"],
+        );
+        let v = verifier(SslMode::VerifyFull, &pki.files("ca.crt"), "db.test");
+        let name = ServerName::try_from("db.test").expect("a name");
+        let r = v
+            .verify_server_cert(&leaf, &[pki.der("inter")], &name, &[], UnixTime::now())
+            .map(|_| ());
+        assert!(is_refusal(&r, "intermediate CA"), "{r:?}");
+        // Without the intermediate: an unknown issuer.
+        assert_eq!(
+            verify(&v, &leaf, "db.test"),
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::UnknownIssuer
+            ))
+        );
+    }
+
+    #[test]
+    fn version_1_parsing_refuses_what_is_not_one() {
+        let pki = Pki::new();
+        let v3 = pki.leaf("ca", "v3", "/CN=db.test", Some("DNS:db.test"));
+        assert!(CertParts::of(v3.as_ref()).is_some_and(|p| p.explicit_version));
+        assert!(CertParts::v1(&v3).is_none());
+        let v1 = pki.leaf_v1(
+            "ca",
+            "v1",
+            "/CN=db.test",
+            &["ec", "-pkeyopt", "ec_paramgen_curve:P-256"],
+        );
+        let der = v1.as_ref();
+        // Every truncation, trailing data, and every single-byte change: no panic, and a
+        // truncated or extended certificate is not parsed.
+        for n in 0..der.len() {
+            assert!(CertParts::of(&der[..n]).is_none(), "{n}");
+        }
+        assert!(CertParts::of(&[der, &[0]].concat()).is_none());
+        let v = verifier(SslMode::VerifyFull, &pki.files("ca.crt"), "db.test");
+        for i in 0..der.len() {
+            for x in [0x01, 0x80, 0xff] {
+                let mut bad = der.to_vec();
+                bad[i] ^= x;
+                let _ = CertParts::of(&bad);
+                assert!(verify(&v, &CertificateDer::from(bad), "db.test").is_err());
+            }
+        }
+        assert_eq!(der_next(&[0x30, 0x85, 1, 1, 1, 1, 1]), None);
+        assert_eq!(der_next(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]), None);
+        assert_eq!(der_next(&[0x1f, 0x00]), None);
+        assert_eq!(der_next(&[0x30, 0x80]), None);
+        assert_eq!(
+            der_next(&[0x02, 0x81, 0x01, 0x07, 0x05]),
+            Some((
+                0x02,
+                &[0x07][..],
+                &[0x02, 0x81, 0x01, 0x07][..],
+                &[0x05][..]
+            ))
+        );
+    }
+
+    #[test]
+    fn handshakes_with_a_version_1_certificate_need_tls_1_3() {
+        let pki = Pki::new();
+        let ec = ["ec", "-pkeyopt", "ec_paramgen_curve:P-256"];
+        pki.leaf_v1("ca", "v1", "/CN=localhost", &ec);
+        pki.leaf_v1("ca", "v1rsa", "/CN=localhost", &["rsa:2048"]);
+        let tls13 = &[&rustls::version::TLS13];
+        let tls12 = &[&rustls::version::TLS12];
+        for name in ["v1", "v1rsa"] {
+            for mode in [SslMode::VerifyFull, SslMode::VerifyCa] {
+                let (client, sni) = handshake_as(&pki, name, name, tls13, mode, "localhost");
+                let stream = client.expect("TLS 1.3 with a version 1 certificate");
+                assert_eq!(sni.as_deref(), Some("localhost"));
+                assert!(stream.tls_server_end_point().is_some());
+            }
+            let (client, _) =
+                handshake_as(&pki, name, name, tls13, SslMode::VerifyFull, "other.test");
+            let e = client.err().expect("wrong name");
+            assert!(e.contains("certificate not valid for name"), "{e}");
+            // TLS 1.2: refused, saying why.
+            let (client, _) =
+                handshake_as(&pki, name, name, tls12, SslMode::VerifyFull, "localhost");
+            let e = client.err().expect("TLS 1.2");
+            assert!(e.contains("only over TLS 1.3"), "{e}");
+        }
+        // The server signs the handshake with a key that is not the certificate's: refused.
+        pki.leaf_v1("ca", "otherkey", "/CN=localhost", &ec);
+        let (client, _) = handshake_as(
+            &pki,
+            "v1",
+            "otherkey",
+            tls13,
+            SslMode::VerifyFull,
+            "localhost",
+        );
+        let e = client.err().expect("a handshake signed with another key");
+        assert!(e.contains("BadSignature"), "{e}");
     }
 }
