@@ -57,6 +57,8 @@ impl std::fmt::Display for ReadErr {
     }
 }
 
+pub use wire::TxStatus;
+
 /// Rows of a simple query's last result set, as text.
 pub type Rows = Vec<Vec<Option<String>>>;
 
@@ -97,9 +99,8 @@ pub struct Conn {
     /// Session settings that could not go in the startup packet (a pooler such as PgBouncer
     /// refuses `options`): the caller applies them with SET or SET LOCAL.
     pub deferred_settings: Vec<(String, String)>,
-    /// The transaction status of the last ReadyForQuery: b'I' idle, b'T' in a transaction,
-    /// b'E' in a failed transaction.
-    pub tx_status: u8,
+    /// The transaction status of the last ReadyForQuery.
+    pub tx_status: TxStatus,
     pending: Option<Pending>,
     notified: bool,
     /// Set by the first protocol violation or loss: every later read returns it again.
@@ -177,7 +178,7 @@ impl Conn {
             secret_key: 0,
             server_params: HashMap::new(),
             deferred_settings: Vec::new(),
-            tx_status: b'I',
+            tx_status: TxStatus::Idle,
             pending: None,
             notified: false,
             broken: None,
@@ -538,7 +539,7 @@ mod tests {
             Ok(QueryResult::Rows(r)) => assert_eq!(r, vec![vec![Some("t".to_string())]]),
             other => panic!("{other:?}"),
         }
-        assert_eq!(conn.tx_status, b'T');
+        assert_eq!(conn.tx_status, TxStatus::InTransaction);
     }
 
     #[test]
