@@ -37,6 +37,9 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
+use x509_parser::asn1_rs::{Any, BitString, Class, DerParser, FromDer, SequenceIterator, Tag};
+use x509_parser::certificate::X509Certificate;
+use x509_parser::x509::X509Version;
 
 pub struct TlsStream {
     conn: ClientConnection,
@@ -415,10 +418,8 @@ impl Verifier {
         server_name: &ServerName<'_>,
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        use x509_parser::prelude::FromDer;
         let bad = || rustls::Error::InvalidCertificate(CertificateError::BadEncoding);
-        let (_, cert) = x509_parser::certificate::X509Certificate::from_der(end_entity.as_ref())
-            .map_err(|_| bad())?;
+        let (_, cert) = X509Certificate::from_der(end_entity.as_ref()).map_err(|_| bad())?;
         let now = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
         let validity = cert.validity();
         if now < validity.not_before.timestamp() {
@@ -457,14 +458,8 @@ impl Verifier {
         server_name: &ServerName<'_>,
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        use x509_parser::prelude::FromDer;
         let bad = || rustls::Error::InvalidCertificate(CertificateError::BadEncoding);
         let parts = CertParts::v1(end_entity).ok_or_else(bad)?;
-        let (_, cert) = x509_parser::certificate::X509Certificate::from_der(end_entity.as_ref())
-            .map_err(|_| bad())?;
-        if cert.version() != x509_parser::x509::X509Version::V1 || !cert.extensions().is_empty() {
-            return Err(bad());
-        }
         if parts.tbs_sig_alg != parts.sig_alg {
             return Err(bad());
         }
@@ -512,7 +507,7 @@ impl Verifier {
             return Err(error);
         }
         let secs = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
-        let validity = cert.validity();
+        let validity = parts.cert.validity();
         if secs < validity.not_before.timestamp() {
             return Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidYet,
@@ -568,58 +563,12 @@ fn is_unsupported_version(e: &rustls::Error) -> bool {
     }
 }
 
-/// A DER element: its tag, its contents, the whole element, and what follows it.
-type DerElement<'a> = (u8, &'a [u8], &'a [u8], &'a [u8]);
-
-/// One DER element at the start of `input`: its tag, its contents, the whole element and what
-/// follows it. Single-byte tags and definite lengths only; `None` for anything else or a length
-/// past the input.
-fn der_next(input: &[u8]) -> Option<DerElement<'_>> {
-    let (&tag, rest) = input.split_first()?;
-    if tag & 0x1f == 0x1f {
-        return None;
-    }
-    let (&first, rest) = rest.split_first()?;
-    let (len, rest) = if first < 0x80 {
-        (usize::from(first), rest)
-    } else {
-        let n = usize::from(first & 0x7f);
-        if n == 0 || n > 4 {
-            return None;
-        }
-        let len = rest.get(..n)?.iter().try_fold(0usize, |acc, &b| {
-            acc.checked_mul(256)?.checked_add(usize::from(b))
-        })?;
-        (len, rest.get(n..)?)
-    };
-    let contents = rest.get(..len)?;
-    let after = rest.get(len..)?;
-    let whole = input.get(..input.len().checked_sub(after.len())?)?;
-    Some((tag, contents, whole, after))
-}
-
-/// `input` is one element with `tag`, and what follows it.
-fn der_expect(input: &[u8], tag: u8) -> Option<(&[u8], &[u8], &[u8])> {
-    let (t, contents, whole, after) = der_next(input)?;
-    (t == tag).then_some((contents, whole, after))
-}
-
-const SEQUENCE: u8 = 0x30;
-const INTEGER: u8 = 0x02;
-const BIT_STRING: u8 = 0x03;
-
-/// The contents of a BIT STRING without unused bits (signatures and keys).
-fn bit_string_bytes(contents: &[u8]) -> Option<&[u8]> {
-    match contents.split_first()? {
-        (0, bytes) => Some(bytes),
-        _ => None,
-    }
-}
-
-/// The fields of a certificate's DER that its signature check needs, as they are encoded.
+/// A certificate as x509-parser reads it, with the exact bytes webpki-style matching needs
+/// (read with asn1-rs, x509-parser's DER reader, where x509-parser keeps no bytes: it decodes
+/// an AlgorithmIdentifier into an OID and parameters, and ignores whatever a SEQUENCE holds
+/// after the fields it knows, which webpki refuses).
 struct CertParts<'a> {
-    /// The whole TBSCertificate: the signed bytes.
-    tbs: &'a [u8],
+    cert: X509Certificate<'a>,
     /// Whether the TBSCertificate has an explicit version (v2, v3; never in a DER version 1).
     explicit_version: bool,
     /// The contents of the TBSCertificate's signature AlgorithmIdentifier.
@@ -627,55 +576,55 @@ struct CertParts<'a> {
     /// The contents of the issuer and subject Names (as webpki and a trust anchor hold them).
     issuer: &'a [u8],
     subject: &'a [u8],
-    /// The whole SubjectPublicKeyInfo.
-    spki: &'a [u8],
-    /// What the TBSCertificate holds after the key (unique IDs, extensions).
-    tail: &'a [u8],
-    /// The contents of the signatureAlgorithm, and the signature's bytes.
+    /// Whether the TBSCertificate holds anything after the key (unique IDs, extensions).
+    after_key: bool,
+    /// The contents of the signatureAlgorithm.
     sig_alg: &'a [u8],
-    signature: &'a [u8],
 }
 
 impl<'a> CertParts<'a> {
     fn of(der: &'a [u8]) -> Option<CertParts<'a>> {
-        let (cert, _, rest) = der_expect(der, SEQUENCE)?;
-        if !rest.is_empty() {
+        let (rest, cert) = X509Certificate::from_der(der).ok()?;
+        // The signature: a BIT STRING without unused bits.
+        if !rest.is_empty() || cert.signature_value.unused_bits != 0 {
             return None;
         }
-        let (tbs_body, tbs, rest) = der_expect(cert, SEQUENCE)?;
-        let (sig_alg, _, rest) = der_expect(rest, SEQUENCE)?;
-        let (sig, _, rest) = der_expect(rest, BIT_STRING)?;
-        if !rest.is_empty() {
+        // The certificate's and the TBSCertificate's elements, each SEQUENCE whole (an error for
+        // anything in it that is not an element).
+        let (_, outer) = Vec::<Any<'a>>::from_der(der).ok()?;
+        let [tbs, sig_alg, _signature] = <[Any<'a>; 3]>::try_from(outer).ok()?;
+        let tbs = SequenceIterator::<Any<'a>, DerParser>::new(tbs.data)
+            .collect::<Result<Vec<_>, _>>()
+            .ok()?;
+        // x509-parser took a first element tagged 0 for the version (its class checked).
+        let explicit_version = tbs.first()?.tag() == Tag(0);
+        let fields = tbs.get(usize::from(explicit_version)..)?;
+        let [_serial, tbs_sig_alg, issuer, _validity, subject, _spki, tail @ ..] = fields else {
             return None;
-        }
-        let signature = bit_string_bytes(sig)?;
-        let (explicit_version, fields) = match der_next(tbs_body)? {
-            (0xa0, _, _, rest) => (true, rest),
-            _ => (false, tbs_body),
         };
-        let (_serial, _, rest) = der_expect(fields, INTEGER)?;
-        let (tbs_sig_alg, _, rest) = der_expect(rest, SEQUENCE)?;
-        let (issuer, _, rest) = der_expect(rest, SEQUENCE)?;
-        let (_validity, _, rest) = der_expect(rest, SEQUENCE)?;
-        let (subject, _, rest) = der_expect(rest, SEQUENCE)?;
-        let (_, spki, tail) = der_expect(rest, SEQUENCE)?;
         Some(CertParts {
-            tbs,
             explicit_version,
-            tbs_sig_alg,
-            issuer,
-            subject,
-            spki,
-            tail,
-            sig_alg,
-            signature,
+            tbs_sig_alg: tbs_sig_alg.data,
+            issuer: issuer.data,
+            subject: subject.data,
+            after_key: !tail.is_empty(),
+            sig_alg: sig_alg.data,
+            cert,
         })
     }
 
     /// The parts of an X.509 version 1 certificate (no version field, nothing after the key);
     /// `None` for any other.
     fn v1(der: &'a CertificateDer<'_>) -> Option<CertParts<'a>> {
-        CertParts::of(der.as_ref()).filter(|p| !p.explicit_version && p.tail.is_empty())
+        CertParts::of(der.as_ref()).filter(|p| {
+            let tbs = &p.cert.tbs_certificate;
+            !p.explicit_version
+                && !p.after_key
+                && tbs.version() == X509Version::V1
+                && tbs.issuer_uid.is_none()
+                && tbs.subject_uid.is_none()
+                && tbs.extensions().is_empty()
+        })
     }
 }
 
@@ -688,12 +637,19 @@ fn verify_signed_by(
     cert: &CertParts<'_>,
 ) -> Result<(), rustls::Error> {
     let bad = || rustls::Error::InvalidCertificate(CertificateError::BadEncoding);
-    let (key_alg, _, rest) = der_expect(issuer_spki, SEQUENCE).ok_or_else(bad)?;
-    let (key_bits, _, rest) = der_expect(rest, BIT_STRING).ok_or_else(bad)?;
-    if !rest.is_empty() {
+    // The algorithm (its contents, as webpki compares them) and the key, without the
+    // SubjectPublicKeyInfo's header (which a trust anchor does not keep).
+    let (rest, key_alg) = Any::from_der(issuer_spki).map_err(|_| bad())?;
+    let (rest, key) = BitString::from_der(rest).map_err(|_| bad())?;
+    if !rest.is_empty()
+        || key_alg.class() != Class::Universal
+        || key_alg.tag() != Tag::Sequence
+        || !key_alg.header.is_constructed()
+        || key.unused_bits != 0
+    {
         return Err(bad());
     }
-    let key = bit_string_bytes(key_bits).ok_or_else(bad)?;
+    let key_alg = key_alg.data;
     let mut for_signature = algs
         .all
         .iter()
@@ -718,7 +674,9 @@ fn verify_signed_by(
             },
         ));
     }
-    if for_key.any(|a| a.verify_signature(key, cert.tbs, cert.signature).is_ok()) {
+    let tbs = cert.cert.tbs_certificate.as_ref();
+    let signature = &cert.cert.signature_value.data;
+    if for_key.any(|a| a.verify_signature(&key.data, tbs, signature).is_ok()) {
         Ok(())
     } else {
         Err(rustls::Error::InvalidCertificate(
@@ -792,7 +750,7 @@ impl ServerCertVerifier for Verifier {
             Err(e) if is_unsupported_version(&e) => match CertParts::v1(c) {
                 Some(parts) => rustls::crypto::verify_tls13_signature_with_raw_key(
                     m,
-                    &SubjectPublicKeyInfoDer::from(parts.spki),
+                    &SubjectPublicKeyInfoDer::from(parts.cert.public_key().raw),
                     d,
                     &self.algs,
                 ),
@@ -2299,7 +2257,7 @@ mod tests {
         let stranger = pki.leaf_v1("other", "stranger", "/CN=db.test", &ec_args);
         for der in [&rsa, &ec] {
             let parts = CertParts::v1(der).expect("a version 1 certificate");
-            assert!(parts.tail.is_empty());
+            assert!(!parts.explicit_version && !parts.after_key);
         }
         // A version 3 certificate (the CA's) is not taken for one.
         assert!(CertParts::v1(&pki.der("other")).is_none());
@@ -2508,19 +2466,31 @@ mod tests {
                 assert!(verify(&v, &CertificateDer::from(bad), "db.test").is_err());
             }
         }
-        assert_eq!(der_next(&[0x30, 0x85, 1, 1, 1, 1, 1]), None);
-        assert_eq!(der_next(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]), None);
-        assert_eq!(der_next(&[0x1f, 0x00]), None);
-        assert_eq!(der_next(&[0x30, 0x80]), None);
-        assert_eq!(
-            der_next(&[0x02, 0x81, 0x01, 0x07, 0x05]),
-            Some((
-                0x02,
-                &[0x07][..],
-                &[0x02, 0x81, 0x01, 0x07][..],
-                &[0x05][..]
-            ))
-        );
+        // What x509-parser reads past (it ignores anything in a SEQUENCE after the fields it
+        // knows) is refused: an element after the signature (outside what is signed), and an
+        // empty extensions field in the TBSCertificate.
+        use x509_parser::asn1_rs::{Sequence, ToDer};
+        let seq = |parts: &[&[u8]]| Sequence::new(parts.concat().into()).to_der_vec().unwrap();
+        let (_, outer) = Vec::<Any>::from_der(der).expect("the certificate's elements");
+        let (tbs, alg, sig) = (&outer[0], &outer[1], &outer[2]);
+        let whole = |a: &Any| a.to_der_vec().unwrap();
+        let null = [0x05, 0x00];
+        let after_signature = seq(&[&whole(tbs), &whole(alg), &whole(sig), &null]);
+        assert!(CertParts::of(&after_signature).is_none());
+        assert!(verify(&v, &CertificateDer::from(after_signature), "db.test").is_err());
+        let same = seq(&[&whole(tbs), &whole(alg), &whole(sig)]);
+        assert_eq!(same, der);
+        let same = CertificateDer::from(same);
+        assert!(CertParts::v1(&same).is_some());
+        assert_eq!(verify(&v, &same, "db.test"), Ok(()));
+        let empty_extensions = [0xa3, 0x02, 0x30, 0x00];
+        let tbs = seq(&[tbs.data, &empty_extensions]);
+        let extended = seq(&[&tbs, &whole(alg), &whole(sig)]);
+        let parts = CertParts::of(&extended).expect("parsed");
+        assert!(parts.after_key && parts.cert.extensions().is_empty());
+        let extended = CertificateDer::from(extended);
+        assert!(CertParts::v1(&extended).is_none());
+        assert!(verify(&v, &extended, "db.test").is_err());
     }
 
     #[test]
