@@ -850,6 +850,45 @@ fn f2_huge_length_while_the_child_runs() {
     malformed_while_the_child_runs(header(b'D', i32::MAX), vec![Step::Flood(FLOOD), Step::Hold]);
 }
 
+/// Rows without end in answer to the lock statement: stopped by the result cap, in bounded
+/// memory, never buffered until the memory runs out.
+#[test]
+fn f2_rows_without_end() {
+    let one = data_row(2, &[(1, b"t"), (4, b"4242")]);
+    let flood: Vec<u8> = std::iter::repeat_n(one, (8 << 20) / 19).flatten().collect();
+    malformed_answer([row_description(2), flood].concat(), vec![Step::Hold]);
+}
+
+/// A message that arrives right after the heartbeat's answer (a notice, in the same write) is
+/// applied without waiting on the socket: the child's exit is still noticed at once.
+#[test]
+fn a_notice_after_the_heartbeat_answer_does_not_stall_the_supervisor() {
+    let file = child_file();
+    let notice = msg(b'N', b"SNOTICE\0VNOTICE\0C00000\0Mhello\0\0");
+    let server = Server::start(vec![
+        Step::Untagged,
+        Step::Send(session()),
+        Step::Serve(Some(file.clone())),
+        Step::Read,
+        Step::Hostile([rows(&["t"]), notice].concat()),
+        Step::Serve(None),
+    ]);
+    let script = format!("echo ran > '{}'; sleep 2", file.display());
+    let mut cmd = pglock(&["run", "--key", &key("hostile"), "-n", "--heartbeat", "1s"]);
+    cmd.args([
+        "--database-url",
+        &server.url(PLAIN),
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    let ran = run(cmd);
+    assert!(file.exists(), "the child never started:\n{}", ran.show());
+    // The child exits about a second after the hostile write: pglock ends with its status.
+    ran.expect(0, "released the lock", server.hostile_at());
+}
+
 // ---- Findings 3 to 5: what verifies the server's certificate ----
 
 /// A server behind TLS with the "ip" certificate, signed by the suite's CA, granting the lock.
