@@ -411,7 +411,9 @@ impl Verifier {
 
     /// A server certificate that is itself one of the sslrootcert certificates (the docs'
     /// self-signed recipe): trusted as such, as OpenSSL trusts it, after the checks webpki would
-    /// have made of it: validity, a server purpose if it names purposes, and the name.
+    /// have made of it: validity, a server purpose if it names purposes, and the name. Only a
+    /// self-issued one: OpenSSL (without partial chains, as libpq uses it) does not stop a chain
+    /// at a trusted certificate that names another issuer.
     fn check_pinned(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -420,6 +422,11 @@ impl Verifier {
     ) -> Result<ServerCertVerified, rustls::Error> {
         let bad = || rustls::Error::InvalidCertificate(CertificateError::BadEncoding);
         let (_, cert) = X509Certificate::from_der(end_entity.as_ref()).map_err(|_| bad())?;
+        if cert.issuer().as_raw() != cert.subject().as_raw() {
+            return Err(rustls::Error::InvalidCertificate(
+                CertificateError::UnknownIssuer,
+            ));
+        }
         let now = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
         let validity = cert.validity();
         if now < validity.not_before.timestamp() {
@@ -1785,6 +1792,43 @@ mod tests {
             "db.test"
         )
         .is_err());
+    }
+
+    #[test]
+    fn a_leaf_listed_as_a_root_is_not_trusted_on_its_own() {
+        // OpenSSL, as libpq uses it, does not end a chain at a trusted certificate that is not
+        // self-issued: a leaf copied into sslrootcert, without its CA, is refused.
+        let pki = Pki::new();
+        let leaf = pki.leaf("ca", "server", "/CN=db.test", Some("DNS:db.test"));
+        let files = TlsFiles {
+            root: Some(pki.path("server.crt").display().to_string()),
+            ..TlsFiles::default()
+        };
+        assert!(verify(
+            &verifier(SslMode::VerifyFull, &files, "db.test"),
+            &leaf,
+            "db.test"
+        )
+        .is_err());
+        assert!(verify(
+            &verifier(SslMode::VerifyCa, &files, "db.test"),
+            &leaf,
+            "db.test"
+        )
+        .is_err());
+        // With its CA it verifies.
+        let files = TlsFiles {
+            root: Some(pki.path("ca.crt").display().to_string()),
+            ..TlsFiles::default()
+        };
+        assert_eq!(
+            verify(
+                &verifier(SslMode::VerifyFull, &files, "db.test"),
+                &leaf,
+                "db.test"
+            ),
+            Ok(())
+        );
     }
 
     #[test]
