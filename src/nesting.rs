@@ -2,9 +2,12 @@
 //! for the same lock id must not wait for its own ancestor.
 //!
 //! Every pglock passes `PGLOCK_HELD` to its child: the locks held by it and its ancestors, as
-//! `ID:MODE:PID` entries separated by `;`, ID as the lock id prints (`-42`, or `1,2` for the
-//! two-int4 form, a different lock from every bigint id). An entry counts only while PID is an ancestor of this
-//! process, so a stale variable (a daemon left behind, a copied environment) is ignored.
+//! `ID:MODE:PID:DB` entries separated by `;`, ID as the lock id prints (`-42`, or `1,2` for the
+//! two-int4 form, a different lock from every bigint id), DB the database name (`%`, `:` and `;`
+//! %-escaped): advisory locks are per database, so the same id in another database is another
+//! lock. An entry counts only while PID is an ancestor of this process, so a stale variable (a
+//! daemon left behind, a copied environment) is ignored. (Two servers with databases of the same
+//! name are not told apart.)
 
 use crate::key::LockId;
 use crate::request::Mode;
@@ -16,6 +19,27 @@ pub struct Held {
     pub id: LockId,
     pub mode: Mode,
     pub pid: i32,
+    /// The database; `None` in an entry of an older pglock (which named none): any database.
+    pub db: Option<String>,
+}
+
+impl Held {
+    /// Whether this entry is the lock `id` in database `db`.
+    pub fn is(&self, id: &LockId, db: &str) -> bool {
+        self.id == *id && self.db.as_deref().is_none_or(|d| d == db)
+    }
+}
+
+fn escape(db: &str) -> String {
+    db.replace('%', "%25")
+        .replace(':', "%3A")
+        .replace(';', "%3B")
+}
+
+fn unescape(db: &str) -> String {
+    db.replace("%3B", ";")
+        .replace("%3A", ":")
+        .replace("%25", "%")
 }
 
 pub fn parse(v: &str) -> Vec<Held> {
@@ -29,7 +53,8 @@ pub fn parse(v: &str) -> Vec<Held> {
                 _ => return None,
             };
             let pid = f.next()?.parse().ok()?;
-            Some(Held { id, mode, pid })
+            let db = f.next().map(unescape);
+            Some(Held { id, mode, pid, db })
         })
         .collect()
 }
@@ -39,7 +64,16 @@ pub fn child_value(inherited: &[Held], me: &Held) -> String {
     inherited
         .iter()
         .chain(std::iter::once(me))
-        .map(|h| format!("{}:{}:{}", h.id, h.mode.as_str(), h.pid))
+        .map(|h| {
+            let db = h.db.as_deref().map(|d| format!(":{}", escape(d)));
+            format!(
+                "{}:{}:{}{}",
+                h.id,
+                h.mode.as_str(),
+                h.pid,
+                db.unwrap_or_default()
+            )
+        })
         .collect::<Vec<_>>()
         .join(";")
 }
@@ -93,22 +127,33 @@ mod tests {
             id: LockId::Big(-5),
             mode: Mode::Shared,
             pid: 10,
+            db: None,
         };
         let b = Held {
             id: LockId::Big(7),
             mode: Mode::Exclusive,
             pid: 11,
+            db: Some("app".into()),
         };
         let c = Held {
             id: LockId::Pair(0, 7),
             mode: Mode::Exclusive,
             pid: 12,
+            db: Some("odd:%;name".into()),
         };
         let v = child_value(&[a.clone(), b.clone()], &c);
-        assert_eq!(v, "-5:shared:10;7:exclusive:11;0,7:exclusive:12");
-        assert_eq!(parse(&v), vec![a, b, c.clone()]);
+        assert_eq!(
+            v,
+            "-5:shared:10;7:exclusive:11:app;0,7:exclusive:12:odd%3A%25%3Bname"
+        );
+        assert_eq!(parse(&v), vec![a.clone(), b.clone(), c.clone()]);
         assert_ne!(c.id, LockId::Big(7));
         assert!(parse("garbage;1:x:2").is_empty());
+        // The same id in another database is another lock; an entry naming no database (an
+        // older pglock's) is taken for any.
+        assert!(b.is(&LockId::Big(7), "app"));
+        assert!(!b.is(&LockId::Big(7), "tenant2"));
+        assert!(a.is(&LockId::Big(-5), "tenant2"));
     }
 
     #[test]

@@ -243,15 +243,15 @@ pub fn run(req: RunRequest, run_id: &str) -> Result<i32> {
 fn run_inner(mut req: RunRequest, run_id: &str, nested: &std::cell::Cell<bool>) -> Result<i32> {
     let signals = Signals::install()?;
     let held = nesting::held_by_ancestors();
+    let params = ConnParams::resolve(req.database_url.as_deref())?;
     // (A lock whose id the server computes is looked up once connected, below.)
     if let Some(h) = held
         .iter()
-        .find(|h| req.key.pending.is_none() && h.id == req.key.id)
+        .find(|h| req.key.pending.is_none() && h.is(&req.key.id, &params.dbname))
     {
         nested.set(true);
         return run_nested(&req, h, &held, run_id, &signals);
     }
-    let params = ConnParams::resolve(req.database_url.as_deref())?;
     let app = params
         .application_name
         .clone()
@@ -280,7 +280,7 @@ fn run_inner(mut req: RunRequest, run_id: &str, nested: &std::cell::Cell<bool>) 
             "resolved",
             &format!("lock \"{}\" is {} here", req.key.label(), req.key.sql),
         );
-        if let Some(h) = held.iter().find(|h| h.id == req.key.id) {
+        if let Some(h) = held.iter().find(|h| h.is(&req.key.id, &params.dbname)) {
             drop(conn);
             nested.set(true);
             return run_nested(&req, h, &held, run_id, &signals);
@@ -293,6 +293,7 @@ fn run_inner(mut req: RunRequest, run_id: &str, nested: &std::cell::Cell<bool>) 
         id: req.key.id,
         mode: req.mode,
         pid: std::process::id() as i32,
+        db: Some(params.dbname.clone()),
     };
     // The child's start is prepared before the wait (with --limit, once the slot is known).
     let prepared = match req.limit {
@@ -450,6 +451,7 @@ fn run_nested(
         id: req.key.id,
         mode: h.mode,
         pid: std::process::id() as i32,
+        db: h.db.clone(),
     };
     let exec = prepare_child(req, run_id, held, &me, None)?;
     let child = start_child(req, &exec, None)?;

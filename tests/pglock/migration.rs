@@ -820,3 +820,49 @@ fn json_logs_carry_the_computed_id() {
     );
     assert!(err.contains("\"lock_id\":\"1,2\""), "{err}");
 }
+
+/// Advisory locks are per database: an inner run for the same constant id (prisma's) in another
+/// database is not covered by its ancestor's lock, and takes its own there.
+#[test]
+fn nesting_is_per_database() {
+    let d = dbs();
+    let inner_url = url_of(&d.orders);
+    let script = format!(
+        "psql -XAtc \"SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' \
+         AND objid = 72707369 AND granted AND database = \
+         (SELECT oid FROM pg_database WHERE datname = current_database())\" '{inner_url}'"
+    );
+    let args = [
+        "run",
+        "--lock-of",
+        "prisma",
+        "--",
+        bin(),
+        "run",
+        "-n",
+        "--lock-of",
+        "prisma",
+        "--database-url",
+        &inner_url,
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ];
+    let mut cmd = pglock_in(&d.misc, &args);
+    cmd.env(
+        "PATH",
+        format!(
+            "{}:{}",
+            pg().bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        ),
+    );
+    let (out, err) = expect_code(cmd, 0);
+    assert!(!err.contains("already held"), "{err}");
+    assert_eq!(
+        out.trim(),
+        "1",
+        "the inner run holds prisma's lock in its own database: {err}"
+    );
+}
