@@ -78,7 +78,7 @@ _pglock() {
                     return 0
                     ;;
                 --lock-of)
-                    COMPREPLY=($(compgen -W "golang-migrate golang-migrate-with-instance sqlx rails prisma flyway atlas goose sqitch graphile-migrate node-pg-migrate" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "golang-migrate golang-migrate-with-instance sqlx rails prisma flyway atlas goose goose-before-3.26 sqitch graphile-migrate node-pg-migrate" -- "${cur}"))
                     return 0
                     ;;
                 --lock-schema)
@@ -124,7 +124,7 @@ _pglock() {
                     return 0
                     ;;
                 --lock-of)
-                    COMPREPLY=($(compgen -W "golang-migrate golang-migrate-with-instance sqlx rails prisma flyway atlas goose sqitch graphile-migrate node-pg-migrate" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "golang-migrate golang-migrate-with-instance sqlx rails prisma flyway atlas goose goose-before-3.26 sqitch graphile-migrate node-pg-migrate" -- "${cur}"))
                     return 0
                     ;;
                 --lock-schema)
@@ -210,7 +210,7 @@ _pglock() {
                     return 0
                     ;;
                 --lock-of)
-                    COMPREPLY=($(compgen -W "golang-migrate golang-migrate-with-instance sqlx rails prisma flyway atlas goose sqitch graphile-migrate node-pg-migrate" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "golang-migrate golang-migrate-with-instance sqlx rails prisma flyway atlas goose goose-before-3.26 sqitch graphile-migrate node-pg-migrate" -- "${cur}"))
                     return 0
                     ;;
                 --lock-schema)

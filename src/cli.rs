@@ -302,11 +302,11 @@ pub struct StatusArgs {
     pub lock_of: Option<String>,
 
     /// With --lock-of golang-migrate or flyway: the schema of the migrations table
-    #[arg(long, value_name = "SCHEMA", requires = "lock_of")]
+    #[arg(long, value_name = "SCHEMA", requires = "lock_of", conflicts_with_all = ["key", "key_id", "key_hashtext"])]
     pub lock_schema: Option<String>,
 
     /// With --lock-of golang-migrate or flyway: the migrations table
-    #[arg(long, value_name = "TABLE", requires = "lock_of")]
+    #[arg(long, value_name = "TABLE", requires = "lock_of", conflicts_with_all = ["key", "key_id", "key_hashtext"])]
     pub lock_table: Option<String>,
 
     /// One JSON array of lock objects instead of a table
@@ -352,11 +352,11 @@ pub struct KeyArgs {
     pub lock_of: Option<String>,
 
     /// With --lock-of golang-migrate or flyway: the schema of the migrations table
-    #[arg(long, value_name = "SCHEMA", requires = "lock_of")]
+    #[arg(long, value_name = "SCHEMA", requires = "lock_of", conflicts_with_all = ["name", "key_id", "key_hashtext"])]
     pub lock_schema: Option<String>,
 
     /// With --lock-of golang-migrate or flyway: the migrations table
-    #[arg(long, value_name = "TABLE", requires = "lock_of")]
+    #[arg(long, value_name = "TABLE", requires = "lock_of", conflicts_with_all = ["name", "key_id", "key_hashtext"])]
     pub lock_table: Option<String>,
 
     /// Print the SQL that yields the id (the argument(s) of pg_advisory_lock) instead of the id

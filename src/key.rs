@@ -134,7 +134,10 @@ pub enum Tool {
     Prisma,
     Flyway,
     Atlas,
+    /// goose 3.26 and later (`crc32("goose")`).
     Goose,
+    /// goose 3.16 to 3.25 (`crc64("goose")`, ECMA table, as Go's hash/crc64).
+    GooseBefore326,
     Sqitch,
     GraphileMigrate,
     NodePgMigrate,
@@ -158,7 +161,7 @@ const RAILS_SALT: i64 = 2_053_462_845;
 const FLYWAY_MAGIC: i64 = 0x466C_7977_6179;
 
 impl Tool {
-    pub const ALL: [Tool; 11] = [
+    pub const ALL: [Tool; 12] = [
         Tool::GolangMigrate,
         Tool::GolangMigrateWithInstance,
         Tool::Sqlx,
@@ -167,6 +170,7 @@ impl Tool {
         Tool::Flyway,
         Tool::Atlas,
         Tool::Goose,
+        Tool::GooseBefore326,
         Tool::Sqitch,
         Tool::GraphileMigrate,
         Tool::NodePgMigrate,
@@ -183,6 +187,7 @@ impl Tool {
             Tool::Flyway => "flyway",
             Tool::Atlas => "atlas",
             Tool::Goose => "goose",
+            Tool::GooseBefore326 => "goose-before-3.26",
             Tool::Sqitch => "sqitch",
             Tool::GraphileMigrate => "graphile-migrate",
             Tool::NodePgMigrate => "node-pg-migrate",
@@ -250,6 +255,8 @@ impl Tool {
             Tool::Flyway => FLYWAY_MAGIC + i64::from(java_hash(&flyway_table(&i.schema, &i.table))),
             Tool::Atlas => i64::from(fnv1_32(b"atlas_migrate_execute")),
             Tool::Goose => i64::from(crc32(b"goose")),
+            // goose v3.16.0-v3.25.0 `lock/session_locker_options.go`: DefaultLockID.
+            Tool::GooseBefore326 => 5_887_940_537_704_921_958,
             Tool::Sqitch => 75_474_063,
             Tool::GraphileMigrate => 4_727_445_306_447_283,
             Tool::NodePgMigrate => 7_241_865_325_823_964,
@@ -281,6 +288,7 @@ impl Tool {
             ),
             Tool::Atlas => "fnv1_32('atlas_migrate_execute')".into(),
             Tool::Goose => "crc32('goose')".into(),
+            Tool::GooseBefore326 => "crc64_ecma('goose')".into(),
             Tool::Prisma | Tool::Sqitch | Tool::GraphileMigrate | Tool::NodePgMigrate => {
                 "a constant".into()
             }
@@ -558,7 +566,10 @@ fn tool_key(key: LockKey, tool: Tool, inputs: &ToolInputs) -> LockKey {
         sql: format!(
             "{id} /* {}: {} */",
             tool.describe(),
-            tool.formula(inputs).replace("*/", "* /")
+            // Block comments nest in PostgreSQL: neither opens nor closes one.
+            tool.formula(inputs)
+                .replace("/*", "/ *")
+                .replace("*/", "* /")
         ),
         pending: None,
         ..key
@@ -806,6 +817,7 @@ mod tests {
             (Tool::Flyway, 77_433_833_903_597),
             (Tool::Atlas, 2_686_470_616),
             (Tool::Goose, 4_097_083_626),
+            (Tool::GooseBefore326, 5_887_940_537_704_921_958),
             (Tool::Sqitch, 75_474_063),
             (Tool::GraphileMigrate, 4_727_445_306_447_283),
             (Tool::NodePgMigrate, 7_241_865_325_823_964),

@@ -397,6 +397,10 @@ fn cases_for<'a>(db: &str, schema: &str) -> Vec<Case<'a>> {
             &["--lock-of", "goose"],
             Lock::Big(i64::from(crc32_ieee(b"goose"))),
         ),
+        case(
+            &["--lock-of", "goose-before-3.26"],
+            Lock::Big(crc64_ecma(b"goose") as i64),
+        ),
         case(&["--lock-of", "sqitch"], Lock::Big(75_474_063)),
         case(
             &["--lock-of", "graphile-migrate"],
@@ -865,4 +869,29 @@ fn nesting_is_per_database() {
         "1",
         "the inner run holds prisma's lock in its own database: {err}"
     );
+}
+
+/// CRC-64 with the ECMA-182 polynomial, reflected, as Go's `hash/crc64` with `crc64.ECMA`
+/// (goose 3.16-3.25's DefaultLockID is `crc64.Checksum([]byte("goose"), ECMA)`).
+fn crc64_ecma(data: &[u8]) -> u64 {
+    let mut crc = !0u64;
+    for &b in data {
+        crc ^= u64::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xC96C_5795_D787_0F42
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+#[test]
+fn crc64_ecma_matches_go() {
+    // Go: crc64.Checksum([]byte("123456789"), crc64.MakeTable(crc64.ECMA)) = 0x995dc9bbdf1939fa.
+    assert_eq!(crc64_ecma(b"123456789"), 0x995d_c9bb_df19_39fa);
+    // The value goose 3.16-3.25 wrote in lock/session_locker_options.go.
+    assert_eq!(crc64_ecma(b"goose"), 5_887_940_537_704_921_958);
 }
