@@ -123,7 +123,16 @@ impl Conn {
                 }
                 Backend::Parameter { name, value } => self.set_param(name, value),
                 Backend::Notice => {}
-                Backend::Error(e) => return Err(startup_error(who, &e)),
+                Backend::Error(e) => {
+                    let mut err = startup_error(who, &e);
+                    // A wrong password: say where it came from (never what it is).
+                    if e.code == "28P01" {
+                        if let Some(from) = params.password_source(&target) {
+                            err.msg.push_str(&format!(" (the password came from {from})"));
+                        }
+                    }
+                    return Err(err);
+                }
                 Backend::Ready(status) => {
                     self.tx_status = status;
                     return Ok(());
@@ -240,7 +249,15 @@ fn connect_target(
 ) -> Result<Conn> {
     let who = who(params, t);
     let deadline = params.connect_timeout.map(|d| Instant::now() + d);
-    let io_fail = |e: ReadErr| connect_error(&who, e);
+    let io_fail = |e: ReadErr| match (&t.host, e) {
+        // Nothing configured and no server on libpq's default socket: say what to configure.
+        (Host::Unix(dir), ReadErr::Closed(m)) if !params.configured => Error::unavailable(format!(
+            "no database configured: set PGLOCK_DATABASE_URL or DATABASE_URL (postgres://user@host/db), \
+             or PGHOST and the other PG* variables; tried the local socket {}: {m}",
+            t.socket_path(dir).display()
+        )),
+        (_, e) => connect_error(&who, e),
+    };
     let sock = open_socket(t, deadline, startup.client_keepalive, signals).map_err(io_fail)?;
     let (stream, channel) = match negotiate_tls(sock, params, t, deadline, signals, &who)? {
         Negotiated::Plain(s) => (s, Channel::Plain),
