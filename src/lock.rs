@@ -45,8 +45,8 @@ pub fn client_label(addr: Option<String>, port: Option<String>) -> Option<String
 impl Holder {
     fn from_row(r: &[Option<String>]) -> Holder {
         let get = |i: usize| r.get(i).cloned().flatten();
-        let client = client_label(get(3), get(7))
-            .unwrap_or_else(|| "not visible to this role".into());
+        let client =
+            client_label(get(3), get(7)).unwrap_or_else(|| "not visible to this role".into());
         Holder {
             pid: get(0).unwrap_or_default(),
             mode: get(1).unwrap_or_default(),

@@ -128,7 +128,8 @@ impl Conn {
                     // A wrong password: say where it came from (never what it is).
                     if e.code == "28P01" {
                         if let Some(from) = params.password_source(&target) {
-                            err.msg.push_str(&format!(" (the password came from {from})"));
+                            err.msg
+                                .push_str(&format!(" (the password came from {from})"));
                         }
                     }
                     return Err(err);
@@ -249,7 +250,8 @@ fn connect_target(
 ) -> Result<Conn> {
     let who = who(params, t);
     let deadline = params.connect_timeout.map(|d| Instant::now() + d);
-    let io_fail = |e: ReadErr| match (&t.host, e) {
+    let io_fail = |e: ReadErr| {
+        match (&t.host, e) {
         // Nothing configured and no server on libpq's default socket: say what to configure.
         (Host::Unix(dir), ReadErr::Closed(m)) if !params.configured => Error::unavailable(format!(
             "no database configured: set PGLOCK_DATABASE_URL or DATABASE_URL (postgres://user@host/db), \
@@ -257,6 +259,7 @@ fn connect_target(
             t.socket_path(dir).display()
         )),
         (_, e) => connect_error(&who, e),
+    }
     };
     let sock = open_socket(t, deadline, startup.client_keepalive, signals).map_err(io_fail)?;
     let (stream, channel) = match negotiate_tls(sock, params, t, deadline, signals, &who)? {

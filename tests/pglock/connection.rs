@@ -228,20 +228,38 @@ fn a_failed_password_says_where_it_came_from_without_showing_it() {
     let port = pg().port.to_string();
     let home = tmpdir("pwsource");
     let pass = home.join("pgpass");
-    std::fs::write(&pass, format!("# first\nelsewhere:1:*:*:x\n127.0.0.1:{port}:*:app:{wrong}\n"))
-        .unwrap();
+    std::fs::write(
+        &pass,
+        format!("# first\nelsewhere:1:*:*:x\n127.0.0.1:{port}:*:app:{wrong}\n"),
+    )
+    .unwrap();
     std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).unwrap();
     let cases: [(&[(&str, &str)], String); 3] = [
         (
-            &[("PGLOCK_DATABASE_URL", &format!("postgres://app:{wrong}@127.0.0.1:{port}/postgres?sslmode=disable"))],
+            &[(
+                "PGLOCK_DATABASE_URL",
+                &format!("postgres://app:{wrong}@127.0.0.1:{port}/postgres?sslmode=disable"),
+            )],
             "(the password came from the connection URL)".into(),
         ),
         (
-            &[("PGHOST", "127.0.0.1"), ("PGPORT", &port), ("PGUSER", "app"), ("PGPASSWORD", wrong), ("PGSSLMODE", "disable")],
+            &[
+                ("PGHOST", "127.0.0.1"),
+                ("PGPORT", &port),
+                ("PGUSER", "app"),
+                ("PGPASSWORD", wrong),
+                ("PGSSLMODE", "disable"),
+            ],
             "(the password came from PGPASSWORD)".into(),
         ),
         (
-            &[("PGHOST", "127.0.0.1"), ("PGPORT", &port), ("PGUSER", "app"), ("PGPASSFILE", pass.to_str().unwrap()), ("PGSSLMODE", "disable")],
+            &[
+                ("PGHOST", "127.0.0.1"),
+                ("PGPORT", &port),
+                ("PGUSER", "app"),
+                ("PGPASSFILE", pass.to_str().unwrap()),
+                ("PGSSLMODE", "disable"),
+            ],
             format!("(the password came from line 3 of {})", pass.display()),
         ),
     ];
@@ -249,7 +267,10 @@ fn a_failed_password_says_where_it_came_from_without_showing_it() {
         let (code, _, err) = run_env(&name, env, None);
         assert_eq!(code, Some(69), "{env:?}: {err}");
         assert_eq!(err.lines().count(), 1, "{err}");
-        assert!(err.contains("password authentication failed") && err.contains(&says), "{env:?}: {err}");
+        assert!(
+            err.contains("password authentication failed") && err.contains(&says),
+            "{env:?}: {err}"
+        );
         assert!(!err.contains(wrong), "password leaked: {err}");
     }
 }
@@ -274,7 +295,10 @@ fn with_nothing_configured_and_no_local_server_one_line_says_what_to_set() {
     // Something configured: the usual message, naming the target.
     let (code, _, err) = run_env(&key("nothing"), &[("PGPORT", "1")], None);
     assert_eq!(code, Some(69), "{err}");
-    assert!(err.contains("cannot connect to /") && !err.contains("no database configured"), "{err}");
+    assert!(
+        err.contains("cannot connect to /") && !err.contains("no database configured"),
+        "{err}"
+    );
 }
 
 #[test]
