@@ -250,17 +250,7 @@ fn connect_target(
 ) -> Result<Conn> {
     let who = who(params, t);
     let deadline = params.connect_timeout.map(|d| Instant::now() + d);
-    let io_fail = |e: ReadErr| {
-        match (&t.host, e) {
-        // Nothing configured and no server on libpq's default socket: say what to configure.
-        (Host::Unix(dir), ReadErr::Closed(m)) if !params.configured => Error::unavailable(format!(
-            "no database configured: set PGLOCK_DATABASE_URL or DATABASE_URL (postgres://user@host/db), \
-             or PGHOST and the other PG* variables; tried the local socket {}: {m}",
-            t.socket_path(dir).display()
-        )),
-        (_, e) => connect_error(&who, e),
-    }
-    };
+    let io_fail = |e: ReadErr| socket_error(params, t, &who, e);
     let sock = open_socket(t, deadline, startup.client_keepalive, signals).map_err(io_fail)?;
     let (stream, channel) = match negotiate_tls(sock, params, t, deadline, signals, &who)? {
         Negotiated::Plain(s) => (s, Channel::Plain),
@@ -518,6 +508,20 @@ fn connect_error(who: &str, e: ReadErr) -> Error {
         ReadErr::Closed(m) | ReadErr::Protocol(m) => {
             Error::unavailable(format!("cannot connect to {who}: {m}"))
         }
+    }
+}
+
+/// A socket that could not be opened. With nothing configured, the target is libpq's default
+/// socket: say what to configure, not only that the socket is missing.
+fn socket_error(params: &ConnParams, t: &Target, who: &str, e: ReadErr) -> Error {
+    match (&t.host, e) {
+        (Host::Unix(dir), ReadErr::Closed(m)) if !params.configured => Error::unavailable(format!(
+            "no database configured: set PGLOCK_DATABASE_URL or DATABASE_URL \
+                 (postgres://user@host/db), or PGHOST and the other PG* variables; \
+                 tried the local socket {}: {m}",
+            t.socket_path(dir).display()
+        )),
+        (_, e) => connect_error(who, e),
     }
 }
 
