@@ -181,7 +181,7 @@ pub fn supervise(child: Pid, mut w: Watch, signals: &Signals) -> End {
                 .as_millis()
                 .min(i32::MAX as u128) as i32
         };
-        let (sig_ready, sock_ready) = {
+        let (sig_ready, readable) = {
             let mut fds = vec![PollFd::new(signals.fd(), PollFlags::POLLIN)];
             if let (true, Some(c)) = (watching, w.conn.as_ref()) {
                 fds.push(PollFd::new(c.fd(), PollFlags::POLLIN));
@@ -200,10 +200,7 @@ pub fn supervise(child: Pid, mut w: Watch, signals: &Signals) -> End {
                 }
             };
             let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
-            (
-                interrupted || ready(&fds[0]),
-                fds.get(1).is_some_and(ready) || buffered,
-            )
+            (interrupted || ready(&fds[0]), fds.get(1).is_some_and(ready))
         };
 
         if sig_ready {
@@ -227,9 +224,9 @@ pub fn supervise(child: Pid, mut w: Watch, signals: &Signals) -> End {
             }
         }
 
-        if sock_ready {
+        if readable || buffered {
             if let Some(conn) = w.conn.as_deref_mut() {
-                match conn.poll_result() {
+                match conn.poll_result(readable) {
                     Ok(None) => {}
                     Ok(Some(result)) => {
                         if let Some(why) = heartbeat_verdict(result) {

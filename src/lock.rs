@@ -10,7 +10,7 @@ use crate::conninfo::ConnParams;
 use crate::error::{Error, Kind, Result};
 use crate::key::LockKey;
 use crate::log::{self, V};
-use crate::pg::{Conn, QueryResult, ReadErr, Rows, Startup};
+use crate::pg::{Conn, QueryResult, ReadErr, Rows, Startup, TxStatus};
 use crate::request::{Mode, Scope, Wait};
 use crate::signals::Signals;
 use std::time::{Duration, Instant};
@@ -247,7 +247,7 @@ fn lock_sql(
     } else {
         ""
     };
-    if scope == Scope::Transaction && conn.tx_status == b'I' {
+    if scope == Scope::Transaction && conn.tx_status == TxStatus::Idle {
         sql.push_str("BEGIN; ");
         for (k, v) in conn
             .deferred_settings
@@ -423,7 +423,7 @@ pub fn acquire(conn: &mut Conn, a: &Acquire, signals: &Signals) -> Result<Acquir
                 })
             }
             Ok(QueryResult::Error(e)) if e.code == "55P03" => {
-                if conn.tx_status == b'E' {
+                if conn.tx_status == TxStatus::Failed {
                     let _ = query(conn, "ROLLBACK", signals);
                 }
                 seen = holders(conn, a.key, signals).unwrap_or(seen);
@@ -665,7 +665,7 @@ pub fn release(
     sent: &dyn Fn(),
 ) -> Result<bool> {
     if scope == Scope::Transaction {
-        let open = matches!(conn.tx_status, b'T' | b'E');
+        let open = conn.tx_status != TxStatus::Idle;
         query_then(conn, "COMMIT", signals, sent)?;
         return Ok(open);
     }

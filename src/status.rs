@@ -264,6 +264,7 @@ pub fn run(args: StatusArgs) -> Result<i32> {
         while_waiting: None,
     };
     let mut conn = Conn::connect(&params, &startup, &signals)?;
+    conn.allow_large_results();
     let version = conn.server_params.get("server_version").and_then(|v| {
         let mut parts = v.split(|c: char| !c.is_ascii_digit());
         let major: u32 = parts.next()?.parse().ok()?;

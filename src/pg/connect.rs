@@ -90,10 +90,13 @@ impl Conn {
             .chain(params.options.clone())
             .collect();
         let options = options.join(" ");
+        // pglock's text is UTF-8 (the names it sends to hashtext() among it), and it reads the
+        // server's text as UTF-8, whatever the client_encoding setting says.
         let mut pairs = vec![
             ("user", params.user.as_str()),
             ("database", params.dbname.as_str()),
             ("application_name", st.application_name),
+            ("client_encoding", "UTF8"),
         ];
         if !options.is_empty() {
             pairs.push(("options", options.as_str()));
@@ -242,16 +245,68 @@ enum Negotiated {
     RetryPlain,
 }
 
+/// Connects to one target. As libpq: with sslmode=allow, a server that refuses the session
+/// without TLS is asked again with TLS; with sslmode=prefer, one that refuses it over TLS is
+/// asked again without.
 fn connect_target(
     params: &ConnParams,
     t: &Target,
     startup: &Startup,
     signals: &Signals,
 ) -> Result<Conn> {
+    let mut tls_used = false;
+    let first = attempt(params, t, startup, signals, &mut tls_used);
+    let retry = match &first {
+        // A refusal by the server, except the two that connect_with_settings answers (a
+        // setting the server does not know; a pooler refusing startup options).
+        Err(e)
+            if e.sqlstate
+                .as_deref()
+                .is_some_and(|c| c != "42704" && c != "08P01") =>
+        {
+            match params.sslmode {
+                SslMode::Allow => Some(SslMode::Require),
+                SslMode::Prefer if tls_used => Some(SslMode::Disable),
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+    let (Some(mode), Err(e)) = (retry, &first) else {
+        return first;
+    };
+    crate::log::debug(
+        "connect",
+        &format!(
+            "{}; sslmode={} tries again {} TLS",
+            e.msg,
+            sslmode_name(params.sslmode),
+            if mode == SslMode::Disable {
+                "without"
+            } else {
+                "with"
+            }
+        ),
+    );
+    let mut p = params.clone();
+    p.sslmode = mode;
+    attempt(&p, t, startup, signals, &mut tls_used)
+}
+
+/// One connection attempt; `tls_used` tells whether the session was started over TLS.
+fn attempt(
+    params: &ConnParams,
+    t: &Target,
+    startup: &Startup,
+    signals: &Signals,
+    tls_used: &mut bool,
+) -> Result<Conn> {
     let who = who(params, t);
-    let deadline = params.connect_timeout.map(|d| Instant::now() + d);
     let io_fail = |e: ReadErr| socket_error(params, t, &who, e);
-    let sock = open_socket(t, deadline, startup.client_keepalive, signals).map_err(io_fail)?;
+    let (sock, deadline) =
+        open_socket(t, params.connect_timeout, startup.client_keepalive, signals)
+            .map_err(io_fail)?;
+    *tls_used = false;
     let (stream, channel) = match negotiate_tls(sock, params, t, deadline, signals, &who)? {
         Negotiated::Plain(s) => (s, Channel::Plain),
         Negotiated::Tls(s) => {
@@ -261,9 +316,10 @@ fn connect_target(
         Negotiated::RetryPlain => {
             let mut p = params.clone();
             p.sslmode = SslMode::Disable;
-            return connect_target(&p, t, startup, signals);
+            return attempt(&p, t, startup, signals, tls_used);
         }
     };
+    *tls_used = matches!(channel, Channel::Tls(_));
     let mut conn = Conn::new(stream, t, &params.user);
     conn.startup(params, startup, channel, deadline, signals, &who)?;
     Ok(conn)
@@ -354,35 +410,39 @@ fn unread_bytes(s: &TcpStream) -> bool {
     )
 }
 
+/// The socket, and the deadline of the rest of the attempt. As libpq, `connect_timeout`
+/// applies to each address of a host name separately (and to the look-up of the name).
 fn open_socket(
     t: &Target,
-    deadline: Option<Instant>,
+    timeout: Option<Duration>,
     keepalive: Option<Duration>,
     signals: &Signals,
-) -> std::result::Result<Stream, ReadErr> {
+) -> std::result::Result<(Stream, Option<Instant>), ReadErr> {
+    let deadline = || timeout.map(|d| Instant::now() + d);
     let h = match &t.host {
         Host::Unix(dir) => {
             return UnixStream::connect(t.socket_path(dir))
-                .map(Stream::Unix)
+                .map(|s| (Stream::Unix(s), deadline()))
                 .map_err(|e| ReadErr::Closed(e.to_string()))
         }
         Host::Tcp(h) => h,
     };
     let addrs = match t.hostaddr {
         Some(ip) => vec![SocketAddr::new(ip, t.port)],
-        None => resolve(h, t.port, deadline, signals)?,
+        None => resolve(h, t.port, deadline(), signals)?,
     };
     let mut last = ReadErr::Closed(format!("host name \"{h}\" has no address"));
     for addr in addrs {
-        match tcp_connect(addr, deadline, signals) {
+        let until = deadline();
+        match tcp_connect(addr, until, signals) {
             Ok(s) => {
                 let _ = s.set_nodelay(true);
                 if let Some(hb) = keepalive {
                     set_keepalive(&s, hb);
                 }
-                return Ok(Stream::Tcp(s));
+                return Ok((Stream::Tcp(s), until));
             }
-            Err(e @ (ReadErr::Signal(_) | ReadErr::Timeout)) => return Err(e),
+            Err(e @ ReadErr::Signal(_)) => return Err(e),
             Err(e) => last = e,
         }
     }

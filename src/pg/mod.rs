@@ -57,6 +57,8 @@ impl std::fmt::Display for ReadErr {
     }
 }
 
+pub use wire::TxStatus;
+
 /// Rows of a simple query's last result set, as text.
 pub type Rows = Vec<Vec<Option<String>>>;
 
@@ -81,10 +83,20 @@ struct Pending {
     error: Option<ServerError>,
 }
 
-/// The largest result pglock keeps: its own queries return a few rows (`pglock status` one per
-/// advisory lock on the database, a few hundred bytes each), so a server that sends rows without
-/// end is stopped here rather than by the memory running out.
-const MAX_RESULT: usize = 32 * 1024 * 1024;
+/// The largest result a connection keeps, by default: the lock session's queries return a row
+/// or two, so a server that sends rows without end is stopped here rather than by the memory
+/// running out. `pglock status` (a row per advisory lock on the database) allows more.
+const MAX_RESULT: usize = 1024 * 1024;
+const MAX_LARGE_RESULT: usize = 64 * 1024 * 1024;
+
+/// What a row costs in memory, roughly: the row's vector, and for each value its `Option<String>`
+/// and its heap block (allocator overhead included).
+fn row_cost(r: &[Option<String>]) -> usize {
+    64 + r
+        .iter()
+        .map(|v| 48 + v.as_ref().map_or(0, String::len))
+        .sum::<usize>()
+}
 
 pub struct Conn {
     stream: Stream,
@@ -97,13 +109,13 @@ pub struct Conn {
     /// Session settings that could not go in the startup packet (a pooler such as PgBouncer
     /// refuses `options`): the caller applies them with SET or SET LOCAL.
     pub deferred_settings: Vec<(String, String)>,
-    /// The transaction status of the last ReadyForQuery: b'I' idle, b'T' in a transaction,
-    /// b'E' in a failed transaction.
-    pub tx_status: u8,
+    /// The transaction status of the last ReadyForQuery.
+    pub tx_status: TxStatus,
     pending: Option<Pending>,
     notified: bool,
     /// Set by the first protocol violation or loss: every later read returns it again.
     broken: Option<String>,
+    max_result: usize,
 }
 
 /// Session settings for the startup packet.
@@ -177,11 +189,17 @@ impl Conn {
             secret_key: 0,
             server_params: HashMap::new(),
             deferred_settings: Vec::new(),
-            tx_status: b'I',
+            tx_status: TxStatus::Idle,
             pending: None,
             notified: false,
             broken: None,
+            max_result: MAX_RESULT,
         }
+    }
+
+    /// Allows results of up to 64 MiB (`pglock status`: a row per advisory lock).
+    pub fn allow_large_results(&mut self) {
+        self.max_result = MAX_LARGE_RESULT;
     }
 
     pub fn target(&self) -> &Target {
@@ -311,18 +329,16 @@ impl Conn {
             }
             Backend::RowDescription | Backend::Complete if self.pending.is_some() => {}
             Backend::Row(r) if self.pending.is_some() => {
-                let size = 24
-                    + r.iter()
-                        .map(|v| 24 + v.as_ref().map_or(0, String::len))
-                        .sum::<usize>();
+                let (size, limit) = (row_cost(&r), self.max_result);
                 let full = self.pending.as_mut().is_some_and(|p| {
                     p.bytes += size;
                     p.rows.push(r);
-                    p.bytes > MAX_RESULT
+                    p.bytes > limit
                 });
                 if full {
                     return Err(self.violation(format!(
-                        "protocol violation: the server sent a result larger than pglock accepts ({MAX_RESULT} bytes)"
+                        "protocol violation: the server sent a result larger than pglock accepts ({} KiB)",
+                        limit / 1024
                     )));
                 }
             }
@@ -406,12 +422,16 @@ impl Conn {
         }
     }
 
-    /// For the main loop, after poll found the socket readable (or `has_buffered`): reads what
-    /// is there without waiting, and returns the query's result if it is now complete. `Err`
+    /// For the main loop, after poll: applies what is buffered and, when poll found the socket
+    /// `readable`, reads once more (never otherwise: the socket blocks, and a read with nothing
+    /// to read would stop the loop). Returns the query's result if it is now complete. `Err`
     /// when the connection is gone or the server broke the protocol.
-    pub fn poll_result(&mut self) -> Result<Option<QueryResult>, ReadErr> {
+    pub fn poll_result(&mut self, readable: bool) -> Result<Option<QueryResult>, ReadErr> {
         if let Some(r) = self.drain()? {
             return Ok(Some(r));
+        }
+        if !readable {
+            return Ok(None);
         }
         self.read_once()?;
         self.drain()
@@ -520,7 +540,7 @@ mod tests {
 
     fn result(conn: &mut Conn) -> Result<QueryResult, ReadErr> {
         loop {
-            if let Some(r) = conn.poll_result()? {
+            if let Some(r) = conn.poll_result(true)? {
                 return Ok(r);
             }
         }
@@ -538,7 +558,22 @@ mod tests {
             Ok(QueryResult::Rows(r)) => assert_eq!(r, vec![vec![Some("t".to_string())]]),
             other => panic!("{other:?}"),
         }
-        assert_eq!(conn.tx_status, b'T');
+        assert_eq!(conn.tx_status, TxStatus::InTransaction);
+    }
+
+    #[test]
+    fn a_message_after_the_result_is_applied_without_waiting() {
+        let (mut conn, mut server) = pair();
+        conn.send_query("SELECT 1").unwrap();
+        let mut s = row(b"t");
+        s.extend(msg(b'Z', b"I"));
+        s.extend(msg(b'N', b"SNOTICE\0Mhi\0\0"));
+        server.write_all(&s).unwrap();
+        assert!(matches!(result(&mut conn), Ok(QueryResult::Rows(_))));
+        // The notice is buffered; the socket has nothing more: no read may wait for it.
+        assert!(conn.has_buffered());
+        assert!(matches!(conn.poll_result(false), Ok(None)));
+        assert!(!conn.has_buffered());
     }
 
     #[test]
@@ -564,7 +599,7 @@ mod tests {
         let (mut conn, mut server) = pair();
         // A row with no query under way.
         server.write_all(&row(b"t")).unwrap();
-        assert!(matches!(conn.poll_result(), Err(ReadErr::Protocol(_))));
+        assert!(matches!(conn.poll_result(true), Err(ReadErr::Protocol(_))));
         // An authentication request after startup.
         let (mut conn, mut server) = pair();
         conn.send_query("SELECT 1").unwrap();
@@ -578,7 +613,7 @@ mod tests {
         server
             .write_all(&msg(b'E', b"SFATAL\0VFATAL\0C57P01\0Mterminating\0\0"))
             .unwrap();
-        match conn.poll_result() {
+        match conn.poll_result(true) {
             Err(ReadErr::Closed(m)) => assert!(m.contains("terminating"), "{m}"),
             other => panic!("{other:?}"),
         }

@@ -6,6 +6,9 @@
 //!   checks the chain to `sslrootcert`; `verify-full` also checks the host name, by libpq's rules
 //!   (the subjectAltName entries of the host's kind, else the subject CN), never against a
 //!   substitute name.
+//! - An X.509 version 1 server certificate (the docs' CA-signed recipe, which webpki refuses) is
+//!   verified as OpenSSL verifies it when a root issued it directly (signature, validity, the
+//!   CN), over TLS 1.3 only; refused with CRLs, under an intermediate or a name-constrained root.
 //! - `sslrootcert=system`: the system's CA certificates (`SSL_CERT_FILE`, `SSL_CERT_DIR`, the usual
 //!   bundle paths).
 //! - `sslcrl` / `sslcrldir`: revocation lists, checked for the whole chain whenever the chain is.
@@ -20,10 +23,11 @@ use crate::conninfo::{ConnParams, SslMode, TlsFiles};
 use crate::signals::Signals;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
-use rustls::crypto::CryptoProvider;
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{
-    CertificateDer, CertificateRevocationListDer, DnsName, PrivateKeyDer, ServerName, UnixTime,
+    CertificateDer, CertificateRevocationListDer, DnsName, PrivateKeyDer, ServerName,
+    SubjectPublicKeyInfoDer, UnixTime,
 };
 use rustls::{CertificateError, ClientConfig, ClientConnection, RootCertStore};
 use rustls::{DigitallySignedStruct, SignatureScheme};
@@ -33,6 +37,9 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
+use x509_parser::asn1_rs::{Any, BitString, Class, DerParser, FromDer, SequenceIterator, Tag};
+use x509_parser::certificate::X509Certificate;
+use x509_parser::x509::X509Version;
 
 pub struct TlsStream {
     conn: ClientConnection,
@@ -346,6 +353,11 @@ struct Verifier {
     /// trusted as OpenSSL trusts it (webpki refuses a CA certificate as the server's, which the
     /// docs' self-signed recipe makes).
     pinned: Vec<CertificateDer<'static>>,
+    /// The roots webpki verifies against, for an X.509 version 1 server certificate (which
+    /// webpki refuses to parse; see `check_v1`).
+    roots: Arc<RootCertStore>,
+    /// The provider's signature algorithms, for the same.
+    algs: WebPkiSupportedAlgorithms,
     crls: bool,
     /// verify-full: the host as libpq compares it. `None`: verify-ca, the chain only.
     name: Option<HostCheck>,
@@ -399,17 +411,22 @@ impl Verifier {
 
     /// A server certificate that is itself one of the sslrootcert certificates (the docs'
     /// self-signed recipe): trusted as such, as OpenSSL trusts it, after the checks webpki would
-    /// have made of it: validity, a server purpose if it names purposes, and the name.
+    /// have made of it: validity, a server purpose if it names purposes, and the name. Only a
+    /// self-issued one: OpenSSL (without partial chains, as libpq uses it) does not stop a chain
+    /// at a trusted certificate that names another issuer.
     fn check_pinned(
         &self,
         end_entity: &CertificateDer<'_>,
         server_name: &ServerName<'_>,
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        use x509_parser::prelude::FromDer;
         let bad = || rustls::Error::InvalidCertificate(CertificateError::BadEncoding);
-        let (_, cert) = x509_parser::certificate::X509Certificate::from_der(end_entity.as_ref())
-            .map_err(|_| bad())?;
+        let (_, cert) = X509Certificate::from_der(end_entity.as_ref()).map_err(|_| bad())?;
+        if cert.issuer().as_raw() != cert.subject().as_raw() {
+            return Err(rustls::Error::InvalidCertificate(
+                CertificateError::UnknownIssuer,
+            ));
+        }
         let now = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
         let validity = cert.validity();
         if now < validity.not_before.timestamp() {
@@ -431,6 +448,247 @@ impl Verifier {
             Err(_) => return Err(bad()),
         }
         self.check_name(end_entity, server_name)
+    }
+
+    /// An X.509 version 1 server certificate (no extensions; what `openssl x509 -req` makes
+    /// without `-extfile`, as in the PostgreSQL docs' CA-signed recipe), which webpki refuses.
+    /// Checked as OpenSSL checks it when a root issued it directly: the issuer is a root, the
+    /// root's key verifies the certificate's signature (with the provider's algorithms, as webpki
+    /// would), the validity period includes `now`, and the name by libpq's rules (the CN: there
+    /// is no subjectAltName). Refused, with an error saying why, where pglock cannot check as
+    /// much as for a version 3 certificate: an intermediate CA between it and the root, a root
+    /// with name constraints, and CRLs (its revocation).
+    fn check_v1(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let bad = || rustls::Error::InvalidCertificate(CertificateError::BadEncoding);
+        let parts = CertParts::v1(end_entity).ok_or_else(bad)?;
+        if parts.tbs_sig_alg != parts.sig_alg {
+            return Err(bad());
+        }
+        let anchors: Vec<_> = self
+            .roots
+            .roots
+            .iter()
+            .filter(|a| a.subject.as_ref() == parts.issuer)
+            .collect();
+        if anchors.is_empty() {
+            let by_intermediate = intermediates
+                .iter()
+                .filter_map(|c| CertParts::of(c.as_ref()))
+                .any(|c| c.subject == parts.issuer);
+            if by_intermediate {
+                return Err(refusal(
+                    "the server's certificate is X.509 version 1 and issued by an intermediate CA: \
+                     pglock accepts a version 1 certificate only when its issuer is in sslrootcert; \
+                     reissue it as version 3 (openssl x509 -req with -extfile)",
+                ));
+            }
+            return Err(rustls::Error::InvalidCertificate(
+                CertificateError::UnknownIssuer,
+            ));
+        }
+        let mut error = rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer);
+        let mut signed = false;
+        for anchor in anchors {
+            match verify_signed_by(&self.algs, anchor.subject_public_key_info.as_ref(), &parts) {
+                Ok(()) if anchor.name_constraints.is_some() => {
+                    return Err(refusal(
+                        "the server's certificate is X.509 version 1 and its root certificate has \
+                         name constraints, which pglock cannot apply to a version 1 certificate: \
+                         reissue it as version 3 (openssl x509 -req with -extfile)",
+                    ))
+                }
+                Ok(()) => {
+                    signed = true;
+                    break;
+                }
+                Err(e) => error = e,
+            }
+        }
+        if !signed {
+            return Err(error);
+        }
+        let secs = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+        let validity = parts.cert.validity();
+        if secs < validity.not_before.timestamp() {
+            return Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidYet,
+            ));
+        }
+        if secs > validity.not_after.timestamp() {
+            return Err(rustls::Error::InvalidCertificate(CertificateError::Expired));
+        }
+        // Revocation: webpki's CRL checks need a certificate it parses; refused rather than
+        // checked less (as libpq's CRL_CHECK_ALL would check it).
+        if self.crls {
+            return Err(refusal(
+                "the server's certificate is X.509 version 1, whose revocation pglock cannot check \
+                 against sslcrl/sslcrldir: reissue it as version 3 (openssl x509 -req with -extfile)",
+            ));
+        }
+        self.check_name(end_entity, server_name)
+    }
+}
+
+/// An error pglock states itself, shown as its message (rustls prints an `OtherError` through
+/// `Debug`).
+struct Refusal(&'static str);
+
+impl std::fmt::Debug for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::error::Error for Refusal {}
+
+fn refusal(message: &'static str) -> rustls::Error {
+    rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(
+        Refusal(message),
+    ))))
+}
+
+/// webpki's `UnsupportedCertVersion`, as rustls passes it on (an `OtherError`, the webpki type
+/// being private to rustls: recognised by its name).
+fn is_unsupported_version(e: &rustls::Error) -> bool {
+    match e {
+        rustls::Error::InvalidCertificate(CertificateError::Other(other)) => {
+            format!("{:?}", other.0) == "UnsupportedCertVersion"
+        }
+        _ => false,
+    }
+}
+
+/// A certificate as x509-parser reads it, with the exact bytes webpki-style matching needs
+/// (read with asn1-rs, x509-parser's DER reader, where x509-parser keeps no bytes: it decodes
+/// an AlgorithmIdentifier into an OID and parameters, and ignores whatever a SEQUENCE holds
+/// after the fields it knows, which webpki refuses).
+struct CertParts<'a> {
+    cert: X509Certificate<'a>,
+    /// Whether the TBSCertificate has an explicit version (v2, v3; never in a DER version 1).
+    explicit_version: bool,
+    /// The contents of the TBSCertificate's signature AlgorithmIdentifier.
+    tbs_sig_alg: &'a [u8],
+    /// The contents of the issuer and subject Names (as webpki and a trust anchor hold them).
+    issuer: &'a [u8],
+    subject: &'a [u8],
+    /// Whether the TBSCertificate holds anything after the key (unique IDs, extensions).
+    after_key: bool,
+    /// The contents of the signatureAlgorithm.
+    sig_alg: &'a [u8],
+}
+
+impl<'a> CertParts<'a> {
+    fn of(der: &'a [u8]) -> Option<CertParts<'a>> {
+        let (rest, cert) = X509Certificate::from_der(der).ok()?;
+        // The signature: a BIT STRING without unused bits.
+        if !rest.is_empty() || cert.signature_value.unused_bits != 0 {
+            return None;
+        }
+        // The certificate's and the TBSCertificate's elements, each SEQUENCE whole (an error for
+        // anything in it that is not an element).
+        let (_, outer) = Vec::<Any<'a>>::from_der(der).ok()?;
+        let [tbs, sig_alg, _signature] = <[Any<'a>; 3]>::try_from(outer).ok()?;
+        let tbs = SequenceIterator::<Any<'a>, DerParser>::new(tbs.data)
+            .collect::<Result<Vec<_>, _>>()
+            .ok()?;
+        // x509-parser took a first element tagged 0 for the version (its class checked).
+        let explicit_version = tbs.first()?.tag() == Tag(0);
+        let fields = tbs.get(usize::from(explicit_version)..)?;
+        let [_serial, tbs_sig_alg, issuer, _validity, subject, _spki, tail @ ..] = fields else {
+            return None;
+        };
+        Some(CertParts {
+            explicit_version,
+            tbs_sig_alg: tbs_sig_alg.data,
+            issuer: issuer.data,
+            subject: subject.data,
+            after_key: !tail.is_empty(),
+            sig_alg: sig_alg.data,
+            cert,
+        })
+    }
+
+    /// The parts of an X.509 version 1 certificate (no version field, nothing after the key);
+    /// `None` for any other.
+    fn v1(der: &'a CertificateDer<'_>) -> Option<CertParts<'a>> {
+        CertParts::of(der.as_ref()).filter(|p| {
+            let tbs = &p.cert.tbs_certificate;
+            !p.explicit_version
+                && !p.after_key
+                && tbs.version() == X509Version::V1
+                && tbs.issuer_uid.is_none()
+                && tbs.subject_uid.is_none()
+                && tbs.extensions().is_empty()
+        })
+    }
+}
+
+/// Whether the key of `issuer_spki` (the contents of a SubjectPublicKeyInfo, as a trust anchor
+/// holds it) signed `cert`, with an algorithm of `algs` whose identifiers are exactly the
+/// certificate's signature algorithm and the key's algorithm (webpki's rule).
+fn verify_signed_by(
+    algs: &WebPkiSupportedAlgorithms,
+    issuer_spki: &[u8],
+    cert: &CertParts<'_>,
+) -> Result<(), rustls::Error> {
+    let bad = || rustls::Error::InvalidCertificate(CertificateError::BadEncoding);
+    // The algorithm (its contents, as webpki compares them) and the key, without the
+    // SubjectPublicKeyInfo's header (which a trust anchor does not keep).
+    let (rest, key_alg) = Any::from_der(issuer_spki).map_err(|_| bad())?;
+    let (rest, key) = BitString::from_der(rest).map_err(|_| bad())?;
+    if !rest.is_empty()
+        || key_alg.class() != Class::Universal
+        || key_alg.tag() != Tag::Sequence
+        || !key_alg.header.is_constructed()
+        || key.unused_bits != 0
+    {
+        return Err(bad());
+    }
+    let key_alg = key_alg.data;
+    let mut for_signature = algs
+        .all
+        .iter()
+        .filter(|a| a.signature_alg_id().as_ref() == cert.sig_alg)
+        .peekable();
+    if for_signature.peek().is_none() {
+        return Err(rustls::Error::InvalidCertificate(
+            CertificateError::UnsupportedSignatureAlgorithmContext {
+                signature_algorithm_id: cert.sig_alg.to_vec(),
+                supported_algorithms: algs.all.iter().map(|a| a.signature_alg_id()).collect(),
+            },
+        ));
+    }
+    let mut for_key = for_signature
+        .filter(|a| a.public_key_alg_id().as_ref() == key_alg)
+        .peekable();
+    if for_key.peek().is_none() {
+        return Err(rustls::Error::InvalidCertificate(
+            CertificateError::UnsupportedSignatureAlgorithmForPublicKeyContext {
+                signature_algorithm_id: cert.sig_alg.to_vec(),
+                public_key_algorithm_id: key_alg.to_vec(),
+            },
+        ));
+    }
+    let tbs = cert.cert.tbs_certificate.as_ref();
+    let signature = &cert.cert.signature_value.data;
+    if for_key.any(|a| a.verify_signature(&key.data, tbs, signature).is_ok()) {
+        Ok(())
+    } else {
+        Err(rustls::Error::InvalidCertificate(
+            CertificateError::BadSignature,
+        ))
     }
 }
 
@@ -462,6 +720,11 @@ impl ServerCertVerifier for Verifier {
             {
                 self.check_pinned(end_entity, server_name, now)
             }
+            // An X.509 version 1 certificate (the docs' CA-signed recipe), which webpki does not
+            // parse: verified as OpenSSL verifies it, directly under a root.
+            Err(e) if is_unsupported_version(&e) && CertParts::v1(end_entity).is_some() => {
+                self.check_v1(end_entity, intermediates, server_name, now)
+            }
             Err(e) => Err(e),
         }
     }
@@ -471,7 +734,16 @@ impl ServerCertVerifier for Verifier {
         c: &CertificateDer<'_>,
         d: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls12_signature(m, c, d)
+        match self.webpki.verify_tls12_signature(m, c, d) {
+            // rustls has no TLS 1.2 check of a raw public key: a version 1 certificate is
+            // refused there rather than checked by code of pglock's own.
+            Err(e) if is_unsupported_version(&e) && CertParts::v1(c).is_some() => Err(refusal(
+                "the server's certificate is X.509 version 1, which pglock accepts only over TLS 1.3 \
+                 (the server negotiated TLS 1.2): reissue the certificate as version 3 (openssl x509 \
+                 -req with -extfile, e.g. a subjectAltName), or let the server use TLS 1.3",
+            )),
+            r => r,
+        }
     }
     fn verify_tls13_signature(
         &self,
@@ -479,7 +751,20 @@ impl ServerCertVerifier for Verifier {
         c: &CertificateDer<'_>,
         d: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls13_signature(m, c, d)
+        match self.webpki.verify_tls13_signature(m, c, d) {
+            // A version 1 certificate (accepted by `check_v1`): the signature is checked with its
+            // public key, as rustls checks a raw public key.
+            Err(e) if is_unsupported_version(&e) => match CertParts::v1(c) {
+                Some(parts) => rustls::crypto::verify_tls13_signature_with_raw_key(
+                    m,
+                    &SubjectPublicKeyInfoDer::from(parts.cert.public_key().raw),
+                    d,
+                    &self.algs,
+                ),
+                None => Err(e),
+            },
+            r => r,
+        }
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.webpki.supported_verify_schemes()
@@ -607,8 +892,8 @@ fn server_verifier(
     // no CRL is refused (OpenSSL's "unable to get certificate CRL"; webpki's default unknown
     // status policy), and an expired CRL is refused (OpenSSL's "CRL has expired"). libpq ignores
     // CRLs with sslrootcert=system; pglock applies them there too, as they were asked for.
-    let mut builder =
-        WebPkiServerVerifier::builder_with_provider(Arc::new(roots.store), provider.clone());
+    let store = Arc::new(roots.store);
+    let mut builder = WebPkiServerVerifier::builder_with_provider(store.clone(), provider.clone());
     let have_crls = !crls.is_empty();
     if have_crls {
         builder = builder.with_crls(crls).enforce_revocation_expiration();
@@ -619,6 +904,8 @@ fn server_verifier(
     Ok(Arc::new(Verifier {
         webpki,
         pinned: roots.pinned,
+        roots: store,
+        algs: provider.signature_verification_algorithms,
         crls: have_crls,
         name: (check == Check::ChainAndName).then(|| HostCheck::new(host, id)),
     }))
@@ -1099,6 +1386,45 @@ mod tests {
             ]);
             self.der(name)
         }
+        /// The PostgreSQL docs' CA-signed recipe: `name` (subject `subj`, a key made by
+        /// `newkey`, e.g. `["rsa:2048"]` or `["ec", "-pkeyopt", "ec_paramgen_curve:P-256"]`)
+        /// signed by `ca` without extensions, an X.509 version 1 certificate.
+        fn leaf_v1(
+            &self,
+            ca: &str,
+            name: &str,
+            subj: &str,
+            newkey: &[&str],
+        ) -> CertificateDer<'static> {
+            let (key, csr, crt) = (
+                format!("{name}.key"),
+                format!("{name}.csr"),
+                format!("{name}.crt"),
+            );
+            let mut args = vec!["req", "-new", "-nodes", "-text", "-newkey"];
+            args.extend_from_slice(newkey);
+            args.extend(["-keyout", &key, "-out", &csr, "-subj", subj]);
+            self.run(&args);
+            let serial = self.serial.fetch_add(1, Ordering::Relaxed).to_string();
+            self.run(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-text",
+                "-days",
+                "30",
+                "-CA",
+                &format!("{ca}.crt"),
+                "-CAkey",
+                &format!("{ca}.key"),
+                "-set_serial",
+                &serial,
+                "-out",
+                &crt,
+            ]);
+            self.der(name)
+        }
         fn der(&self, name: &str) -> CertificateDer<'static> {
             CertificateDer::from_pem_file(self.path(&format!("{name}.crt")))
                 .expect("a PEM certificate")
@@ -1469,6 +1795,43 @@ mod tests {
     }
 
     #[test]
+    fn a_leaf_listed_as_a_root_is_not_trusted_on_its_own() {
+        // OpenSSL, as libpq uses it, does not end a chain at a trusted certificate that is not
+        // self-issued: a leaf copied into sslrootcert, without its CA, is refused.
+        let pki = Pki::new();
+        let leaf = pki.leaf("ca", "server", "/CN=db.test", Some("DNS:db.test"));
+        let files = TlsFiles {
+            root: Some(pki.path("server.crt").display().to_string()),
+            ..TlsFiles::default()
+        };
+        assert!(verify(
+            &verifier(SslMode::VerifyFull, &files, "db.test"),
+            &leaf,
+            "db.test"
+        )
+        .is_err());
+        assert!(verify(
+            &verifier(SslMode::VerifyCa, &files, "db.test"),
+            &leaf,
+            "db.test"
+        )
+        .is_err());
+        // With its CA it verifies.
+        let files = TlsFiles {
+            root: Some(pki.path("ca.crt").display().to_string()),
+            ..TlsFiles::default()
+        };
+        assert_eq!(
+            verify(
+                &verifier(SslMode::VerifyFull, &files, "db.test"),
+                &leaf,
+                "db.test"
+            ),
+            Ok(())
+        );
+    }
+
+    #[test]
     fn crls_revoke_and_a_missing_crl_refuses() {
         let pki = Pki::new();
         pki.ca("other");
@@ -1811,17 +2174,33 @@ mod tests {
         mode: SslMode,
         host: &str,
     ) -> (Result<TlsStream, String>, Option<String>) {
+        handshake_as(pki, name, name, rustls::DEFAULT_VERSIONS, mode, host)
+    }
+
+    /// `handshake_with`, the server presenting `cert.crt` with the key `key.key` (not checked to
+    /// match, nor the certificate parsed: a version 1 certificate, a key that is not its own) and
+    /// speaking only `versions`.
+    fn handshake_as(
+        pki: &Pki,
+        cert: &str,
+        key: &str,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+        mode: SslMode,
+        host: &str,
+    ) -> (Result<TlsStream, String>, Option<String>) {
         use std::net::TcpListener;
-        let chain = vec![pki.der(name)];
-        let key = PrivateKeyDer::from_pem_file(pki.path(&format!("{name}.key"))).expect("a key");
-        let server = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .expect("a server config");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let key = PrivateKeyDer::from_pem_file(pki.path(&format!("{key}.key"))).expect("a key");
+        let key = provider
+            .key_provider
+            .load_private_key(key)
+            .expect("a signing key");
+        let certified = rustls::sign::CertifiedKey::new(vec![pki.der(cert)], key);
+        let server = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(versions)
+            .expect("versions")
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(certified)));
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("an address");
         let server = std::thread::spawn(move || {
@@ -1884,5 +2263,316 @@ mod tests {
         let (client, _) = handshake_with(&pki, "srv", SslMode::VerifyFull, "other.test");
         let e = client.err().expect("wrong name");
         assert!(e.contains("certificate not valid for name"), "{e}");
+    }
+
+    fn is_refusal(r: &Result<(), rustls::Error>, want: &str) -> bool {
+        match r {
+            Err(rustls::Error::InvalidCertificate(CertificateError::Other(e))) => {
+                format!("{:?}", e.0).contains(want)
+            }
+            _ => false,
+        }
+    }
+
+    #[test]
+    fn the_docs_ca_signed_recipe_a_version_1_certificate_verifies_under_its_root() {
+        let pki = Pki::new();
+        pki.ca("other");
+        // The docs' recipe: an RSA root, an RSA leaf signed without extensions.
+        pki.run(&[
+            "req",
+            "-new",
+            "-x509",
+            "-days",
+            "30",
+            "-nodes",
+            "-newkey",
+            "rsa:2048",
+            "-keyout",
+            "root.key",
+            "-out",
+            "root.crt",
+            "-subj",
+            "/CN=pglock test root",
+        ]);
+        let rsa = pki.leaf_v1("root", "rsa", "/CN=db.test", &["rsa:2048"]);
+        let ec_args = ["ec", "-pkeyopt", "ec_paramgen_curve:P-256"];
+        let ec = pki.leaf_v1("ca", "ec", "/CN=db.test", &ec_args);
+        let stranger = pki.leaf_v1("other", "stranger", "/CN=db.test", &ec_args);
+        for der in [&rsa, &ec] {
+            let parts = CertParts::v1(der).expect("a version 1 certificate");
+            assert!(!parts.explicit_version && !parts.after_key);
+        }
+        // A version 3 certificate (the CA's) is not taken for one.
+        assert!(CertParts::v1(&pki.der("other")).is_none());
+        // Both roots in one file, as a bundle: each leaf finds its own.
+        let both = [
+            std::fs::read(pki.path("root.crt")).expect("read"),
+            std::fs::read(pki.path("ca.crt")).expect("read"),
+        ]
+        .concat();
+        std::fs::write(pki.path("both.crt"), both).expect("write");
+        let files = pki.files("both.crt");
+        for (der, what) in [(&rsa, "rsa"), (&ec, "ec")] {
+            let full = verifier(SslMode::VerifyFull, &files, "db.test");
+            assert_eq!(verify(&full, der, "db.test"), Ok(()), "{what}");
+            assert_eq!(verify(&full, der, "DB.TEST"), Ok(()), "{what}");
+            let wrong = verify(
+                &verifier(SslMode::VerifyFull, &files, "other.test"),
+                der,
+                "other.test",
+            );
+            assert!(is_name_error(&wrong), "{what}: {wrong:?}");
+            assert!(format!("{wrong:?}").contains("CN=db.test"), "{wrong:?}");
+            let ca = verifier(SslMode::VerifyCa, &files, "other.test");
+            assert_eq!(verify(&ca, der, "other.test"), Ok(()), "{what}");
+            // Validity: expired, not yet valid.
+            for mode in [SslMode::VerifyFull, SslMode::VerifyCa] {
+                let v = verifier(mode, &files, "db.test");
+                assert_eq!(
+                    verify_at(&v, der, "db.test", in_days(60)),
+                    Err(rustls::Error::InvalidCertificate(CertificateError::Expired)),
+                    "{what}"
+                );
+                assert_eq!(
+                    verify_at(
+                        &v,
+                        der,
+                        "db.test",
+                        UnixTime::since_unix_epoch(Duration::ZERO)
+                    ),
+                    Err(rustls::Error::InvalidCertificate(
+                        CertificateError::NotValidYet
+                    )),
+                    "{what}"
+                );
+            }
+        }
+        // Signed by a CA that is not in sslrootcert.
+        for mode in [SslMode::VerifyFull, SslMode::VerifyCa] {
+            let v = verifier(mode, &files, "db.test");
+            assert_eq!(
+                verify(&v, &stranger, "db.test"),
+                Err(rustls::Error::InvalidCertificate(
+                    CertificateError::UnknownIssuer
+                ))
+            );
+        }
+        // A root with the issuer's name but another key: the signature does not verify.
+        pki.run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "twin.key",
+            "-out",
+            "twin.crt",
+            "-subj",
+            "/CN=pglock test ca",
+            "-days",
+            "30",
+        ]);
+        let twin = verifier(SslMode::VerifyCa, &pki.files("twin.crt"), "db.test");
+        assert_eq!(
+            verify(&twin, &ec, "db.test"),
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::BadSignature
+            ))
+        );
+        // A damaged signature, a changed TBSCertificate: refused.
+        let mut bad_sig = ec.as_ref().to_vec();
+        if let Some(last) = bad_sig.last_mut() {
+            *last ^= 1;
+        }
+        let full = verifier(SslMode::VerifyFull, &files, "db.test");
+        assert!(verify(&full, &CertificateDer::from(bad_sig), "db.test").is_err());
+        let pos = ec
+            .as_ref()
+            .windows(7)
+            .position(|w| w == b"db.test")
+            .expect("the CN");
+        let mut renamed = ec.as_ref().to_vec();
+        renamed[pos] = b'x';
+        let r = verify(&full, &CertificateDer::from(renamed), "xb.test");
+        assert_eq!(
+            r,
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::BadSignature
+            ))
+        );
+        // With CRLs, its revocation cannot be checked: refused, even by a CRL that revokes
+        // nothing.
+        let crl = pki.crl("ca", "ca.crl");
+        let with_crl = TlsFiles {
+            crl: Some(crl),
+            ..pki.files("ca.crt")
+        };
+        let r = verify(
+            &verifier(SslMode::VerifyFull, &with_crl, "db.test"),
+            &ec,
+            "db.test",
+        );
+        assert!(is_refusal(&r, "revocation"), "{r:?}");
+    }
+
+    #[test]
+    fn a_version_1_certificate_under_an_intermediate_is_refused() {
+        let pki = Pki::new();
+        // An intermediate CA signed by `ca`, and a version 1 leaf it signs.
+        pki.run(&[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "inter.key",
+            "-out",
+            "inter.csr",
+            "-subj",
+            "/CN=pglock test inter",
+        ]);
+        std::fs::write(
+            pki.path("inter.ext"),
+            "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n",
+        )
+        .expect("write");
+        pki.run(&[
+            "x509",
+            "-req",
+            "-in",
+            "inter.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-set_serial",
+            "99",
+            "-days",
+            "30",
+            "-out",
+            "inter.crt",
+            "-extfile",
+            "inter.ext",
+        ]);
+        let leaf = pki.leaf_v1(
+            "inter",
+            "leaf",
+            "/CN=db.test",
+            &["ec", "-pkeyopt", "ec_paramgen_curve:P-256"],
+        );
+        let v = verifier(SslMode::VerifyFull, &pki.files("ca.crt"), "db.test");
+        let name = ServerName::try_from("db.test").expect("a name");
+        let r = v
+            .verify_server_cert(&leaf, &[pki.der("inter")], &name, &[], UnixTime::now())
+            .map(|_| ());
+        assert!(is_refusal(&r, "intermediate CA"), "{r:?}");
+        // Without the intermediate: an unknown issuer.
+        assert_eq!(
+            verify(&v, &leaf, "db.test"),
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::UnknownIssuer
+            ))
+        );
+    }
+
+    #[test]
+    fn version_1_parsing_refuses_what_is_not_one() {
+        let pki = Pki::new();
+        let v3 = pki.leaf("ca", "v3", "/CN=db.test", Some("DNS:db.test"));
+        assert!(CertParts::of(v3.as_ref()).is_some_and(|p| p.explicit_version));
+        assert!(CertParts::v1(&v3).is_none());
+        let v1 = pki.leaf_v1(
+            "ca",
+            "v1",
+            "/CN=db.test",
+            &["ec", "-pkeyopt", "ec_paramgen_curve:P-256"],
+        );
+        let der = v1.as_ref();
+        // Every truncation, trailing data, and every single-byte change: no panic, and a
+        // truncated or extended certificate is not parsed.
+        for n in 0..der.len() {
+            assert!(CertParts::of(&der[..n]).is_none(), "{n}");
+        }
+        assert!(CertParts::of(&[der, &[0]].concat()).is_none());
+        let v = verifier(SslMode::VerifyFull, &pki.files("ca.crt"), "db.test");
+        for i in 0..der.len() {
+            for x in [0x01, 0x80, 0xff] {
+                let mut bad = der.to_vec();
+                bad[i] ^= x;
+                let _ = CertParts::of(&bad);
+                assert!(verify(&v, &CertificateDer::from(bad), "db.test").is_err());
+            }
+        }
+        // What x509-parser reads past (it ignores anything in a SEQUENCE after the fields it
+        // knows) is refused: an element after the signature (outside what is signed), and an
+        // empty extensions field in the TBSCertificate.
+        use x509_parser::asn1_rs::{Sequence, ToDer};
+        let seq = |parts: &[&[u8]]| Sequence::new(parts.concat().into()).to_der_vec().unwrap();
+        let (_, outer) = Vec::<Any>::from_der(der).expect("the certificate's elements");
+        let (tbs, alg, sig) = (&outer[0], &outer[1], &outer[2]);
+        let whole = |a: &Any| a.to_der_vec().unwrap();
+        let null = [0x05, 0x00];
+        let after_signature = seq(&[&whole(tbs), &whole(alg), &whole(sig), &null]);
+        assert!(CertParts::of(&after_signature).is_none());
+        assert!(verify(&v, &CertificateDer::from(after_signature), "db.test").is_err());
+        let same = seq(&[&whole(tbs), &whole(alg), &whole(sig)]);
+        assert_eq!(same, der);
+        let same = CertificateDer::from(same);
+        assert!(CertParts::v1(&same).is_some());
+        assert_eq!(verify(&v, &same, "db.test"), Ok(()));
+        let empty_extensions = [0xa3, 0x02, 0x30, 0x00];
+        let tbs = seq(&[tbs.data, &empty_extensions]);
+        let extended = seq(&[&tbs, &whole(alg), &whole(sig)]);
+        let parts = CertParts::of(&extended).expect("parsed");
+        assert!(parts.after_key && parts.cert.extensions().is_empty());
+        let extended = CertificateDer::from(extended);
+        assert!(CertParts::v1(&extended).is_none());
+        assert!(verify(&v, &extended, "db.test").is_err());
+    }
+
+    #[test]
+    fn handshakes_with_a_version_1_certificate_need_tls_1_3() {
+        let pki = Pki::new();
+        let ec = ["ec", "-pkeyopt", "ec_paramgen_curve:P-256"];
+        pki.leaf_v1("ca", "v1", "/CN=localhost", &ec);
+        pki.leaf_v1("ca", "v1rsa", "/CN=localhost", &["rsa:2048"]);
+        let tls13 = &[&rustls::version::TLS13];
+        let tls12 = &[&rustls::version::TLS12];
+        for name in ["v1", "v1rsa"] {
+            for mode in [SslMode::VerifyFull, SslMode::VerifyCa] {
+                let (client, sni) = handshake_as(&pki, name, name, tls13, mode, "localhost");
+                let stream = client.expect("TLS 1.3 with a version 1 certificate");
+                assert_eq!(sni.as_deref(), Some("localhost"));
+                assert!(stream.tls_server_end_point().is_some());
+            }
+            let (client, _) =
+                handshake_as(&pki, name, name, tls13, SslMode::VerifyFull, "other.test");
+            let e = client.err().expect("wrong name");
+            assert!(e.contains("certificate not valid for name"), "{e}");
+            // TLS 1.2: refused, saying why.
+            let (client, _) =
+                handshake_as(&pki, name, name, tls12, SslMode::VerifyFull, "localhost");
+            let e = client.err().expect("TLS 1.2");
+            assert!(e.contains("only over TLS 1.3"), "{e}");
+        }
+        // The server signs the handshake with a key that is not the certificate's: refused.
+        pki.leaf_v1("ca", "otherkey", "/CN=localhost", &ec);
+        let (client, _) = handshake_as(
+            &pki,
+            "v1",
+            "otherkey",
+            tls13,
+            SslMode::VerifyFull,
+            "localhost",
+        );
+        let e = client.err().expect("a handshake signed with another key");
+        assert!(e.contains("BadSignature"), "{e}");
     }
 }

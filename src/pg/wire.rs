@@ -122,6 +122,15 @@ pub enum AuthRequest {
     Unsupported(&'static str),
 }
 
+/// Where the session stands, as each ReadyForQuery says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxStatus {
+    Idle,
+    InTransaction,
+    /// In a transaction that failed: only ROLLBACK (or COMMIT, which rolls back) ends it.
+    Failed,
+}
+
 /// A message from the server, typed and checked: the rest of pglock never sees bytes.
 #[derive(Debug)]
 pub enum Backend {
@@ -134,8 +143,8 @@ pub enum Backend {
         name: String,
         value: String,
     },
-    /// ReadyForQuery with the transaction status: b'I', b'T' or b'E'.
-    Ready(u8),
+    /// ReadyForQuery with the transaction status.
+    Ready(TxStatus),
     RowDescription,
     Row(Vec<Option<String>>),
     /// CommandComplete, EmptyQueryResponse.
@@ -187,7 +196,9 @@ impl Backend {
                 value: b.value().map_err(bad)?.to_string(),
             },
             Message::ReadyForQuery(b) => match b.status() {
-                s @ (b'I' | b'T' | b'E') => Backend::Ready(s),
+                b'I' => Backend::Ready(TxStatus::Idle),
+                b'T' => Backend::Ready(TxStatus::InTransaction),
+                b'E' => Backend::Ready(TxStatus::Failed),
                 s => {
                     return Err(format!(
                         "protocol violation: transaction status {}",

@@ -208,6 +208,8 @@ fn trust() -> &'static Cluster {
             ),
             "hostssl all certuser 127.0.0.1/32 cert\n\
              hostnossl all certuser 127.0.0.1/32 reject\n\
+             hostnossl all sslonly 127.0.0.1/32 reject\n\
+             hostssl all plainonly 127.0.0.1/32 reject\n\
              host all md5user 127.0.0.1/32 md5\n\
              host all pwuser,pw_never,cb_never 127.0.0.1/32 password\n\
              host all trustuser 127.0.0.1/32 trust",
@@ -217,7 +219,9 @@ fn trust() -> &'static Cluster {
              RESET password_encryption; \
              CREATE ROLE pwuser LOGIN PASSWORD '{CLEAR_PW}'; CREATE ROLE pw_never LOGIN PASSWORD '{CLEAR_PW}'; \
              CREATE ROLE cb_never LOGIN PASSWORD '{CLEAR_PW}'; \
-             CREATE ROLE trustuser LOGIN; CREATE ROLE certuser LOGIN;"
+             CREATE ROLE trustuser LOGIN; CREATE ROLE certuser LOGIN; \
+             CREATE ROLE sslonly LOGIN PASSWORD '{CLEAR_PW}'; \
+             CREATE ROLE plainonly LOGIN PASSWORD '{CLEAR_PW}';"
         );
         for (role, pw) in SASLPREP {
             sql.push_str(&format!(" CREATE ROLE {role} LOGIN PASSWORD '{pw}';"));
@@ -1164,4 +1168,35 @@ fn hostaddr_is_where_to_connect_and_host_is_what_to_verify() {
     let conn = kv("wrong.example", "app", "hostaddr=127.0.0.1 sslmode=disable");
     libpq_agrees(&conn, &[("HOME", &home)], true);
     pglock(&conn, &[("HOME", &home)]).succeeded();
+}
+
+// ---------------------------------------------------------------------------------------------
+// sslmode allow and prefer: the other way when the server refuses
+
+/// As libpq: `allow` asks again with TLS when the server refuses the session without it, and
+/// `prefer` asks again without TLS when the server refuses it over TLS.
+#[test]
+fn allow_and_prefer_try_the_other_way_when_the_server_refuses() {
+    let conn = |role: &str, mode: &str| {
+        kv(
+            "127.0.0.1",
+            role,
+            &format!("password={CLEAR_PW} sslmode={mode}"),
+        )
+    };
+    for (role, mode, ok) in [
+        ("sslonly", "allow", true),
+        ("sslonly", "disable", false),
+        ("plainonly", "prefer", true),
+        ("plainonly", "require", false),
+    ] {
+        let c = conn(role, mode);
+        libpq_agrees(&c, &[], ok);
+        let out = pglock(&c, &[]);
+        if ok {
+            out.succeeded();
+        } else {
+            out.refused(&[69], &["reject|no pg_hba.conf entry"]);
+        }
+    }
 }
