@@ -196,7 +196,13 @@ pub struct ConnParams {
     pub options: Option<String>,
     pub channel_binding: ChannelBinding,
     pub require_auth: RequireAuth,
+    /// Whether anything said where to connect (a connection string, a service, `PGHOST`,
+    /// `PGHOSTADDR` or `PGPORT`). When nothing did, the target is libpq's default local socket,
+    /// and a failure there is reported as "no database configured".
+    pub configured: bool,
     passfile: Option<PathBuf>,
+    /// Where `password` came from, for messages (never the password itself).
+    password_from: Option<String>,
 }
 
 /// What pglock makes of a keyword's value.
@@ -409,6 +415,18 @@ enum Source {
     Env(&'static str),
 }
 
+impl Source {
+    /// Where a value came from, in words: "the connection URL", "PGPASSWORD", "line 3 of F".
+    fn describe(&self) -> String {
+        match self {
+            Source::Uri => "the connection URL".into(),
+            Source::KeyValue => "the connection string".into(),
+            Source::Service { file, line } => format!("line {line} of {}", file.display()),
+            Source::Env(var) => var.to_string(),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Setting {
     value: String,
@@ -582,9 +600,16 @@ impl Settings {
             options: self.get("options").map(String::from),
             channel_binding: self.channel_binding()?,
             require_auth: self.require_auth()?,
+            configured: ["host", "hostaddr", "port", "service"]
+                .iter()
+                .any(|k| self.map.contains_key(k)),
             passfile: self
                 .path("passfile")
                 .or_else(|| home_path(env, &[".pgpass"])),
+            password_from: self
+                .get("password")
+                .and(self.map.get("password"))
+                .map(|s| s.source.describe()),
         })
     }
 
@@ -809,7 +834,9 @@ impl ConnParams {
         s.add_service(env)?;
         s.add_env(env);
         s.check()?;
-        s.params(env)
+        let mut params = s.params(env)?;
+        params.configured |= conn_str.is_some();
+        Ok(params)
     }
 
     /// The password for a target: the explicit one, else the password file's match.
@@ -818,7 +845,18 @@ impl ConnParams {
             return self.password.clone();
         }
         let file = self.passfile.as_ref()?;
-        passfile_lookup(file, t, &self.dbname, &self.user)
+        passfile_lookup(file, t, &self.dbname, &self.user).map(|(password, _)| password)
+    }
+
+    /// Where the password for a target comes from ("the connection URL", "PGPASSWORD", "line 3
+    /// of /home/u/.pgpass"), for an authentication failure to name; never the password itself.
+    pub fn password_source(&self, t: &Target) -> Option<String> {
+        if self.password.is_some() {
+            return self.password_from.clone();
+        }
+        let file = self.passfile.as_ref()?;
+        let (_, line) = passfile_lookup(file, t, &self.dbname, &self.user)?;
+        Some(format!("line {line} of {}", file.display()))
     }
 }
 
@@ -1131,7 +1169,8 @@ fn os_user() -> Result<String> {
 
 /// Looks up `hostname:port:database:username:password` lines, libpq style. A file that group or
 /// others can read is ignored, as libpq does.
-fn passfile_lookup(file: &Path, t: &Target, db: &str, user: &str) -> Option<String> {
+/// The password file's first entry that matches, and its line number.
+fn passfile_lookup(file: &Path, t: &Target, db: &str, user: &str) -> Option<(String, usize)> {
     use std::os::unix::fs::PermissionsExt;
     let meta = std::fs::metadata(file).ok()?;
     if !meta.is_file() {
@@ -1154,7 +1193,7 @@ fn passfile_lookup(file: &Path, t: &Target, db: &str, user: &str) -> Option<Stri
     let host_ok = |pat: &str| {
         pat == "*" || pat == host || (matches!(t.host, Host::Unix(_)) && pat == "localhost")
     };
-    for line in text.lines() {
+    for (n, line) in text.lines().enumerate() {
         if line.starts_with('#') || line.trim().is_empty() {
             continue;
         }
@@ -1168,7 +1207,7 @@ fn passfile_lookup(file: &Path, t: &Target, db: &str, user: &str) -> Option<Stri
             && ok(&fields[2], db)
             && ok(&fields[3], user)
         {
-            return Some(fields[4..].join(":"));
+            return Some((fields[4..].join(":"), n + 1));
         }
     }
     None
@@ -1864,5 +1903,47 @@ mod tests {
         assert_eq!(p.password_for(&p.targets[0]).as_deref(), Some("right"));
         let p = ok("hostaddr=10.0.0.9", &[("PGPASSFILE", &pass)]);
         assert_eq!(p.password_for(&p.targets[0]).as_deref(), Some("byaddr"));
+    }
+
+    #[test]
+    fn the_password_source_is_named_never_the_password() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = Dir::new(&[("pgpass", "# comment\n\nother:5432:*:u:x\ndb:5432:*:u:pw\n")]);
+        let pass = dir.path("pgpass");
+        std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let source = |s: &str, env: &[(&str, &str)]| {
+            let p = ok(s, env);
+            p.password_source(&p.targets[0])
+        };
+        let url = "postgres://u:secret@db/x";
+        assert_eq!(source(url, &[]).as_deref(), Some("the connection URL"));
+        assert_eq!(
+            source("host=db password=secret", &[]).as_deref(),
+            Some("the connection string")
+        );
+        assert_eq!(
+            source("host=db", &[("PGPASSWORD", "secret")]).as_deref(),
+            Some("PGPASSWORD")
+        );
+        assert_eq!(
+            source("host=db", &[("PGPASSFILE", &pass)]),
+            Some(format!("line 4 of {pass}"))
+        );
+        assert_eq!(source("host=nowhere", &[("PGPASSFILE", &pass)]), None);
+    }
+
+    #[test]
+    fn configured_means_something_said_where_to_connect() {
+        let env = [("PGUSER", "u"), ("HOME", "/nonexistent")];
+        assert!(!resolve(None, &env).unwrap().configured);
+        let with = |k, v| {
+            let mut e = env.to_vec();
+            e.push((k, v));
+            resolve(None, &e).unwrap().configured
+        };
+        assert!(!with("PGDATABASE", "x"));
+        assert!(with("PGHOST", "db"));
+        assert!(with("PGPORT", "5433"));
+        assert!(resolve(Some("dbname=x"), &env).unwrap().configured);
     }
 }

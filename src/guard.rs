@@ -12,12 +12,11 @@
 //!
 //! When the child has been reaped, pglock sends the unlock and then tells the guard to exit
 //! (closing a pipe it polls), so that the guard's exit runs while the server works on the unlock
-//! rather than on the path to it; pglock closes the connection itself. The guard's exit sends
-//! pglock no signal (its exit signal is 0), which would otherwise interrupt pglock while the
-//! server hands the lock over. pglock reaps it before it exits (`waitpid` with `__WCLONE`; by
-//! then it has long exited), so no zombie of pglock's is left for the reaper of pglock's parent
-//! (reparented with a SIGCHLD that wakes that reaper, while the next pglock takes the lock
-//! over: 28-48 zombie guards were waiting for PID 1 in one bench run before this).
+//! rather than on the path to the next holder; pglock closes the connection itself. The guard's
+//! exit sends pglock no signal (its exit signal is 0), which would otherwise interrupt pglock
+//! while the server hands the lock over. pglock reaps it before it exits (`waitpid` with
+//! `__WCLONE`; by then it has long exited), so no zombie of pglock's is left for the reaper of
+//! pglock's parent, which a slow reaper (PID 1 in a container) would collect in numbers.
 //!
 //! The guard runs with every signal blocked, so a terminal's Ctrl-C or a process-group kill
 //! other than SIGKILL leaves it alone.
@@ -156,10 +155,8 @@ mod imp {
                 .cast::<u8>()
                 .wrapping_add(STACK)
                 .cast::<libc::c_void>();
-            // Not pinned to a CPU: the guard wakes where the scheduler finds room when
-            // pglock exits. (It was pinned to pglock's CPU when it started after a forked
-            // child; started during connect, pinning measured no different for run -- true
-            // and worse for the handoff: 0.89x vs 0.81x over five runs of 120.)
+            // Not pinned to a CPU: the guard wakes where the scheduler finds room, so that its
+            // wake-up and exit do not queue behind pglock's own work during the handoff.
             // No exit signal: see the module's comment. (pglock's own reaping, a
             // `waitpid(-1)` without `__WALL`, leaves such a child alone.)
             // SAFETY: the new process runs `guard_main` on `top`, the end of the 64 KiB mapping

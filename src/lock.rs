@@ -27,19 +27,26 @@ pub struct Holder {
     pub age_s: Option<i64>,
 }
 
+/// A session's client as `pg_stat_activity` shows it (`client_addr`, `client_port`):
+/// `10.0.3.7:52814`, `[::1]:52814`, or `local socket`; `None` when hidden from this role.
+/// The port tells apart several sessions from one host (a pooler, a node's pods).
+pub fn client_label(addr: Option<String>, port: Option<String>) -> Option<String> {
+    match (addr, port) {
+        (Some(addr), Some(port)) if port != "-1" && addr.contains(':') => {
+            Some(format!("[{addr}]:{port}"))
+        }
+        (Some(addr), Some(port)) if port != "-1" => Some(format!("{addr}:{port}")),
+        (Some(addr), _) => Some(addr),
+        (None, Some(port)) if port == "-1" => Some("local socket".into()),
+        _ => None,
+    }
+}
+
 impl Holder {
     fn from_row(r: &[Option<String>]) -> Holder {
         let get = |i: usize| r.get(i).cloned().flatten();
-        let client = match (get(3), get(7)) {
-            // The port tells apart several sessions from one host (a pooler, a node's pods).
-            (Some(addr), Some(port)) if port != "-1" && addr.contains(':') => {
-                format!("[{addr}]:{port}")
-            }
-            (Some(addr), Some(port)) if port != "-1" => format!("{addr}:{port}"),
-            (Some(addr), _) => addr,
-            (None, Some(port)) if port == "-1" => "local socket".into(),
-            _ => "not visible to this role".into(),
-        };
+        let client =
+            client_label(get(3), get(7)).unwrap_or_else(|| "not visible to this role".into());
         Holder {
             pid: get(0).unwrap_or_default(),
             mode: get(1).unwrap_or_default(),

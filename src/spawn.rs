@@ -5,20 +5,17 @@
 //! On Linux this is a vfork-style spawn, the way glibc's `posix_spawn` works: the child runs in
 //! pglock's memory on a stack of its own until it calls `execve`, and pglock is suspended
 //! meanwhile (`clone(CLONE_VM | CLONE_VFORK)`). Nothing is copied, where a `fork` copies
-//! pglock's page tables only for `execve` to throw them away: this is on the path from a lock
-//! grant to the child's start (the handoff), and costs 0.1-0.2 ms there. `posix_spawn` itself
-//! cannot set the parent-death signal, hence this module.
+//! pglock's page tables only for `execve` to throw them away, on the path from a lock grant to
+//! the child's start. `posix_spawn` itself cannot set the parent-death signal, hence this module.
 //!
 //! Between `clone` and `execve` the child runs with every signal blocked until it has reset the
 //! handlers (pglock's handlers must not run in it), and calls only async-signal-safe functions:
 //! `sigaction`, `sigprocmask`, `prctl`, `getppid`, `execve`, `_exit`. It reports a failed
 //! `execve` through memory it shares with pglock, which reads it once `clone` has returned.
 //!
-//! Where the child first runs is left to the kernel. (Starting it on pglock's own CPU, which
-//! pglock gives up at once, was tried: it shortened the child's median wait, but a child held
-//! to one CPU cannot be taken by the other when something long is queued ahead of it there,
-//! such as the releasing session's backend tearing down: a 2 ms stall in a quarter of the
-//! handoffs.)
+//! Where the child first runs is left to the kernel: a child held to pglock's CPU could not
+//! move to another when something long (the releasing session's backend tearing down) is
+//! queued ahead of it there.
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io;

@@ -38,8 +38,9 @@ fn sql(server_version: u32) -> String {
     };
     format!(
         "SELECT l.classid::bigint, l.objid::bigint, l.objsubid, l.mode, l.granted, l.pid, a.usename, \
-         CASE WHEN a.client_port = -1 THEN 'local' ELSE host(a.client_addr) END, a.application_name, \
-         floor(extract(epoch FROM now() - {since}))::bigint, current_database(), current_schema() \
+         host(a.client_addr), a.application_name, \
+         floor(extract(epoch FROM now() - {since}))::bigint, current_database(), current_schema(), \
+         a.client_port \
          FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid \
          WHERE l.locktype = 'advisory' \
          AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
@@ -82,7 +83,7 @@ fn entry(r: &[Option<String>], tools: &[(i64, Tool)]) -> Entry {
         granted: get(4).as_deref() == Some("t"),
         pid: get(5).unwrap_or_default(),
         user: get(6),
-        client: get(7),
+        client: crate::lock::client_label(get(7), get(12)),
         application,
         age_s: get(9).and_then(|v| v.parse().ok()),
     }

@@ -126,7 +126,17 @@ impl Conn {
                 }
                 Backend::Parameter { name, value } => self.set_param(name, value),
                 Backend::Notice => {}
-                Backend::Error(e) => return Err(startup_error(who, &e)),
+                Backend::Error(e) => {
+                    let mut err = startup_error(who, &e);
+                    // A wrong password: say where it came from (never what it is).
+                    if e.code == "28P01" {
+                        if let Some(from) = params.password_source(&target) {
+                            err.msg
+                                .push_str(&format!(" (the password came from {from})"));
+                        }
+                    }
+                    return Err(err);
+                }
                 Backend::Ready(status) => {
                     self.tx_status = status;
                     return Ok(());
@@ -292,7 +302,7 @@ fn attempt(
     tls_used: &mut bool,
 ) -> Result<Conn> {
     let who = who(params, t);
-    let io_fail = |e: ReadErr| connect_error(&who, e);
+    let io_fail = |e: ReadErr| socket_error(params, t, &who, e);
     let (sock, deadline) =
         open_socket(t, params.connect_timeout, startup.client_keepalive, signals)
             .map_err(io_fail)?;
@@ -558,6 +568,20 @@ fn connect_error(who: &str, e: ReadErr) -> Error {
         ReadErr::Closed(m) | ReadErr::Protocol(m) => {
             Error::unavailable(format!("cannot connect to {who}: {m}"))
         }
+    }
+}
+
+/// A socket that could not be opened. With nothing configured, the target is libpq's default
+/// socket: say what to configure, not only that the socket is missing.
+fn socket_error(params: &ConnParams, t: &Target, who: &str, e: ReadErr) -> Error {
+    match (&t.host, e) {
+        (Host::Unix(dir), ReadErr::Closed(m)) if !params.configured => Error::unavailable(format!(
+            "no database configured: set PGLOCK_DATABASE_URL or DATABASE_URL \
+                 (postgres://user@host/db), or PGHOST and the other PG* variables; \
+                 tried the local socket {}: {m}",
+            t.socket_path(dir).display()
+        )),
+        (_, e) => connect_error(who, e),
     }
 }
 

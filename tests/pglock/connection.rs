@@ -222,6 +222,86 @@ fn no_password_ever_appears_in_output() {
 }
 
 #[test]
+fn a_failed_password_says_where_it_came_from_without_showing_it() {
+    let name = key("pwsource");
+    let wrong = "Wr0ng-Pw-9c1e";
+    let port = pg().port.to_string();
+    let home = tmpdir("pwsource");
+    let pass = home.join("pgpass");
+    std::fs::write(
+        &pass,
+        format!("# first\nelsewhere:1:*:*:x\n127.0.0.1:{port}:*:app:{wrong}\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let cases: [(&[(&str, &str)], String); 3] = [
+        (
+            &[(
+                "PGLOCK_DATABASE_URL",
+                &format!("postgres://app:{wrong}@127.0.0.1:{port}/postgres?sslmode=disable"),
+            )],
+            "(the password came from the connection URL)".into(),
+        ),
+        (
+            &[
+                ("PGHOST", "127.0.0.1"),
+                ("PGPORT", &port),
+                ("PGUSER", "app"),
+                ("PGPASSWORD", wrong),
+                ("PGSSLMODE", "disable"),
+            ],
+            "(the password came from PGPASSWORD)".into(),
+        ),
+        (
+            &[
+                ("PGHOST", "127.0.0.1"),
+                ("PGPORT", &port),
+                ("PGUSER", "app"),
+                ("PGPASSFILE", pass.to_str().unwrap()),
+                ("PGSSLMODE", "disable"),
+            ],
+            format!("(the password came from line 3 of {})", pass.display()),
+        ),
+    ];
+    for (env, says) in cases {
+        let (code, _, err) = run_env(&name, env, None);
+        assert_eq!(code, Some(69), "{env:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.contains("password authentication failed") && err.contains(&says),
+            "{env:?}: {err}"
+        );
+        assert!(!err.contains(wrong), "password leaked: {err}");
+    }
+}
+
+#[test]
+fn with_nothing_configured_and_no_local_server_one_line_says_what_to_set() {
+    let sockets = ["/var/run/postgresql/.s.PGSQL.5432", "/tmp/.s.PGSQL.5432"];
+    if sockets.iter().any(|s| std::path::Path::new(s).exists()) {
+        eprintln!("skipped: a local PostgreSQL listens on the default socket");
+        return;
+    }
+    let (code, _, err) = run_env(&key("nothing"), &[], None);
+    assert_eq!(code, Some(69), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("pglock: no database configured: set PGLOCK_DATABASE_URL or DATABASE_URL")
+            && err.contains("PGHOST")
+            && err.contains("tried the local socket /")
+            && err.contains(".s.PGSQL.5432"),
+        "{err}"
+    );
+    // Something configured: the usual message, naming the target.
+    let (code, _, err) = run_env(&key("nothing"), &[("PGPORT", "1")], None);
+    assert_eq!(code, Some(69), "{err}");
+    assert!(
+        err.contains("cannot connect to /") && !err.contains("no database configured"),
+        "{err}"
+    );
+}
+
+#[test]
 fn application_name_is_pglock_name_unless_set_and_cut_to_63_bytes() {
     let name = key("appname");
     let sql = "SELECT application_name FROM pg_stat_activity WHERE pid = (SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid() AND classid = CLASSID AND objid = OBJID)";

@@ -20,6 +20,32 @@ pub struct Cluster {
     pub bin: PathBuf,
 }
 
+/// Stops the test binary before its first test when the machine lacks what the suite needs
+/// (PostgreSQL, PgBouncer, OpenSSL, groff...): `scripts/setup test --check` prints one line, what
+/// is missing and the command that installs it, and the process exits with it, instead of every
+/// test failing with a panic of its own. Checked once, by whichever test reaches the harness first
+/// (every test does, through `bin()`); the others wait for the answer.
+fn require_setup() {
+    static CHECKED: OnceLock<()> = OnceLock::new();
+    CHECKED.get_or_init(|| {
+        use std::io::Write;
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/setup");
+        let out = Command::new("bash")
+            .arg(&script)
+            .args(["test", "--check"])
+            .stdin(Stdio::null())
+            .output();
+        let line = match out {
+            Ok(o) if o.status.success() => return,
+            Ok(o) => String::from_utf8_lossy(&o.stderr).into_owned(),
+            Err(e) => format!("pglock: cannot run {}: {e}\n", script.display()),
+        };
+        // Straight to the file descriptor: libtest captures what eprintln! prints.
+        let _ = std::io::stderr().write_all(line.as_bytes());
+        std::process::exit(1);
+    });
+}
+
 fn pg_bin() -> PathBuf {
     if let Ok(p) = std::env::var("PG_BIN") {
         return PathBuf::from(p);
@@ -314,6 +340,7 @@ impl Cluster {
 
 /// The main cluster of this test run: TCP with scram-sha-256, no TLS.
 pub fn pg() -> &'static Cluster {
+    require_setup();
     static CLUSTER: OnceLock<Cluster> = OnceLock::new();
     CLUSTER.get_or_init(|| Cluster::start("main", ""))
 }
@@ -329,6 +356,7 @@ pub fn key(test: &str) -> String {
 }
 
 pub fn bin() -> &'static str {
+    require_setup();
     env!("CARGO_BIN_EXE_pglock")
 }
 
@@ -470,6 +498,7 @@ impl Bouncer {
 
 pub fn bouncer() -> &'static Bouncer {
     static B: OnceLock<Bouncer> = OnceLock::new();
+    require_setup();
     B.get_or_init(|| {
         let bin = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer", "/usr/local/bin/pgbouncer"]
             .into_iter()

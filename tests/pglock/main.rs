@@ -12,6 +12,7 @@ mod docs;
 mod exit_codes;
 mod faults;
 mod hostile;
+mod leader;
 mod locking;
 mod migration;
 mod pooler;

@@ -78,6 +78,26 @@ fn status_shows_held_waiting_and_shared_locks_with_key_names() {
             .any(|l| l.starts_with("424242 ") && l.contains(" - ") && l.contains("psql")),
         "{table}"
     );
+    // The client as address:port, as the waiting line shows it; psql came over the socket.
+    let holder_client = pg().psql_super(&format!(
+        "SELECT host(a.client_addr) || ':' || a.client_port FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
+         WHERE l.granted AND l.locktype = 'advisory' AND l.objid = {} AND l.classid = {}",
+        xid as u64 & 0xffff_ffff,
+        (xid as u64) >> 32
+    ));
+    assert!(holder_client.starts_with("127.0.0.1:"), "{holder_client}");
+    assert!(
+        lines.iter().any(|l| l.starts_with(&xid.to_string())
+            && l.contains(" held ")
+            && l.contains(&format!(" {holder_client} "))),
+        "{holder_client} in {table}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("424242 ") && l.contains(" local socket ")),
+        "{table}"
+    );
 
     let json = status(&pg().url(), &["--json", "--key", &x]);
     assert_eq!(json.matches("\"lock_id\":").count(), 2, "{json}");
