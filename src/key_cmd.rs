@@ -3,10 +3,9 @@
 //! database or schema) connect, as `pglock run` does, and ask; the others never connect.
 
 use crate::cli::KeyArgs;
-use crate::conninfo::ConnParams;
 use crate::error::{Error, Result};
 use crate::key::{self, LockId, LockKey, Tool};
-use crate::pg::{Conn, Startup};
+use crate::pg::Conn;
 use crate::request::MAX_LIMIT;
 use crate::signals::Signals;
 
@@ -67,21 +66,7 @@ pub fn run(args: KeyArgs) -> Result<i32> {
 /// Connects as `pglock run` does and reads what the id needs.
 fn ask_server(lock: &LockKey, url: Option<String>) -> Result<LockKey> {
     let signals = Signals::install()?;
-    let url = url
-        .filter(|s| !s.is_empty())
-        .or_else(|| std::env::var("DATABASE_URL").ok().filter(|s| !s.is_empty()));
-    let params = ConnParams::resolve(url.as_deref())?;
-    let app = params
-        .application_name
-        .clone()
-        .unwrap_or_else(|| "pglock key".into());
-    let startup = Startup {
-        application_name: &app,
-        settings: Vec::new(),
-        client_keepalive: None,
-        while_waiting: None,
-    };
-    let mut conn = Conn::connect(&params, &startup, &signals)?;
+    let mut conn = Conn::connect_for("pglock key", url, &signals)?;
     let resolved = crate::lock::resolve(&mut conn, lock, &signals);
     conn.close();
     resolved

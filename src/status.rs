@@ -5,11 +5,10 @@
 //! `rails migrations`.
 
 use crate::cli::StatusArgs;
-use crate::conninfo::ConnParams;
 use crate::error::Result;
 use crate::key::{self, LockId, LockKey, Tool};
 use crate::log::json_str;
-use crate::pg::{Conn, Startup};
+use crate::pg::Conn;
 use crate::signals::Signals;
 use std::fmt::Write as _;
 
@@ -248,22 +247,7 @@ pub fn run(args: StatusArgs) -> Result<i32> {
         None
     };
     let signals = Signals::install()?;
-    let url = args
-        .database_url
-        .filter(|s| !s.is_empty())
-        .or_else(|| std::env::var("DATABASE_URL").ok().filter(|s| !s.is_empty()));
-    let params = ConnParams::resolve(url.as_deref())?;
-    let app = params
-        .application_name
-        .clone()
-        .unwrap_or_else(|| "pglock status".into());
-    let startup = Startup {
-        application_name: &app,
-        settings: Vec::new(),
-        client_keepalive: None,
-        while_waiting: None,
-    };
-    let mut conn = Conn::connect(&params, &startup, &signals)?;
+    let mut conn = Conn::connect_for("pglock status", args.database_url, &signals)?;
     conn.allow_large_results();
     let version = conn.server_params.get("server_version").and_then(|v| {
         let mut parts = v.split(|c: char| !c.is_ascii_digit());

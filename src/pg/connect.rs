@@ -51,6 +51,26 @@ impl Conn {
         Err(none_usable(standbys, failed))
     }
 
+    /// A short-lived connection for a command other than `run` (`status`, `key`): the URL given,
+    /// else `DATABASE_URL`, else libpq's variables; `application_name` is `name` unless set.
+    pub fn connect_for(name: &str, url: Option<String>, signals: &Signals) -> Result<Conn> {
+        let url = url
+            .filter(|s| !s.is_empty())
+            .or_else(|| std::env::var("DATABASE_URL").ok().filter(|s| !s.is_empty()));
+        let params = ConnParams::resolve(url.as_deref())?;
+        let app = params
+            .application_name
+            .clone()
+            .unwrap_or_else(|| name.to_string());
+        let startup = Startup {
+            application_name: &app,
+            settings: Vec::new(),
+            client_keepalive: None,
+            while_waiting: None,
+        };
+        Conn::connect(&params, &startup, signals)
+    }
+
     /// Whether the server is a hot standby: reported at connection by PostgreSQL 14 and later,
     /// asked with one query of older servers.
     fn is_standby(&mut self, signals: &Signals) -> Result<bool> {
