@@ -172,6 +172,11 @@ pub struct RunArgs {
     )]
     pub limit: Option<String>,
 
+    /// Give COMMAND PGLOCK_FENCING_TOKEN, an integer greater than every earlier holder's on the
+    /// cluster (the server's transaction id; costs one)
+    #[arg(long, env = "PGLOCK_FENCING_TOKEN", value_parser = clap::builder::FalseyValueParser::new(), help_heading = "Lock")]
+    pub fencing_token: bool,
+
     /// Exit code when the lock is not acquired
     #[arg(
         short = 'E',
@@ -375,6 +380,10 @@ pub struct KeyArgs {
     /// Print the slot lock ids of `run --limit N` (with --sql: the SQL that takes a free slot)
     #[arg(long, value_name = "N")]
     pub limit: Option<u32>,
+
+    /// Print the fence statements of the lock (contract §11) for code that takes it itself
+    #[arg(long, conflicts_with_all = ["sql", "limit"])]
+    pub fence_sql: bool,
 }
 
 /// The `--lock-of` values, for help and completions.

@@ -646,18 +646,20 @@ pub fn queue_id(id: i64) -> i64 {
 /// slot number when it got one, no row when all `n` are taken.
 pub fn slot_sql(id: i64, n: u32) -> String {
     format!(
-        "SELECT i FROM generate_series(0, {}) AS i \
-         WHERE pg_try_advisory_lock(('x' || left(encode(sha256(convert_to('{id}:' || i, 'UTF8')), 'hex'), 16))::bit(64)::bigint) LIMIT 1",
-        n - 1
+        "SELECT i FROM generate_series(0, {}) AS i WHERE pg_try_advisory_lock({}) LIMIT 1",
+        n.saturating_sub(1),
+        hash_sql(&format!("'{id}:' || i"))
     )
 }
 
 /// The SQL expression (PostgreSQL 11 or later, no extension) that yields [`id_of`]`(name)`.
 pub fn sql_expr(name: &str) -> String {
-    format!(
-        "('x' || left(encode(sha256(convert_to({}, 'UTF8')), 'hex'), 16))::bit(64)::bigint",
-        sql_literal(name)
-    )
+    hash_sql(&sql_literal(name))
+}
+
+/// The SQL expression that yields [`id_of`] of the text that SQL expression `text` yields.
+pub fn hash_sql(text: &str) -> String {
+    format!("('x' || left(encode(sha256(convert_to({text}, 'UTF8')), 'hex'), 16))::bit(64)::bigint")
 }
 
 /// Quotes `s` as an SQL string literal that means the same whatever `standard_conforming_strings`

@@ -55,7 +55,9 @@ pub fn run(args: KeyArgs) -> Result<i32> {
     if need_server {
         lock = ask_server(&lock, args.database_url)?;
     }
-    if args.sql {
+    if args.fence_sql {
+        println!("{}", crate::fence::shape(lock.id));
+    } else if args.sql {
         println!("{}", lock.sql);
     } else {
         println!("{}", lock.id);

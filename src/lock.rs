@@ -8,6 +8,7 @@
 
 use crate::conninfo::ConnParams;
 use crate::error::{Error, Kind, Result};
+use crate::fence;
 use crate::key::LockKey;
 use crate::log::{self, V};
 use crate::pg::{Conn, QueryResult, ReadErr, Rows, Startup, TxStatus};
@@ -210,6 +211,8 @@ pub struct Acquire<'a> {
     pub conflict_exit_code: i32,
     pub params: &'a ConnParams,
     pub startup: &'a Startup<'a>,
+    /// Whether to wait out the fenced transactions of earlier holders once granted (§11).
+    pub fence: bool,
 }
 
 /// The session settings that may go in a transaction (SET LOCAL), when the startup packet could
@@ -230,6 +233,7 @@ fn lock_sql(
     scope: Scope,
     try_once: bool,
     timeout_ms: Option<u128>,
+    fence: bool,
 ) -> String {
     let func = format!(
         "pg_{}advisory{}_lock{}",
@@ -257,19 +261,45 @@ fn lock_sql(
             sql.push_str(&format!("SET LOCAL {k} = {v}; "));
         }
     }
+    let take = format!(
+        "SELECT {func}({}), pg_backend_pid(), {}",
+        key.id.sql_args(),
+        fence::BACKEND_START_SQL
+    );
     match timeout_ms {
         // One round trip: the timeout applies to this statement only. On timeout the
         // transaction aborts and takes the first SET with it; on success the last SET resets.
         Some(ms) => sql.push_str(&format!(
-            "SET {local}lock_timeout = {ms}; SELECT {func}({}), pg_backend_pid(); SET {local}lock_timeout = 0",
-            key.id.sql_args()
+            "SET {local}lock_timeout = {ms}; {take}; SET {local}lock_timeout = 0"
         )),
-        None => sql.push_str(&format!(
-            "SELECT {func}({}), pg_backend_pid()",
-            key.id.sql_args()
-        )),
+        None => sql.push_str(&take),
+    }
+    if fence {
+        sql.push_str("; ");
+        sql.push_str(&fence_sql(key, mode, scope, try_once));
     }
     sql
+}
+
+/// The holder's side of the fence (contract §11, see fence.rs), in the lock statement's round
+/// trip: the fence locks taken at transaction scope and so let go when the implicit transaction
+/// of the round trip ends; at `--scope transaction` inside a savepoint rolled back at once. After
+/// a try, only when the lock is ours (taking it again at transaction scope is then a no-op).
+fn fence_sql(key: &LockKey, mode: Mode, scope: Scope, try_once: bool) -> String {
+    let mut take = format!("SELECT {}", fence::acquire_list(key.id, mode));
+    if try_once {
+        take.push_str(&format!(
+            " WHERE pg_try_advisory_xact_lock{}({})",
+            fn_suffix(mode),
+            key.id.sql_args()
+        ));
+    }
+    match scope {
+        Scope::Session => take,
+        Scope::Transaction => format!(
+            "SAVEPOINT pglock_fence; {take}; ROLLBACK TO SAVEPOINT pglock_fence; RELEASE SAVEPOINT pglock_fence"
+        ),
+    }
 }
 
 /// Reads on the lock connection what the lock's id needs (`hashtext`, `current_database()`,
@@ -310,21 +340,22 @@ pub fn apply_deferred_settings(conn: &mut Conn, signals: &Signals) -> Result<()>
     Ok(())
 }
 
-/// The backend pid that served the lock statement, from its second column.
-fn pid_of(rows: &Rows) -> i32 {
+/// The session that ran the lock statement, from its second and third columns.
+fn holder_of(rows: &Rows) -> Result<fence::Holder> {
     rows.first()
-        .and_then(|r| r.get(1))
-        .cloned()
-        .flatten()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0)
+        .and_then(|r| fence::Holder::from_row(r))
+        .ok_or_else(|| {
+            Error::unavailable(
+                "the server's answer to the lock statement did not name its backend (pid and start)",
+            )
+        })
 }
 
 /// How `acquire` ended well: the backend that took the lock (it differs from the connection's
 /// own when a pooler sits in between). A connection replaced on the way needs nothing more: the
 /// guard shares pglock's descriptor table.
 pub struct Acquired {
-    pub backend_pid: i32,
+    pub holder: fence::Holder,
 }
 
 /// Connection losses while waiting are bridged by reconnecting for at most this long.
@@ -346,11 +377,11 @@ pub fn acquire(conn: &mut Conn, a: &Acquire, signals: &Signals) -> Result<Acquir
         Wait::Timeout(d) => Some(start + d),
         _ => None,
     };
-    let try_sql = |c: &Conn| lock_sql(c, a.key, a.mode, a.scope, true, None);
+    let try_sql = |c: &Conn| lock_sql(c, a.key, a.mode, a.scope, true, None, a.fence);
     let rows = query(conn, &try_sql(conn), signals)?;
     if first_bool(&rows) {
         return Ok(Acquired {
-            backend_pid: pid_of(&rows),
+            holder: holder_of(&rows)?,
         });
     }
     let mut seen = holders(conn, a.key, signals)?;
@@ -379,7 +410,7 @@ pub fn acquire(conn: &mut Conn, a: &Acquire, signals: &Signals) -> Result<Acquir
             let rows = query(conn, &try_sql(conn), signals)?;
             if first_bool(&rows) {
                 return Ok(Acquired {
-                    backend_pid: pid_of(&rows),
+                    holder: holder_of(&rows)?,
                 });
             }
         }
@@ -400,7 +431,7 @@ pub fn acquire(conn: &mut Conn, a: &Acquire, signals: &Signals) -> Result<Acquir
                 .as_millis()
                 .max(1)
         });
-        lock_sql(c, a.key, a.mode, a.scope, false, left)
+        lock_sql(c, a.key, a.mode, a.scope, false, left, a.fence)
     };
     let mut pending_send = true;
     let mut interval = Duration::from_secs(10);
@@ -419,7 +450,7 @@ pub fn acquire(conn: &mut Conn, a: &Acquire, signals: &Signals) -> Result<Acquir
         match conn.wait_result(Some(next_report), signals) {
             Ok(QueryResult::Rows(rows)) => {
                 return Ok(Acquired {
-                    backend_pid: pid_of(&rows),
+                    holder: holder_of(&rows)?,
                 })
             }
             Ok(QueryResult::Error(e)) if e.code == "55P03" => {

@@ -11,6 +11,7 @@ mod conninfo;
 mod docs;
 mod duration;
 mod error;
+mod fence;
 mod guard;
 mod key;
 mod key_cmd;

@@ -74,6 +74,8 @@ pub struct RunRequest {
     pub kill_after: Duration,
     pub release_after: Duration,
     pub max_runtime: Option<Duration>,
+    /// `--fencing-token`: the child gets `PGLOCK_FENCING_TOKEN` (contract §11).
+    pub fencing_token: bool,
     pub log: LogSettings,
     pub command: Vec<OsString>,
 }
@@ -297,6 +299,7 @@ pub fn run_request(args: RunArgs, m: &ArgMatches) -> Result<RunRequest> {
         kill_after,
         release_after,
         max_runtime,
+        fencing_token: args.fencing_token,
         log,
         command: args.command,
     })

@@ -4,6 +4,7 @@
 use crate::child::{self, End, Watch};
 use crate::conninfo::ConnParams;
 use crate::error::{Error, Kind, Result};
+use crate::fence;
 use crate::guard::Guard;
 use crate::key::LockKey;
 use crate::lock::{self, Acquire};
@@ -88,6 +89,8 @@ struct Session<'a> {
 struct Taken {
     key: LockKey,
     slot: Option<u32>,
+    /// The session that holds it (the backend pid differs from the connection's behind a pooler).
+    holder: fence::Holder,
 }
 
 impl<'a> Session<'a> {
@@ -116,22 +119,51 @@ impl<'a> Session<'a> {
 
     /// Takes the lock (or a slot), and makes sure it is held by this connection's backend.
     fn acquire(&mut self, a: &Acquire) -> Result<()> {
-        let (key, slot, backend_pid) = match self.req.limit {
+        let (key, slot, holder) = match self.req.limit {
             None => {
                 let got = lock::acquire(&mut self.conn, a, self.signals)?;
-                (self.req.key.clone(), None, got.backend_pid)
+                (self.req.key.clone(), None, got.holder)
             }
             Some(n) => {
                 let s = semaphore::acquire(&mut self.conn, a, n, self.signals)?;
-                (s.key, Some(s.index), s.backend_pid)
+                (s.key, Some(s.index), s.holder)
             }
         };
         log::mark(Mark::Acquired);
-        self.lock = Some(Taken { key, slot });
+        let backend_pid = holder.pid;
+        self.lock = Some(Taken { key, slot, holder });
         if backend_pid != self.conn.backend_pid {
             self.check_pooler(backend_pid)?;
         }
         Ok(())
+    }
+
+    /// The child's fencing variables (contract §11): the fence statement of this run's lock and
+    /// session, and with `--fencing-token` the server's next transaction id.
+    fn fence_vars(&mut self, run_id: &str) -> Result<Vec<(&'static str, String)>> {
+        let Some(t) = &self.lock else {
+            return Ok(Vec::new());
+        };
+        let mut vars = vec![
+            ("PGLOCK_BACKEND_PID", t.holder.pid.to_string()),
+            (
+                "PGLOCK_FENCE_SQL",
+                fence::check_sql(t.key.id, self.req.mode, &t.holder, run_id),
+            ),
+        ];
+        if self.req.fencing_token {
+            let version = self.conn.server_params.get("server_version").cloned();
+            let rows = lock::query(
+                &mut self.conn,
+                fence::token_sql(version.as_deref()),
+                self.signals,
+            )?;
+            vars.push((
+                "PGLOCK_FENCING_TOKEN",
+                fence::parse_token(&rows)?.to_string(),
+            ));
+        }
+        Ok(vars)
     }
 
     /// The backend that ran the lock statement is the one we connected to, unless something in
@@ -297,7 +329,7 @@ fn run_inner(mut req: RunRequest, run_id: &str, nested: &std::cell::Cell<bool>) 
     };
     // The child's start is prepared before the wait (with --limit, once the slot is known).
     let prepared = match req.limit {
-        None => Some(prepare_child(&req, run_id, &held, &me, None)?),
+        None => Some(prepare_child(&req, run_id, &held, &me, None, false)?),
         Some(_) => None,
     };
     session.acquire(&Acquire {
@@ -308,11 +340,16 @@ fn run_inner(mut req: RunRequest, run_id: &str, nested: &std::cell::Cell<bool>) 
         conflict_exit_code: req.conflict_exit_code,
         params: &params,
         startup: &startup,
+        fence: true,
     })?;
-    let exec = match prepared {
+    let mut exec = match prepared {
         Some(exec) => exec,
-        None => prepare_child(&req, run_id, &held, &me, session.slot())?,
+        None => prepare_child(&req, run_id, &held, &me, session.slot(), false)?,
     };
+    for (k, v) in session.fence_vars(run_id)? {
+        exec.add_env(k, &v)
+            .map_err(|e| Error::internal(format!("cannot pass {k} to the command: {e}")))?;
+    }
     let child = start_child(&req, &exec, session.guard.map(Guard::child_slot))?;
     log_acquired(&req, session.slot());
     let end = child::supervise(
@@ -387,13 +424,21 @@ fn log_acquired(req: &RunRequest, slot: Option<u32>) {
     );
 }
 
-/// Prepares the child's start with the pglock variables.
+/// The child's variables of contract §11.
+const FENCE_VARS: [&str; 3] = [
+    "PGLOCK_BACKEND_PID",
+    "PGLOCK_FENCE_SQL",
+    "PGLOCK_FENCING_TOKEN",
+];
+
+/// Prepares the child's start with the pglock variables (`nested`: under an ancestor's lock).
 fn prepare_child(
     req: &RunRequest,
     run_id: &str,
     held: &[Held],
     me: &Held,
     slot: Option<u32>,
+    nested: bool,
 ) -> Result<Exec> {
     let (set, mut remove) = req.key.child_vars();
     let env = [
@@ -407,6 +452,11 @@ fn prepare_child(
         env.push(("PGLOCK_SLOT", i.to_string()));
     }
     remove.push("PGLOCK_SLOT");
+    // This run's own fencing variables are added once the lock is held; a nested run keeps its
+    // ancestor's, which hold for the same lock.
+    if !nested {
+        remove.extend(FENCE_VARS);
+    }
     child::prepare(&req.command, &env, &remove)
 }
 
@@ -453,7 +503,13 @@ fn run_nested(
         pid: std::process::id() as i32,
         db: h.db.clone(),
     };
-    let exec = prepare_child(req, run_id, held, &me, None)?;
+    if req.fencing_token && std::env::var_os("PGLOCK_FENCING_TOKEN").is_none() {
+        return Err(Error::usage(format!(
+            "--fencing-token: lock \"{label}\" is held by the ancestor pglock (pid {}), which was not given --fencing-token; give it there",
+            h.pid
+        )));
+    }
+    let exec = prepare_child(req, run_id, held, &me, None, true)?;
     let child = start_child(req, &exec, None)?;
     let end = child::supervise(
         child,

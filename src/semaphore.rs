@@ -8,6 +8,7 @@
 //! Thousands of waiters therefore cost the server one query a second.
 
 use crate::error::{Error, Kind, Result};
+use crate::fence;
 use crate::key::{self, LockId, LockKey};
 use crate::lock::{self, describe_holders, Acquire};
 use crate::log::{self, V};
@@ -32,21 +33,36 @@ pub struct Slot {
     pub index: u32,
     /// The slot's own lock, the one held while the child runs.
     pub key: LockKey,
-    pub backend_pid: i32,
+    pub holder: fence::Holder,
 }
 
+/// Takes a free slot if there is one, and in the same round trip waits out the fenced
+/// transactions of its earlier holders (contract §11: each slot has its own fence).
 fn try_slots(conn: &mut Conn, id: i64, n: u32, signals: &Signals) -> Result<Option<Slot>> {
-    let sql = key::slot_sql(id, n).replacen("SELECT i FROM", "SELECT i, pg_backend_pid() FROM", 1);
+    let slot_fence = key::hash_sql(&format!(
+        "({})::text || ':fence'",
+        key::hash_sql(&format!("'{id}:' || s.i"))
+    ));
+    let sql = format!(
+        "SELECT s.i, pg_backend_pid(), {}, pg_advisory_xact_lock({slot_fence}) FROM ({}) AS s",
+        fence::BACKEND_START_SQL,
+        key::slot_sql(id, n)
+    );
     let rows = lock::query(conn, &sql, signals)?;
-    Ok(rows.first().and_then(|r| {
-        let index: u32 = r.first()?.as_ref()?.parse().ok()?;
-        let backend_pid = r.get(1)?.as_ref()?.parse().ok()?;
-        Some(Slot {
+    let Some(r) = rows.first() else {
+        return Ok(None);
+    };
+    let index: Option<u32> = r.first().cloned().flatten().and_then(|i| i.parse().ok());
+    match (index, fence::Holder::from_row(r)) {
+        (Some(index), Some(holder)) if index < n => Ok(Some(Slot {
             index,
             key: LockKey::from_id(LockId::Big(key::slot_id(id, index))),
-            backend_pid,
-        })
-    }))
+            holder,
+        })),
+        _ => Err(Error::unavailable(
+            "the server's answer to the slot statement was not a slot, pid and start",
+        )),
+    }
 }
 
 fn slot_holders(conn: &mut Conn, id: i64, n: u32, signals: &Signals) -> Result<Vec<lock::Holder>> {
@@ -106,6 +122,7 @@ pub fn acquire(conn: &mut Conn, a: &Acquire, n: u32, signals: &Signals) -> Resul
         mode: Mode::Exclusive,
         scope: Scope::Session,
         wait: left.unwrap_or(Wait::Forever),
+        fence: false,
         ..*a
     };
     lock::acquire(conn, &in_line, signals).map_err(|e| match e.kind {

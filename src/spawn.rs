@@ -70,6 +70,19 @@ impl Exec {
     }
 }
 
+impl Exec {
+    /// Adds (or replaces) one variable of the child's environment, for what is known only once
+    /// the lock is held.
+    pub fn add_env(&mut self, key: &str, value: &str) -> io::Result<()> {
+        let prefix = format!("{key}=");
+        self.envp
+            .retain(|e| !e.as_bytes().starts_with(prefix.as_bytes()));
+        self.envp
+            .push(cstring(format!("{prefix}{value}").as_bytes())?);
+        Ok(())
+    }
+}
+
 fn pointers(v: &[CString]) -> Vec<*const libc::c_char> {
     v.iter()
         .map(|c| c.as_ptr())

@@ -106,6 +106,9 @@ fn rows(values: &[&str]) -> Vec<u8> {
     m
 }
 
+/// The `backend_start` the fake server gives its session.
+const START: &str = "2026-11-30 12:00:00.000001";
+
 /// What a server that grants every lock answers to pglock's statement `sql` (see src/lock.rs).
 fn answer(sql: &str) -> Vec<u8> {
     let pid = PID.to_string();
@@ -114,7 +117,7 @@ fn answer(sql: &str) -> Vec<u8> {
     } else if sql.contains("EXISTS") || sql.contains("_unlock") {
         rows(&["t"])
     } else if sql.contains("_lock") && sql.contains("pg_backend_pid()") {
-        rows(&["t", &pid])
+        rows(&["t", &pid, START])
     } else if sql.contains("pg_backend_pid()") {
         rows(&[&pid])
     } else if sql.contains("SELECT") {
@@ -128,7 +131,7 @@ fn answer(sql: &str) -> Vec<u8> {
 fn injected_session() -> Vec<u8> {
     let mut m = session();
     for _ in 0..4 {
-        m.extend(rows(&["t", &PID.to_string()]));
+        m.extend(rows(&["t", &PID.to_string(), START]));
     }
     m
 }

@@ -1,0 +1,225 @@
+//! Fencing (contract §11): a child's transaction that began while the lock was held commits
+//! before the next holder's child starts, or fails.
+//!
+//! Every lock id has two *fence* locks, bigint advisory ids derived from it the way `--limit`
+//! derives its slots ([`key::id_of`] of a text):
+//!
+//! - `"<id>:fence"`, taken in shared mode, at transaction scope, by the fence statement of the
+//!   children of **exclusive** holders;
+//! - `"<id>:fence:shared"`, the same for the children of **shared** holders.
+//!
+//! A new holder, once granted the lock and before starting its child, takes the fence locks it
+//! conflicts with exclusively and lets them go at once: an exclusive holder both, a shared holder
+//! only the first (shared holders run together, so a new one must not wait for the transactions
+//! of the others). That wait lasts until every fenced transaction still in flight has ended. A
+//! fenced transaction that starts later finds, in `pg_locks`, that its run's session (backend pid
+//! *and* `backend_start`, so a reused pid never passes) no longer holds the lock, and fails.
+//!
+//! The holder's exclusive fence rides in the lock statement's round trip (see `lock.rs`): at
+//! transaction scope inside a savepoint that is rolled back, so that pglock's open transaction
+//! does not keep it.
+
+use crate::error::{Error, Result};
+use crate::key::{self, LockId};
+use crate::lock::locks_filter;
+use crate::request::Mode;
+
+/// The SQL expression that yields this session's `backend_start` in a fixed text form (UTC,
+/// microseconds), whatever the session's DateStyle and TimeZone.
+pub const BACKEND_START_SQL: &str = "(SELECT to_char(a.backend_start AT TIME ZONE 'UTC', \
+     'YYYY-MM-DD HH24:MI:SS.US') FROM pg_stat_activity a WHERE a.pid = pg_backend_pid())";
+
+/// The fence lock that the children of a holder in `mode` take.
+pub fn id(lock: LockId, mode: Mode) -> i64 {
+    match mode {
+        Mode::Exclusive => key::id_of(&format!("{lock}:fence")),
+        Mode::Shared => key::id_of(&format!("{lock}:fence:shared")),
+    }
+}
+
+/// The fence locks a new holder in `mode` waits out: every one whose holders conflict with it.
+pub fn conflicting(lock: LockId, mode: Mode) -> Vec<i64> {
+    match mode {
+        Mode::Exclusive => vec![id(lock, Mode::Exclusive), id(lock, Mode::Shared)],
+        Mode::Shared => vec![id(lock, Mode::Exclusive)],
+    }
+}
+
+/// The select list that takes (at transaction scope) the fence locks a new holder waits out.
+pub fn acquire_list(lock: LockId, mode: Mode) -> String {
+    conflicting(lock, mode)
+        .iter()
+        .map(|f| format!("pg_advisory_xact_lock({f})"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The session that holds a run's lock, as the fence statement identifies it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    pub pid: i32,
+    /// `backend_start` as [`BACKEND_START_SQL`] writes it.
+    pub start: String,
+}
+
+impl Holder {
+    /// Reads the backend pid and start from a lock statement's row (columns 2 and 3). What the
+    /// server sent goes into SQL that the child runs: only the expected shapes are accepted.
+    pub fn from_row(row: &[Option<String>]) -> Option<Holder> {
+        let pid = row.get(1)?.as_deref()?.parse::<i32>().ok()?;
+        let start = row.get(2)?.as_deref()?;
+        let shape = start.len() <= 32
+            && start
+                .bytes()
+                .all(|b| b.is_ascii_digit() || b" -:.".contains(&b));
+        (pid > 0 && shape && !start.is_empty()).then(|| Holder {
+            pid,
+            start: start.to_string(),
+        })
+    }
+}
+
+/// The fence statement (`PGLOCK_FENCE_SQL`): takes the fence lock of a holder in `mode` shared
+/// for the rest of the transaction, then fails unless `holder` still holds `lock` in `mode`.
+pub fn check_sql(lock: LockId, mode: Mode, holder: &Holder, run_id: &str) -> String {
+    statement(
+        lock,
+        mode,
+        &holder.pid.to_string(),
+        &format!("'{}'", holder.start),
+        run_id,
+    )
+}
+
+/// The fence statement with the holder's identity as SQL text (a literal, or a placeholder).
+fn statement(lock: LockId, mode: Mode, pid: &str, start: &str, run_id: &str) -> String {
+    let run_id: String = run_id
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+        .collect();
+    format!(
+        "DO $pglock$BEGIN PERFORM pg_advisory_xact_lock_shared({fence}); \
+         IF NOT EXISTS (SELECT FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+         WHERE l.pid = {pid} AND to_char(a.backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') = {start} \
+         AND l.granted AND l.mode = '{pg_mode}' AND {filter}) THEN \
+         RAISE EXCEPTION 'pglock: run {run_id} no longer holds lock {lock} (backend pid {pid}); this transaction must not commit' \
+         USING ERRCODE = 'P0001'; END IF; END$pglock$",
+        fence = id(lock, mode),
+        pg_mode = mode.pg_mode(),
+        filter = locks_filter(&key::LockKey::from_id(lock)),
+    )
+}
+
+/// `pglock key LOCK --fence-sql`: the two statements of the fence for code that takes the lock
+/// itself, with the holder's identity left as placeholders.
+pub fn shape(lock: LockId) -> String {
+    let check = statement(
+        lock,
+        Mode::Exclusive,
+        "HOLDER_PID",
+        "'HOLDER_BACKEND_START'",
+        "RUN_ID",
+    );
+    format!(
+        "-- 1. The holder, right after taking lock {lock} (exclusive) and before its workers write:\n\
+         SELECT {};\n\
+         -- 2. Each worker, first in each of its transactions. HOLDER_PID is the holder's pg_backend_pid();\n\
+         --    HOLDER_BACKEND_START its backend_start as {BACKEND_START_SQL} yields it;\n\
+         --    RUN_ID is any word that names the holder in the error. A shared holder's workers take\n\
+         --    fence lock {} and check ShareLock instead.\n\
+         {check};",
+        acquire_list(lock, Mode::Exclusive),
+        id(lock, Mode::Shared),
+    )
+}
+
+/// The SQL that reads a fencing token: the server's 64-bit transaction id, assigned now.
+pub fn token_sql(server_version: Option<&str>) -> &'static str {
+    let major = server_version
+        .and_then(|v| {
+            v.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse::<u32>()
+                .ok()
+        })
+        .unwrap_or(0);
+    if major >= 13 {
+        "SELECT pg_current_xact_id()"
+    } else {
+        "SELECT txid_current()"
+    }
+}
+
+/// Reads the token from the answer to [`token_sql`].
+pub fn parse_token(rows: &[Vec<Option<String>>]) -> Result<u64> {
+    rows.first()
+        .and_then(|r| r.first())
+        .and_then(|v| v.as_deref())
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|t| *t > 0)
+        .ok_or_else(|| {
+            Error::unavailable("the server's answer for the fencing token was not a transaction id")
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(cells: &[&str]) -> Vec<Option<String>> {
+        cells.iter().map(|c| Some(c.to_string())).collect()
+    }
+
+    #[test]
+    fn fence_ids_are_fixed_and_distinct() {
+        let l = LockId::Big(42);
+        assert_eq!(id(l, Mode::Exclusive), key::id_of("42:fence"));
+        assert_eq!(id(l, Mode::Shared), key::id_of("42:fence:shared"));
+        assert_ne!(
+            id(l, Mode::Exclusive),
+            id(LockId::Pair(0, 42), Mode::Exclusive)
+        );
+        assert_eq!(conflicting(l, Mode::Shared), vec![key::id_of("42:fence")]);
+        assert_eq!(conflicting(l, Mode::Exclusive).len(), 2);
+    }
+
+    #[test]
+    fn holder_accepts_only_the_expected_shapes() {
+        let ok = Holder::from_row(&row(&["t", "123", "2026-11-30 23:01:02.123456"]));
+        assert_eq!(ok.map(|h| h.pid), Some(123));
+        for bad in [
+            row(&["t", "123", "2026'; DROP TABLE x; --"]),
+            row(&["t", "x", "2026-11-30 23:01:02"]),
+            row(&["t", "-4", "2026-11-30 23:01:02"]),
+            row(&["t", "4", ""]),
+            row(&["t", "4"]),
+            vec![Some("t".into()), Some("4".into()), None],
+            row(&["t", "4", &"1".repeat(33)]),
+        ] {
+            assert_eq!(Holder::from_row(&bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn statement_names_pglock_and_the_run() {
+        let h = Holder {
+            pid: 77,
+            start: "2026-11-30 23:01:02.123456".into(),
+        };
+        let s = check_sql(LockId::Big(-5), Mode::Shared, &h, "ab12'; --");
+        assert!(s.contains("pglock: run ab12-- no longer holds lock -5"));
+        assert!(s.contains("l.mode = 'ShareLock'"));
+        assert!(s.contains(&id(LockId::Big(-5), Mode::Shared).to_string()));
+        assert!(s.contains("= '2026-11-30 23:01:02.123456'"));
+        assert!(!s.contains('%'));
+    }
+
+    #[test]
+    fn token() {
+        assert_eq!(token_sql(Some("15.4")), "SELECT pg_current_xact_id()");
+        assert_eq!(token_sql(Some("12.1 (Debian)")), "SELECT txid_current()");
+        assert_eq!(parse_token(&[row(&["745"])]).ok(), Some(745));
+        assert!(parse_token(&[row(&["-1"])]).is_err());
+        assert!(parse_token(&[]).is_err());
+    }
+}
