@@ -11,6 +11,7 @@ mod connection;
 mod docs;
 mod exit_codes;
 mod faults;
+mod fence;
 mod hostile;
 mod leader;
 mod locking;
