@@ -63,7 +63,7 @@ _pglock() {
             return 0
             ;;
         pglock__subcmd__key)
-            opts="-h -V --key-id --key-hashtext --lock-of --lock-schema --lock-table --sql --database-url --limit --help --version"
+            opts="-h -V --key-id --key-hashtext --lock-of --lock-schema --lock-table --sql --database-url --limit --fence-sql --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -105,7 +105,7 @@ _pglock() {
             return 0
             ;;
         pglock__subcmd__run)
-            opts="-n -w -E -q -v -h -V --key --key-id --key-hashtext --lock-of --lock-schema --lock-table --no-wait --timeout --shared --scope --limit --conflict-exit-code --database-url --max-runtime --kill-after --heartbeat --release-after --quiet --verbose --log-format --help --version"
+            opts="-n -w -E -q -v -h -V --key --key-id --key-hashtext --lock-of --lock-schema --lock-table --no-wait --timeout --shared --scope --limit --fencing-token --conflict-exit-code --database-url --max-runtime --kill-after --heartbeat --release-after --quiet --verbose --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

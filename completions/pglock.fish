@@ -61,6 +61,7 @@ complete -c pglock -n "__fish_pglock_using_subcommand run" -l log-format -d 'Log
 json\t''"
 complete -c pglock -n "__fish_pglock_using_subcommand run" -s n -l no-wait -d 'Try once; if the lock is held, do not run COMMAND and exit 75'
 complete -c pglock -n "__fish_pglock_using_subcommand run" -l shared -d 'Take a shared lock: shared holders run together, exclusive holders wait for all of them'
+complete -c pglock -n "__fish_pglock_using_subcommand run" -l fencing-token -d 'Give COMMAND PGLOCK_FENCING_TOKEN, an integer greater than every earlier holder\'s on the cluster (the server\'s transaction id; costs one)'
 complete -c pglock -n "__fish_pglock_using_subcommand run" -s q -l quiet -d 'Errors only'
 complete -c pglock -n "__fish_pglock_using_subcommand run" -s v -l verbose -d 'More detail (connection, queries, signals)'
 complete -c pglock -n "__fish_pglock_using_subcommand run" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -84,6 +85,7 @@ complete -c pglock -n "__fish_pglock_using_subcommand key" -l lock-table -d 'Wit
 complete -c pglock -n "__fish_pglock_using_subcommand key" -l database-url -d 'PostgreSQL connection URI or key=value string, for the forms the server computes' -r
 complete -c pglock -n "__fish_pglock_using_subcommand key" -l limit -d 'Print the slot lock ids of `run --limit N` (with --sql: the SQL that takes a free slot)' -r
 complete -c pglock -n "__fish_pglock_using_subcommand key" -l sql -d 'Print the SQL that yields the id (the argument(s) of pg_advisory_lock) instead of the id'
+complete -c pglock -n "__fish_pglock_using_subcommand key" -l fence-sql -d 'Print the fence statements of the lock (contract §11) for code that takes it itself'
 complete -c pglock -n "__fish_pglock_using_subcommand key" -s h -l help -d 'Print help'
 complete -c pglock -n "__fish_pglock_using_subcommand key" -s V -l version -d 'Print version'
 complete -c pglock -n "__fish_pglock_using_subcommand status" -l key -d 'Only this lock NAME' -r

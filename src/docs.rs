@@ -127,6 +127,12 @@ set for the child: the key (\fBPGLOCK_KEY_ID\fR with the id for the other forms,
 are removed), its lock id, this run's id (also in every log line), and the locks
 held by pglock and its ancestors (a nested \fBpglock run\fR for a lock its ancestor holds runs at
 once, or fails at once with exit 2 when the ancestor's shared lock cannot cover an exclusive one)
+.TP
+\fBPGLOCK_FENCE_SQL\fR, \fBPGLOCK_BACKEND_PID\fR, \fBPGLOCK_FENCING_TOKEN\fR
+set for the child: the fence statement to run first in each of its transactions (it fails once
+this run no longer holds the lock, and makes the next holder wait for the transaction), the lock
+session's backend pid, and with \fB\-\-fencing\-token\fR a number greater than every earlier
+holder's on the cluster
 .SH SIGNALS
 HUP, INT, QUIT, TERM, USR1, USR2 and WINCH sent to pglock by a process are forwarded to the
 child. The same signals sent by a terminal (Ctrl\-C, Ctrl\-\e, a resize) are not forwarded: the
