@@ -226,15 +226,15 @@ const LOCAL_SETTINGS: [&str; 3] = [
 /// The statements that take the lock: trying once or waiting (with the server's lock_timeout
 /// when `timeout_ms` is given), as a session lock or a transaction lock. A transaction lock
 /// first opens the transaction that holds it, with the session settings made local to it.
+/// `known`: the session as an earlier statement on this connection named it.
 fn lock_sql(
     conn: &Conn,
-    key: &LockKey,
-    mode: Mode,
-    scope: Scope,
+    a: &Acquire,
     try_once: bool,
     timeout_ms: Option<u128>,
-    fence: bool,
+    known: Option<&fence::Holder>,
 ) -> String {
+    let (key, mode, scope) = (a.key, a.mode, a.scope);
     let func = format!(
         "pg_{}advisory{}_lock{}",
         if try_once { "try_" } else { "" },
@@ -264,7 +264,7 @@ fn lock_sql(
     let take = format!(
         "SELECT {func}({}), pg_backend_pid(), {}",
         key.id.sql_args(),
-        fence::BACKEND_START_SQL
+        fence::backend_start_sql(known)
     );
     match timeout_ms {
         // One round trip: the timeout applies to this statement only. On timeout the
@@ -274,7 +274,7 @@ fn lock_sql(
         )),
         None => sql.push_str(&take),
     }
-    if fence {
+    if a.fence {
         sql.push_str("; ");
         sql.push_str(&fence_sql(key, mode, scope, try_once));
     }
@@ -377,8 +377,10 @@ pub fn acquire(conn: &mut Conn, a: &Acquire, signals: &Signals) -> Result<Acquir
         Wait::Timeout(d) => Some(start + d),
         _ => None,
     };
-    let try_sql = |c: &Conn| lock_sql(c, a.key, a.mode, a.scope, true, None, a.fence);
+    let try_sql = |c: &Conn| lock_sql(c, a, true, None, None);
     let rows = query(conn, &try_sql(conn), signals)?;
+    // The session, for the waiting statement not to ask again (what a handoff waits for).
+    let mut known = rows.first().and_then(|r| fence::Holder::from_row(r));
     if first_bool(&rows) {
         return Ok(Acquired {
             holder: holder_of(&rows)?,
@@ -425,13 +427,13 @@ pub fn acquire(conn: &mut Conn, a: &Acquire, signals: &Signals) -> Result<Acquir
         ),
         &[("holders", V::I(seen.len() as i64))],
     );
-    let wait_sql = |c: &Conn| {
+    let wait_sql = |c: &Conn, known: Option<&fence::Holder>| {
         let left = deadline.map(|d| {
             d.saturating_duration_since(Instant::now())
                 .as_millis()
                 .max(1)
         });
-        lock_sql(c, a.key, a.mode, a.scope, false, left, a.fence)
+        lock_sql(c, a, false, left, known)
     };
     let mut pending_send = true;
     let mut interval = Duration::from_secs(10);
@@ -440,9 +442,11 @@ pub fn acquire(conn: &mut Conn, a: &Acquire, signals: &Signals) -> Result<Acquir
     loop {
         if pending_send {
             pending_send = false;
-            let sql = wait_sql(conn);
+            let sql = wait_sql(conn, known.as_ref());
             if let Err(ReadErr::Closed(m)) = conn.send_query(&sql) {
                 *conn = reconnect(conn, m, a, signals, deadline)?;
+                // A new session (whose backend may even have the old one's pid).
+                known = None;
                 pending_send = true;
                 continue;
             }
@@ -504,6 +508,7 @@ pub fn acquire(conn: &mut Conn, a: &Acquire, signals: &Signals) -> Result<Acquir
             Err(ReadErr::Protocol(m)) => return Err(lost_connection(conn, m)),
             Err(ReadErr::Closed(m)) => {
                 *conn = reconnect(conn, m, a, signals, deadline)?;
+                known = None;
                 if deadline.is_some_and(|d| Instant::now() >= d) {
                     return Err(timeout_reached(&seen));
                 }
