@@ -486,9 +486,10 @@ fn start_child(
 /// An ancestor pglock holds this lock (the server confirmed `h`): run at once if its mode covers
 /// ours, else fail at once (waiting would wait for ourselves forever).
 ///
-/// No connection is kept while the child runs: the ancestor watches its lock, and it cannot lose
-/// it without stopping its child's whole process group, this run and its child included (contract
-/// §5), so a lock lost above never leaves this command running unprotected.
+/// The connection that confirmed `h` is closed before the child starts, and none is kept: the
+/// ancestor watches its lock, and it cannot lose it without stopping its child's whole process
+/// group (contract §5, issue 15), which holds this run; this run then stops its own child as on
+/// any signal. A second watch here would add a connection per nesting level and catch nothing.
 fn run_nested(
     req: &RunRequest,
     h: &Held,
