@@ -276,14 +276,6 @@ fn run_inner(mut req: RunRequest, run_id: &str, nested: &std::cell::Cell<bool>) 
     let signals = Signals::install()?;
     let held = nesting::held_by_ancestors();
     let params = ConnParams::resolve(req.database_url.as_deref())?;
-    // (A lock whose id the server computes is looked up once connected, below.)
-    if let Some(h) = held
-        .iter()
-        .find(|h| req.key.pending.is_none() && h.is(&req.key.id, &params.dbname))
-    {
-        nested.set(true);
-        return run_nested(&req, h, &held, run_id, &signals);
-    }
     let app = params
         .application_name
         .clone()
@@ -312,20 +304,28 @@ fn run_inner(mut req: RunRequest, run_id: &str, nested: &std::cell::Cell<bool>) 
             "resolved",
             &format!("lock \"{}\" is {} here", req.key.label(), req.key.sql),
         );
-        if let Some(h) = held.iter().find(|h| h.is(&req.key.id, &params.dbname)) {
-            drop(conn);
-            nested.set(true);
-            return run_nested(&req, h, &held, run_id, &signals);
-        }
+    }
+    // Nesting (contract §4): an ancestor's PGLOCK_HELD entry for this lock counts only when the
+    // server confirms, on this connection, that the session it names holds the lock; then the
+    // command runs under the ancestor's lock and this connection is not needed (see run_nested).
+    // No entry for this lock, no query.
+    if let Some(h) = nesting::confirmed(&mut conn, &held, &req.key.id, &params.dbname, &signals)? {
+        drop(conn);
+        nested.set(true);
+        return run_nested(&req, &h, &held, run_id, &signals);
     }
     let guard = guard.get().and_then(Option::as_ref);
     let mut session = Session::open(conn, &req, guard, &signals)?;
 
-    let me = Held {
+    // This run's entry for its child. The session that holds the lock (and the slot) is known
+    // once it is taken: PGLOCK_HELD is set again then, before the child starts.
+    let mut me = Held {
         id: req.key.id,
         mode: req.mode,
         pid: std::process::id() as i32,
         db: Some(params.dbname.clone()),
+        holder: None,
+        slot: None,
     };
     // The child's start is prepared before the wait (with --limit, once the slot is known).
     let prepared = match req.limit {
@@ -346,6 +346,14 @@ fn run_inner(mut req: RunRequest, run_id: &str, nested: &std::cell::Cell<bool>) 
         Some(exec) => exec,
         None => prepare_child(&req, run_id, &held, &me, session.slot(), false)?,
     };
+    if let Some(t) = &session.lock {
+        me.holder = Some(t.holder.clone());
+        me.slot = t.slot;
+    }
+    exec.add_env(nesting::VAR, &nesting::child_value(&held, &me))
+        .map_err(|e| {
+            Error::internal(format!("cannot pass {} to the command: {e}", nesting::VAR))
+        })?;
     for (k, v) in session.fence_vars(run_id)? {
         exec.add_env(k, &v)
             .map_err(|e| Error::internal(format!("cannot pass {k} to the command: {e}")))?;
@@ -475,8 +483,13 @@ fn start_child(
     Ok(pid)
 }
 
-/// An ancestor pglock holds this lock: run at once if its mode covers ours, else fail at once
-/// (waiting would wait for ourselves forever).
+/// An ancestor pglock holds this lock (the server confirmed `h`): run at once if its mode covers
+/// ours, else fail at once (waiting would wait for ourselves forever).
+///
+/// The connection that confirmed `h` is closed before the child starts, and none is kept: the
+/// ancestor watches its lock, and it cannot lose it without stopping its child's whole process
+/// group (contract §5, issue 15), which holds this run; this run then stops its own child as on
+/// any signal. A second watch here would add a connection per nesting level and catch nothing.
 fn run_nested(
     req: &RunRequest,
     h: &Held,
@@ -494,7 +507,12 @@ fn run_nested(
     log::mark(Mark::Acquired);
     log::info(
         "nested",
-        &format!("lock \"{label}\" is already held ({}) by the ancestor pglock (pid {}); running the command at once", h.mode.as_str(), h.pid),
+        &format!(
+            "lock \"{label}\" is already held ({}) by the ancestor pglock (pid {}, backend pid {}), as the server confirms; running the command at once",
+            h.mode.as_str(),
+            h.pid,
+            h.holder.as_ref().map_or(0, |o| o.pid)
+        ),
         &[("ancestor_pid", V::I(i64::from(h.pid)))],
     );
     let me = Held {
@@ -502,6 +520,9 @@ fn run_nested(
         mode: h.mode,
         pid: std::process::id() as i32,
         db: h.db.clone(),
+        // Its "lock" is the ancestor's session, so a run nested in this one checks that.
+        holder: h.holder.clone(),
+        slot: h.slot,
     };
     if req.fencing_token && std::env::var_os("PGLOCK_FENCING_TOKEN").is_none() {
         return Err(Error::usage(format!(

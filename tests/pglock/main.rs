@@ -16,6 +16,7 @@ mod hostile;
 mod leader;
 mod locking;
 mod migration;
+mod nesting;
 mod pooler;
 mod semaphore;
 mod signals;

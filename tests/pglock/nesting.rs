@@ -1,0 +1,294 @@
+//! Contract §4, nesting you cannot fool: an inherited `PGLOCK_HELD` entry lets a nested run skip
+//! the lock only when the server confirms that the session it names holds the lock; pid 1 counts
+//! as an ancestor (a container's entrypoint), and a forged, copied or stale entry never skips.
+//! (The shared/exclusive and per-database cases are in faults.rs and migration.rs.)
+
+use crate::harness::*;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// `(backend pid, backend_start)` of the session holding lock `id` granted, as pglock writes them.
+fn session_holding(id: i64) -> (String, String) {
+    let classid = ((id as u64) >> 32) as u32;
+    let objid = (id as u64 & 0xffff_ffff) as u32;
+    let out = pg().psql_super(&format!(
+        "SELECT l.pid || '|' || to_char(a.backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') \
+         FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' \
+         AND l.classid = {classid} AND l.objid = {objid} AND l.objsubid = 1 AND l.granted"
+    ));
+    let (pid, start) = out.split_once('|').expect("one holder");
+    (pid.to_string(), start.to_string())
+}
+
+/// A live session that holds no advisory lock: the checkpointer's.
+fn other_session() -> (String, String) {
+    let out = pg().psql_super(
+        "SELECT pid || '|' || to_char(backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') \
+         FROM pg_stat_activity WHERE backend_type = 'checkpointer'",
+    );
+    let (pid, start) = out.split_once('|').expect("a checkpointer");
+    (pid.to_string(), start.to_string())
+}
+
+fn esc(start: &str) -> String {
+    start.replace(':', "%3A").replace(' ', "%20")
+}
+
+/// `sh -c SCRIPT` with a clean environment pointing at the main cluster.
+fn sh(script: &str) -> Command {
+    let mut c = Command::new("sh");
+    c.args(["-c", script]);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("PG") || k == "DATABASE_URL" {
+            c.env_remove(k);
+        }
+    }
+    c.env("PGLOCK_DATABASE_URL", pg().url())
+        .env("HOME", "/nonexistent")
+        .stdin(Stdio::null());
+    c
+}
+
+/// Runs `pglock run -w 1s --key NAME -- touch RAN` from a shell with `PGLOCK_HELD` set to
+/// `held`, where `$$` in it is that shell (pglock's parent); asserts that the run did not skip the
+/// lock: it waited, gave up (75) and ran nothing. Returns pglock's stderr.
+fn expect_waits(name: &str, held: &str, dir: &std::path::Path) -> String {
+    let ran = dir.join("ran");
+    let _ = std::fs::remove_file(&ran);
+    // `; exit $?` keeps the shell from exec'ing pglock: the shell stays its parent.
+    let script = format!(
+        "PGLOCK_HELD=\"{held}\" {bin} run -w 1s --key {name} -- touch {ran}; exit $?",
+        bin = bin(),
+        ran = ran.display()
+    );
+    let (_, err) = expect_code(sh(&script), 75);
+    assert!(
+        !ran.exists(),
+        "the command ran with PGLOCK_HELD={held}: {err}"
+    );
+    assert!(!err.contains("already held"), "{err}");
+    err
+}
+
+#[test]
+fn nesting_under_pid_1_of_a_pid_namespace_runs_at_once() {
+    if !is_root() {
+        eprintln!("skipped: unshare --pid needs root");
+        return;
+    }
+    let name = key("nest-pid1");
+    let dir = tmpdir("nest-pid1");
+    let file = dir.join("ran");
+    let inner = format!(
+        "{} run -w 5s --key {name} -- touch {}",
+        bin(),
+        file.display()
+    );
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--pid",
+        "--fork",
+        "--mount-proc",
+        "--kill-child",
+        bin(),
+        "run",
+        "--key",
+        &name,
+        "--",
+        "sh",
+        "-c",
+        &inner,
+    ]);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("PG") || k == "DATABASE_URL" {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("PGLOCK_DATABASE_URL", pg().url())
+        .stdin(Stdio::null());
+    let t = Instant::now();
+    let (_, err) = expect_code(cmd, 0);
+    assert!(file.exists(), "{err}");
+    assert!(err.contains("already held"), "{err}");
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "{:?}: {err}",
+        t.elapsed()
+    );
+}
+
+#[test]
+fn nesting_with_a_forged_variable_waits_for_the_real_holder() {
+    let name = key("nest-forged");
+    let id = lock_id(&name);
+    let dir = tmpdir("nest-forged");
+    let holder = hold(pglock(&["run", "--key", &name, "--", "sleep", "30"]), id);
+    let (hpid, _) = session_holding(id);
+    let (opid, ostart) = other_session();
+    let dbname = url_dbname();
+    let wrong_start = esc("2001-02-03 04:05:06.000007");
+    for (held, why) in [
+        // pid 1 (always an ancestor) and the parent shell, with some other live session.
+        (
+            format!("{id}:exclusive:1:{dbname}:{opid}:{}", esc(&ostart)),
+            "does not confirm",
+        ),
+        (
+            format!("{id}:exclusive:$$:{dbname}:{opid}:{}", esc(&ostart)),
+            "does not confirm",
+        ),
+        // The real holder's backend pid with another start (a reused pid).
+        (
+            format!("{id}:exclusive:1:{dbname}:{hpid}:{wrong_start}"),
+            "does not confirm",
+        ),
+        (
+            format!("{id}:shared:$$:{dbname}:{hpid}:{wrong_start}"),
+            "does not confirm",
+        ),
+        // An older pglock's entries (no session): they used to skip the lock.
+        (format!("{id}:exclusive:1:{dbname}"), "older pglock"),
+        (format!("{id}:exclusive:$$"), "older pglock"),
+        // Several at once.
+        (
+            format!(
+                "{id}:exclusive:1;{id}:exclusive:$$:{dbname}:{opid}:{};junk",
+                esc(&ostart)
+            ),
+            "PGLOCK_HELD",
+        ),
+    ] {
+        let err = expect_waits(&name, &held, &dir);
+        assert!(err.contains(why), "PGLOCK_HELD={held}: {err}");
+    }
+    let _ = stop(holder);
+}
+
+/// The database name in the main cluster's URL (what the entry must name).
+fn url_dbname() -> String {
+    let (out, _) = expect_code(
+        pglock(&[
+            "run",
+            "--key",
+            &key("nest-db"),
+            "--",
+            "sh",
+            "-c",
+            "echo \"$PGLOCK_HELD\"",
+        ]),
+        0,
+    );
+    out.trim()
+        .split(':')
+        .nth(3)
+        .expect("a DB field")
+        .to_string()
+}
+
+#[test]
+fn a_copied_entry_of_an_ancestor_that_exited_does_not_skip() {
+    let name = key("nest-stale");
+    let id = lock_id(&name);
+    let dir = tmpdir("nest-stale");
+    // A genuine entry, kept after its pglock (and its lock session) ended.
+    let (out, _) = expect_code(pglock_sh(&name, "echo \"$PGLOCK_HELD\""), 0);
+    let entry = out.trim().to_string();
+    let f: Vec<&str> = entry.split(':').collect();
+    assert_eq!(f.len(), 6, "{entry}");
+    assert_eq!(f[0], id.to_string());
+    // Its pglock pid rewritten to ancestors of the next run (pid 1, its parent shell), as a copied
+    // variable in a container would be.
+    let as_pid = |p: &str| {
+        let mut g = f.clone();
+        g[2] = p;
+        g.join(":")
+    };
+    // With the lock free, the run takes it itself (and says why it did not skip).
+    let script = format!(
+        "PGLOCK_HELD=\"{}\" {} run -w 5s --key {name} -- true; exit $?",
+        as_pid("$$"),
+        bin()
+    );
+    let (_, err) = expect_code(sh(&script), 0);
+    assert!(err.contains("does not confirm"), "{err}");
+    assert!(err.contains("acquired lock"), "{err}");
+    assert!(!err.contains("already held"), "{err}");
+    // With another session holding it, the run waits for that one.
+    let holder = hold(pglock(&["run", "--key", &name, "--", "sleep", "30"]), id);
+    for p in ["1", "$$"] {
+        expect_waits(&name, &as_pid(p), &dir);
+    }
+    let _ = stop(holder);
+}
+
+#[test]
+fn nesting_is_confirmed_for_slots_and_transaction_scope() {
+    let name = key("nest-slot");
+    // The inner run finds the slot's session; the child's entry names the slot and the same
+    // session as PGLOCK_BACKEND_PID.
+    let inner = |mode: &str| {
+        format!(
+            "{} run {mode} -w 5s --key {name} -- sh -c 'echo \"$PGLOCK_HELD\"; echo \"$PGLOCK_BACKEND_PID\"'",
+            bin()
+        )
+    };
+    let (exclusive, shared) = (inner(""), inner("--shared"));
+    for outer in [
+        vec![
+            "run", "--limit", "2", "--key", &name, "--", "sh", "-c", &exclusive,
+        ],
+        vec![
+            "run",
+            "--scope",
+            "transaction",
+            "--key",
+            &name,
+            "--",
+            "sh",
+            "-c",
+            &exclusive,
+        ],
+        vec!["run", "--shared", "--key", &name, "--", "sh", "-c", &shared],
+    ] {
+        let t = Instant::now();
+        let (out, err) = expect_code(pglock(&outer), 0);
+        assert!(err.contains("already held"), "{outer:?}: {err}");
+        assert!(t.elapsed() < Duration::from_secs(4), "{outer:?}: {err}");
+        let mut lines = out.lines();
+        let held = lines.next().unwrap_or_default();
+        let backend = lines.next().unwrap_or_default();
+        let entries: Vec<Vec<&str>> = held.split(';').map(|e| e.split(':').collect()).collect();
+        assert_eq!(entries.len(), 2, "{held}");
+        // The nested run's own entry carries the ancestor's session (and slot).
+        assert_eq!(entries[0][4..], entries[1][4..], "{held}");
+        assert_eq!(entries[1][4], backend, "{held}");
+        let slot = outer.contains(&"--limit");
+        assert_eq!(entries[1].len(), if slot { 7 } else { 6 }, "{held}");
+    }
+}
+
+#[test]
+fn nesting_through_pgbouncer_confirms_the_backend_that_ran_the_lock_statement() {
+    let name = key("nest-pgb");
+    let inner = format!(
+        "{} run -w 5s --scope transaction --key {name} -- sh -c 'echo \"$PGLOCK_HELD\"'",
+        bin()
+    );
+    let mut cmd = pglock_bare(&[
+        "run",
+        "--scope",
+        "transaction",
+        "--key",
+        &name,
+        "--",
+        "sh",
+        "-c",
+        &inner,
+    ]);
+    cmd.env("PGLOCK_DATABASE_URL", bouncer().url());
+    let t = Instant::now();
+    let (out, err) = expect_code(cmd, 0);
+    assert!(err.contains("already held"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(4), "{err}");
+    assert_eq!(out.trim().split(';').count(), 2, "{out}");
+}
