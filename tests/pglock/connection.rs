@@ -181,9 +181,12 @@ fn no_password_ever_appears_in_output() {
     ];
     for url in &urls {
         for verbosity in ["-v", "--log-format=json"] {
+            // -w 1s: the retries of a refused connection are logged too, without a password.
             let out = pglock_bare(&[
                 "run",
                 verbosity,
+                "-w",
+                "1s",
                 "--database-url",
                 url,
                 "--key",
@@ -650,13 +653,17 @@ fn a_hot_standby_is_refused_and_a_host_list_picks_the_primary() {
     let on = |host_port: &str| {
         format!("postgres://postgres:{SUPERUSER_PASSWORD}@{host_port}/postgres?sslmode=disable")
     };
-    // The standby alone: refused, naming it.
+    // The standby alone: refused, naming it (retried for the 1 s of --timeout first: a standby
+    // may be being promoted, restart.rs).
     let (code, _, err) = run_env(
         &name,
-        &[(
-            "PGLOCK_DATABASE_URL",
-            &on(&format!("127.0.0.1:{}", standby.port)),
-        )],
+        &[
+            (
+                "PGLOCK_DATABASE_URL",
+                &on(&format!("127.0.0.1:{}", standby.port)),
+            ),
+            ("PGLOCK_TIMEOUT", "1s"),
+        ],
         None,
     );
     assert_eq!(code, Some(69), "{err}");
@@ -678,10 +685,13 @@ fn a_hot_standby_is_refused_and_a_host_list_picks_the_primary() {
     // Only standbys (and a dead host): refused.
     let (code, _, err) = run_env(
         &name,
-        &[(
-            "PGLOCK_DATABASE_URL",
-            &on(&format!("127.0.0.1:1,127.0.0.1:{}", standby.port)),
-        )],
+        &[
+            (
+                "PGLOCK_DATABASE_URL",
+                &on(&format!("127.0.0.1:1,127.0.0.1:{}", standby.port)),
+            ),
+            ("PGLOCK_NO_WAIT", "1"),
+        ],
         None,
     );
     assert_eq!(code, Some(69), "{err}");

@@ -16,6 +16,7 @@ mod leader;
 mod locking;
 mod migration;
 mod pooler;
+mod restart;
 mod semaphore;
 mod signals;
 mod status;
