@@ -502,7 +502,7 @@ fn reconnect(
         &[],
     );
     let give_up = give_up_at(Instant::now(), deadline);
-    let c = connect_retrying(a.params, a.startup, signals, give_up)
+    let c = connect_retrying(a.params, a.startup, signals, give_up, &mut false)
         .map_err(|e| gave_up(e, "gave up reconnecting while waiting for the lock"))?;
     log::info(
         "reconnect",
@@ -528,16 +528,41 @@ pub fn connect_waiting(
         Wait::Timeout(d) => (Some(start + d), "--timeout reached"),
         Wait::Forever => (None, "for a minute"),
     };
-    let conn = connect_retrying(params, startup, signals, give_up_at(start, deadline))
-        .map_err(|e| gave_up(e, &format!("gave up waiting for the server ({bound})")))?;
-    let left = match (wait, deadline) {
-        (Wait::Timeout(_), Some(d)) => Wait::Timeout(
-            d.saturating_duration_since(Instant::now())
-                .max(Duration::from_millis(1)),
+    let mut retried = false;
+    let conn = connect_retrying(
+        params,
+        startup,
+        signals,
+        give_up_at(start, deadline),
+        &mut retried,
+    )
+    .map_err(|e| gave_up(e, &format!("gave up waiting for the server ({bound})")))?;
+    if !retried {
+        return Ok((conn, wait));
+    }
+    // The time spent waiting for the server counts against --timeout.
+    let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+    log::info(
+        "reconnect",
+        &format!(
+            "connected to {} after {} ms of waiting for the server{}",
+            conn.target().describe(),
+            start.elapsed().as_millis(),
+            left.map(|l| format!(
+                "; {} of --timeout left",
+                crate::duration::format(round_ms(l))
+            ))
+            .unwrap_or_default()
         ),
-        _ => wait,
-    };
-    Ok((conn, left))
+        &[("waited_ms", V::I(start.elapsed().as_millis() as i64))],
+    );
+    let wait = left.map_or(wait, |l| Wait::Timeout(l.max(Duration::from_millis(1))));
+    Ok((conn, wait))
+}
+
+/// `d` to the millisecond, as `--timeout` values are written.
+fn round_ms(d: Duration) -> Duration {
+    Duration::from_millis(d.as_millis() as u64)
 }
 
 /// When reconnecting stops: `RECONNECT_FOR` from `now`, or the run's deadline if sooner.
@@ -565,6 +590,7 @@ fn connect_retrying(
     startup: &Startup,
     signals: &Signals,
     give_up: Instant,
+    retried: &mut bool,
 ) -> Result<Conn> {
     let mut pause = Duration::from_millis(250);
     let mut last_reason = String::new();
@@ -587,6 +613,7 @@ fn connect_retrying(
         }
         pause = (pause * 2).min(Duration::from_secs(2));
         attempt += 1;
+        *retried = true;
     }
 }
 

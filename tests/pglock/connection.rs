@@ -690,7 +690,7 @@ fn a_hot_standby_is_refused_and_a_host_list_picks_the_primary() {
                 "PGLOCK_DATABASE_URL",
                 &on(&format!("127.0.0.1:1,127.0.0.1:{}", standby.port)),
             ),
-            ("PGLOCK_NO_WAIT", "1"),
+            ("PGLOCK_NO_WAIT", "true"),
         ],
         None,
     );
@@ -785,9 +785,11 @@ fn a_hanging_dns_lookup_obeys_connect_timeout_and_signals() {
     let run = |url: &str| {
         let mut c = std::process::Command::new("/usr/sbin/chroot");
         c.arg(&root)
+            // -n: one look-up (a waiting run retries a DNS server that does not answer).
             .args([
                 "/bin/pglock",
                 "run",
+                "-n",
                 "--key",
                 &key("dns"),
                 "--database-url",

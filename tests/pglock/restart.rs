@@ -91,6 +91,10 @@ fn a_waiting_run_started_while_the_server_is_down_runs_once_it_is_up() {
             1,
             "each reason logged once: {err}"
         );
+        assert!(
+            err.contains("of waiting for the server; ") && err.contains("of --timeout left"),
+            "{err}"
+        );
         assert!(err.contains("acquired lock"), "{err}");
     }
 }
