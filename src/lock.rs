@@ -329,7 +329,7 @@ pub struct Acquired {
 
 /// Connection losses while waiting, and a server that is down when a waiting run starts, are
 /// bridged by reconnecting for at most this long (within `--timeout` when it is given).
-pub const RECONNECT_FOR: Duration = Duration::from_secs(60);
+const RECONNECT_FOR: Duration = Duration::from_secs(60);
 
 /// Takes the lock, waiting as `a.wait` says. A connection lost while waiting (a server restart, a
 /// failover) is replaced and the wait goes on, within `--timeout` and for at most a minute of
@@ -502,7 +502,7 @@ fn reconnect(
         &[],
     );
     let give_up = give_up_at(Instant::now(), deadline);
-    let c = connect_retrying(a.params, a.startup, signals, give_up, &mut false)
+    let (c, _) = connect_retrying(a.params, a.startup, signals, give_up)
         .map_err(|e| gave_up(e, "gave up reconnecting while waiting for the lock"))?;
     log::info(
         "reconnect",
@@ -528,15 +528,9 @@ pub fn connect_waiting(
         Wait::Timeout(d) => (Some(start + d), "--timeout reached"),
         Wait::Forever => (None, "for a minute"),
     };
-    let mut retried = false;
-    let conn = connect_retrying(
-        params,
-        startup,
-        signals,
-        give_up_at(start, deadline),
-        &mut retried,
-    )
-    .map_err(|e| gave_up(e, &format!("gave up waiting for the server ({bound})")))?;
+    let (conn, retried) =
+        connect_retrying(params, startup, signals, give_up_at(start, deadline))
+            .map_err(|e| gave_up(e, &format!("gave up waiting for the server ({bound})")))?;
     if !retried {
         return Ok((conn, wait));
     }
@@ -548,21 +542,13 @@ pub fn connect_waiting(
             "connected to {} after {} ms of waiting for the server{}",
             conn.target().describe(),
             start.elapsed().as_millis(),
-            left.map(|l| format!(
-                "; {} of --timeout left",
-                crate::duration::format(round_ms(l))
-            ))
-            .unwrap_or_default()
+            left.map(|l| format!("; {} of --timeout left", crate::duration::format(l)))
+                .unwrap_or_default()
         ),
         &[("waited_ms", V::I(start.elapsed().as_millis() as i64))],
     );
     let wait = left.map_or(wait, |l| Wait::Timeout(l.max(Duration::from_millis(1))));
     Ok((conn, wait))
-}
-
-/// `d` to the millisecond, as `--timeout` values are written.
-fn round_ms(d: Duration) -> Duration {
-    Duration::from_millis(d.as_millis() as u64)
 }
 
 /// When reconnecting stops: `RECONNECT_FOR` from `now`, or the run's deadline if sooner.
@@ -584,20 +570,20 @@ fn gave_up(e: Error, why: &str) -> Error {
 /// Connects, trying again after a transient failure until `give_up` (250 ms doubling to 2 s,
 /// with jitter so that many runs started together do not retry in step). Each new reason is
 /// logged once; a signal ends the retrying at once; a failure that is not transient (TLS,
-/// authentication, configuration, a missing database) is returned at once.
+/// authentication, configuration, a missing database) is returned at once. Returns the
+/// connection and whether it took more than one attempt.
 fn connect_retrying(
     params: &ConnParams,
     startup: &Startup,
     signals: &Signals,
     give_up: Instant,
-    retried: &mut bool,
-) -> Result<Conn> {
+) -> Result<(Conn, bool)> {
     let mut pause = Duration::from_millis(250);
     let mut last_reason = String::new();
     let mut attempt = 1i64;
     loop {
         let e = match Conn::connect(&bounded(params, give_up), startup, signals) {
-            Ok(c) => return Ok(c),
+            Ok(c) => return Ok((c, attempt > 1)),
             Err(e) => e,
         };
         let now = Instant::now();
@@ -613,7 +599,6 @@ fn connect_retrying(
         }
         pause = (pause * 2).min(Duration::from_secs(2));
         attempt += 1;
-        *retried = true;
     }
 }
 
