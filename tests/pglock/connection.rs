@@ -217,6 +217,7 @@ fn no_password_ever_appears_in_output() {
             ("PGPORT", "1"),
             ("PGUSER", "u"),
             ("PGPASSWORD", secret),
+            ("PGLOCK_TIMEOUT", "1s"),
         ],
         None,
     );
@@ -295,8 +296,13 @@ fn with_nothing_configured_and_no_local_server_one_line_says_what_to_set() {
             && err.contains(".s.PGSQL.5432"),
         "{err}"
     );
-    // Something configured: the usual message, naming the target.
-    let (code, _, err) = run_env(&key("nothing"), &[("PGPORT", "1")], None);
+    // Something configured: the usual message, naming the target (-n: a waiting run would
+    // wait for a socket that may appear, restart.rs).
+    let (code, _, err) = run_env(
+        &key("nothing"),
+        &[("PGPORT", "1"), ("PGLOCK_NO_WAIT", "true")],
+        None,
+    );
     assert_eq!(code, Some(69), "{err}");
     assert!(
         err.contains("cannot connect to /") && !err.contains("no database configured"),
