@@ -47,7 +47,7 @@ graphile-migrate\t''
 node-pg-migrate\t''"
 complete -c pglock -n "__fish_pglock_using_subcommand run" -l lock-schema -d 'With --lock-of golang-migrate or flyway: the schema of the migrations table [default: current_schema()]' -r
 complete -c pglock -n "__fish_pglock_using_subcommand run" -l lock-table -d 'With --lock-of golang-migrate or flyway: the migrations table [default: schema_migrations, flyway_schema_history]' -r
-complete -c pglock -n "__fish_pglock_using_subcommand run" -s w -l timeout -d 'Wait at most DURATION for the lock (500ms, 30s, 5m, 1h), then exit 75; 0 is --no-wait' -r
+complete -c pglock -n "__fish_pglock_using_subcommand run" -s w -l timeout -d 'Wait at most DURATION for the lock (500ms, 30s, 5m, 1h), then exit 75; 0 is --no-wait. A server that is down or starting is waited for too (without -w: for a minute)' -r
 complete -c pglock -n "__fish_pglock_using_subcommand run" -l scope -d 'session: a session lock (pg_advisory_lock); transaction: pg_advisory_xact_lock in a transaction held open while COMMAND runs, for PgBouncer in transaction pooling mode' -r -f -a "session\t''
 transaction\t''"
 complete -c pglock -n "__fish_pglock_using_subcommand run" -l limit -d 'A counting semaphore: up to N runs of this key at once, each holding one of N slot locks' -r

@@ -136,7 +136,8 @@ pub struct RunArgs {
     #[arg(short = 'n', long, env = "PGLOCK_NO_WAIT", help_heading = "Lock")]
     pub no_wait: bool,
 
-    /// Wait at most DURATION for the lock (500ms, 30s, 5m, 1h), then exit 75; 0 is --no-wait
+    /// Wait at most DURATION for the lock (500ms, 30s, 5m, 1h), then exit 75; 0 is --no-wait. A
+    /// server that is down or starting is waited for too (without -w: for a minute)
     #[arg(
         short = 'w',
         long,

@@ -55,6 +55,12 @@ Authentication: trust, password, MD5, SCRAM\-SHA\-256 and SCRAM\-SHA\-256\-PLUS;
 sent where they forbid it. A malformed or oversized server message is a protocol violation
 (exit 69, or 74 while the command runs).
 .PP
+A waiting run (no \fB\-n\fR) started while the server is down, starting up, shutting down, in
+recovery or only a hot standby (a restart, a failover) retries the connection with a short
+backoff until \fB\-\-timeout\fR, or for one minute without it, logging each reason once, then
+exits 69 naming the last one. Authentication, TLS, a missing database, an unknown host name and
+configuration errors, and every failure of a \fB\-n\fR run, fail at once.
+.PP
 Every option of \fBrun\fR can also be set in the environment as \fBPGLOCK_\fIOPTION\fR; a value on
 the command line wins. Durations are written 500ms, 30s, 5m, 1h or 1m30s.
 .PP

@@ -47,6 +47,9 @@ pub struct Error {
     pub msg: String,
     /// The server's SQLSTATE, when the server reported the error.
     pub sqlstate: Option<String>,
+    /// A connection failure that trying again later may cure: the server down, starting up,
+    /// shutting down or in recovery (contract §4). Set where the failure is classified.
+    pub transient: bool,
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -57,10 +60,16 @@ impl Error {
             kind,
             msg: msg.into(),
             sqlstate: None,
+            transient: false,
         }
     }
     pub fn with_code(mut self, sqlstate: &str) -> Error {
         self.sqlstate = Some(sqlstate.to_string());
+        self
+    }
+    /// Marks the failure as one that trying again later may cure.
+    pub fn transient(mut self) -> Error {
+        self.transient = true;
         self
     }
     pub fn usage(msg: impl Into<String>) -> Error {

@@ -358,7 +358,8 @@ pub struct Acquired {
     pub holder: fence::Holder,
 }
 
-/// Connection losses while waiting are bridged by reconnecting for at most this long.
+/// Connection losses while waiting, and a server that is down when a waiting run starts, are
+/// bridged by reconnecting for at most this long (within `--timeout` when it is given).
 const RECONNECT_FOR: Duration = Duration::from_secs(60);
 
 /// Takes the lock, waiting as `a.wait` says. A connection lost while waiting (a server restart, a
@@ -518,8 +519,9 @@ pub fn acquire(conn: &mut Conn, a: &Acquire, signals: &Signals) -> Result<Acquir
     }
 }
 
-/// Replaces a connection lost while waiting: tries every 250 ms (up to 2 s apart) until it
-/// succeeds, `--timeout` passes, a signal arrives, or a minute has gone.
+/// Replaces a connection lost while waiting: retries transient failures (see
+/// `connect_retrying`) until it succeeds, `--timeout` passes, a signal arrives, or a minute has
+/// gone.
 fn reconnect(
     old: &Conn,
     why: String,
@@ -535,37 +537,150 @@ fn reconnect(
         ),
         &[],
     );
-    let give_up = Instant::now() + RECONNECT_FOR;
+    let give_up = give_up_at(Instant::now(), deadline);
+    let (c, _) = connect_retrying(a.params, a.startup, signals, give_up)
+        .map_err(|e| gave_up(e, "gave up reconnecting while waiting for the lock"))?;
+    log::info(
+        "reconnect",
+        &format!("reconnected to {}; waiting again", c.target().describe()),
+        &[],
+    );
+    Ok(c)
+}
+
+/// Opens the lock connection of a run (contract §4). A run that may wait also waits for the
+/// server: a transient failure (the server down, starting up, shutting down, in recovery) is
+/// retried within `--timeout`, or for `RECONNECT_FOR` without one; anything else, and any
+/// failure of a `--no-wait` run, fails at once. Returns the connection and the wait left.
+pub fn connect_waiting(
+    params: &ConnParams,
+    startup: &Startup,
+    wait: Wait,
+    signals: &Signals,
+) -> Result<(Conn, Wait)> {
+    let start = Instant::now();
+    let (deadline, bound) = match wait {
+        Wait::Once => return Ok((Conn::connect(params, startup, signals)?, wait)),
+        Wait::Timeout(d) => (Some(start + d), "--timeout reached"),
+        Wait::Forever => (None, "for a minute"),
+    };
+    let (conn, retried) =
+        connect_retrying(params, startup, signals, give_up_at(start, deadline))
+            .map_err(|e| gave_up(e, &format!("gave up waiting for the server ({bound})")))?;
+    if !retried {
+        return Ok((conn, wait));
+    }
+    // The time spent waiting for the server counts against --timeout.
+    let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+    log::info(
+        "reconnect",
+        &format!(
+            "connected to {} after {} ms of waiting for the server{}",
+            conn.target().describe(),
+            start.elapsed().as_millis(),
+            left.map(|l| format!("; {} of --timeout left", crate::duration::format(l)))
+                .unwrap_or_default()
+        ),
+        &[("waited_ms", V::I(start.elapsed().as_millis() as i64))],
+    );
+    let wait = left.map_or(wait, |l| Wait::Timeout(l.max(Duration::from_millis(1))));
+    Ok((conn, wait))
+}
+
+/// When reconnecting stops: `RECONNECT_FOR` from `now`, or the run's deadline if sooner.
+fn give_up_at(now: Instant, deadline: Option<Instant>) -> Instant {
+    let bound = now + RECONNECT_FOR;
+    deadline.map_or(bound, |d| d.min(bound))
+}
+
+/// The error of a connection that was retried until the bound: the last failure, with what
+/// ended the retrying. A failure that was never retried is passed up as it is.
+fn gave_up(e: Error, why: &str) -> Error {
+    if e.transient {
+        e.context_msg(why)
+    } else {
+        e
+    }
+}
+
+/// Connects, trying again after a transient failure until `give_up` (250 ms doubling to 2 s,
+/// with jitter so that many runs started together do not retry in step). Each new reason is
+/// logged once; a signal ends the retrying at once; a failure that is not transient (TLS,
+/// authentication, configuration, a missing database) is returned at once. Returns the
+/// connection and whether it took more than one attempt.
+fn connect_retrying(
+    params: &ConnParams,
+    startup: &Startup,
+    signals: &Signals,
+    give_up: Instant,
+) -> Result<(Conn, bool)> {
     let mut pause = Duration::from_millis(250);
+    let mut last_reason = String::new();
+    let mut attempt = 1i64;
     loop {
-        match Conn::connect(a.params, a.startup, signals) {
-            Ok(c) => {
-                log::info(
-                    "reconnect",
-                    &format!("reconnected to {}; waiting again", c.target().describe()),
-                    &[],
-                );
-                return Ok(c);
-            }
-            Err(e) if matches!(e.kind, Kind::Signal(_)) => return Err(e),
-            Err(e) => {
-                let now = Instant::now();
-                if now >= give_up || deadline.is_some_and(|d| now >= d) {
-                    return Err(e.context_msg("gave up reconnecting while waiting for the lock"));
-                }
-                log::debug("reconnect", &e.msg);
-                // Sleep, but let a cancelling signal through.
-                let until = (now + pause).min(deadline.unwrap_or(give_up)).min(give_up);
-                if let Some(sig) = sleep_until(until, signals) {
-                    return Err(Error::new(
-                        Kind::Signal(sig as i32),
-                        format!("{sig} received while reconnecting; nothing was run"),
-                    ));
-                }
-                pause = (pause * 2).min(Duration::from_secs(2));
-            }
+        let e = match Conn::connect(&bounded(params, give_up), startup, signals) {
+            Ok(c) => return Ok((c, attempt > 1)),
+            Err(e) => e,
+        };
+        let now = Instant::now();
+        if !e.transient || now >= give_up {
+            return Err(e);
+        }
+        log_retry(&e, &mut last_reason, attempt, give_up - now);
+        if let Some(sig) = sleep_until((now + jittered(pause)).min(give_up), signals) {
+            return Err(Error::new(
+                Kind::Signal(sig as i32),
+                format!("{sig} received while waiting for the server; nothing was run"),
+            ));
+        }
+        pause = (pause * 2).min(Duration::from_secs(2));
+        attempt += 1;
+    }
+}
+
+/// The connection settings of one attempt: `connect_timeout` no longer than the time left, so
+/// that a server that does not answer at all cannot hold the run past its bound.
+fn bounded(params: &ConnParams, give_up: Instant) -> std::borrow::Cow<'_, ConnParams> {
+    let left = give_up
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_secs(1));
+    match params.connect_timeout {
+        Some(t) if t <= left => std::borrow::Cow::Borrowed(params),
+        _ => {
+            let mut p = params.clone();
+            p.connect_timeout = Some(left);
+            std::borrow::Cow::Owned(p)
         }
     }
+}
+
+/// Logs a retry: a warning the first time a reason is seen (the next ones at debug level).
+fn log_retry(e: &Error, last_reason: &mut String, attempt: i64, left: Duration) {
+    if e.msg == *last_reason {
+        log::debug("retry", &format!("attempt {attempt}: {}", e.msg));
+        return;
+    }
+    let msg = format!(
+        "{}; retrying for up to {} more",
+        e.msg,
+        crate::duration::format(Duration::from_secs(left.as_secs_f64().ceil() as u64))
+    );
+    last_reason.clone_from(&e.msg);
+    log::warn(
+        "retry",
+        &msg,
+        &[
+            ("reason", V::S(&e.msg)),
+            ("sqlstate", V::S(e.sqlstate.as_deref().unwrap_or(""))),
+            ("attempt", V::I(attempt)),
+        ],
+    );
+}
+
+/// `d` made 0 to 25% longer at random.
+fn jittered(d: Duration) -> Duration {
+    let r = getrandom::u32().unwrap_or(std::process::id());
+    d + d.mul_f64(f64::from(r % 1000) / 4000.0)
 }
 
 /// Sleeps until `t` unless a cancelling signal arrives first.
@@ -721,4 +836,39 @@ pub fn release(
     };
     let rows = query_then(conn, &sql, signals, sent)?;
     Ok(first_bool(&rows))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnecting_stops_at_the_deadline_or_after_a_minute() {
+        let now = Instant::now();
+        assert_eq!(give_up_at(now, None), now + RECONNECT_FOR);
+        let soon = now + Duration::from_secs(3);
+        assert_eq!(give_up_at(now, Some(soon)), soon);
+        let late = now + Duration::from_secs(600);
+        assert_eq!(give_up_at(now, Some(late)), now + RECONNECT_FOR);
+    }
+
+    #[test]
+    fn a_retried_failure_says_why_the_retrying_ended_and_another_is_unchanged() {
+        let e = gave_up(Error::unavailable("refused").transient(), "gave up");
+        assert_eq!(e.msg, "gave up: refused");
+        assert_eq!(e.exit_code(), 69);
+        let e = gave_up(
+            Error::unavailable("password authentication failed"),
+            "gave up",
+        );
+        assert_eq!(e.msg, "password authentication failed");
+    }
+
+    #[test]
+    fn the_backoff_jitter_adds_at_most_a_quarter() {
+        for _ in 0..100 {
+            let d = jittered(Duration::from_millis(400));
+            assert!(d >= Duration::from_millis(400) && d <= Duration::from_millis(500));
+        }
+    }
 }

@@ -11,7 +11,7 @@ use crate::lock::{self, Acquire};
 use crate::log::{self, Mark, V};
 use crate::nesting::{self, Held};
 use crate::pg::{Conn, Startup};
-use crate::request::{Mode, RunRequest, Scope};
+use crate::request::{Mode, RunRequest, Scope, Wait};
 use crate::semaphore;
 use crate::signals::Signals;
 use crate::spawn::Exec;
@@ -60,8 +60,15 @@ pub fn application_name(label: &str) -> String {
     s
 }
 
-fn connect(params: &ConnParams, startup: &Startup, signals: &Signals) -> Result<Conn> {
-    let conn = Conn::connect(params, startup, signals)?;
+/// The lock connection; a waiting run waits for a server that is down or starting (contract §4).
+/// Returns the wait left for the lock.
+fn connect(
+    params: &ConnParams,
+    startup: &Startup,
+    wait: Wait,
+    signals: &Signals,
+) -> Result<(Conn, Wait)> {
+    let (conn, wait) = lock::connect_waiting(params, startup, wait, signals)?;
     log::debug(
         "connected",
         &format!(
@@ -71,7 +78,7 @@ fn connect(params: &ConnParams, startup: &Startup, signals: &Signals) -> Result<
             conn.backend_pid
         ),
     );
-    Ok(conn)
+    Ok((conn, wait))
 }
 
 /// The run's lock session: the dedicated connection, the guard, and the lock once taken.
@@ -293,7 +300,7 @@ fn run_inner(mut req: RunRequest, run_id: &str, nested: &std::cell::Cell<bool>) 
         client_keepalive: Some(req.heartbeat),
         while_waiting: Some(&start_guard),
     };
-    let mut conn = connect(&params, &startup, &signals)?;
+    let (mut conn, wait) = connect(&params, &startup, req.wait, &signals)?;
     start_guard();
     if req.key.pending.is_some() {
         // --key-hashtext, and --lock-of tools whose id depends on this connection's database or
@@ -336,7 +343,7 @@ fn run_inner(mut req: RunRequest, run_id: &str, nested: &std::cell::Cell<bool>) 
         key: &req.key,
         mode: req.mode,
         scope: req.scope,
-        wait: req.wait,
+        wait,
         conflict_exit_code: req.conflict_exit_code,
         params: &params,
         startup: &startup,

@@ -172,8 +172,17 @@ impl Conn {
     }
 }
 
-/// The error when no host could be used.
+/// The error when no host could be used. It is transient (worth trying again, contract §4) when
+/// every host's failure is: a server down, starting, or a standby that a promotion may turn into
+/// the primary.
 fn none_usable(standbys: Vec<String>, mut failed: Vec<Error>) -> Error {
+    let transient = failed.iter().all(|e| e.transient);
+    let mut e = none_usable_error(standbys, &mut failed);
+    e.transient = transient && e.kind == Kind::Unavailable;
+    e
+}
+
+fn none_usable_error(standbys: Vec<String>, failed: &mut Vec<Error>) -> Error {
     let reasons = |failed: &[Error]| {
         failed
             .iter()
@@ -186,14 +195,14 @@ fn none_usable(standbys: Vec<String>, mut failed: Vec<Error>) -> Error {
             "{} {} a hot standby: an advisory lock there excludes nobody on the primary; connect to the primary (list it in the connection string){}",
             standbys.join(", "),
             if standbys.len() == 1 { "is" } else { "are" },
-            if failed.is_empty() { String::new() } else { format!("; {}", reasons(&failed)) }
+            if failed.is_empty() { String::new() } else { format!("; {}", reasons(failed)) }
         ));
     }
     match failed.len() {
         0 => Error::usage("no host to connect to"),
         1 => failed.remove(0),
         _ => {
-            let all = reasons(&failed);
+            let all = reasons(failed);
             let mut e = failed.remove(failed.len() - 1);
             e.msg = format!("no host could be used: {all}");
             e
@@ -310,7 +319,13 @@ fn connect_target(
     );
     let mut p = params.clone();
     p.sslmode = mode;
-    attempt(&p, t, startup, signals, &mut tls_used)
+    match attempt(&p, t, startup, signals, &mut tls_used) {
+        // The server is starting or stopping: that, not the other sslmode's failure, is the news.
+        Err(again) if e.transient && !again.transient && !matches!(again.kind, Kind::Signal(_)) => {
+            first
+        }
+        other => other,
+    }
 }
 
 /// One connection attempt; `tls_used` tells whether the session was started over TLS.
@@ -322,7 +337,7 @@ fn attempt(
     tls_used: &mut bool,
 ) -> Result<Conn> {
     let who = who(params, t);
-    let io_fail = |e: ReadErr| socket_error(params, t, &who, e);
+    let io_fail = |e: SocketErr| socket_error(params, t, &who, e);
     let (sock, deadline) =
         open_socket(t, params.connect_timeout, startup.client_keepalive, signals)
             .map_err(io_fail)?;
@@ -430,6 +445,51 @@ fn unread_bytes(s: &TcpStream) -> bool {
     )
 }
 
+/// A socket that could not be opened, and whether that may pass by itself.
+struct SocketErr {
+    err: ReadErr,
+    transient: bool,
+}
+
+impl From<ReadErr> for SocketErr {
+    /// A wait that timed out (`connect_timeout`) may succeed later: a host that is booting, an
+    /// address moving in a failover. A signal is not retried at all.
+    fn from(err: ReadErr) -> SocketErr {
+        let transient = matches!(err, ReadErr::Timeout);
+        SocketErr { err, transient }
+    }
+}
+
+impl SocketErr {
+    /// A failed system call: transient when nobody listens yet (see `transient_os_error`).
+    fn os(e: io::Error) -> SocketErr {
+        SocketErr {
+            transient: transient_os_error(&e),
+            err: ReadErr::Closed(e.to_string()),
+        }
+    }
+}
+
+/// Whether a socket error is what a server that is down or restarting looks like: refused (no
+/// listener on the port or on the socket file), the Unix socket file missing (the server removes
+/// it when it stops), reset or aborted, or a host that does not answer (rebooting, an address
+/// moving). Permission errors, an unreachable network and the like are configuration.
+pub(crate) fn transient_os_error(e: &io::Error) -> bool {
+    use nix::errno::Errno;
+    matches!(
+        e.raw_os_error().map(Errno::from_raw),
+        Some(
+            Errno::ECONNREFUSED
+                | Errno::ENOENT
+                | Errno::ECONNRESET
+                | Errno::ECONNABORTED
+                | Errno::ETIMEDOUT
+                | Errno::EHOSTUNREACH
+                | Errno::EHOSTDOWN
+        )
+    )
+}
+
 /// The socket, and the deadline of the rest of the attempt. As libpq, `connect_timeout`
 /// applies to each address of a host name separately (and to the look-up of the name).
 fn open_socket(
@@ -437,13 +497,13 @@ fn open_socket(
     timeout: Option<Duration>,
     keepalive: Option<Duration>,
     signals: &Signals,
-) -> std::result::Result<(Stream, Option<Instant>), ReadErr> {
+) -> std::result::Result<(Stream, Option<Instant>), SocketErr> {
     let deadline = || timeout.map(|d| Instant::now() + d);
     let h = match &t.host {
         Host::Unix(dir) => {
             return UnixStream::connect(t.socket_path(dir))
                 .map(|s| (Stream::Unix(s), deadline()))
-                .map_err(|e| ReadErr::Closed(e.to_string()))
+                .map_err(SocketErr::os)
         }
         Host::Tcp(h) => h,
     };
@@ -451,7 +511,7 @@ fn open_socket(
         Some(ip) => vec![SocketAddr::new(ip, t.port)],
         None => resolve(h, t.port, deadline(), signals)?,
     };
-    let mut last = ReadErr::Closed(format!("host name \"{h}\" has no address"));
+    let mut last = SocketErr::from(ReadErr::Closed(format!("host name \"{h}\" has no address")));
     for addr in addrs {
         let until = deadline();
         match tcp_connect(addr, until, signals) {
@@ -462,7 +522,12 @@ fn open_socket(
                 }
                 return Ok((Stream::Tcp(s), until));
             }
-            Err(e @ ReadErr::Signal(_)) => return Err(e),
+            Err(
+                e @ SocketErr {
+                    err: ReadErr::Signal(_),
+                    ..
+                },
+            ) => return Err(e),
             Err(e) => last = e,
         }
     }
@@ -477,11 +542,15 @@ fn resolve(
     port: u16,
     deadline: Option<Instant>,
     signals: &Signals,
-) -> std::result::Result<Vec<SocketAddr>, ReadErr> {
+) -> std::result::Result<Vec<SocketAddr>, SocketErr> {
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(vec![SocketAddr::new(ip, port)]);
     }
-    let cannot = |e: String| ReadErr::Closed(format!("cannot resolve host name \"{host}\": {e}"));
+    let cannot = |e: String| {
+        SocketErr::from(ReadErr::Closed(format!(
+            "cannot resolve host name \"{host}\": {e}"
+        )))
+    };
     let (wake, done) = UnixStream::pair().map_err(|e| cannot(e.to_string()))?;
     let (tx, rx) = std::sync::mpsc::channel();
     let name = host.to_string();
@@ -499,9 +568,23 @@ fn resolve(
     wait_fd(wake.as_fd(), false, deadline, signals)?;
     match rx.recv() {
         Ok(Ok(a)) => Ok(a),
-        Ok(Err(e)) => Err(cannot(e.to_string())),
+        Ok(Err(e)) => Err(SocketErr {
+            transient: temporary_dns_failure(&e),
+            ..cannot(e.to_string())
+        }),
         Err(_) => Err(cannot("the look-up ended without an answer".into())),
     }
+}
+
+/// Whether a failed look-up is the resolver's "try again later" (EAI_AGAIN: no DNS server
+/// answered), which passes; a name that does not exist is a configuration error.
+fn temporary_dns_failure(e: &io::Error) -> bool {
+    // std reports getaddrinfo's error only as gai_strerror's text: compare with that text.
+    // SAFETY: gai_strerror returns a pointer to a static NUL-terminated string.
+    let again = unsafe { std::ffi::CStr::from_ptr(libc::gai_strerror(libc::EAI_AGAIN)) };
+    again
+        .to_str()
+        .is_ok_and(|t| !t.is_empty() && e.to_string().ends_with(t))
 }
 
 /// A non-blocking TCP connect that a signal or the deadline interrupts.
@@ -509,7 +592,7 @@ fn tcp_connect(
     addr: SocketAddr,
     deadline: Option<Instant>,
     signals: &Signals,
-) -> std::result::Result<TcpStream, ReadErr> {
+) -> std::result::Result<TcpStream, SocketErr> {
     use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, SockaddrStorage};
     let family = if addr.is_ipv4() {
         AddressFamily::Inet
@@ -522,26 +605,22 @@ fn tcp_connect(
         SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
         None,
     )
-    .map_err(|e| ReadErr::Closed(e.to_string()))?;
+    .map_err(|e| SocketErr::os(e.into()))?;
     let sa = SockaddrStorage::from(addr);
     match socket::connect(fd.as_raw_fd(), &sa) {
         Ok(()) => {}
         Err(nix::errno::Errno::EINPROGRESS) | Err(nix::errno::Errno::EINTR) => {
             wait_fd(fd.as_fd(), true, deadline, signals)?;
             let err = socket::getsockopt(&fd, socket::sockopt::SocketError)
-                .map_err(|e| ReadErr::Closed(e.to_string()))?;
+                .map_err(|e| SocketErr::os(e.into()))?;
             if err != 0 {
-                return Err(ReadErr::Closed(
-                    io::Error::from_raw_os_error(err).to_string(),
-                ));
+                return Err(SocketErr::os(io::Error::from_raw_os_error(err)));
             }
         }
-        Err(e) => return Err(ReadErr::Closed(io::Error::from(e).to_string())),
+        Err(e) => return Err(SocketErr::os(e.into())),
     }
     let stream = TcpStream::from(fd);
-    stream
-        .set_nonblocking(false)
-        .map_err(|e| ReadErr::Closed(e.to_string()))?;
+    stream.set_nonblocking(false).map_err(SocketErr::os)?;
     Ok(stream)
 }
 
@@ -578,31 +657,48 @@ fn signal_error(s: nix::sys::signal::Signal) -> Error {
     )
 }
 
-/// A failed read or wait while connecting to `who`, as pglock's error.
+/// A failed read or wait while connecting to `who`, as pglock's error. A server that went away
+/// or did not answer before the session started is transient (a restart in progress); one that
+/// broke the protocol is not.
 fn connect_error(who: &str, e: ReadErr) -> Error {
     match e {
         ReadErr::Signal(s) => signal_error(s),
         ReadErr::Timeout => Error::unavailable(format!(
             "cannot connect to {who}: timed out (connect_timeout)"
-        )),
-        ReadErr::Closed(m) | ReadErr::Protocol(m) => {
-            Error::unavailable(format!("cannot connect to {who}: {m}"))
+        ))
+        .transient(),
+        ReadErr::Closed(m) => {
+            Error::unavailable(format!("cannot connect to {who}: {m}")).transient()
         }
+        ReadErr::Protocol(m) => Error::unavailable(format!("cannot connect to {who}: {m}")),
     }
 }
 
 /// A socket that could not be opened. With nothing configured, the target is libpq's default
-/// socket: say what to configure, not only that the socket is missing.
-fn socket_error(params: &ConnParams, t: &Target, who: &str, e: ReadErr) -> Error {
-    match (&t.host, e) {
+/// socket: say what to configure, not only that the socket is missing (and do not wait for it).
+fn socket_error(params: &ConnParams, t: &Target, who: &str, e: SocketErr) -> Error {
+    let SocketErr { err, transient } = e;
+    match (&t.host, err) {
         (Host::Unix(dir), ReadErr::Closed(m)) if !params.configured => Error::unavailable(format!(
             "no database configured: set PGLOCK_DATABASE_URL or DATABASE_URL \
                  (postgres://user@host/db), or PGHOST and the other PG* variables; \
                  tried the local socket {}: {m}",
             t.socket_path(dir).display()
         )),
-        (_, e) => connect_error(who, e),
+        (_, err) => Error {
+            transient,
+            ..connect_error(who, err)
+        },
     }
+}
+
+/// SQLSTATEs of a server that refuses sessions for now (what pg_isready calls "rejecting
+/// connections"): 57P03 cannot_connect_now (starting up, shutting down, in recovery, not yet
+/// accepting connections), 57P01 admin_shutdown and 57P02 crash_shutdown (a session ended as
+/// the server stops). Everything else the server says (authentication, a missing database, too
+/// many clients) is an answer, not an absence.
+pub(crate) fn transient_sqlstate(code: &str) -> bool {
+    matches!(code, "57P01" | "57P02" | "57P03")
 }
 
 /// The server refused the session.
@@ -611,7 +707,12 @@ fn startup_error(who: &str, e: &super::ServerError) -> Error {
     if e.code == "53300" && m.contains("too many clients") {
         m.push_str(" (max_connections is reached: raise max_connections or wait)");
     }
-    Error::new(Kind::Unavailable, format!("cannot connect to {who}: {m}")).with_code(&e.code)
+    let err =
+        Error::new(Kind::Unavailable, format!("cannot connect to {who}: {m}")).with_code(&e.code);
+    Error {
+        transient: transient_sqlstate(&e.code),
+        ..err
+    }
 }
 
 fn sslmode_name(m: SslMode) -> &'static str {
@@ -622,5 +723,107 @@ fn sslmode_name(m: SslMode) -> &'static str {
         SslMode::Require => "require",
         SslMode::VerifyCa => "verify-ca",
         SslMode::VerifyFull => "verify-full",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server_error(code: &str, message: &str) -> super::super::ServerError {
+        super::super::ServerError {
+            severity: "FATAL".into(),
+            code: code.into(),
+            message: message.into(),
+            detail: None,
+            hint: None,
+        }
+    }
+
+    /// pg_isready's "rejecting connections" is retried; every other answer of the server is not.
+    #[test]
+    fn a_server_that_refuses_sessions_for_now_is_transient() {
+        for (code, msg) in [
+            ("57P03", "the database system is starting up"),
+            ("57P03", "the database system is shutting down"),
+            ("57P03", "the database system is in recovery mode"),
+            ("57P03", "the database system is not accepting connections"),
+            (
+                "57P01",
+                "terminating connection due to administrator command",
+            ),
+            (
+                "57P02",
+                "terminating connection because of crash of another server process",
+            ),
+        ] {
+            let e = startup_error("h", &server_error(code, msg));
+            assert!(e.transient, "{code} {msg}");
+            assert_eq!(e.sqlstate.as_deref(), Some(code));
+            assert_eq!(e.exit_code(), 69);
+        }
+        for (code, msg) in [
+            ("28P01", "password authentication failed for user \"app\""),
+            ("28000", "no pg_hba.conf entry for host"),
+            ("3D000", "database \"nope\" does not exist"),
+            ("53300", "sorry, too many clients already"),
+            ("42704", "unrecognized configuration parameter"),
+            ("08P01", "invalid startup packet layout"),
+        ] {
+            assert!(
+                !startup_error("h", &server_error(code, msg)).transient,
+                "{code}"
+            );
+        }
+    }
+
+    #[test]
+    fn nobody_listening_is_transient_and_configuration_is_not() {
+        use nix::errno::Errno;
+        let os = |e: Errno| io::Error::from_raw_os_error(e as i32);
+        for e in [
+            Errno::ECONNREFUSED,
+            Errno::ENOENT,
+            Errno::ECONNRESET,
+            Errno::ETIMEDOUT,
+            Errno::EHOSTUNREACH,
+        ] {
+            assert!(transient_os_error(&os(e)), "{e}");
+        }
+        for e in [Errno::EACCES, Errno::ENETUNREACH, Errno::EAFNOSUPPORT] {
+            assert!(!transient_os_error(&os(e)), "{e}");
+        }
+        assert!(!transient_os_error(&io::Error::other("no errno")));
+        // A deadline (connect_timeout) passes; a signal is never retried.
+        assert!(SocketErr::from(ReadErr::Timeout).transient);
+        assert!(!SocketErr::from(ReadErr::Signal(nix::sys::signal::SIGINT)).transient);
+    }
+
+    #[test]
+    fn only_a_temporary_dns_failure_is_transient() {
+        let gai = |code: i32| {
+            // SAFETY: gai_strerror returns a pointer to a static NUL-terminated string.
+            let t = unsafe { std::ffi::CStr::from_ptr(libc::gai_strerror(code)) };
+            io::Error::other(format!(
+                "failed to lookup address information: {}",
+                t.to_string_lossy()
+            ))
+        };
+        assert!(temporary_dns_failure(&gai(libc::EAI_AGAIN)));
+        assert!(!temporary_dns_failure(&gai(libc::EAI_NONAME)));
+        assert!(!temporary_dns_failure(&gai(libc::EAI_FAIL)));
+    }
+
+    #[test]
+    fn several_hosts_are_transient_only_when_every_failure_is() {
+        let down = || Error::unavailable("a: refused").transient();
+        let auth = || Error::unavailable("b: password authentication failed");
+        assert!(none_usable(vec![], vec![down(), down()]).transient);
+        assert!(!none_usable(vec![], vec![down(), auth()]).transient);
+        // Standbys only, or standbys and servers that are down: a promotion may be under way.
+        assert!(none_usable(vec!["s:5432".into()], vec![]).transient);
+        assert!(none_usable(vec!["s:5432".into()], vec![down()]).transient);
+        assert!(!none_usable(vec!["s:5432".into()], vec![auth()]).transient);
+        assert!(!none_usable(vec![], vec![]).transient);
     }
 }

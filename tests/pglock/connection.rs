@@ -181,9 +181,12 @@ fn no_password_ever_appears_in_output() {
     ];
     for url in &urls {
         for verbosity in ["-v", "--log-format=json"] {
+            // -w 1s: the retries of a refused connection are logged too, without a password.
             let out = pglock_bare(&[
                 "run",
                 verbosity,
+                "-w",
+                "1s",
                 "--database-url",
                 url,
                 "--key",
@@ -214,6 +217,7 @@ fn no_password_ever_appears_in_output() {
             ("PGPORT", "1"),
             ("PGUSER", "u"),
             ("PGPASSWORD", secret),
+            ("PGLOCK_TIMEOUT", "1s"),
         ],
         None,
     );
@@ -292,8 +296,13 @@ fn with_nothing_configured_and_no_local_server_one_line_says_what_to_set() {
             && err.contains(".s.PGSQL.5432"),
         "{err}"
     );
-    // Something configured: the usual message, naming the target.
-    let (code, _, err) = run_env(&key("nothing"), &[("PGPORT", "1")], None);
+    // Something configured: the usual message, naming the target (-n: a waiting run would
+    // wait for a socket that may appear, restart.rs).
+    let (code, _, err) = run_env(
+        &key("nothing"),
+        &[("PGPORT", "1"), ("PGLOCK_NO_WAIT", "true")],
+        None,
+    );
     assert_eq!(code, Some(69), "{err}");
     assert!(
         err.contains("cannot connect to /") && !err.contains("no database configured"),
@@ -650,13 +659,17 @@ fn a_hot_standby_is_refused_and_a_host_list_picks_the_primary() {
     let on = |host_port: &str| {
         format!("postgres://postgres:{SUPERUSER_PASSWORD}@{host_port}/postgres?sslmode=disable")
     };
-    // The standby alone: refused, naming it.
+    // The standby alone: refused, naming it (retried for the 1 s of --timeout first: a standby
+    // may be being promoted, restart.rs).
     let (code, _, err) = run_env(
         &name,
-        &[(
-            "PGLOCK_DATABASE_URL",
-            &on(&format!("127.0.0.1:{}", standby.port)),
-        )],
+        &[
+            (
+                "PGLOCK_DATABASE_URL",
+                &on(&format!("127.0.0.1:{}", standby.port)),
+            ),
+            ("PGLOCK_TIMEOUT", "1s"),
+        ],
         None,
     );
     assert_eq!(code, Some(69), "{err}");
@@ -678,10 +691,13 @@ fn a_hot_standby_is_refused_and_a_host_list_picks_the_primary() {
     // Only standbys (and a dead host): refused.
     let (code, _, err) = run_env(
         &name,
-        &[(
-            "PGLOCK_DATABASE_URL",
-            &on(&format!("127.0.0.1:1,127.0.0.1:{}", standby.port)),
-        )],
+        &[
+            (
+                "PGLOCK_DATABASE_URL",
+                &on(&format!("127.0.0.1:1,127.0.0.1:{}", standby.port)),
+            ),
+            ("PGLOCK_NO_WAIT", "true"),
+        ],
         None,
     );
     assert_eq!(code, Some(69), "{err}");
@@ -775,9 +791,11 @@ fn a_hanging_dns_lookup_obeys_connect_timeout_and_signals() {
     let run = |url: &str| {
         let mut c = std::process::Command::new("/usr/sbin/chroot");
         c.arg(&root)
+            // -n: one look-up (a waiting run retries a DNS server that does not answer).
             .args([
                 "/bin/pglock",
                 "run",
+                "-n",
                 "--key",
                 &key("dns"),
                 "--database-url",

@@ -98,8 +98,10 @@ fn unavailable_is_69_with_host_port_user() {
         l.local_addr().unwrap().port()
     };
     let refused = format!("postgres://postgres:pw@127.0.0.1:{port}/postgres");
+    // -n: a waiting run would retry a refused connection (restart.rs).
     let mut c = pglock_bare(&[
         "run",
+        "-n",
         "--key",
         &name,
         "--database-url",
@@ -310,7 +312,8 @@ fn connect_timeout_bounds_a_server_that_never_answers() {
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = silent.local_addr().unwrap().port();
     let t = std::time::Instant::now();
-    let mut c = pglock_bare(&["run", "--key", &key("silent"), "--", "true"]);
+    // -n: one attempt (a waiting run retries a server that does not answer, restart.rs).
+    let mut c = pglock_bare(&["run", "-n", "--key", &key("silent"), "--", "true"]);
     c.env("PGHOST", "127.0.0.1")
         .env("PGPORT", port.to_string())
         .env("PGUSER", "u")

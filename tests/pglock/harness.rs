@@ -234,6 +234,16 @@ impl Cluster {
         self.pg_ctl(&["-m", "fast", "restart"]);
     }
 
+    /// `pg_ctl stop -m fast`: the server is down until `pg_ctl_start`.
+    pub fn stop(&self) {
+        self.pg_ctl(&["-m", "fast", "stop"]);
+    }
+
+    /// `pg_ctl promote` of a standby, waiting until it is the primary.
+    pub fn promote(&self) {
+        self.pg_ctl(&["promote"]);
+    }
+
     /// Stops the server and removes the directory once this test process is gone.
     #[allow(clippy::zombie_processes)] // it must outlive this process; init reaps it
     fn watchdog(&self) {

@@ -18,6 +18,7 @@ mod locking;
 mod migration;
 mod nesting;
 mod pooler;
+mod restart;
 mod semaphore;
 mod signals;
 mod status;
