@@ -16,7 +16,7 @@ fn with_psql(mut c: Command) -> Command {
     c.env(
         "PSQL",
         format!(
-            "{} -X -At -v ON_ERROR_STOP=1 -d {}",
+            "{} -X -Atq -v ON_ERROR_STOP=1 -d {}",
             pg().bin.join("psql").display(),
             pg().url()
         ),
@@ -27,7 +27,9 @@ fn with_psql(mut c: Command) -> Command {
 /// A fresh table for one test's rows.
 fn table(name: &str) -> String {
     let t = format!("fence_{}", name.replace('-', "_"));
-    pg().psql_super(&format!("CREATE TABLE {t} (rep int, who text)"));
+    pg().psql_super(&format!(
+        "CREATE TABLE {t} (rep int, who text, at timestamptz DEFAULT clock_timestamp())"
+    ));
     t
 }
 
@@ -50,7 +52,9 @@ fn read(p: &Path) -> String {
 
 /// One handoff: holder A's child leaves a fenced transaction in flight (rows of `rep`, committed
 /// after `secs`), a second pglock waits for the lock, A is ended by `end_a`; the waiter's child
-/// counts A's committed rows as its first action. Returns that count and the run ids.
+/// records its start and counts A's committed rows as its first action. Returns that count, and
+/// whether the waiter's child started (timestamps recorded in the database) after A's last
+/// statement before COMMIT: "1,t" when fenced.
 fn handoff(
     name: &str,
     t: &str,
@@ -64,7 +68,7 @@ fn handoff(
     let pidfile = dir.join("backend");
     let fence_stmt = if fenced { "$PGLOCK_FENCE_SQL;" } else { "" };
     let a_script = format!(
-        "echo $PGLOCK_BACKEND_PID > {p}; setsid $PSQL -c \"BEGIN; {fence_stmt} INSERT INTO {t} VALUES ({rep}, 'a'); SELECT pg_sleep(0.6); COMMIT;\" >/dev/null 2>&1 & sleep 30",
+        "echo $PGLOCK_BACKEND_PID > {p}; setsid $PSQL -c \"BEGIN; {fence_stmt} INSERT INTO {t} VALUES ({rep}, 'a'); SELECT pg_sleep(0.6); INSERT INTO {t} VALUES ({rep}, 'a-last'); COMMIT;\" >/dev/null 2>&1 & sleep 30",
         p = pidfile.display()
     );
     let a = hold(with_psql(pglock_sh(name, &a_script)), id);
@@ -75,7 +79,7 @@ fn handoff(
         )) == "1"
     }));
     let b_script = format!(
-        "$PSQL -c \"SELECT count(*) FROM {t} WHERE rep = {rep}\" > {s}",
+        "$PSQL -c \"INSERT INTO {t} VALUES ({rep}, 'b-start'); SELECT count(*) FROM {t} WHERE rep = {rep} AND who = 'a'\" > {s}",
         s = seen.display()
     );
     let b = with_psql(pglock_sh(name, &b_script))
@@ -94,7 +98,14 @@ fn handoff(
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    read(&seen)
+    // A's transaction ends in any case (unfenced, after the waiter's child has read).
+    assert!(wait_until(Duration::from_secs(10), || pg().psql_super(
+        &format!("SELECT count(*) FROM {t} WHERE rep = {rep} AND who = 'a-last'")
+    ) == "1"));
+    let after = pg().psql_super(&format!(
+        "SELECT (SELECT at FROM {t} WHERE rep = {rep} AND who = 'b-start') > (SELECT at FROM {t} WHERE rep = {rep} AND who = 'a-last')"
+    ));
+    format!("{},{after}", read(&seen))
 }
 
 fn sigkill(a: &std::process::Child, _backend: i32) {
@@ -111,11 +122,11 @@ fn the_next_child_starts_after_a_killed_holders_fenced_transaction_committed() {
     let t = table(&name);
     // Control: without the fence the waiter's child starts while A's transaction is still open
     // and does not see its row. (This is what makes the fenced repetitions below able to fail.)
-    assert_eq!(handoff(&name, &t, 0, false, &sigkill), "0");
+    assert_eq!(handoff(&name, &t, 0, false, &sigkill), "0,f");
     for rep in 1..=10 {
         assert_eq!(
             handoff(&name, &t, rep, true, &sigkill),
-            "1",
+            "1,t",
             "repetition {rep}"
         );
     }
@@ -125,11 +136,11 @@ fn the_next_child_starts_after_a_killed_holders_fenced_transaction_committed() {
 fn the_next_child_starts_after_a_terminated_holders_fenced_transaction_committed() {
     let name = key("fence-term");
     let t = table(&name);
-    assert_eq!(handoff(&name, &t, 0, false, &terminate), "0");
+    assert_eq!(handoff(&name, &t, 0, false, &terminate), "0,f");
     for rep in 1..=10 {
         assert_eq!(
             handoff(&name, &t, rep, true, &terminate),
-            "1",
+            "1,t",
             "repetition {rep}"
         );
     }
