@@ -279,7 +279,7 @@ fn timeout_s_int_reaches_the_child_once() {
     let (seen, code) = sigint_count(
         "int-timeout",
         |args| {
-            let mut c = pglock(args);
+            let c = pglock(args);
             let program = c.get_program().to_owned();
             let mut t = std::process::Command::new("timeout");
             t.args(["-s", "INT", "1"]).arg(program).args(args);
