@@ -715,3 +715,254 @@ impl Loop<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Action::*;
+    use Signal::*;
+
+    const HB: Duration = Duration::from_secs(5);
+    const KILL_AFTER: Duration = Duration::from_secs(10);
+
+    fn sup(t0: Instant, watching: bool, max_runtime: Option<Duration>) -> Supervisor {
+        Supervisor {
+            phase: Phase::Running,
+            code: None,
+            watching,
+            heartbeat: HB,
+            kill_after: KILL_AFTER,
+            next_heartbeat: t0 + HB,
+            heartbeat_sent: None,
+            max_runtime_at: max_runtime.map(|d| t0 + d),
+            last_forwarded: None,
+            suspended: false,
+        }
+    }
+
+    fn from(sig: Signal, sender: i32) -> Received {
+        Received { sig, sender }
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn rows(v: &str) -> std::result::Result<Option<QueryResult>, ReadErr> {
+        Ok(Some(QueryResult::Rows(vec![vec![Some(v.to_string())]])))
+    }
+
+    const STOP: [Action; 2] = [Group(SIGTERM), Group(SIGCONT)];
+
+    #[test]
+    fn a_signal_is_forwarded_to_the_child_and_sigchld_is_not() {
+        let t0 = Instant::now();
+        let mut s = sup(t0, true, None);
+        assert_eq!(s.on_signal(from(SIGTERM, 77), t0), [Forward(SIGTERM)]);
+        assert_eq!(s.on_signal(from(SIGCHLD, 0), t0), []);
+    }
+
+    #[test]
+    fn one_senders_repeat_at_once_counts_once_others_do_not() {
+        let t0 = Instant::now();
+        let mut s = sup(t0, true, None);
+        // GNU timeout: its child (pglock), then its own group (pglock again).
+        assert_eq!(s.on_signal(from(SIGINT, 42), t0), [Forward(SIGINT)]);
+        assert_eq!(s.on_signal(from(SIGINT, 42), t0 + ms(5)), []);
+        // Another sender, another signal, or later: each its own.
+        assert_eq!(s.on_signal(from(SIGINT, 43), t0 + ms(6)), [Forward(SIGINT)]);
+        assert_eq!(
+            s.on_signal(from(SIGTERM, 43), t0 + ms(7)),
+            [Forward(SIGTERM)]
+        );
+        assert_eq!(
+            s.on_signal(from(SIGTERM, 43), t0 + ms(500)),
+            [Forward(SIGTERM)]
+        );
+        // The kernel (a terminal's Ctrl-C while pglock's group has it): never merged.
+        assert_eq!(
+            s.on_signal(from(SIGINT, 0), t0 + ms(501)),
+            [Forward(SIGINT)]
+        );
+        assert_eq!(
+            s.on_signal(from(SIGINT, 0), t0 + ms(502)),
+            [Forward(SIGINT)]
+        );
+    }
+
+    #[test]
+    fn once_the_child_has_exited_signals_go_to_what_is_left_of_its_group() {
+        let t0 = Instant::now();
+        let mut s = sup(t0, true, None);
+        assert_eq!(s.on_child_exit(0, true, t0), STOP);
+        assert_eq!(s.on_signal(from(SIGINT, 9), t0), [Group(SIGINT)]);
+    }
+
+    #[test]
+    fn ctrl_z_on_pglock_stops_the_group_and_sigcont_resumes_it_with_the_terminal() {
+        let t0 = Instant::now();
+        let mut s = sup(t0, true, None);
+        assert_eq!(s.on_signal(from(SIGTSTP, 0), t0), [Group(SIGTSTP)]);
+        let resume = [GiveTerminal, Group(SIGCONT)];
+        assert_eq!(s.on_signal(from(SIGCONT, 5), t0), resume);
+        // Never merged: a `fg` soon after a `bg` must resume the job.
+        assert_eq!(s.on_signal(from(SIGCONT, 5), t0 + ms(1)), resume);
+    }
+
+    #[test]
+    fn the_child_stopped_by_job_control_stops_pglock_with_it() {
+        let t0 = Instant::now();
+        let mut s = sup(t0, true, None);
+        for sig in [SIGTSTP, SIGTTIN, SIGTTOU] {
+            assert_eq!(
+                s.on_child_stopped(sig, false),
+                [TakeTerminal, StopSelf(sig)]
+            );
+        }
+        // Stopped by someone else's SIGSTOP: theirs to continue.
+        assert_eq!(s.on_child_stopped(SIGSTOP, false), []);
+    }
+
+    #[test]
+    fn a_child_stopped_on_the_terminal_pglock_holds_gets_it() {
+        let t0 = Instant::now();
+        let mut s = sup(t0, true, None);
+        let hand = [GiveTerminal, Group(SIGCONT)];
+        assert_eq!(s.on_child_stopped(SIGTTIN, true), hand);
+        assert_eq!(s.on_child_stopped(SIGTTOU, true), hand);
+        assert_eq!(
+            s.on_child_stopped(SIGTSTP, true),
+            [TakeTerminal, StopSelf(SIGTSTP)]
+        );
+    }
+
+    #[test]
+    fn a_stopped_child_being_stopped_is_continued_to_handle_sigterm() {
+        let t0 = Instant::now();
+        let mut s = sup(t0, false, Some(ms(10)));
+        assert_eq!(s.on_tick(t0 + ms(10)), STOP);
+        assert_eq!(s.on_child_stopped(SIGTSTP, false), [Group(SIGCONT)]);
+    }
+
+    #[test]
+    fn a_heartbeat_outstanding_over_a_suspension_waits_afresh() {
+        let t0 = Instant::now();
+        let mut s = sup(t0, true, None);
+        assert_eq!(s.on_tick(t0 + HB), [Heartbeat]);
+        assert_eq!(
+            s.on_child_stopped(SIGTSTP, false),
+            [TakeTerminal, StopSelf(SIGTSTP)]
+        );
+        // Continued an hour later: the answer may still be on its way.
+        let later = t0 + Duration::from_secs(3600);
+        s.on_resumed(later);
+        assert_eq!(s.on_tick(later + ms(1)), []);
+        assert_eq!(s.on_socket(rows("t"), later + ms(2)), []);
+        assert_eq!(s.on_tick(later + HB), [Heartbeat]);
+    }
+
+    #[test]
+    fn heartbeats_go_out_and_one_unanswered_by_the_next_loses_the_lock() {
+        let t0 = Instant::now();
+        let mut s = sup(t0, true, None);
+        assert_eq!(s.on_tick(t0 + ms(1)), []);
+        assert_eq!(s.on_tick(t0 + HB), [Heartbeat]);
+        assert_eq!(s.on_socket(Ok(None), t0 + HB), []);
+        assert_eq!(s.on_socket(rows("t"), t0 + HB + ms(3)), []);
+        assert_eq!(s.on_tick(t0 + HB * 2), [Heartbeat]);
+        assert_eq!(s.on_tick(t0 + HB * 3), STOP);
+        assert!(
+            matches!(s.phase, Phase::Stopping { end: End::LockLost(ref w), .. } if w.contains("no answer"))
+        );
+        assert!(!s.watches_lock());
+    }
+
+    #[test]
+    fn no_heartbeat_without_a_lock_connection() {
+        let t0 = Instant::now();
+        let mut s = sup(t0, false, None);
+        assert_eq!(s.on_tick(t0 + HB * 3), []);
+        assert!(s.wake(t0) > t0 + HB * 100);
+    }
+
+    #[test]
+    fn the_socket_reports_a_lost_lock_a_broken_connection_or_protocol() {
+        let t0 = Instant::now();
+        let cases = [
+            (rows("f"), "pg_locks"),
+            (
+                Err(ReadErr::Closed("terminated".into())),
+                "connection to the server broke",
+            ),
+            (Err(ReadErr::Protocol("junk".into())), "broke the protocol"),
+        ];
+        for (read, want) in cases {
+            let mut s = sup(t0, true, None);
+            assert_eq!(s.on_socket(read, t0), STOP);
+            assert!(
+                matches!(s.phase, Phase::Stopping { end: End::LockLost(ref w), .. } if w.contains(want))
+            );
+            // Only the first reason counts.
+            assert_eq!(s.on_socket(rows("f"), t0), []);
+        }
+    }
+
+    #[test]
+    fn a_heartbeat_that_cannot_be_sent_loses_the_lock() {
+        let t0 = Instant::now();
+        let mut s = sup(t0, true, None);
+        let e = ReadErr::Closed("broken pipe".into());
+        assert_eq!(s.on_heartbeat_failed(&e, t0), STOP);
+    }
+
+    #[test]
+    fn max_runtime_stops_the_group_then_sigkill_after_kill_after() {
+        let t0 = Instant::now();
+        let mut s = sup(t0, true, Some(ms(500)));
+        assert_eq!(s.wake(t0), t0 + ms(500));
+        assert_eq!(s.on_tick(t0 + ms(499)), []);
+        let t1 = t0 + ms(500);
+        assert_eq!(s.on_tick(t1), STOP);
+        assert_eq!(s.wake(t1), t1 + KILL_AFTER);
+        assert_eq!(s.on_deadline(t1 + KILL_AFTER - ms(1)), []);
+        assert_eq!(s.on_deadline(t1 + KILL_AFTER), [Group(SIGKILL)]);
+        assert_eq!(s.on_deadline(t1 + KILL_AFTER * 2), []);
+        assert_eq!(s.on_child_exit(137, true, t1 + KILL_AFTER), []);
+        assert_eq!(s.end(), End::MaxRuntime);
+    }
+
+    #[test]
+    fn the_run_ends_when_the_child_and_its_group_are_gone() {
+        let t0 = Instant::now();
+        let mut s = sup(t0, true, None);
+        assert!(!s.done(false, t0));
+        assert_eq!(s.on_child_exit(7, false, t0), []);
+        assert!(s.done(false, t0));
+        assert_eq!(s.end(), End::Exited(7));
+    }
+
+    #[test]
+    fn members_left_behind_are_stopped_and_the_childs_status_kept() {
+        let t0 = Instant::now();
+        let mut s = sup(t0, true, None);
+        assert_eq!(s.on_child_exit(3, true, t0), STOP);
+        assert!(!s.done(true, t0));
+        assert_eq!(s.wake(t0), t0 + GROUP_POLL);
+        assert_eq!(s.on_deadline(t0 + KILL_AFTER), [Group(SIGKILL)]);
+        // A member that does not vanish after SIGKILL (a zombie nobody reaps) is given up on.
+        assert!(!s.done(true, t0 + KILL_AFTER));
+        assert!(s.done(true, t0 + KILL_AFTER + AFTER_KILL));
+        assert_eq!(s.end(), End::Exited(3));
+    }
+
+    #[test]
+    fn a_lost_lock_while_members_remain_waits_for_the_group() {
+        let t0 = Instant::now();
+        let mut s = sup(t0, true, None);
+        assert_eq!(s.on_socket(rows("f"), t0), STOP);
+        assert_eq!(s.on_child_exit(143, true, t0), []);
+        assert!(!s.done(true, t0));
+        assert!(s.done(false, t0));
+        assert!(matches!(s.end(), End::LockLost(_)));
+    }
+}
