@@ -80,6 +80,7 @@ impl std::fmt::Display for Child {
 pub fn start(command: &[OsString], exec: &Exec, slot: Option<&ChildSlot>) -> Result<Child> {
     // Orphans of the child's group come to pglock, which reaps them: a zombie of the group is
     // not left to a reaper that may never run (see `group::alive`).
+    #[cfg(target_os = "linux")]
     let _ = nix::sys::prctl::set_child_subreaper(true);
     let mut terminal = Terminal::open();
     let tty = terminal

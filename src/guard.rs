@@ -369,6 +369,8 @@ mod imp {
         /// Tells the guard to exit: the child has been reaped (or never ran), there is nothing
         /// left to guard. Idempotent.
         pub fn stop(&self) {
+            // The group is gone: nothing for the guard to signal, whatever reuses its number.
+            CHILD.pgid.store(-1, Ordering::SeqCst);
             // Closing the write end (OwnedFd's drop) is what the guard polls for.
             drop(self.stop.take());
         }
