@@ -284,6 +284,8 @@ pub struct Supervisor {
     last_forwarded: Option<(Signal, i32, Instant)>,
     /// pglock stopped itself with its job and has not been continued yet.
     suspended: bool,
+    /// The SIGCONT that continued pglock is still in the pipe, and already acted on.
+    continued_early: bool,
 }
 
 impl Supervisor {
@@ -299,6 +301,7 @@ impl Supervisor {
             max_runtime_at: w.max_runtime.map(|d| now + d),
             last_forwarded: None,
             suspended: false,
+            continued_early: false,
         }
     }
 
@@ -326,6 +329,7 @@ impl Supervisor {
     pub fn on_signal(&mut self, r: Received, now: Instant) -> Vec<Action> {
         match r.sig {
             Signal::SIGCHLD => vec![],
+            Signal::SIGCONT if std::mem::take(&mut self.continued_early) => vec![],
             Signal::SIGCONT => self.on_resumed(now),
             Signal::SIGTSTP => vec![Action::Group(Signal::SIGTSTP)],
             _ if self.repeated(r, now) => {
@@ -374,6 +378,14 @@ impl Supervisor {
             self.next_heartbeat = now + self.heartbeat;
         }
         vec![Action::GiveTerminal, Action::Group(Signal::SIGCONT)]
+    }
+
+    /// pglock runs again after it stopped itself; `continued`: by a SIGCONT (still in the pipe,
+    /// to be ignored there), not because the kernel discarded the stop. Acted on at once, before
+    /// anything else looks at the clock.
+    pub fn on_self_stop_over(&mut self, continued: bool, now: Instant) -> Vec<Action> {
+        self.continued_early = continued;
+        self.on_resumed(now)
     }
 
     /// The child stopped with `sig`; `terminal_ours`: pglock's group has the terminal.
@@ -702,18 +714,19 @@ impl Loop<'_> {
         }
     }
 
-    /// Stops pglock with its job; a stop the kernel discards (an orphaned process group) is
-    /// undone for the job at once. Once continued, the SIGCONT in the pipe resumes the job.
+    /// Stops pglock with its job, and resumes the job once pglock runs again; a stop the
+    /// kernel discards (an orphaned process group) is undone for the job at once.
     fn stop_self(&mut self, sup: &mut Supervisor, sig: Signal) {
         log::debug(
             "job",
             &format!("the command stopped ({sig}); pglock stops with it"),
         );
-        if !signals::stop_self(sig) {
+        let continued = signals::stop_self(sig);
+        if !continued {
             log::debug("job", "pglock's process group is orphaned: no shell can continue it; continuing the command");
-            let actions = sup.on_resumed(Instant::now());
-            self.apply(sup, actions);
         }
+        let actions = sup.on_self_stop_over(continued, Instant::now());
+        self.apply(sup, actions);
     }
 }
 
@@ -738,6 +751,7 @@ mod tests {
             max_runtime_at: max_runtime.map(|d| t0 + d),
             last_forwarded: None,
             suspended: false,
+            continued_early: false,
         }
     }
 
@@ -856,8 +870,12 @@ mod tests {
         );
         // Continued an hour later: the answer may still be on its way.
         let later = t0 + Duration::from_secs(3600);
-        s.on_resumed(later);
+        let resume = [GiveTerminal, Group(SIGCONT)];
+        assert_eq!(s.on_self_stop_over(true, later), resume);
         assert_eq!(s.on_tick(later + ms(1)), []);
+        // The SIGCONT that continued pglock, acted on already; the next one is not.
+        assert_eq!(s.on_signal(from(SIGCONT, 9), later), []);
+        assert_eq!(s.on_signal(from(SIGCONT, 9), later), resume);
         assert_eq!(s.on_socket(rows("t"), later + ms(2)), []);
         assert_eq!(s.on_tick(later + HB), [Heartbeat]);
     }
