@@ -18,16 +18,28 @@ const FORWARDED: [(Signal, &str); 7] = [
     (Signal::SIGWINCH, "WINCH"),
 ];
 
-fn trap_script(log: &std::path::Path, stop: &std::path::Path) -> String {
-    let traps: String = FORWARDED
-        .iter()
-        .map(|(_, n)| format!("trap 'echo {n} >> {}' {n}; ", log.display()))
-        .collect();
-    format!(
-        "{traps} echo ready >> {log}; while [ ! -e {stop} ]; do sleep 0.02; done",
-        log = log.display(),
-        stop = stop.display()
-    )
+/// A child that writes a line to LOG for every delivery of a forwarded signal, then `ready`, and
+/// runs until STOP exists. Perl with unsafe (immediate) signals: a shell's trap, run once for
+/// however many deliveries are pending, would hide a second delivery.
+const RECORDER: &str = r#"
+    my ($log, $stop) = @ARGV;
+    open(my $fh, ">>", $log) or die "$log: $!";
+    for my $s (qw(HUP INT QUIT TERM USR1 USR2 WINCH)) {
+        $SIG{$s} = sub { syswrite($fh, "$s\n") };
+    }
+    syswrite($fh, "ready\n");
+    until (-e $stop) { select(undef, undef, undef, 0.02) }
+"#;
+
+/// `pglock ARGS...` + the recorder as its command, with the environment the recorder needs.
+fn recorder_args<'a>(log: &'a std::path::Path, stop: &'a std::path::Path) -> [&'a str; 5] {
+    [
+        "perl",
+        "-e",
+        RECORDER,
+        log.to_str().unwrap(),
+        stop.to_str().unwrap(),
+    ]
 }
 
 fn count(log: &std::path::Path, word: &str) -> usize {
@@ -43,17 +55,9 @@ fn each_forwarded_signal_reaches_the_child_exactly_once() {
     let name = key("forward");
     let dir = tmpdir("forward");
     let (log, stopf) = (dir.join("log"), dir.join("stop"));
-    let child = pglock(&[
-        "run",
-        "--key",
-        &name,
-        "--",
-        "bash",
-        "-c",
-        &trap_script(&log, &stopf),
-    ])
-    .spawn()
-    .unwrap();
+    let mut args = vec!["run", "--key", &name, "--"];
+    args.extend(recorder_args(&log, &stopf));
+    let child = pglock(&args).env("PERL_SIGNALS", "unsafe").spawn().unwrap();
     assert!(
         wait_until(Duration::from_secs(10), || count(&log, "ready") == 1),
         "child ready"
@@ -224,9 +228,10 @@ fn sigint_count(
     let name = key(test);
     let dir = tmpdir(test);
     let (log, stopf) = (dir.join("log"), dir.join("stop"));
-    let script = trap_script(&log, &stopf);
-    let mut cmd = launch(&["run", "--key", &name, "--", "bash", "-c", &script]);
-    let child = cmd.spawn().unwrap();
+    let mut args = vec!["run", "--key", &name, "--"];
+    args.extend(recorder_args(&log, &stopf));
+    let mut cmd = launch(&args);
+    let child = cmd.env("PERL_SIGNALS", "unsafe").spawn().unwrap();
     assert!(
         wait_until(Duration::from_secs(10), || count(&log, "ready") == 1),
         "child ready"
