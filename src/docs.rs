@@ -66,15 +66,15 @@ the command line wins. Durations are written 500ms, 30s, 5m, 1h or 1m30s.
 .PP
 While the child runs, a connection that the server closes is noticed at once, and every
 heartbeat pglock confirms in \fBpg_locks\fR that its own backend holds the lock; a silent
-connection is detected within two heartbeats. On a lost lock pglock sends the child SIGTERM,
-SIGKILL after \fB\-\-kill\-after\fR, and exits 74. The server frees a vanished pglock's lock no
+connection is detected within two heartbeats. On a lost lock pglock sends the child's process
+group SIGTERM, SIGKILL after \fB\-\-kill\-after\fR, and exits 74. The server frees a vanished pglock's lock no
 sooner than \fB\-\-release\-after\fR (TCP keepalive and user timeout of the lock session);
 pglock refuses values that break 3 x heartbeat + kill\-after + 1s <= release\-after; with the
 defaults, 3 x 5s + 10s + 1s = 26s <= 30s (server keepalive idle 21s + 3 probes x 3s = 30s,
-tcp_user_timeout 30s). On Linux the child is killed when pglock dies, even by SIGKILL, before the
-server frees the lock: the child has PR_SET_PDEATHSIG, and a guard process keeps the lock's socket
-open until the child has exited. This covers the direct child; a wrapper script should exec the
-real command.
+tcp_user_timeout 30s). On Linux the child's process group is stopped when pglock dies, even by
+SIGKILL, before the server frees the lock: the child has PR_SET_PDEATHSIG, and a guard process
+keeps the lock's socket open until the group is gone. A process that leaves the group (setsid) is
+out of reach.
 .PP
 \fB\-\-limit\fR N makes a counting semaphore: slot i of lock id X is the lock of SHA\-256("X:i");
 \fBpglock key\fR NAME \fB\-\-limit\fR N prints the slot ids, with \fB\-\-sql\fR the SQL that
@@ -140,10 +140,14 @@ this run no longer holds the lock, and makes the next holder wait for the transa
 session's backend pid, and with \fB\-\-fencing\-token\fR a number greater than every earlier
 holder's on the cluster
 .SH SIGNALS
-HUP, INT, QUIT, TERM, USR1, USR2 and WINCH sent to pglock by a process are forwarded to the
-child. The same signals sent by a terminal (Ctrl\-C, Ctrl\-\e, a resize) are not forwarded: the
-terminal delivers them to the child itself, which stays in pglock's process group and can read
-the terminal, so a Ctrl\-C arrives once. While pglock waits for the lock, HUP, INT, QUIT or TERM
+The child leads a process group of its own. HUP, INT, QUIT, TERM, USR1, USR2 and WINCH reach it
+exactly once: sent to pglock, or to pglock's process group (GNU timeout, a CI runner), pglock
+forwards them (one sender's repeat within 200 ms counts once); typed in a terminal (Ctrl\-C,
+Ctrl\-\e, a resize), the terminal sends them to the child's group, which pglock hands the
+terminal to when its own group has it, so the child can read the terminal. Ctrl\-Z stops the
+child's group and pglock with it; fg continues both. A lost lock, \fB\-\-max\-runtime\fR, pglock's
+death and members of the group left behind by the child stop the whole group (SIGTERM, SIGKILL
+after \fB\-\-kill\-after\fR) before the lock is released. While pglock waits for the lock, HUP, INT, QUIT or TERM
 cancel the wait at once (the server\-side wait too), run nothing and exit 128+N. As PID 1, pglock
 also reaps orphaned processes.
 .SH EXAMPLES

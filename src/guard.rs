@@ -6,9 +6,11 @@
 //!   (`clone(CLONE_VM | CLONE_FILES)`: no memory is copied, so it costs tens of microseconds).
 //!   When pglock dies, its descriptors, the lock connection's socket among them, stay open as
 //!   long as the guard lives, so the server keeps the lock. The guard waits on a pidfd of pglock;
-//!   when pglock is gone it kills the child (through a pidfd, immune to pid reuse), waits until it
-//!   has exited, and only then exits, closing the socket: the server frees the lock after the
-//!   child is dead, never before.
+//!   when pglock is gone it stops the child's whole process group (the child leads one, see
+//!   spawn.rs): SIGTERM, then SIGKILL after `--kill-after`, as on a lost lock. It waits until no
+//!   process of the group is left (zombies are dead: they do not count), kills the direct child
+//!   through its pidfd in case it left the group, waits for it, and only then exits, closing the
+//!   socket: the server frees the lock after the group is dead, never before.
 //!
 //! When the child has been reaped, pglock sends the unlock and then tells the guard to exit
 //! (closing a pipe it polls), so that the guard's exit runs while the server works on the unlock
@@ -18,14 +20,131 @@
 //! `__WCLONE`; by then it has long exited), so no zombie of pglock's is left for the reaper of
 //! pglock's parent, which a slow reaper (PID 1 in a container) would collect in numbers.
 //!
-//! The guard runs with every signal blocked, so a terminal's Ctrl-C or a process-group kill
-//! other than SIGKILL leaves it alone.
+//! The guard runs with every signal blocked and in a process group of its own, so neither a
+//! terminal's Ctrl-C nor a kill of pglock's process group, SIGKILL included (a CI runner
+//! cancelling a job, `timeout -s KILL`), ends it before it has stopped the child's group.
 //!
-//! Reach: the direct child. Processes the child starts are its own business (a wrapper script
-//! should `exec` the real command); see the README.
+//! Reach: the child's process group. A process that leaves it (`setsid`, a job-control shell's
+//! jobs) is out of reach; see the README.
+
+/// The child's process group, as the supervisor (child.rs) and the guard stop it.
+pub mod group {
+    use nix::sys::signal::{killpg, Signal};
+    use nix::unistd::Pid;
+
+    /// Sends `sig` to every process of group `pgid`.
+    pub fn signal(pgid: i32, sig: Signal) {
+        let _ = killpg(Pid::from_raw(pgid), sig);
+    }
+
+    /// Whether a process of group `pgid` is alive. A zombie is dead and does not count: when
+    /// pglock dies its children go to a reaper that may be slow (or, in some containers, never
+    /// reap). Allocates nothing: the guard calls it.
+    pub fn alive(pgid: i32) -> bool {
+        match nix::sys::signal::kill(Pid::from_raw(-pgid), None) {
+            Err(nix::errno::Errno::ESRCH) => false,
+            _ => live_member(pgid).unwrap_or(true),
+        }
+    }
+
+    /// A process of group `pgid` that is not a zombie, from /proc (`None`: /proc unreadable).
+    #[cfg(target_os = "linux")]
+    fn live_member(pgid: i32) -> Option<bool> {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        // SAFETY: open(2) reads a static NUL-terminated path and returns a new descriptor or -1.
+        let fd = unsafe {
+            libc::open(
+                c"/proc".as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: `fd` was just opened here and nothing else owns it.
+        let dir = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut buf = [0u8; 4096];
+        loop {
+            // SAFETY: getdents64(2) writes at most `buf.len()` bytes into `buf`, a live local
+            // array. (The guard must not allocate, which rules out std::fs::read_dir.)
+            let n = unsafe {
+                libc::syscall(
+                    libc::SYS_getdents64,
+                    dir.as_raw_fd(),
+                    buf.as_mut_ptr(),
+                    buf.len(),
+                )
+            };
+            if n <= 0 {
+                return (n == 0).then_some(false);
+            }
+            let mut at = 0;
+            // linux_dirent64: d_ino (8 bytes), d_off (8), d_reclen (2), d_type (1), d_name.
+            while at + 19 <= n as usize {
+                let len = usize::from(u16::from_ne_bytes([buf[at + 16], buf[at + 17]]));
+                let name = &buf[at + 19..(at + len).min(n as usize)];
+                let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
+                if !name.is_empty() && name.iter().all(u8::is_ascii_digit) && live_in(name, pgid) {
+                    return Some(true);
+                }
+                at += len.max(1);
+            }
+        }
+    }
+
+    /// Whether process `pid` (its decimal digits) is in group `pgid` and not a zombie.
+    #[cfg(target_os = "linux")]
+    fn live_in(pid: &[u8], pgid: i32) -> bool {
+        use std::os::fd::{FromRawFd, OwnedFd};
+        let mut path = [0u8; 40];
+        let parts: [&[u8]; 3] = [b"/proc/", pid, b"/stat\0"];
+        let mut len = 0;
+        for p in parts {
+            if len + p.len() > path.len() {
+                return false;
+            }
+            path[len..len + p.len()].copy_from_slice(p);
+            len += p.len();
+        }
+        // SAFETY: `path` is NUL-terminated (the last part ends with a NUL); open(2) only reads it.
+        let fd = unsafe { libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return false;
+        }
+        // SAFETY: `fd` was just opened here and nothing else owns it.
+        let file = unsafe { OwnedFd::from_raw_fd(fd) };
+        // "pid (comm) S ppid pgrp ...": comm is at most 16 bytes, the fields after it are
+        // numbers, so the last ')' of the line's start closes comm.
+        let mut stat = [0u8; 128];
+        let Ok(n) = nix::unistd::read(&file, &mut stat) else {
+            return false;
+        };
+        let stat = &stat[..n];
+        let Some(close) = stat.iter().rposition(|&b| b == b')') else {
+            return false;
+        };
+        let mut fields = stat[close + 1..]
+            .split(|&b| b == b' ')
+            .filter(|f| !f.is_empty());
+        let state = fields.next().and_then(|f| f.first().copied());
+        let group = fields.nth(1).and_then(|f| {
+            f.iter().try_fold(0i32, |acc, &d| {
+                d.is_ascii_digit()
+                    .then(|| acc.saturating_mul(10).saturating_add(i32::from(d - b'0')))
+            })
+        });
+        group == Some(pgid) && !matches!(state, Some(b'Z' | b'X') | None)
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn live_member(_pgid: i32) -> Option<bool> {
+        None
+    }
+}
 
 #[cfg(target_os = "linux")]
 mod imp {
+    use crate::spawn::ChildSlot;
     use nix::errno::Errno;
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow};
@@ -33,11 +152,17 @@ mod imp {
     use nix::unistd::Pid;
     use std::cell::Cell;
     use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
-    use std::sync::atomic::{AtomicI32, Ordering};
+    use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+    use std::time::{Duration, Instant};
 
-    /// pidfds the guard reads from memory it shares with pglock.
+    /// What the guard reads from memory it shares with pglock: pglock's pidfd, the child's pidfd
+    /// and process group, `--kill-after`.
     static PGLOCK_PIDFD: AtomicI32 = AtomicI32::new(-1);
-    static CHILD_PIDFD: AtomicI32 = AtomicI32::new(-1);
+    static CHILD: ChildSlot = ChildSlot::new();
+    static KILL_AFTER_MS: AtomicU64 = AtomicU64::new(10_000);
+    /// How long the guard waits for the group's end once it has sent SIGKILL: a process in an
+    /// uninterruptible sleep dies when it leaves it, and it runs no code of its own meanwhile.
+    const AFTER_KILL: Duration = Duration::from_secs(1);
     /// The read end of a pipe whose write end pglock closes to tell the guard to go.
     static STOP_FD: AtomicI32 = AtomicI32::new(-1);
 
@@ -66,6 +191,8 @@ mod imp {
     /// wrappers only (nix's, libc's), no allocation, no unwinding.
     extern "C" fn guard_main(_arg: *mut libc::c_void) -> libc::c_int {
         let _ = nix::sys::prctl::set_name(c"pglock-guard");
+        // A process group of its own: a kill of pglock's group (SIGKILL included) spares it.
+        let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
         // SAFETY: `Guard::start` opened both descriptors and stored them here before it cloned
         // this process, and nothing ever closes them: pglock keeps them for its whole life, and
         // once it has gone the descriptor table it shares with this process lives on as long as
@@ -86,27 +213,11 @@ mod imp {
         if fds[0].revents() != Some(PollFlags::empty()) {
             // pglock is gone (exited or killed). Its descriptors stay open while this process
             // lives, the lock connection's socket among them.
-            let child = CHILD_PIDFD.load(Ordering::SeqCst);
-            if child >= 0 {
-                // SAFETY: a descriptor in the slot is the child's pidfd, which the kernel put
-                // there (CLONE_PIDFD). Only `Guard`'s drop closes it, in pglock, after taking it
-                // out of the slot; pglock is gone, so that drop never runs any more, and the
-                // descriptor stays open while this process lives.
-                let child = unsafe { BorrowedFd::borrow_raw(child) };
-                // SAFETY: pidfd_send_signal(2) takes a descriptor, a signal number, a null
-                // siginfo pointer (meaning none) and flags (0): no memory of ours is read or
-                // written. nix and std have no wrapper for it.
-                unsafe {
-                    libc::syscall(
-                        libc::SYS_pidfd_send_signal,
-                        child.as_raw_fd(),
-                        libc::SIGKILL,
-                        std::ptr::null::<libc::siginfo_t>(),
-                        0,
-                    )
-                };
-                wait_ready(&mut [PollFd::new(child, PollFlags::POLLIN)]);
+            let pgid = CHILD.pgid.load(Ordering::SeqCst);
+            if pgid > 0 {
+                stop_group(pgid);
             }
+            kill_child();
         }
         // SAFETY: _exit(2) ends this process at once and has no precondition. Unlike `exit`, it
         // runs none of pglock's atexit handlers or destructors in the memory this process shares
@@ -114,10 +225,74 @@ mod imp {
         unsafe { libc::_exit(0) }
     }
 
+    /// The child's group, pglock gone: SIGTERM (and SIGCONT, so that a stopped job handles it),
+    /// SIGKILL after --kill-after, until no process of it is alive. (A child whose group is not
+    /// known yet had not reached its `execve`, and never will: see spawn.rs.)
+    fn stop_group(pgid: i32) {
+        use super::group;
+        use nix::sys::signal::Signal;
+        group::signal(pgid, Signal::SIGTERM);
+        group::signal(pgid, Signal::SIGCONT);
+        let kill_after = Duration::from_millis(KILL_AFTER_MS.load(Ordering::SeqCst));
+        if wait_group_end(pgid, kill_after) {
+            return;
+        }
+        group::signal(pgid, Signal::SIGKILL);
+        wait_group_end(pgid, AFTER_KILL);
+    }
+
+    /// Waits up to `limit` until no process of group `pgid` is alive; `true` when none is.
+    fn wait_group_end(pgid: i32, limit: Duration) -> bool {
+        let end = Instant::now() + limit;
+        let mut nap = Duration::from_millis(1);
+        loop {
+            if !super::group::alive(pgid) {
+                return true;
+            }
+            if Instant::now() >= end {
+                return false;
+            }
+            std::thread::sleep(nap);
+            nap = (nap * 2).min(Duration::from_millis(20));
+        }
+    }
+
+    /// The direct child, wherever its group: SIGKILL through its pidfd (immune to pid reuse),
+    /// then wait until it has exited.
+    fn kill_child() {
+        let child = CHILD.pidfd.load(Ordering::SeqCst);
+        if child < 0 {
+            return;
+        }
+        // SAFETY: a descriptor in the slot is the child's pidfd, which the kernel put there
+        // (CLONE_PIDFD). Only `Guard`'s drop closes it, in pglock, after taking it out of the
+        // slot; pglock is gone, so that drop never runs any more, and the descriptor stays open
+        // while this process lives.
+        let child = unsafe { BorrowedFd::borrow_raw(child) };
+        // SAFETY: pidfd_send_signal(2) takes a descriptor, a signal number, a null siginfo
+        // pointer (meaning none) and flags (0): no memory of ours is read or written. nix and
+        // std have no wrapper for it.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                child.as_raw_fd(),
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        wait_ready(&mut [PollFd::new(child, PollFlags::POLLIN)]);
+    }
+
     impl Guard {
-        /// Starts the guard. `None` when it cannot be started (no pidfd before Linux 5.3): the
-        /// child then dies with pglock by PDEATHSIG alone.
-        pub fn start() -> Option<Guard> {
+        /// Starts the guard, which gives the child's group `kill_after` between SIGTERM and
+        /// SIGKILL. `None` when it cannot be started (no pidfd before Linux 5.3): the child then
+        /// dies with pglock by PDEATHSIG alone.
+        pub fn start(kill_after: Duration) -> Option<Guard> {
+            KILL_AFTER_MS.store(
+                kill_after.as_millis().try_into().unwrap_or(u64::MAX),
+                Ordering::SeqCst,
+            );
             let me = pidfd_open(std::process::id() as i32);
             if me < 0 {
                 return None;
@@ -162,12 +337,12 @@ mod imp {
             // SAFETY: the new process runs `guard_main` on `top`, the end of the 64 KiB mapping
             // above, which nothing else uses and which is never unmapped. It shares pglock's
             // memory (CLONE_VM) but writes only to its own stack, and reads only that and the
-            // three atomics above: it allocates nothing, takes no lock, has no reachable panic
+            // atomics above: it allocates nothing, takes no lock, has no reachable panic
             // (its descriptors are never -1) and ends by _exit without returning, so it can
             // neither corrupt nor race with pglock's state. It has no thread-local storage of its
             // own (no CLONE_SETTLS): the one thread-local it could write is errno, by a failing
-            // call, and while pglock lives its calls (prctl, a poll of valid descriptors with
-            // every signal blocked) do not fail. Every signal is blocked across the clone, so no
+            // call, and while pglock lives its calls (prctl, setpgid of itself, a poll of valid
+            // descriptors with every signal blocked) do not fail. Every signal is blocked across the clone, so no
             // handler of pglock's runs on that stack; pglock's mask is restored just after.
             let pid = unsafe {
                 libc::clone(
@@ -184,15 +359,18 @@ mod imp {
             })
         }
 
-        /// Where the child's pidfd goes: `spawn` has the kernel write it there (`CLONE_PIDFD`)
-        /// before the child runs, so the guard knows the child from its first instant.
-        pub fn child_slot(&self) -> &'static AtomicI32 {
-            &CHILD_PIDFD
+        /// Where the child's pidfd and group go: `spawn` has the kernel write the pidfd there
+        /// (`CLONE_PIDFD`) before the child runs, and the child its group before it execs, so
+        /// the guard knows the child from its first instant.
+        pub fn child_slot(&self) -> &'static ChildSlot {
+            &CHILD
         }
 
         /// Tells the guard to exit: the child has been reaped (or never ran), there is nothing
         /// left to guard. Idempotent.
         pub fn stop(&self) {
+            // The group is gone: nothing for the guard to signal, whatever reuses its number.
+            CHILD.pgid.store(-1, Ordering::SeqCst);
             // Closing the write end (OwnedFd's drop) is what the guard polls for.
             drop(self.stop.take());
         }
@@ -207,7 +385,7 @@ mod imp {
                 waitpid(Pid::from_raw(self.pid), Some(WaitPidFlag::__WCLONE)),
                 Err(Errno::EINTR)
             ) {}
-            let fd = CHILD_PIDFD.swap(-1, Ordering::SeqCst);
+            let fd = CHILD.pidfd.swap(-1, Ordering::SeqCst);
             if fd >= 0 {
                 // SAFETY: a descriptor in the slot is the child's pidfd, which the kernel opened
                 // for pglock (CLONE_PIDFD) and which nothing else owns or closes. The swap took
@@ -221,16 +399,18 @@ mod imp {
 
 #[cfg(not(target_os = "linux"))]
 mod imp {
+    use crate::spawn::ChildSlot;
+
     /// Elsewhere there is no guard: the child is not killed when pglock dies (see the README).
     pub struct Guard;
 
     impl Guard {
-        pub fn start() -> Option<Guard> {
+        pub fn start(_kill_after: std::time::Duration) -> Option<Guard> {
             None
         }
         pub fn stop(&self) {}
-        pub fn child_slot(&self) -> &'static std::sync::atomic::AtomicI32 {
-            static NONE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+        pub fn child_slot(&self) -> &'static ChildSlot {
+            static NONE: ChildSlot = ChildSlot::new();
             &NONE
         }
     }

@@ -292,7 +292,7 @@ fn run_inner(mut req: RunRequest, run_id: &str, nested: &std::cell::Cell<bool>) 
     // Declared before the session, it outlives it: the session stops it, its drop reaps it.
     let guard = std::cell::OnceCell::new();
     let start_guard = || {
-        guard.get_or_init(Guard::start);
+        guard.get_or_init(|| Guard::start(req.kill_after));
     };
     let startup = Startup {
         application_name: &app,
@@ -479,9 +479,9 @@ fn prepare_child(
 fn start_child(
     req: &RunRequest,
     exec: &Exec,
-    pidfd: Option<&std::sync::atomic::AtomicI32>,
-) -> Result<nix::unistd::Pid> {
-    let pid = child::start(&req.command, exec, pidfd)?;
+    slot: Option<&crate::spawn::ChildSlot>,
+) -> Result<child::Child> {
+    let pid = child::start(&req.command, exec, slot)?;
     log::mark(Mark::ChildStart);
     log::debug(
         "child",

@@ -10,7 +10,7 @@
 use crate::error::{Error, Result};
 use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, Signal};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
 
 /// The signals forwarded to the child (contract §5).
 pub const FORWARDED: [Signal; 7] = [
@@ -31,48 +31,127 @@ pub fn cancels_wait(sig: Signal) -> bool {
     )
 }
 
+/// Job control while the child runs: Ctrl-Z typed while pglock's own group has the terminal, and
+/// the SIGCONT that resumes the job (see child.rs). Handled only while a child runs, so that a
+/// Ctrl-Z while pglock waits for the lock suspends pglock the ordinary way.
+pub const JOB_CONTROL: [Signal; 2] = [Signal::SIGTSTP, Signal::SIGCONT];
+
 static PIPE_WRITE: AtomicI32 = AtomicI32::new(-1);
+/// How many SIGCONTs have arrived: `stop_self` tells from it whether pglock was stopped.
+static CONTINUED: AtomicU32 = AtomicU32::new(0);
+
+/// The size of one record in the pipe: the signal, a pad, the sender's pid.
+const RECORD: usize = 8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Received {
     pub sig: Signal,
-    /// Sent by a process (kill, sigqueue), as opposed to the kernel (a terminal).
-    pub from_process: bool,
+    /// The pid of the process that sent it (kill, sigqueue); 0 when the kernel did (a terminal,
+    /// a child's exit).
+    pub sender: i32,
 }
 
 extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
-    // Only async-signal-safe calls here: read si_code, write(2), keep errno.
-    let code = if info.is_null() {
+    // Only async-signal-safe calls here: read siginfo, write(2), keep errno.
+    let sender = if info.is_null() {
         0
     } else {
         // SAFETY: the handler is installed with SA_SIGINFO, so the kernel passes a pointer to a
         // siginfo_t on the handler's stack, valid and initialised for the handler's run; it is
         // not null (checked above) and only read here.
-        unsafe { (*info).si_code }
+        sender_of(unsafe { &*info })
     };
-    let from_process = sent_by_process(code);
+    if sig == libc::SIGCONT {
+        CONTINUED.fetch_add(1, Ordering::SeqCst);
+    }
     let fd = PIPE_WRITE.load(Ordering::Relaxed);
     if fd >= 0 {
         let errno = nix::errno::Errno::last_raw();
-        let rec = [sig as u8, from_process as u8];
-        // SAFETY: write(2) reads 2 bytes from `rec`, a live local array of 2 bytes, and is
-        // async-signal-safe. `fd` is the pipe's write end: `Signals` sets the number to -1
-        // before it closes the pipe. (nix's write would need a `BorrowedFd`, made from this
+        let mut rec = [0u8; RECORD];
+        rec[0] = sig as u8;
+        rec[4..].copy_from_slice(&sender.to_ne_bytes());
+        // SAFETY: write(2) reads RECORD bytes from `rec`, a live local array of that size, and
+        // is async-signal-safe; a write of less than PIPE_BUF bytes to a pipe is atomic, so
+        // records never interleave. `fd` is the pipe's write end: `Signals` sets the number to
+        // -1 before it closes the pipe. (nix's write would need a `BorrowedFd`, made from this
         // raw number as unsafely.)
-        unsafe { libc::write(fd, rec.as_ptr().cast(), 2) };
+        unsafe { libc::write(fd, rec.as_ptr().cast(), RECORD) };
         nix::errno::Errno::set_raw(errno);
     }
 }
 
+/// The pid of the process that sent the signal, or 0 when the kernel did (si_code > 0) or the
+/// code carries no sender.
 #[cfg(target_os = "linux")]
-fn sent_by_process(code: libc::c_int) -> bool {
-    // SI_USER (0), SI_QUEUE (-1), SI_TKILL (-6) ...: Linux's SI_FROMUSER is si_code <= 0.
-    code <= 0
+fn sender_of(info: &libc::siginfo_t) -> i32 {
+    // SI_USER (kill), SI_QUEUE (sigqueue), SI_TKILL (tgkill): the codes that carry a sender.
+    if matches!(info.si_code, 0 | -1 | -6) {
+        // SAFETY: for these codes the kernel fills the union's kill fields, si_pid among them.
+        unsafe { info.si_pid() }
+    } else {
+        0
+    }
 }
 
 #[cfg(not(target_os = "linux"))]
-fn sent_by_process(code: libc::c_int) -> bool {
-    code == libc::SI_USER || code == libc::SI_QUEUE
+fn sender_of(info: &libc::siginfo_t) -> i32 {
+    if info.si_code == libc::SI_USER || info.si_code == libc::SI_QUEUE {
+        info.si_pid
+    } else {
+        0
+    }
+}
+
+/// Installs `on_signal` for `sig`.
+fn handle(sig: Signal) -> nix::Result<SigAction> {
+    let action = SigAction::new(
+        SigHandler::SigAction(on_signal),
+        SaFlags::SA_SIGINFO | SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    // SAFETY: the handler may run at any point of the program, so it must be async-signal-safe,
+    // and `on_signal` is: it reads siginfo, updates atomics, calls write(2) and saves and
+    // restores errno; it allocates nothing, takes no lock and cannot panic.
+    unsafe { signal::sigaction(sig, &action) }
+}
+
+/// Sets `sig` back to the default action.
+fn default_action(sig: Signal) -> nix::Result<SigAction> {
+    let dfl = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+    // SAFETY: SIG_DFL installs no handler of ours: no code of pglock's runs for it.
+    unsafe { signal::sigaction(sig, &dfl) }
+}
+
+/// SIGTSTP and SIGCONT handled while this lives (`Signals::catch_job_control`).
+/// (Tied to `Signals`: the handlers write into its pipe.)
+pub struct JobControl<'a>(std::marker::PhantomData<&'a Signals>);
+
+impl Drop for JobControl<'_> {
+    /// Back to the defaults: a Ctrl-Z after the child's end suspends pglock the ordinary way.
+    fn drop(&mut self) {
+        for sig in JOB_CONTROL {
+            let _ = default_action(sig);
+        }
+    }
+}
+
+/// Stops pglock itself with `sig` (SIGTSTP, SIGTTIN or SIGTTOU, its default action), the way a
+/// job stops, and returns once it runs again: `true` when it was stopped and continued, `false`
+/// when the kernel discarded the stop (pglock's process group is orphaned: no job-control shell
+/// could ever continue it).
+pub fn stop_self(sig: Signal) -> bool {
+    let before = CONTINUED.load(Ordering::SeqCst);
+    let handled = JOB_CONTROL.contains(&sig);
+    if handled {
+        let _ = default_action(sig);
+    }
+    // Delivered before kill returns: the signal is not blocked, and pglock sends it to itself.
+    // A SIGCONT that continues pglock runs `on_signal`, which counts it, before kill returns.
+    let _ = signal::kill(nix::unistd::getpid(), sig);
+    if handled {
+        let _ = handle(sig);
+    }
+    CONTINUED.load(Ordering::SeqCst) != before
 }
 
 impl Drop for Signals {
@@ -96,23 +175,23 @@ impl Signals {
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
                 .map_err(|e| Error::internal(format!("cannot create the signal pipe: {e}")))?;
         PIPE_WRITE.store(write.as_raw_fd(), Ordering::Relaxed);
-        let action = SigAction::new(
-            SigHandler::SigAction(on_signal),
-            SaFlags::SA_SIGINFO | SaFlags::SA_RESTART,
-            SigSet::empty(),
-        );
         for sig in FORWARDED.iter().copied().chain([Signal::SIGCHLD]) {
-            // SAFETY: the handler may run at any point of the program, so it must be
-            // async-signal-safe, and `on_signal` is: it reads si_code, loads an atomic, calls
-            // write(2) and saves and restores errno; it allocates nothing, takes no lock and
-            // cannot panic.
-            unsafe { signal::sigaction(sig, &action) }
-                .map_err(|e| Error::internal(format!("cannot handle {sig}: {e}")))?;
+            handle(sig).map_err(|e| Error::internal(format!("cannot handle {sig}: {e}")))?;
         }
         Ok(Signals {
             read,
             _write: write,
         })
+    }
+
+    /// Handles SIGTSTP and SIGCONT until the returned value is dropped (see `JOB_CONTROL`).
+    pub fn catch_job_control(&self) -> JobControl<'_> {
+        for sig in JOB_CONTROL {
+            if let Err(e) = handle(sig) {
+                crate::log::debug("signal", &format!("cannot handle {sig}: {e}"));
+            }
+        }
+        JobControl(std::marker::PhantomData)
     }
 
     pub fn fd(&self) -> BorrowedFd<'_> {
@@ -122,16 +201,15 @@ impl Signals {
     /// The signals received since the last call, in order.
     pub fn drain(&self) -> Vec<Received> {
         let mut out = Vec::new();
-        let mut buf = [0u8; 128];
+        // A multiple of RECORD: whole records only, as each was written at once.
+        let mut buf = [0u8; 32 * RECORD];
         loop {
             match nix::unistd::read(&self.read, &mut buf) {
                 Ok(n) if n > 0 => {
-                    for rec in buf[..n].chunks_exact(2) {
+                    for rec in buf[..n].chunks_exact(RECORD) {
                         if let Ok(sig) = Signal::try_from(i32::from(rec[0])) {
-                            out.push(Received {
-                                sig,
-                                from_process: rec[1] != 0,
-                            });
+                            let sender = i32::from_ne_bytes([rec[4], rec[5], rec[6], rec[7]]);
+                            out.push(Received { sig, sender });
                         }
                     }
                 }

@@ -1,6 +1,7 @@
 //! Starting the child: `execvp` semantics (a PATH search when COMMAND has no slash), the given
-//! environment, every handled signal reset to its default, and on Linux `PR_SET_PDEATHSIG`, so
-//! that the child dies with pglock (contract §5).
+//! environment, every handled signal reset to its default, a process group of its own (led by
+//! the child, the way a shell starts a job), the terminal's foreground when pglock hands it over,
+//! and on Linux `PR_SET_PDEATHSIG`, so that the child dies with pglock (contract §5).
 //!
 //! On Linux this is a vfork-style spawn, the way glibc's `posix_spawn` works: the child runs in
 //! pglock's memory on a stack of its own until it calls `execve`, and pglock is suspended
@@ -10,8 +11,16 @@
 //!
 //! Between `clone` and `execve` the child runs with every signal blocked until it has reset the
 //! handlers (pglock's handlers must not run in it), and calls only async-signal-safe functions:
-//! `sigaction`, `sigprocmask`, `prctl`, `getppid`, `execve`, `_exit`. It reports a failed
-//! `execve` through memory it shares with pglock, which reads it once `clone` has returned.
+//! `sigaction`, `setpgid`, `getpid`, `tcsetpgrp`, `sigprocmask`, `prctl`, `getppid`, `execve`,
+//! `_exit`. It reports a failed `execve` through memory it shares with pglock, which reads it once
+//! `clone` has returned.
+//!
+//! A shell calls `setpgid` for a job in both the parent and the child, because either may run
+//! first after `fork`. Here pglock runs again only once the child has exec'd (`CLONE_VFORK`), so
+//! the child's own `setpgid(0, 0)` has happened by then and the parent has nothing to add (its
+//! call would fail with EACCES after the exec). The same holds for `tcsetpgrp`: the child takes
+//! the terminal's foreground, with every signal still blocked (so no SIGTTOU stops it), before it
+//! execs, so the command never reads the terminal from a background group.
 //!
 //! Where the child first runs is left to the kernel: a child held to pglock's CPU could not
 //! move to another when something long (the releasing session's backend tearing down) is
@@ -20,6 +29,33 @@
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::AtomicI32;
+
+/// Where the spawn leaves what the guard (guard.rs) needs to know of the child, in memory the
+/// guard shares: written before the child can run any code of COMMAND's.
+pub struct ChildSlot {
+    /// A pidfd of the child, which the kernel writes (`CLONE_PIDFD`) before the child runs; -1
+    /// when none.
+    pub pidfd: AtomicI32,
+    /// The child's process group (its pid), which the child writes once it leads the group and
+    /// before it execs; -1 until then.
+    pub pgid: AtomicI32,
+}
+
+impl ChildSlot {
+    pub const fn new() -> ChildSlot {
+        ChildSlot {
+            pidfd: AtomicI32::new(-1),
+            pgid: AtomicI32::new(-1),
+        }
+    }
+}
+
+impl Default for ChildSlot {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 /// What the child is to run, prepared before the lock is taken: from a lock grant to the
 /// child's start only the arrays of pointers to these strings are left to build.
@@ -92,13 +128,13 @@ fn pointers(v: &[CString]) -> Vec<*const libc::c_char> {
 
 #[cfg(target_os = "linux")]
 mod imp {
-    use super::{pointers, Exec};
+    use super::{pointers, ChildSlot, Exec};
     use nix::errno::Errno;
     use nix::sys::signal::{pthread_sigmask, sigprocmask, SigSet, SigmaskHow, Signal};
     use nix::sys::wait::waitpid;
     use nix::unistd::Pid;
     use std::io;
-    use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+    use std::sync::atomic::{AtomicBool, Ordering};
 
     /// Shared between pglock and the child, which writes `errno` here when it cannot exec.
     struct Shared<'a> {
@@ -112,6 +148,10 @@ mod imp {
         /// The signals with a handler in pglock, and SIGPIPE.
         reset: &'a [Signal],
         parent: Pid,
+        /// Where the child writes its process group for the guard, if there is a guard.
+        slot: Option<&'a ChildSlot>,
+        /// The controlling terminal, to be handed to the child's group; -1 for none.
+        tty: libc::c_int,
         errno: libc::c_int,
     }
 
@@ -155,6 +195,26 @@ mod imp {
                 libc::sigaction(sig as libc::c_int, &dfl, std::ptr::null_mut());
             }
         }
+        // A process group of its own, led by the child (a job, as a shell starts one): a signal
+        // to pglock's group does not reach it, and its whole group can be stopped (child.rs).
+        if nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0)).is_err() {
+            sh.errno = Errno::last_raw();
+            exit(127);
+        }
+        // The guard can stop the group from now on; nothing of COMMAND's has run yet.
+        if let Some(slot) = sh.slot {
+            slot.pgid
+                .store(nix::unistd::getpid().as_raw(), Ordering::SeqCst);
+        }
+        // The terminal's foreground is the child's group, when pglock had it: the command reads
+        // the terminal, and Ctrl-C, Ctrl-Z reach its group alone. Every signal is still blocked,
+        // so this background process gets no SIGTTOU for it. A failure leaves the command in the
+        // background, where pglock hands it the terminal when it stops on it (child.rs).
+        if sh.tty >= 0 {
+            // SAFETY: tcsetpgrp(3) is an ioctl on a descriptor number that pglock keeps open
+            // until clone has returned (child.rs's Terminal); it only reads its arguments.
+            unsafe { libc::tcsetpgrp(sh.tty, libc::getpid()) };
+        }
         // No signal blocked in the child, whatever pglock inherited (as std's Command did).
         let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
         if nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err() {
@@ -194,7 +254,7 @@ mod imp {
         exit(127)
     }
 
-    pub fn spawn(prep: &Exec, pidfd: Option<&AtomicI32>) -> io::Result<i32> {
+    pub fn spawn(prep: &Exec, slot: Option<&ChildSlot>, tty: Option<i32>) -> io::Result<i32> {
         let paths = pointers(&prep.paths);
         let argv = pointers(&prep.argv);
         let envp = pointers(&prep.envp);
@@ -204,6 +264,7 @@ mod imp {
             .collect();
         let reset: Vec<Signal> = crate::signals::FORWARDED
             .iter()
+            .chain(&crate::signals::JOB_CONTROL)
             .copied()
             .chain([
                 Signal::SIGCHLD,
@@ -219,6 +280,8 @@ mod imp {
             sh_argv: &mut sh_argv,
             reset: &reset,
             parent: nix::unistd::getpid(),
+            slot,
+            tty: tty.unwrap_or(-1),
             errno: 0,
         };
         if STACK_IN_USE.swap(true, Ordering::Acquire) {
@@ -239,16 +302,12 @@ mod imp {
         let flags = libc::CLONE_VM
             | libc::CLONE_VFORK
             | libc::SIGCHLD
-            | if pidfd.is_some() {
-                libc::CLONE_PIDFD
-            } else {
-                0
-            };
+            | if slot.is_some() { libc::CLONE_PIDFD } else { 0 };
         // SAFETY: the child runs `child_main` with `shared` on STACK, below `top` (16-byte
         // aligned, in bounds). STACK_IN_USE makes it the only user of STACK, and CLONE_VFORK
         // holds clone back until the child has exec'd or exited, so its use of STACK, of
         // `shared` and of everything `shared` points into (this frame's vectors, `prep`'s
-        // strings) ends before this frame goes on. In pglock's memory (CLONE_VM) and on its
+        // strings, the slot) ends before this frame goes on. In pglock's memory (CLONE_VM) and on its
         // thread's thread-locals (errno), the child runs while this thread is suspended, with
         // every signal blocked until it has reset the handled ones to the default, so no
         // handler of pglock's runs in it; `child_main` calls only async-signal-safe functions,
@@ -261,7 +320,7 @@ mod imp {
                 top,
                 flags,
                 (&raw mut shared).cast(),
-                pidfd.map_or(std::ptr::null_mut(), AtomicI32::as_ptr),
+                slot.map_or(std::ptr::null_mut(), |s| s.pidfd.as_ptr()),
             )
         };
         let clone_err = io::Error::last_os_error();
@@ -289,10 +348,19 @@ mod imp {
     use std::os::unix::ffi::OsStrExt;
 
     /// Elsewhere: the standard library's spawn, with no parent-death signal (see the README).
-    pub fn spawn(prep: &Exec, _pidfd: Option<&std::sync::atomic::AtomicI32>) -> io::Result<i32> {
+    /// The child leads a process group of its own; pglock hands it the terminal when it stops
+    /// on it (child.rs).
+    pub fn spawn(
+        prep: &Exec,
+        _slot: Option<&super::ChildSlot>,
+        _tty: Option<i32>,
+    ) -> io::Result<i32> {
+        use std::os::unix::process::CommandExt;
         let os = |c: &std::ffi::CString| std::ffi::OsStr::from_bytes(c.as_bytes()).to_os_string();
         let mut cmd = std::process::Command::new(os(&prep.argv[0]));
-        cmd.args(prep.argv[1..].iter().map(os)).env_clear();
+        cmd.args(prep.argv[1..].iter().map(os))
+            .env_clear()
+            .process_group(0);
         for kv in &prep.envp {
             let b = kv.as_bytes();
             let eq = b.iter().position(|&c| c == b'=').unwrap_or(b.len());
@@ -306,9 +374,10 @@ mod imp {
 }
 
 impl Exec {
-    /// Starts the child; `pidfd`, where the kernel is to put a pidfd of it (Linux), for the
-    /// guard. Returns the child's pid.
-    pub fn spawn(&self, pidfd: Option<&std::sync::atomic::AtomicI32>) -> io::Result<i32> {
-        imp::spawn(self, pidfd)
+    /// Starts the child in a process group of its own; `slot`, where the kernel and the child
+    /// leave its pidfd and group for the guard (Linux); `tty`, the controlling terminal whose
+    /// foreground the child's group takes. Returns the child's pid, which is its group's id.
+    pub fn spawn(&self, slot: Option<&ChildSlot>, tty: Option<i32>) -> io::Result<i32> {
+        imp::spawn(self, slot, tty)
     }
 }

@@ -3,6 +3,7 @@
 use crate::harness::*;
 use std::io::Write;
 use std::process::Stdio;
+use std::time::Duration;
 
 #[test]
 fn the_child_gets_stdio_cwd_env_and_the_pglock_variables() {
@@ -259,4 +260,186 @@ fn the_child_starts_with_no_signal_blocked_or_ignored_by_pglock() {
             "signal {sig} ignored in the child: {out}"
         );
     }
+}
+
+/// A child that starts two grandchildren in its process group and waits: one that traps
+/// nothing, one that ignores SIGTERM. Their pids go to `dir/g1` and `dir/g2`, then `dir/ready`.
+fn family_script(dir: &std::path::Path) -> String {
+    format!(
+        "sleep 30 & echo $! > {d}/g1; (trap '' TERM; exec sleep 30) & echo $! > {d}/g2; \
+         touch {d}/ready; wait",
+        d = dir.display()
+    )
+}
+
+/// The state of a process: None when gone, 'Z' for a zombie (dead, not yet reaped).
+fn state(pid: i32) -> Option<char> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    s[s.rfind(')')? + 2..].chars().next()
+}
+
+fn grandchildren(dir: &std::path::Path) -> [i32; 2] {
+    ["g1", "g2"].map(|g| {
+        std::fs::read_to_string(dir.join(g))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    })
+}
+
+fn dead(pid: i32) -> bool {
+    state(pid).is_none_or(|s| s == 'Z')
+}
+
+/// Starts pglock A with the family under `args`, and waits until the grandchildren run.
+fn start_family(name: &str, dir: &std::path::Path, args: &[&str]) -> std::process::Child {
+    let mut all = vec!["run", "-q", "--kill-after", "1s"];
+    all.extend_from_slice(args);
+    all.extend(["--key", name, "--", "sh", "-c"]);
+    let a = pglock(&all).arg(family_script(dir)).spawn().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || dir.join("ready").exists()),
+        "the grandchildren started"
+    );
+    a
+}
+
+/// SIGKILL of pglock: the guard stops the child's whole process group (the grandchild that
+/// ignores SIGTERM by SIGKILL after --kill-after) before the server frees the lock, so the next
+/// holder's child finds both grandchildren dead.
+#[test]
+fn sigkill_of_pglock_kills_the_whole_group_before_the_next_holder_starts() {
+    let name = key("group-kill9");
+    let id = lock_id(&name);
+    let dir = tmpdir("group-kill9");
+    let mut a = start_family(&name, &dir, &[]);
+    let [g1, g2] = grandchildren(&dir);
+    // B's child reports the grandchildren's states when it starts: gone, or zombies.
+    let b = pglock(&["run", "-q", "--key", &name, "--", "sh", "-c"])
+        .arg(format!(
+            "for g in {g1} {g2}; do s=$(cut -d' ' -f3 /proc/$g/stat 2>/dev/null); echo \"$g ${{s:-gone}}\"; done"
+        ))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || pg()
+            .locks_on(id)
+            .iter()
+            .any(|l| l.contains(",f,"))),
+        "B queued"
+    );
+    let t = std::time::Instant::now();
+    signal(&a, nix::sys::signal::Signal::SIGKILL);
+    let _ = a.wait();
+    let out = b.wait_with_output().unwrap();
+    let took = t.elapsed();
+    let seen = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("after SIGKILL of pglock, B's child started after {took:?} and saw: {seen:?}");
+    assert_eq!(out.status.code(), Some(0));
+    for line in seen.lines() {
+        assert!(
+            line.ends_with(" gone") || line.ends_with(" Z"),
+            "B's child started while a grandchild of A was alive: {seen}"
+        );
+    }
+    assert_eq!(seen.lines().count(), 2, "{seen}");
+    assert!(dead(g1) && dead(g2));
+}
+
+/// A lost lock (pg_terminate_backend of pglock's session): the whole group is stopped, the
+/// grandchild that ignores SIGTERM by SIGKILL after --kill-after, before pglock exits 74.
+#[test]
+fn a_lost_lock_stops_the_whole_group() {
+    let name = key("group-lost");
+    let id = lock_id(&name);
+    let dir = tmpdir("group-lost");
+    let a = start_family(&name, &dir, &[]);
+    let [g1, g2] = grandchildren(&dir);
+    pg().psql_super(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND objid = {}",
+        id & 0xffff_ffff
+    ));
+    let out = a.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(74));
+    assert!(
+        dead(g1) && dead(g2),
+        "grandchildren after a lost lock: {:?} {:?}",
+        state(g1),
+        state(g2)
+    );
+}
+
+/// --max-runtime: the whole group is stopped before pglock exits 124 and releases.
+#[test]
+fn max_runtime_stops_the_whole_group() {
+    let name = key("group-maxrt");
+    let dir = tmpdir("group-maxrt");
+    let a = start_family(&name, &dir, &["--max-runtime", "1s"]);
+    let [g1, g2] = grandchildren(&dir);
+    let out = a.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(124));
+    assert!(
+        dead(g1) && dead(g2),
+        "grandchildren after --max-runtime: {:?} {:?}",
+        state(g1),
+        state(g2)
+    );
+}
+
+/// The child exits and leaves members of its group running: they are stopped before the lock is
+/// released, and pglock exits with the child's status.
+#[test]
+fn members_left_behind_by_the_child_are_stopped_before_the_release() {
+    let name = key("group-left");
+    let dir = tmpdir("group-left");
+    let script = format!(
+        "sleep 30 & echo $! > {d}/g1; (trap '' TERM; exec sleep 30) & echo $! > {d}/g2; exit 3",
+        d = dir.display()
+    );
+    let t = std::time::Instant::now();
+    let (_, err) = expect_code(
+        pglock(&[
+            "run",
+            "--kill-after",
+            "1s",
+            "--key",
+            &name,
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ]),
+        3,
+    );
+    let [g1, g2] = grandchildren(&dir);
+    assert!(dead(g1) && dead(g2), "{err}");
+    assert!(
+        err.contains("processes of its process group remain"),
+        "{err}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+}
+
+/// A process that leaves the group with setsid is out of reach (the README says so).
+#[test]
+fn a_process_that_leaves_the_group_with_setsid_is_out_of_reach() {
+    let name = key("group-setsid");
+    let dir = tmpdir("group-setsid");
+    let script = format!(
+        "setsid sh -c 'echo $$ > {d}/g1; exec sleep 30' </dev/null >/dev/null 2>&1 & while [ ! -s {d}/g1 ]; do sleep 0.01; done",
+        d = dir.display()
+    );
+    expect_code(pglock_sh(&name, &script), 0);
+    let g: i32 = std::fs::read_to_string(dir.join("g1"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(!dead(g), "the setsid process was stopped");
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(g),
+        nix::sys::signal::Signal::SIGKILL,
+    );
 }
