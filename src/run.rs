@@ -145,6 +145,23 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
+    /// The child's variables known once the lock is held: `PGLOCK_HELD` with this run's entry
+    /// naming the session (and slot) that holds it, and the fencing variables.
+    fn lock_vars(
+        &mut self,
+        held: &[Held],
+        me: &mut Held,
+        run_id: &str,
+    ) -> Result<Vec<(&'static str, String)>> {
+        if let Some(t) = &self.lock {
+            me.holder = Some(t.holder.clone());
+            me.slot = t.slot;
+        }
+        let mut vars = vec![(nesting::VAR, nesting::child_value(held, me))];
+        vars.extend(self.fence_vars(run_id)?);
+        Ok(vars)
+    }
+
     /// The child's fencing variables (contract §11): the fence statement of this run's lock and
     /// session, and with `--fencing-token` the server's next transaction id.
     fn fence_vars(&mut self, run_id: &str) -> Result<Vec<(&'static str, String)>> {
@@ -291,8 +308,9 @@ fn run_inner(mut req: RunRequest, run_id: &str, nested: &std::cell::Cell<bool>) 
     // grant to the child's start; the child's spawn hands it the child's pidfd (see guard.rs).
     // Declared before the session, it outlives it: the session stops it, its drop reaps it.
     let guard = std::cell::OnceCell::new();
+    let kill_after = req.kill_after;
     let start_guard = || {
-        guard.get_or_init(|| Guard::start(req.kill_after));
+        guard.get_or_init(|| Guard::start(kill_after));
     };
     let startup = Startup {
         application_name: &app,
@@ -302,16 +320,7 @@ fn run_inner(mut req: RunRequest, run_id: &str, nested: &std::cell::Cell<bool>) 
     };
     let (mut conn, wait) = connect(&params, &startup, req.wait, &signals)?;
     start_guard();
-    if req.key.pending.is_some() {
-        // --key-hashtext, and --lock-of tools whose id depends on this connection's database or
-        // schema: the id comes from this connection, before anything that needs it.
-        req.key = lock::resolve(&mut conn, &req.key, &signals)?;
-        log::set_lock_id(req.key.id.json());
-        log::debug(
-            "resolved",
-            &format!("lock \"{}\" is {} here", req.key.label(), req.key.sql),
-        );
-    }
+    resolve_key(&mut conn, &mut req, &signals)?;
     // Nesting (contract §4): an ancestor's PGLOCK_HELD entry for this lock counts only when the
     // server confirms, on this connection, that the session it names holds the lock; then the
     // command runs under the ancestor's lock and this connection is not needed (see run_nested).
@@ -353,20 +362,38 @@ fn run_inner(mut req: RunRequest, run_id: &str, nested: &std::cell::Cell<bool>) 
         Some(exec) => exec,
         None => prepare_child(&req, run_id, &held, &me, session.slot(), false)?,
     };
-    if let Some(t) = &session.lock {
-        me.holder = Some(t.holder.clone());
-        me.slot = t.slot;
-    }
-    exec.add_env(nesting::VAR, &nesting::child_value(&held, &me))
-        .map_err(|e| {
-            Error::internal(format!("cannot pass {} to the command: {e}", nesting::VAR))
-        })?;
-    for (k, v) in session.fence_vars(run_id)? {
+    for (k, v) in session.lock_vars(&held, &mut me, run_id)? {
         exec.add_env(k, &v)
             .map_err(|e| Error::internal(format!("cannot pass {k} to the command: {e}")))?;
     }
-    let child = start_child(&req, &exec, session.guard.map(Guard::child_slot))?;
-    log_acquired(&req, session.slot());
+    let end = run_child(&mut session, &req, &exec, &signals)?;
+    finish(end, session, &req)
+}
+
+/// --key-hashtext, and --lock-of tools whose id depends on this connection's database or schema:
+/// the id comes from this connection, before anything that needs it.
+fn resolve_key(conn: &mut Conn, req: &mut RunRequest, signals: &Signals) -> Result<()> {
+    if req.key.pending.is_none() {
+        return Ok(());
+    }
+    req.key = lock::resolve(conn, &req.key, signals)?;
+    log::set_lock_id(req.key.id.json());
+    log::debug(
+        "resolved",
+        &format!("lock \"{}\" is {} here", req.key.label(), req.key.sql),
+    );
+    Ok(())
+}
+
+/// Starts the prepared child under the lock and supervises it until it has ended.
+fn run_child(
+    session: &mut Session,
+    req: &RunRequest,
+    exec: &Exec,
+    signals: &Signals,
+) -> Result<End> {
+    let child = start_child(req, exec, session.guard.map(Guard::child_slot))?;
+    log_acquired(req, session.slot());
     let end = child::supervise(
         child,
         Watch {
@@ -376,10 +403,10 @@ fn run_inner(mut req: RunRequest, run_id: &str, nested: &std::cell::Cell<bool>) 
             kill_after: req.kill_after,
             max_runtime: req.max_runtime,
         },
-        &signals,
+        signals,
     );
     log::mark(Mark::ChildEnd);
-    finish(end, session, &req)
+    Ok(end)
 }
 
 /// The outcome of a run whose child has ended, after the release (or, with the lock lost, only
