@@ -11,7 +11,7 @@
 //!
 //! **Forwarding.** What reaches pglock has not reached the child, so pglock forwards every
 //! forwarded signal it receives, once, to the child (to its group once the child has exited and
-//! members remain). One process that sends the same signal twice within `SAME_SIGNAL` counts once:
+//! members remain). One process that sends INT, TERM or QUIT twice within `SAME_SIGNAL` counts once:
 //! GNU `timeout` signals its child (pglock), then its own process group (pglock again). The
 //! kernel merges such repeats too when the first is still pending; this widens that to a moment.
 //!
@@ -107,7 +107,7 @@ pub fn start(command: &[OsString], exec: &Exec, slot: Option<&ChildSlot>) -> Res
     }
 }
 
-fn not_started(command: &[OsString], e: std::io::Error) -> Error {
+pub fn not_started(command: &[OsString], e: std::io::Error) -> Error {
     let name = command[0].to_string_lossy();
     if e.kind() == std::io::ErrorKind::NotFound {
         Error::new(Kind::NotFound, format!("command not found: {name}"))
@@ -126,9 +126,14 @@ struct Terminal {
 }
 
 impl Terminal {
-    /// The controlling terminal, if pglock has one (`/dev/tty`, whatever stdin is).
+    /// The controlling terminal, if pglock has one and reads it: a command started in the
+    /// background of a script without job control shares the script's (foreground) process group
+    /// but gets /dev/null as stdin (POSIX), and must not take the terminal from the script.
     fn open() -> Option<Terminal> {
         use nix::fcntl::{open, OFlag};
+        if !nix::unistd::isatty(std::io::stdin()).unwrap_or(false) {
+            return None;
+        }
         let fd = open(
             "/dev/tty",
             OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
@@ -352,6 +357,11 @@ impl Supervisor {
     /// Whether `r` repeats a signal the same process sent within `SAME_SIGNAL`; remembers it
     /// when not.
     fn repeated(&mut self, r: Received, now: Instant) -> bool {
+        // Only the signals that supervisors send to a job and then to its group (GNU timeout,
+        // CI runners): a second HUP, USR1 or USR2 is a request of its own (a reload, a report).
+        if !matches!(r.sig, Signal::SIGINT | Signal::SIGTERM | Signal::SIGQUIT) {
+            return false;
+        }
         let same = self.last_forwarded.is_some_and(|(sig, from, at)| {
             sig == r.sig && from == r.sender && now.duration_since(at) < SAME_SIGNAL
         });

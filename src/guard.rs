@@ -82,12 +82,16 @@ pub mod group {
             // linux_dirent64: d_ino (8 bytes), d_off (8), d_reclen (2), d_type (1), d_name.
             while at + 19 <= n as usize {
                 let len = usize::from(u16::from_ne_bytes([buf[at + 16], buf[at + 17]]));
+                if len < 19 {
+                    // Not a record the kernel writes: stop reading rather than misread.
+                    return Some(true);
+                }
                 let name = &buf[at + 19..(at + len).min(n as usize)];
                 let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
                 if !name.is_empty() && name.iter().all(u8::is_ascii_digit) && live_in(name, pgid) {
                     return Some(true);
                 }
-                at += len.max(1);
+                at += len;
             }
         }
     }

@@ -564,9 +564,10 @@ pub fn connect_waiting(
         Wait::Timeout(d) => (Some(start + d), "--timeout reached"),
         Wait::Forever => (None, "for a minute"),
     };
-    let (conn, retried) =
-        connect_retrying(params, startup, signals, give_up_at(start, deadline))
-            .map_err(|e| gave_up(e, &format!("gave up waiting for the server ({bound})")))?;
+    // Within --timeout, however long; without one, for a minute.
+    let give_up = deadline.unwrap_or(start + RECONNECT_FOR);
+    let (conn, retried) = connect_retrying(params, startup, signals, give_up)
+        .map_err(|e| gave_up(e, &format!("gave up waiting for the server ({bound})")))?;
     if !retried {
         return Ok((conn, wait));
     }

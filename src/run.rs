@@ -275,17 +275,11 @@ impl Drop for Session<'_> {
 
 /// Runs and logs the last event of a run that ended with the child's own exit.
 pub fn run(req: RunRequest, run_id: &str) -> Result<i32> {
-    let nested = std::cell::Cell::new(false);
-    let code = run_inner(req, run_id, &nested)?;
+    let code = run_inner(req, run_id)?;
     let (waited, ran) = log::timings();
-    let what = if nested.get() {
-        "the lock stays with the ancestor pglock"
-    } else {
-        "released the lock"
-    };
     log::info(
         "released",
-        &format!("the command exited with status {code} after {ran} ms; {what}"),
+        &format!("the command exited with status {code} after {ran} ms; released the lock"),
         &[
             ("waited_ms", V::I(waited)),
             ("ran_ms", V::I(ran)),
@@ -296,7 +290,7 @@ pub fn run(req: RunRequest, run_id: &str) -> Result<i32> {
     Ok(code)
 }
 
-fn run_inner(mut req: RunRequest, run_id: &str, nested: &std::cell::Cell<bool>) -> Result<i32> {
+fn run_inner(mut req: RunRequest, run_id: &str) -> Result<i32> {
     let signals = Signals::install()?;
     let held = nesting::held_by_ancestors();
     let params = ConnParams::resolve(req.database_url.as_deref())?;
@@ -327,8 +321,7 @@ fn run_inner(mut req: RunRequest, run_id: &str, nested: &std::cell::Cell<bool>) 
     // No entry for this lock, no query.
     if let Some(h) = nesting::confirmed(&mut conn, &held, &req.key.id, &params.dbname, &signals)? {
         drop(conn);
-        nested.set(true);
-        return run_nested(&req, &h, &held, run_id, &signals);
+        return run_nested(&req, &h, &held, run_id);
     }
     let guard = guard.get().and_then(Option::as_ref);
     let mut session = Session::open(conn, &req, guard, &signals)?;
@@ -517,20 +510,14 @@ fn start_child(
     Ok(pid)
 }
 
-/// An ancestor pglock holds this lock (the server confirmed `h`): run at once if its mode covers
-/// ours, else fail at once (waiting would wait for ourselves forever).
+/// An ancestor pglock holds this lock (the server confirmed `h`): become the command at once if
+/// its mode covers ours, else fail at once (waiting would wait for ourselves forever).
 ///
-/// The connection that confirmed `h` is closed before the child starts, and none is kept: the
-/// ancestor watches its lock, and it cannot lose it without stopping its child's whole process
-/// group (contract §5, issue 15), which holds this run; this run then stops its own child as on
-/// any signal. A second watch here would add a connection per nesting level and catch nothing.
-fn run_nested(
-    req: &RunRequest,
-    h: &Held,
-    held: &[Held],
-    run_id: &str,
-    signals: &Signals,
-) -> Result<i32> {
+/// The connection that confirmed `h` is closed before, and none is kept: the ancestor watches
+/// its lock, and it cannot lose it without stopping its child's whole process group (contract
+/// §5), in which the command runs. A second watch here would add a connection per nesting level
+/// and catch nothing.
+fn run_nested(req: &RunRequest, h: &Held, held: &[Held], run_id: &str) -> Result<i32> {
     let label = req.key.label();
     if h.mode == Mode::Shared && req.mode == Mode::Exclusive {
         return Err(Error::usage(format!(
@@ -542,7 +529,7 @@ fn run_nested(
     log::info(
         "nested",
         &format!(
-            "lock \"{label}\" is already held ({}) by the ancestor pglock (pid {}, backend pid {}), as the server confirms; running the command at once",
+            "lock \"{label}\" is already held ({}) by the ancestor pglock (pid {}, backend pid {}), as the server confirms; running the command in place (exec)",
             h.mode.as_str(),
             h.pid,
             h.holder.as_ref().map_or(0, |o| o.pid)
@@ -564,26 +551,17 @@ fn run_nested(
             h.pid
         )));
     }
-    let exec = prepare_child(req, run_id, held, &me, None, true)?;
-    let child = start_child(req, &exec, None)?;
-    let end = child::supervise(
-        child,
-        Watch {
-            conn: None,
-            check_sql: String::new(),
-            heartbeat: req.heartbeat,
-            kill_after: req.kill_after,
-            max_runtime: req.max_runtime,
-        },
-        signals,
-    );
-    log::mark(Mark::ChildEnd);
-    match end {
-        End::Exited(code) => Ok(code),
-        End::MaxRuntime => Err(Error::new(
-            Kind::MaxRuntime,
-            "the command ran longer than --max-runtime and was stopped",
-        )),
-        End::LockLost(why) => Err(Error::new(Kind::LockLost, why)),
+    if req.max_runtime.is_some() {
+        log::warn(
+            "nested",
+            "--max-runtime is not applied by a nested run (it becomes the command); the ancestor's applies",
+            &[],
+        );
     }
+    let exec = prepare_child(req, run_id, held, &me, None, true)?;
+    // The command takes this process's place: it stays in the ancestor's child's process group,
+    // which the ancestor stops as a whole when it loses the lock, reaches --max-runtime or dies
+    // (contract §5), and a signal to this process reaches it once, with no pglock in between.
+    let e = exec.exec_in_place();
+    Err(child::not_started(&req.command, e))
 }

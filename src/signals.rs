@@ -1,10 +1,8 @@
 //! Signals as events: a handler writes each signal into a pipe that the main loop polls beside the
 //! lock connection's socket (the self-pipe trick, portable across Unix systems).
 //!
-//! The handler records whether a process sent the signal (`kill`, `sigqueue`) or the kernel did
-//! (a terminal's Ctrl-C, Ctrl-\ or resize, which reach the child directly as a member of the
-//! terminal's foreground process group). pglock forwards only the former, so a Ctrl-C reaches the
-//! child once, not twice. No disposition is ever set to SIG_IGN: ignored dispositions survive
+//! The handler records the sender's pid (0 for the kernel: a terminal's Ctrl-C, Ctrl-\ or
+//! resize), from which the supervisor tells one sender's repeat (child.rs). No disposition is ever set to SIG_IGN: ignored dispositions survive
 //! exec, handled ones are reset to the default in the child.
 
 use crate::error::{Error, Result};

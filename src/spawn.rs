@@ -345,7 +345,6 @@ mod imp {
 mod imp {
     use super::Exec;
     use std::io;
-    use std::os::unix::ffi::OsStrExt;
 
     /// Elsewhere: the standard library's spawn, with no parent-death signal (see the README).
     /// The child leads a process group of its own; pglock hands it the terminal when it stops
@@ -356,20 +355,32 @@ mod imp {
         _tty: Option<i32>,
     ) -> io::Result<i32> {
         use std::os::unix::process::CommandExt;
-        let os = |c: &std::ffi::CString| std::ffi::OsStr::from_bytes(c.as_bytes()).to_os_string();
-        let mut cmd = std::process::Command::new(os(&prep.argv[0]));
-        cmd.args(prep.argv[1..].iter().map(os))
-            .env_clear()
-            .process_group(0);
-        for kv in &prep.envp {
+        Ok(prep.command().process_group(0).spawn()?.id() as i32)
+    }
+}
+
+impl Exec {
+    /// The command as the standard library runs it: what `Exec` holds, and nothing inherited.
+    fn command(&self) -> std::process::Command {
+        let os = |c: &CString| OsStr::from_bytes(c.as_bytes()).to_os_string();
+        let mut cmd = std::process::Command::new(os(&self.argv[0]));
+        cmd.args(self.argv[1..].iter().map(os)).env_clear();
+        for kv in &self.envp {
             let b = kv.as_bytes();
             let eq = b.iter().position(|&c| c == b'=').unwrap_or(b.len());
             cmd.env(
-                std::ffi::OsStr::from_bytes(&b[..eq]),
-                std::ffi::OsStr::from_bytes(&b[(eq + 1).min(b.len())..]),
+                OsStr::from_bytes(&b[..eq]),
+                OsStr::from_bytes(&b[(eq + 1).min(b.len())..]),
             );
         }
-        Ok(cmd.spawn()?.id() as i32)
+        cmd
+    }
+
+    /// Replaces pglock with the command (execvp semantics, signal mask and SIGPIPE reset as for
+    /// any child): returns only the error of a command that could not be run.
+    pub fn exec_in_place(&self) -> io::Error {
+        use std::os::unix::process::CommandExt;
+        self.command().exec()
     }
 }
 

@@ -292,3 +292,49 @@ fn nesting_through_pgbouncer_confirms_the_backend_that_ran_the_lock_statement() 
     assert!(t.elapsed() < Duration::from_secs(4), "{err}");
     assert_eq!(out.trim().split(';').count(), 2, "{out}");
 }
+
+#[test]
+fn a_nested_runs_command_dies_with_the_ancestors_group() {
+    // The nested run becomes its command, inside the ancestor's child's process group: when the
+    // ancestor stops that group (here at --max-runtime), a grandchild that ignores SIGTERM dies
+    // too, before the lock is free for the next run.
+    let name = key("nest-group");
+    let dir = tmpdir("nest-group");
+    let pidfile = dir.join("sleeper");
+    let inner = format!(
+        "{bin} run -q --key {name} -- sh -c 'trap \"\" TERM; sleep 30 & echo $! > {p}; wait'",
+        bin = bin(),
+        p = pidfile.display()
+    );
+    let mut outer = pglock(&[
+        "run",
+        "-q",
+        "--key",
+        &name,
+        "--max-runtime",
+        "1s",
+        "--kill-after",
+        "500ms",
+        "--",
+        "sh",
+        "-c",
+        &inner,
+    ]);
+    let out = outer.output().unwrap();
+    assert_eq!(out.status.code(), Some(124), "{}", show(&outer, &out));
+    let sleeper: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let alive = || {
+        std::fs::read_to_string(format!("/proc/{sleeper}/stat"))
+            .map(|s| !s.contains(") Z "))
+            .unwrap_or(false)
+    };
+    assert!(
+        !alive(),
+        "the nested command's grandchild {sleeper} outlived the ancestor's lock"
+    );
+    expect_code(pglock(&["run", "-n", "--key", &name, "--", "true"]), 0);
+}

@@ -84,6 +84,31 @@ fn each_forwarded_signal_reaches_the_child_exactly_once() {
 }
 
 #[test]
+fn a_second_usr1_or_hup_soon_after_the_first_is_forwarded_too() {
+    // Only INT, TERM and QUIT repeats from one sender within 200 ms count once (GNU timeout);
+    // a reload or report request sent twice reaches the child twice.
+    let name = key("repeat");
+    let dir = tmpdir("repeat");
+    let (log, stopf) = (dir.join("log"), dir.join("stop"));
+    let mut args = vec!["run", "--key", &name, "--"];
+    args.extend(recorder_args(&log, &stopf));
+    let child = pglock(&args).env("PERL_SIGNALS", "unsafe").spawn().unwrap();
+    assert!(wait_until(Duration::from_secs(10), || count(&log, "ready") == 1));
+    for (sig, n) in [(Signal::SIGUSR1, "USR1"), (Signal::SIGHUP, "HUP")] {
+        signal(&child, sig);
+        std::thread::sleep(Duration::from_millis(100));
+        signal(&child, sig);
+        assert!(
+            wait_until(Duration::from_secs(5), || count(&log, n) == 2),
+            "{n} reached the child {} times, not 2",
+            count(&log, n)
+        );
+    }
+    std::fs::write(&stopf, "").unwrap();
+    assert_eq!(child.wait_with_output().unwrap().status.code(), Some(0));
+}
+
+#[test]
 fn a_signal_while_waiting_cancels_the_wait_at_once() {
     let name = key("waitsig");
     let id = lock_id(&name);
