@@ -10,7 +10,8 @@
 //! ```
 //!
 //! - ID: the lock id as it prints (`-42`, or `1,2` for the two-int4 form, a different lock from
-//!   every bigint id); MODE: `exclusive` or `shared`; PID: the pglock that holds it;
+//!   every bigint id); MODE: `exclusive` or `shared`; PID: the pglock that holds it, as
+//!   `PID.START` where /proc tells when it started (see [`Held::pid_start`]);
 //! - DB: the database name: advisory locks are per database, so the same id in another database
 //!   is another lock (two servers with databases of the same name are not told apart);
 //! - BACKENDPID, BACKENDSTART: the session that holds the lock, as the fence statement of contract
@@ -21,12 +22,14 @@
 //!
 //! DB and BACKENDSTART are %-escaped: `%`, `:`, `;` and space as `%25`, `%3A`, `%3B`, `%20`.
 //!
-//! An entry counts only when PID is an ancestor of this process (pid 1 included: a container's
-//! entrypoint) **and** the server confirms, in `pg_locks` joined with `pg_stat_activity`, that the
-//! session it names (pid and start, so a reused pid never passes) holds that lock, granted, in
-//! the entry's mode, in the current database. The variable is untrusted input: a stale, copied or
-//! forged one never skips the lock, it only costs the query. Entries of an older pglock
-//! (`ID:MODE:PID[:DB]`, no session) cannot be confirmed and are ignored.
+//! An entry counts only when PID is an ancestor of this process, started at START (pid 1
+//! included: a container's entrypoint), **and** the server confirms, in `pg_locks` joined with
+//! `pg_stat_activity`, that the session it names (pid and start, so a reused pid never passes)
+//! holds that lock, granted, in the entry's mode, in the current database. The variable is
+//! untrusted input: a stale or copied one never skips the lock, it only costs the query. (A
+//! deliberate forger who writes an ancestor's true pid and start beside the holder's session
+//! passes; the README says so.) Entries of an older pglock (`ID:MODE:PID[:DB]`, no session) are
+//! ignored.
 
 use crate::error::Result;
 use crate::fence::Holder;
@@ -48,6 +51,10 @@ pub struct Held {
     pub id: LockId,
     pub mode: Mode,
     pub pid: i32,
+    /// When process `pid` started (Linux: `/proc/PID/stat`'s starttime, in clock ticks since
+    /// boot): the entry names that process, not a later one with the same pid, nor the pid 1 of
+    /// another container that a copied variable finds. `None` where there is no /proc.
+    pub pid_start: Option<u64>,
     /// The database; `None` in an entry of an older pglock (which named none).
     pub db: Option<String>,
     /// The session that holds the lock; `None` in an entry of an older pglock, which therefore
@@ -135,7 +142,13 @@ fn parse_entry(e: &str) -> Option<Held> {
         "shared" => Mode::Shared,
         _ => return None,
     };
-    let pid = parse_pid(f[2])?;
+    let (pid, pid_start) = match f[2].split_once('.') {
+        Some((p, t)) if !t.is_empty() && t.bytes().all(|c| c.is_ascii_digit()) => {
+            (parse_pid(p)?, Some(t.parse::<u64>().ok()?))
+        }
+        Some(_) => return None,
+        None => (parse_pid(f[2])?, None),
+    };
     let db = match f.get(3) {
         Some(d) => Some(unescape(d).filter(|d| !d.is_empty())?),
         None => None,
@@ -159,6 +172,7 @@ fn parse_entry(e: &str) -> Option<Held> {
         id,
         mode,
         pid,
+        pid_start,
         db,
         holder,
         slot,
@@ -172,6 +186,9 @@ pub fn parse(v: &str) -> Vec<Held> {
 
 fn format_entry(h: &Held) -> String {
     let mut s = format!("{}:{}:{}", h.id, h.mode.as_str(), h.pid);
+    if let Some(t) = h.pid_start {
+        s.push_str(&format!(".{t}"));
+    }
     if let Some(d) = &h.db {
         s.push(':');
         s.push_str(&escape(d));
@@ -315,19 +332,35 @@ pub fn held_by_ancestors() -> Vec<Held> {
     let ancestors = ancestors();
     parse(&v)
         .into_iter()
-        .filter(|h| ancestors.contains(&h.pid))
+        .filter(|h| {
+            ancestors.iter().any(|a| {
+                a.pid == h.pid
+                    && (!cfg!(target_os = "linux") || a.start.is_some() && a.start == h.pid_start)
+            })
+        })
         .collect()
 }
 
+/// A process: its pid and, where /proc tells, when it started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Proc {
+    pid: i32,
+    start: Option<u64>,
+}
+
 /// This process's ancestors, nearest first, pid 1 included (a container's entrypoint may be the
-/// ancestor pglock); Linux: from /proc; elsewhere only the parent. (0 is the parent of pid 1, or
-/// of a process whose parent is outside its pid namespace.)
-fn ancestors() -> Vec<i32> {
+/// ancestor pglock); Linux: from /proc; elsewhere only the parent, without its start. (0 is the
+/// parent of pid 1, or of a process whose parent is outside its pid namespace.)
+fn ancestors() -> Vec<Proc> {
     let mut out = Vec::new();
     let mut pid = nix::unistd::getppid().as_raw();
     while pid > 0 && out.len() < 4096 {
-        out.push(pid);
-        match parent_of(pid) {
+        let (parent, start) = stat_of(pid).unzip();
+        out.push(Proc {
+            pid,
+            start: start.flatten(),
+        });
+        match parent {
             Some(p) => pid = p,
             None => break,
         }
@@ -335,16 +368,25 @@ fn ancestors() -> Vec<i32> {
     out
 }
 
+/// When this process started (see [`Held::pid_start`]).
+pub fn own_start() -> Option<u64> {
+    stat_of(std::process::id() as i32).and_then(|(_, start)| start)
+}
+
+/// Process `pid`'s parent and start time (`/proc/PID/stat` fields 4 and 22).
 #[cfg(target_os = "linux")]
-fn parent_of(pid: i32) -> Option<i32> {
+fn stat_of(pid: i32) -> Option<(i32, Option<u64>)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(1)?.parse().ok()
+    let mut rest = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
+    let ppid = rest.nth(1)?.parse().ok()?;
+    // Field 22, starttime: the 19th after the comm (state is the 1st).
+    let start = rest.nth(17).and_then(|t| t.parse().ok());
+    Some((ppid, start))
 }
 
 #[cfg(not(target_os = "linux"))]
-fn parent_of(_pid: i32) -> Option<i32> {
+fn stat_of(_pid: i32) -> Option<(i32, Option<u64>)> {
     None
 }
 
@@ -366,6 +408,7 @@ mod tests {
             id,
             mode,
             pid: 10,
+            pid_start: Some(777),
             db: Some(db.into()),
             holder: holder(bpid, START),
             slot,
@@ -395,6 +438,7 @@ mod tests {
             id: LockId::Big(-5),
             mode: Mode::Shared,
             pid: 10,
+            pid_start: None,
             db: None,
             holder: None,
             slot: None,
@@ -407,6 +451,7 @@ mod tests {
             id: LockId::Pair(0, 7),
             mode: Mode::Exclusive,
             pid: 12,
+            pid_start: Some(5),
             db: Some("odd:%; name".into()),
             holder: holder(4242, START),
             slot: None,
@@ -416,8 +461,8 @@ mod tests {
         assert_eq!(
             v,
             "-5:shared:10;-5:shared:10:app;\
-             0,7:exclusive:12:odd%3A%25%3B%20name:4242:2026-11-30%2023%3A01%3A02.123456;\
-             7:exclusive:10:app:99:2026-11-30%2023%3A01%3A02.123456:3"
+             0,7:exclusive:12.5:odd%3A%25%3B%20name:4242:2026-11-30%2023%3A01%3A02.123456;\
+             7:exclusive:10.777:app:99:2026-11-30%2023%3A01%3A02.123456:3"
         );
         assert_eq!(parse(&v), vec![a.clone(), b.clone(), c.clone(), d.clone()]);
         assert_ne!(c.id, LockId::Big(7));
@@ -574,9 +619,15 @@ mod tests {
 
     #[test]
     fn our_parent_is_an_ancestor() {
-        assert_eq!(
-            ancestors().first().copied(),
-            Some(nix::unistd::getppid().as_raw())
-        );
+        let first = ancestors().first().copied().unwrap();
+        assert_eq!(first.pid, nix::unistd::getppid().as_raw());
+        // Its start, as our own is read: before ours.
+        if cfg!(target_os = "linux") {
+            assert!(first.start.is_some() && first.start <= own_start());
+        }
+        assert!(parse("1:exclusive:5.:app").is_empty());
+        assert!(parse("1:exclusive:5.x:app").is_empty());
+        assert!(parse("1:exclusive:.9:app").is_empty());
+        assert_eq!(parse("1:exclusive:5.9:app")[0].pid_start, Some(9));
     }
 }

@@ -332,6 +332,7 @@ fn run_inner(mut req: RunRequest, run_id: &str) -> Result<i32> {
         id: req.key.id,
         mode: req.mode,
         pid: std::process::id() as i32,
+        pid_start: nesting::own_start(),
         db: Some(params.dbname.clone()),
         holder: None,
         slot: None,
@@ -540,6 +541,7 @@ fn run_nested(req: &RunRequest, h: &Held, held: &[Held], run_id: &str) -> Result
         id: req.key.id,
         mode: h.mode,
         pid: std::process::id() as i32,
+        pid_start: nesting::own_start(),
         db: h.db.clone(),
         // Its "lock" is the ancestor's session, so a run nested in this one checks that.
         holder: h.holder.clone(),

@@ -34,6 +34,10 @@ fn esc(start: &str) -> String {
     start.replace(':', "%3A").replace(' ', "%20")
 }
 
+/// Shell function `st PID`: when process PID started (`/proc/PID/stat` field 22), as a genuine
+/// entry names its pglock (`PID.START`): `$$.$(st $$)` is the parent shell, `1.$(st 1)` pid 1.
+const ST: &str = "st() { sed 's/.*) //' /proc/$1/stat | cut -d' ' -f20; };";
+
 /// `sh -c SCRIPT` with a clean environment pointing at the main cluster.
 fn sh(script: &str) -> Command {
     let mut c = Command::new("sh");
@@ -57,7 +61,7 @@ fn expect_waits(name: &str, held: &str, dir: &std::path::Path) -> String {
     let _ = std::fs::remove_file(&ran);
     // `; exit $?` keeps the shell from exec'ing pglock: the shell stays its parent.
     let script = format!(
-        "PGLOCK_HELD=\"{held}\" {bin} run -w 1s --key {name} -- touch {ran}; exit $?",
+        "{ST} PGLOCK_HELD=\"{held}\" {bin} run -w 1s --key {name} -- touch {ran}; exit $?",
         bin = bin(),
         ran = ran.display()
     );
@@ -123,36 +127,63 @@ fn nesting_with_a_forged_variable_waits_for_the_real_holder() {
     let id = lock_id(&name);
     let dir = tmpdir("nest-forged");
     let holder = hold(pglock(&["run", "--key", &name, "--", "sleep", "30"]), id);
-    let (hpid, _) = session_holding(id);
+    let (hpid, hsess) = session_holding(id);
+    let hstart = std::fs::read_to_string(format!("/proc/{}/stat", holder.id()))
+        .unwrap()
+        .rsplit(") ")
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(19)
+        .unwrap()
+        .to_string();
     let (opid, ostart) = other_session();
     let dbname = url_dbname();
     let wrong_start = esc("2001-02-03 04:05:06.000007");
     for (held, why) in [
-        // pid 1 (always an ancestor) and the parent shell, with some other live session.
+        // pid 1 (always an ancestor) and the parent shell, with their true start times (as a
+        // deliberate forger would write them) and some other live session.
         (
-            format!("{id}:exclusive:1:{dbname}:{opid}:{}", esc(&ostart)),
+            format!("{id}:exclusive:1.$(st 1):{dbname}:{opid}:{}", esc(&ostart)),
             "does not confirm",
         ),
         (
-            format!("{id}:exclusive:$$:{dbname}:{opid}:{}", esc(&ostart)),
+            format!(
+                "{id}:exclusive:$$.$(st $$):{dbname}:{opid}:{}",
+                esc(&ostart)
+            ),
             "does not confirm",
         ),
         // The real holder's backend pid with another start (a reused pid).
         (
-            format!("{id}:exclusive:1:{dbname}:{hpid}:{wrong_start}"),
+            format!("{id}:exclusive:1.$(st 1):{dbname}:{hpid}:{wrong_start}"),
             "does not confirm",
         ),
         (
-            format!("{id}:shared:$$:{dbname}:{hpid}:{wrong_start}"),
+            format!("{id}:shared:$$.$(st $$):{dbname}:{hpid}:{wrong_start}"),
             "does not confirm",
         ),
-        // An older pglock's entries (no session): they used to skip the lock.
-        (format!("{id}:exclusive:1:{dbname}"), "older pglock"),
-        (format!("{id}:exclusive:$$"), "older pglock"),
+        // The real holder's session, copied with pid 1 or the parent shell for the pglock but
+        // the start of another process (the holder's own, or a made-up one): not an ancestor.
+        (
+            format!("{id}:exclusive:1.{hstart}:{dbname}:{hpid}:{}", esc(&hsess)),
+            "",
+        ),
+        (
+            format!("{id}:exclusive:$$.{hstart}:{dbname}:{hpid}:{}", esc(&hsess)),
+            "",
+        ),
+        (
+            format!("{id}:exclusive:$$.12345:{dbname}:{hpid}:{}", esc(&hsess)),
+            "",
+        ),
+        // An older pglock's entries (no session, no start): they used to skip the lock.
+        (format!("{id}:exclusive:1:{dbname}"), ""),
+        (format!("{id}:exclusive:$$"), ""),
         // Several at once.
         (
             format!(
-                "{id}:exclusive:1;{id}:exclusive:$$:{dbname}:{opid}:{};junk",
+                "{id}:exclusive:1;{id}:exclusive:$$.$(st $$):{dbname}:{opid}:{};junk",
                 esc(&ostart)
             ),
             "PGLOCK_HELD",
@@ -206,16 +237,16 @@ fn a_copied_entry_of_an_ancestor_that_exited_does_not_skip() {
     // With the lock free, the run takes it itself (and says why it did not skip).
     let script = format!(
         "PGLOCK_HELD=\"{}\" {} run -w 5s --key {name} -- true; exit $?",
-        as_pid("$$"),
+        as_pid("$$.$(st $$)"),
         bin()
     );
-    let (_, err) = expect_code(sh(&script), 0);
+    let (_, err) = expect_code(sh(&format!("{ST} {script}")), 0);
     assert!(err.contains("does not confirm"), "{err}");
     assert!(err.contains("acquired lock"), "{err}");
     assert!(!err.contains("already held"), "{err}");
     // With another session holding it, the run waits for that one.
     let holder = hold(pglock(&["run", "--key", &name, "--", "sleep", "30"]), id);
-    for p in ["1", "$$"] {
+    for p in ["1.$(st 1)", "$$.$(st $$)", "1", "$$"] {
         expect_waits(&name, &as_pid(p), &dir);
     }
     let _ = stop(holder);
