@@ -217,7 +217,14 @@ mod imp {
         }
         // No signal blocked in the child, whatever pglock inherited (as std's Command did).
         let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
-        if nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err() {
+        // With a guard, which stops the whole group when pglock dies (TERM, then KILL after
+        // --kill-after), the child gets the same TERM first; without one, only SIGKILL is sure.
+        let on_death = if sh.slot.is_some() {
+            Signal::SIGTERM
+        } else {
+            Signal::SIGKILL
+        };
+        if nix::sys::prctl::set_pdeathsig(on_death).is_err() {
             sh.errno = Errno::last_raw();
             exit(127);
         }

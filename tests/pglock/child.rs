@@ -348,6 +348,46 @@ fn sigkill_of_pglock_kills_the_whole_group_before_the_next_holder_starts() {
     assert!(dead(g1) && dead(g2));
 }
 
+/// SIGKILL of pglock: the child itself gets SIGTERM first, as the rest of its group does, and
+/// can clean up within --kill-after.
+#[test]
+fn sigkill_of_pglock_gives_the_child_sigterm_first() {
+    let name = key("group-term");
+    let dir = tmpdir("group-term");
+    let f = dir.join("term");
+    let a = pglock(&[
+        "run",
+        "-q",
+        "--kill-after",
+        "2s",
+        "--key",
+        &name,
+        "--",
+        "sh",
+        "-c",
+    ])
+    .arg(format!(
+        "trap 'echo cleaned > {f}; exit 0' TERM; touch {f}.ready; sleep 30 & wait",
+        f = f.display()
+    ))
+    .spawn()
+    .unwrap();
+    let ready = dir.join("term.ready");
+    assert!(wait_until(Duration::from_secs(10), || ready.exists()));
+    signal(&a, nix::sys::signal::Signal::SIGKILL);
+    assert!(
+        wait_until(Duration::from_secs(5), || std::fs::read_to_string(&f)
+            .is_ok_and(|s| s.trim() == "cleaned")),
+        "the child got no SIGTERM to clean up on"
+    );
+    let mut a = a;
+    let _ = a.wait();
+    expect_code(
+        pglock(&["run", "-w", "5s", "--key", &name, "--", "true"]),
+        0,
+    );
+}
+
 /// A lost lock (pg_terminate_backend of pglock's session): the whole group is stopped, the
 /// grandchild that ignores SIGTERM by SIGKILL after --kill-after, before pglock exits 74.
 #[test]
