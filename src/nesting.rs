@@ -238,9 +238,28 @@ fn confirm_sql(entries: &[&Held]) -> Option<String> {
 }
 
 /// Whether the server's answer (`confirm_sql`'s rows) confirms entry `h`, or why not.
-fn verdict(h: &Held, rows: &Rows) -> std::result::Result<(), String> {
+/// Why an entry is not confirmed; `Hidden`: the named session holds the lock, but this role may
+/// not see its start.
+#[derive(Debug)]
+enum NotConfirmed {
+    Hidden(String),
+    Unconfirmed(String),
+}
+
+impl NotConfirmed {
+    #[cfg(test)]
+    fn contains(&self, s: &str) -> bool {
+        match self {
+            NotConfirmed::Hidden(w) | NotConfirmed::Unconfirmed(w) => w.contains(s),
+        }
+    }
+}
+
+fn verdict(h: &Held, rows: &Rows) -> std::result::Result<(), NotConfirmed> {
     let (Some(holder), Some(key)) = (&h.holder, h.lock()) else {
-        return Err("it names no lock session (an entry of an older pglock)".into());
+        return Err(NotConfirmed::Unconfirmed(
+            "it names no lock session (an entry of an older pglock)".into(),
+        ));
     };
     let modes: &[&str] = match h.mode {
         Mode::Exclusive => &["ExclusiveLock"],
@@ -262,17 +281,17 @@ fn verdict(h: &Held, rows: &Rows) -> std::result::Result<(), String> {
         return Ok(());
     }
     if !mine.is_empty() && mine.iter().all(|r| cell(r, 1).is_none()) {
-        return Err(format!(
+        return Err(NotConfirmed::Hidden(format!(
             "the server does not show this user the start of backend pid {} (another role's session: pg_read_all_stats sees it)",
             holder.pid
-        ));
+        )));
     }
-    Err(format!(
+    Err(NotConfirmed::Unconfirmed(format!(
         "the server does not confirm that backend pid {} started {} UTC holds it {} (stale, copied or forged)",
         holder.pid,
         holder.start,
         h.mode.as_str()
-    ))
+    )))
 }
 
 /// Of the entries in `held` (already those of ancestors) that name lock `id` in database `db`,
@@ -296,16 +315,28 @@ pub fn confirmed(
     };
     let mut ok: Vec<&Held> = Vec::new();
     let mut why = None;
+    let mut hidden = None;
     for h in &named {
         match verdict(h, &rows) {
             Ok(()) => ok.push(h),
-            Err(w) => {
+            Err(NotConfirmed::Hidden(w)) => {
+                hidden.get_or_insert((*h, w));
+            }
+            Err(NotConfirmed::Unconfirmed(w)) => {
                 why.get_or_insert((*h, w));
             }
         }
     }
     if let Some(h) = ok.iter().find(|h| h.mode == Mode::Exclusive).or(ok.first()) {
         return Ok(Some((*h).clone()));
+    }
+    // The ancestor (pid and start time checked) holds the lock in a session this role cannot
+    // see: waiting would wait for it forever.
+    if let Some((h, w)) = hidden {
+        return Err(crate::error::Error::usage(format!(
+            "lock {id} is held by the ancestor pglock (pid {}), but {w}: waiting would wait for the ancestor forever; connect as the ancestor's role, or grant this one pg_read_all_stats",
+            h.pid
+        )));
     }
     if let Some((h, w)) = why {
         log::warn(
@@ -582,6 +613,7 @@ mod tests {
         .is_ok());
         // A start this user may not see.
         let w = verdict(&ex, &vec![lock_row(&ex, 77, None, "ExclusiveLock")]);
+        assert!(matches!(&w, Err(NotConfirmed::Hidden(_))));
         assert!(w.unwrap_err().contains("pg_read_all_stats"));
         // Short rows and nulls from a strange server.
         assert!(verdict(&ex, &vec![row(&["77"]), vec![None; 6]]).is_err());

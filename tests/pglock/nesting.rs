@@ -369,3 +369,23 @@ fn a_nested_runs_command_dies_with_the_ancestors_group() {
     );
     expect_code(pglock(&["run", "-n", "--key", &name, "--", "true"]), 0);
 }
+
+#[test]
+fn a_nested_run_that_cannot_see_its_ancestors_session_fails_at_once() {
+    // The inner run connects as a plain role, which pg_stat_activity does not show the start of
+    // the superuser's session: it cannot confirm its ancestor, and must not wait for it forever.
+    let name = key("nest-role");
+    let inner = format!(
+        "PGLOCK_DATABASE_URL='{url}' {bin} run --key {name} -- true; echo \"inner=$?\"",
+        url = pg().app_url(),
+        bin = bin()
+    );
+    let t = Instant::now();
+    let (out, err) = expect_code(
+        pglock(&["run", "-q", "--key", &name, "--", "sh", "-c", &inner]),
+        0,
+    );
+    assert!(out.contains("inner=2"), "{out}{err}");
+    assert!(err.contains("would wait for the ancestor forever"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+}
