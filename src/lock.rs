@@ -373,149 +373,199 @@ pub fn acquire(conn: &mut Conn, a: &Acquire, signals: &Signals) -> Result<Acquir
         )));
     }
     let start = Instant::now();
-    let label = a.key.label();
-    let deadline = match a.wait {
-        Wait::Timeout(d) => Some(start + d),
-        _ => None,
-    };
-    let try_sql = |c: &Conn| lock_sql(c, a, true, None, None);
-    let rows = query(conn, &try_sql(conn), signals)?;
-    // The session, for the waiting statement not to ask again (what a handoff waits for).
-    let mut known = rows.first().and_then(|r| fence::Holder::from_row(r));
+    let rows = query(conn, &lock_sql(conn, a, true, None, None), signals)?;
     if first_bool(&rows) {
         return Ok(Acquired {
             holder: holder_of(&rows)?,
         });
     }
-    let mut seen = holders(conn, a.key, signals)?;
-    let busy = |h: &[Holder], why: &str| {
+    let mut w = Waiter {
+        a,
+        start,
+        deadline: match a.wait {
+            Wait::Timeout(d) => Some(start + d),
+            _ => None,
+        },
+        // The session, for the waiting statement not to ask again (what a handoff waits for).
+        known: rows.first().and_then(|r| fence::Holder::from_row(r)),
+        seen: holders(conn, a.key, signals)?,
+        interval: Duration::from_secs(10),
+    };
+    if a.wait == Wait::Once {
+        return w.try_again(conn, signals);
+    }
+    log::info(
+        "waiting",
+        &format!(
+            "waiting for lock \"{}\" ({} mode): {}",
+            a.key.label(),
+            a.mode.as_str(),
+            describe_holders(&w.seen)
+        ),
+        &[("holders", V::I(w.seen.len() as i64))],
+    );
+    w.wait(conn, signals)
+}
+
+/// A contended acquisition: what it has seen of the holders and of its own session.
+struct Waiter<'a> {
+    a: &'a Acquire<'a>,
+    start: Instant,
+    deadline: Option<Instant>,
+    /// This session as the try named it (`None` once the connection was replaced).
+    known: Option<fence::Holder>,
+    /// The holders last seen, for the message of a wait that ends without the lock.
+    seen: Vec<Holder>,
+    /// The time between two reports of the holders.
+    interval: Duration,
+}
+
+impl Waiter<'_> {
+    fn busy(&self, why: &str) -> Error {
         Error::new(
-            Kind::NotAcquired(a.conflict_exit_code),
+            Kind::NotAcquired(self.a.conflict_exit_code),
             format!(
-                "lock \"{label}\" not acquired ({why}): {}; the command was not run",
-                describe_holders(h)
+                "lock \"{}\" not acquired ({why}): {}; the command was not run",
+                self.a.key.label(),
+                describe_holders(&self.seen)
             ),
         )
-    };
-    let timeout_reached = |h: &[Holder]| {
-        let d = match a.wait {
+    }
+
+    fn timeout_reached(&self) -> Error {
+        let d = match self.a.wait {
             Wait::Timeout(d) => d,
             _ => Duration::ZERO,
         };
-        busy(
-            h,
-            &format!("--timeout {} reached", crate::duration::format(d)),
-        )
-    };
-    if a.wait == Wait::Once {
-        // The holder may have let go between the two queries: one more try, then report.
-        if seen.is_empty() {
-            let rows = query(conn, &try_sql(conn), signals)?;
+        self.busy(&format!("--timeout {} reached", crate::duration::format(d)))
+    }
+
+    /// `--no-wait`: the holder may have let go between the try and the look at the holders; one
+    /// more try when none was seen, then report.
+    fn try_again(&self, conn: &mut Conn, signals: &Signals) -> Result<Acquired> {
+        if self.seen.is_empty() {
+            let rows = query(conn, &lock_sql(conn, self.a, true, None, None), signals)?;
             if first_bool(&rows) {
                 return Ok(Acquired {
                     holder: holder_of(&rows)?,
                 });
             }
         }
-        return Err(busy(&seen, "busy, --no-wait"));
+        Err(self.busy("busy, --no-wait"))
     }
-    log::info(
-        "waiting",
-        &format!(
-            "waiting for lock \"{label}\" ({} mode): {}",
-            a.mode.as_str(),
-            describe_holders(&seen)
-        ),
-        &[("holders", V::I(seen.len() as i64))],
-    );
-    let wait_sql = |c: &Conn, known: Option<&fence::Holder>| {
-        let left = deadline.map(|d| {
-            d.saturating_duration_since(Instant::now())
-                .as_millis()
-                .max(1)
-        });
-        lock_sql(c, a, false, left, known)
-    };
-    let mut pending_send = true;
-    let mut interval = Duration::from_secs(10);
-    let mut next_report =
-        Instant::now() + interval + interval.mul_f64(f64::from(std::process::id() % 50) / 100.0);
-    loop {
-        if pending_send {
-            pending_send = false;
-            let sql = wait_sql(conn, known.as_ref());
-            if let Err(ReadErr::Closed(m)) = conn.send_query(&sql) {
-                *conn = reconnect(conn, m, a, signals, deadline)?;
-                // A new session (whose backend may even have the old one's pid).
-                known = None;
-                pending_send = true;
-                continue;
+
+    /// When the next report of the holders is due: `interval` on, plus up to 50% by pid, so that
+    /// the reports of many waiters started together spread out.
+    fn next_report(&self) -> Instant {
+        Instant::now()
+            + self.interval
+            + self
+                .interval
+                .mul_f64(f64::from(std::process::id() % 50) / 100.0)
+    }
+
+    /// Sends the waiting statement, replacing a connection found closed.
+    fn send(&mut self, conn: &mut Conn, signals: &Signals) -> Result<()> {
+        loop {
+            let left = self.deadline.map(|d| {
+                d.saturating_duration_since(Instant::now())
+                    .as_millis()
+                    .max(1)
+            });
+            let sql = lock_sql(conn, self.a, false, left, self.known.as_ref());
+            match conn.send_query(&sql) {
+                Err(ReadErr::Closed(m)) => self.replace(conn, m, signals)?,
+                _ => return Ok(()),
             }
         }
-        match conn.wait_result(Some(next_report), signals) {
-            Ok(QueryResult::Rows(rows)) => {
-                return Ok(Acquired {
-                    holder: holder_of(&rows)?,
-                })
-            }
-            Ok(QueryResult::Error(e)) if e.code == "55P03" => {
-                if conn.tx_status == TxStatus::Failed {
-                    let _ = query(conn, "ROLLBACK", signals);
+    }
+
+    /// Replaces a lost connection: a new session (whose backend may even have the old one's pid).
+    fn replace(&mut self, conn: &mut Conn, why: String, signals: &Signals) -> Result<()> {
+        *conn = reconnect(conn, why, self.a, signals, self.deadline)?;
+        self.known = None;
+        Ok(())
+    }
+
+    /// Waits in the server's queue until the lock is granted, `--timeout` passes, or a signal
+    /// cancels the wait; names the holders now and then meanwhile.
+    fn wait(&mut self, conn: &mut Conn, signals: &Signals) -> Result<Acquired> {
+        let label = self.a.key.label();
+        self.send(conn, signals)?;
+        let mut next_report = self.next_report();
+        loop {
+            match conn.wait_result(Some(next_report), signals) {
+                Ok(QueryResult::Rows(rows)) => {
+                    return Ok(Acquired {
+                        holder: holder_of(&rows)?,
+                    })
                 }
-                seen = holders(conn, a.key, signals).unwrap_or(seen);
-                return Err(timeout_reached(&seen));
-            }
-            Ok(QueryResult::Error(e)) => {
-                return Err(Error::unavailable(format!(
-                    "the server ended the wait for lock \"{label}\": {e}"
-                ))
-                .with_code(&e.code))
-            }
-            Err(ReadErr::Timeout) => {
-                match report_holders(a, signals) {
-                    Ok(h) => {
-                        log::info(
-                            "waiting",
-                            &format!(
-                                "still waiting for lock \"{label}\" after {}s: {}",
-                                start.elapsed().as_secs(),
-                                describe_holders(&h)
-                            ),
-                            &[
-                                ("holders", V::I(h.len() as i64)),
-                                ("waited_ms", V::I(start.elapsed().as_millis() as i64)),
-                            ],
-                        );
-                        seen = h;
+                Ok(QueryResult::Error(e)) if e.code == "55P03" => {
+                    if conn.tx_status == TxStatus::Failed {
+                        let _ = query(conn, "ROLLBACK", signals);
                     }
-                    Err(e) if matches!(e.kind, Kind::Signal(_)) => {
-                        return Err(cancel_wait(conn, e, signals))
+                    if let Ok(h) = holders(conn, self.a.key, signals) {
+                        self.seen = h;
                     }
-                    Err(e) => log::debug("waiting", &format!("cannot look up the holder: {e}")),
+                    return Err(self.timeout_reached());
                 }
-                interval = (interval * 3).min(Duration::from_secs(900));
-                // Spread the reports of many waiters started together (up to +50%), as above.
-                let jitter = interval.mul_f64(f64::from(std::process::id() % 50) / 100.0);
-                next_report = Instant::now() + interval + jitter;
+                Ok(QueryResult::Error(e)) => {
+                    return Err(Error::unavailable(format!(
+                        "the server ended the wait for lock \"{label}\": {e}"
+                    ))
+                    .with_code(&e.code))
+                }
+                Err(ReadErr::Timeout) => {
+                    self.report(conn, signals)?;
+                    next_report = self.next_report();
+                }
+                Err(ReadErr::Signal(s)) => {
+                    let e = Error::new(
+                        Kind::Signal(s as i32),
+                        format!("{s} received while waiting for lock \"{label}\"; the wait was cancelled and nothing was run"),
+                    );
+                    return Err(cancel_wait(conn, e, signals));
+                }
+                // A server that broke the protocol is not trusted again: no reconnecting to it.
+                Err(ReadErr::Protocol(m)) => return Err(lost_connection(conn, m)),
+                Err(ReadErr::Closed(m)) => {
+                    self.replace(conn, m, signals)?;
+                    if self.deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Err(self.timeout_reached());
+                    }
+                    self.send(conn, signals)?;
+                }
             }
-            Err(ReadErr::Signal(s)) => {
-                let e = Error::new(
-                    Kind::Signal(s as i32),
-                    format!("{s} received while waiting for lock \"{label}\"; the wait was cancelled and nothing was run"),
+        }
+    }
+
+    /// Names the holders (through a second connection: this one is waiting), less often each
+    /// time; a signal meanwhile cancels the wait.
+    fn report(&mut self, conn: &mut Conn, signals: &Signals) -> Result<()> {
+        match report_holders(self.a, signals) {
+            Ok(h) => {
+                log::info(
+                    "waiting",
+                    &format!(
+                        "still waiting for lock \"{}\" after {}s: {}",
+                        self.a.key.label(),
+                        self.start.elapsed().as_secs(),
+                        describe_holders(&h)
+                    ),
+                    &[
+                        ("holders", V::I(h.len() as i64)),
+                        ("waited_ms", V::I(self.start.elapsed().as_millis() as i64)),
+                    ],
                 );
-                return Err(cancel_wait(conn, e, signals));
+                self.seen = h;
             }
-            // A server that broke the protocol is not trusted again: no reconnecting to it.
-            Err(ReadErr::Protocol(m)) => return Err(lost_connection(conn, m)),
-            Err(ReadErr::Closed(m)) => {
-                *conn = reconnect(conn, m, a, signals, deadline)?;
-                known = None;
-                if deadline.is_some_and(|d| Instant::now() >= d) {
-                    return Err(timeout_reached(&seen));
-                }
-                pending_send = true;
+            Err(e) if matches!(e.kind, Kind::Signal(_)) => {
+                return Err(cancel_wait(conn, e, signals))
             }
+            Err(e) => log::debug("waiting", &format!("cannot look up the holder: {e}")),
         }
+        self.interval = (self.interval * 3).min(Duration::from_secs(900));
+        Ok(())
     }
 }
 

@@ -296,9 +296,12 @@ fn sigkill_of_pglock_never_lets_the_next_child_overlap() {
     for round in 0..20 {
         let dir = tmpdir("sigkill");
         let file = dir.join("stamps");
+        // A's child ignores SIGTERM: the guard kills it after --kill-after.
         let a = pglock(&[
             "run",
             "-q",
+            "--kill-after",
+            "200ms",
             "--key",
             &name,
             "--",
