@@ -68,6 +68,15 @@ pub fn acquire_list(lock: LockId, mode: Mode) -> String {
         .join(", ")
 }
 
+/// [`acquire_list`] without waiting: one boolean, whether every fence lock was free.
+pub fn try_list(lock: LockId, mode: Mode) -> String {
+    conflicting(lock, mode)
+        .iter()
+        .map(|f| format!("pg_try_advisory_xact_lock({f})"))
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
 /// The session that holds a run's lock, as the fence statement identifies it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Holder {

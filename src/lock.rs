@@ -261,22 +261,24 @@ fn lock_sql(
             sql.push_str(&format!("SET LOCAL {k} = {v}; "));
         }
     }
-    let take = format!(
+    let mut take = format!(
         "SELECT {func}({}), pg_backend_pid(), {}",
         key.id.sql_args(),
         fence::backend_start_sql(known)
     );
+    // The fence, after the lock and within the same timeout (a waiter's fence wait is part of
+    // its wait for the lock: --timeout and a cancelling signal end it too).
+    if a.fence {
+        take.push_str("; ");
+        take.push_str(&fence_sql(key, mode, scope, try_once));
+    }
     match timeout_ms {
-        // One round trip: the timeout applies to this statement only. On timeout the
+        // One round trip: the timeout applies to these statements only. On timeout the
         // transaction aborts and takes the first SET with it; on success the last SET resets.
         Some(ms) => sql.push_str(&format!(
             "SET {local}lock_timeout = {ms}; {take}; SET {local}lock_timeout = 0"
         )),
         None => sql.push_str(&take),
-    }
-    if a.fence {
-        sql.push_str("; ");
-        sql.push_str(&fence_sql(key, mode, scope, try_once));
     }
     sql
 }
@@ -286,14 +288,18 @@ fn lock_sql(
 /// of the round trip ends; at `--scope transaction` inside a savepoint rolled back at once. After
 /// a try, only when the lock is ours (taking it again at transaction scope is then a no-op).
 fn fence_sql(key: &LockKey, mode: Mode, scope: Scope, try_once: bool) -> String {
-    let mut take = format!("SELECT {}", fence::acquire_list(key.id, mode));
-    if try_once {
-        take.push_str(&format!(
-            " WHERE pg_try_advisory_xact_lock{}({})",
+    // A try does not wait for the fence either: one row, `f` when a fenced transaction of an
+    // earlier holder is still open (see `acquire`), none when the lock was not ours.
+    let take = if try_once {
+        format!(
+            "SELECT {} WHERE pg_try_advisory_xact_lock{}({})",
+            fence::try_list(key.id, mode),
             fn_suffix(mode),
             key.id.sql_args()
-        ));
-    }
+        )
+    } else {
+        format!("SELECT {}", fence::acquire_list(key.id, mode))
+    };
     match scope {
         Scope::Session => take,
         Scope::Transaction => format!(
@@ -354,6 +360,7 @@ fn holder_of(rows: &Rows) -> Result<fence::Holder> {
 /// How `acquire` ended well: the backend that took the lock (it differs from the connection's
 /// own when a pooler sits in between). A connection replaced on the way needs nothing more: the
 /// guard shares pglock's descriptor table.
+#[derive(PartialEq)]
 pub struct Acquired {
     pub holder: fence::Holder,
 }
@@ -373,11 +380,9 @@ pub fn acquire(conn: &mut Conn, a: &Acquire, signals: &Signals) -> Result<Acquir
         )));
     }
     let start = Instant::now();
-    let rows = query(conn, &lock_sql(conn, a, true, None, None), signals)?;
-    if first_bool(&rows) {
-        return Ok(Acquired {
-            holder: holder_of(&rows)?,
-        });
+    let (tried, rows) = try_take(conn, a, signals)?;
+    if let Try::Got(got) = tried {
+        return Ok(got);
     }
     let mut w = Waiter {
         a,
@@ -392,6 +397,9 @@ pub fn acquire(conn: &mut Conn, a: &Acquire, signals: &Signals) -> Result<Acquir
         interval: Duration::from_secs(10),
     };
     if a.wait == Wait::Once {
+        if tried == Try::Fenced {
+            return Err(w.busy("--no-wait: it is free, but a fenced transaction of an earlier holder is still open"));
+        }
         return w.try_again(conn, signals);
     }
     log::info(
@@ -405,6 +413,49 @@ pub fn acquire(conn: &mut Conn, a: &Acquire, signals: &Signals) -> Result<Acquir
         &[("holders", V::I(w.seen.len() as i64))],
     );
     w.wait(conn, signals)
+}
+
+/// How a try ended.
+#[derive(PartialEq)]
+enum Try {
+    Got(Acquired),
+    /// Another session holds the lock.
+    Held,
+    /// The lock was free, but a fenced transaction of an earlier holder is still open: the lock
+    /// was let go again, for the wait to take both.
+    Fenced,
+}
+
+/// Tries once to take the lock and, with it, its fence without waiting. Returns the rows too:
+/// their first names this session.
+fn try_take(conn: &mut Conn, a: &Acquire, signals: &Signals) -> Result<(Try, Rows)> {
+    let rows = query(conn, &lock_sql(conn, a, true, None, None), signals)?;
+    if !first_bool(&rows) {
+        return Ok((Try::Held, rows));
+    }
+    let fenced = rows.get(1).and_then(|r| r.first()).cloned().flatten();
+    if a.fence && fenced.as_deref() != Some("t") {
+        let_go(conn, a, signals)?;
+        return Ok((Try::Fenced, rows));
+    }
+    let got = Acquired {
+        holder: holder_of(&rows)?,
+    };
+    Ok((Try::Got(got), rows))
+}
+
+/// Lets go of a lock this session may hold: a session lock is unlocked, a transaction lock goes
+/// with its transaction.
+fn let_go(conn: &mut Conn, a: &Acquire, signals: &Signals) -> Result<()> {
+    let sql = match a.scope {
+        Scope::Session => format!(
+            "SELECT pg_advisory_unlock{}({})",
+            fn_suffix(a.mode),
+            a.key.id.sql_args()
+        ),
+        Scope::Transaction => "ROLLBACK".to_string(),
+    };
+    query(conn, &sql, signals).map(|_| ())
 }
 
 /// A contended acquisition: what it has seen of the holders and of its own session.
@@ -444,11 +495,8 @@ impl Waiter<'_> {
     /// more try when none was seen, then report.
     fn try_again(&self, conn: &mut Conn, signals: &Signals) -> Result<Acquired> {
         if self.seen.is_empty() {
-            let rows = query(conn, &lock_sql(conn, self.a, true, None, None), signals)?;
-            if first_bool(&rows) {
-                return Ok(Acquired {
-                    holder: holder_of(&rows)?,
-                });
+            if let (Try::Got(got), _) = try_take(conn, self.a, signals)? {
+                return Ok(got);
             }
         }
         Err(self.busy("busy, --no-wait"))
@@ -503,6 +551,10 @@ impl Waiter<'_> {
                 Ok(QueryResult::Error(e)) if e.code == "55P03" => {
                     if conn.tx_status == TxStatus::Failed {
                         let _ = query(conn, "ROLLBACK", signals);
+                    }
+                    // The timeout may have come in the fence's wait, the session lock taken.
+                    if self.a.fence && self.a.scope == Scope::Session {
+                        let _ = let_go(conn, self.a, signals);
                     }
                     if let Ok(h) = holders(conn, self.a.key, signals) {
                         self.seen = h;

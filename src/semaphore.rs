@@ -44,7 +44,7 @@ fn try_slots(conn: &mut Conn, id: i64, n: u32, signals: &Signals) -> Result<Opti
         key::hash_sql(&format!("'{id}:' || s.i"))
     ));
     let sql = format!(
-        "SELECT s.i, pg_backend_pid(), {}, pg_advisory_xact_lock({slot_fence}) FROM ({}) AS s",
+        "SELECT s.i, pg_backend_pid(), {}, pg_try_advisory_xact_lock({slot_fence}) FROM ({}) AS s",
         fence::BACKEND_START_SQL,
         key::slot_sql(id, n)
     );
@@ -53,16 +53,28 @@ fn try_slots(conn: &mut Conn, id: i64, n: u32, signals: &Signals) -> Result<Opti
         return Ok(None);
     };
     let index: Option<u32> = r.first().cloned().flatten().and_then(|i| i.parse().ok());
-    match (index, fence::Holder::from_row(r)) {
-        (Some(index), Some(holder)) if index < n => Ok(Some(Slot {
-            index,
-            key: LockKey::from_id(LockId::Big(key::slot_id(id, index))),
-            holder,
-        })),
-        _ => Err(Error::unavailable(
+    let (Some(index), Some(holder)) = (index, fence::Holder::from_row(r)) else {
+        return Err(Error::unavailable(
             "the server's answer to the slot statement was not a slot, pid and start",
-        )),
+        ));
+    };
+    let key = LockKey::from_id(LockId::Big(key::slot_id(id, index)));
+    if index >= n {
+        return Err(Error::unavailable(
+            "the server answered a slot out of range",
+        ));
     }
+    if r.get(3).cloned().flatten().as_deref() != Some("t") {
+        // A fenced transaction of the slot's earlier holder is still open: let the slot go and
+        // try again later (on the next release or poll), as if it had been taken.
+        lock::query(
+            conn,
+            &format!("SELECT pg_advisory_unlock({})", key.id.sql_args()),
+            signals,
+        )?;
+        return Ok(None);
+    }
+    Ok(Some(Slot { index, key, holder }))
 }
 
 fn slot_holders(conn: &mut Conn, id: i64, n: u32, signals: &Signals) -> Result<Vec<lock::Holder>> {

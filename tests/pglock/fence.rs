@@ -481,3 +481,56 @@ fn a_nested_run_passes_its_ancestors_fence_on() {
     assert_eq!(lines[0], lines[1]);
     assert!(lines[0].starts_with("DO $pglock$"));
 }
+
+#[test]
+fn the_fence_wait_keeps_no_wait_and_timeout() {
+    // The lock is free, but the killed holder's fenced transaction is still open (3 s): -n does
+    // not wait for it, --timeout bounds the wait, and neither leaves the lock held.
+    let name = key("fence-bound");
+    let id = lock_id(&name);
+    let t = table(&name);
+    let a_script = format!(
+        "setsid $PSQL -c \"BEGIN; $PGLOCK_FENCE_SQL; INSERT INTO {t} VALUES (1, 'a'); SELECT pg_sleep(3); COMMIT;\" >/dev/null 2>&1 & sleep 30"
+    );
+    let a = hold(with_psql(pglock_sh(&name, &a_script)), id);
+    assert!(wait_until(Duration::from_secs(10), || {
+        pg().psql_super(&format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%INSERT INTO {t} VALUES (1,%' AND state = 'active' AND pid <> pg_backend_pid()"
+    )) == "1"
+    }));
+    signal(&a, nix::sys::signal::Signal::SIGKILL);
+    let mut a = a;
+    let _ = a.wait();
+    assert!(wait_until(Duration::from_secs(10), || !pg()
+        .locks_on(id)
+        .iter()
+        .any(|l| l.contains(",t,"))));
+    let t0 = Instant::now();
+    let (_, err) = expect_code(pglock(&["run", "-n", "--key", &name, "--", "true"]), 75);
+    assert!(
+        t0.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert!(err.contains("fenced transaction"), "{err}");
+    let t0 = Instant::now();
+    expect_code(
+        pglock(&["run", "-w", "500ms", "--key", &name, "--", "true"]),
+        75,
+    );
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_millis(2000),
+        "{took:?}"
+    );
+    assert!(!pg().locks_on(id).iter().any(|l| l.contains(",t,")));
+    // Without a bound the run waits for the transaction, then runs.
+    let (out, _) = expect_code(
+        with_psql(pglock_sh(
+            &name,
+            &format!("$PSQL -c \"SELECT count(*) FROM {t}\""),
+        )),
+        0,
+    );
+    assert_eq!(out.trim(), "1");
+}

@@ -109,6 +109,18 @@ fn rows(values: &[&str]) -> Vec<u8> {
 /// The `backend_start` the fake server gives its session.
 const START: &str = "2026-11-30 12:00:00.000001";
 
+/// The lock statement's answer: its row, then the fence's (free).
+fn lock_rows(pid: &str) -> Vec<u8> {
+    let mut m = rows(&["t", pid, START]);
+    // One ReadyForQuery for the whole query: drop the first, add the fence's result before it.
+    m.truncate(m.len() - ready().len());
+    m.extend(row_description(1));
+    m.extend(data_row(1, &[(1, b"t".as_slice())]));
+    m.extend(msg(b'C', b"SELECT 1\0"));
+    m.extend(ready());
+    m
+}
+
 /// What a server that grants every lock answers to pglock's statement `sql` (see src/lock.rs).
 fn answer(sql: &str) -> Vec<u8> {
     let pid = PID.to_string();
@@ -117,7 +129,7 @@ fn answer(sql: &str) -> Vec<u8> {
     } else if sql.contains("EXISTS") || sql.contains("_unlock") {
         rows(&["t"])
     } else if sql.contains("_lock") && sql.contains("pg_backend_pid()") {
-        rows(&["t", &pid, START])
+        lock_rows(&pid)
     } else if sql.contains("pg_backend_pid()") {
         rows(&[&pid])
     } else if sql.contains("SELECT") {
@@ -131,7 +143,7 @@ fn answer(sql: &str) -> Vec<u8> {
 fn injected_session() -> Vec<u8> {
     let mut m = session();
     for _ in 0..4 {
-        m.extend(rows(&["t", &PID.to_string(), START]));
+        m.extend(lock_rows(&PID.to_string()));
     }
     m
 }
