@@ -339,7 +339,7 @@ fn run_inner(mut req: RunRequest, run_id: &str) -> Result<i32> {
     };
     // The child's start is prepared before the wait (with --limit, once the slot is known).
     let prepared = match req.limit {
-        None => Some(prepare_child(&req, run_id, &held, &me, None, false)?),
+        None => Some(prepare_child(&req, run_id, &held, &me, None)?),
         Some(_) => None,
     };
     session.acquire(&Acquire {
@@ -354,7 +354,7 @@ fn run_inner(mut req: RunRequest, run_id: &str) -> Result<i32> {
     })?;
     let mut exec = match prepared {
         Some(exec) => exec,
-        None => prepare_child(&req, run_id, &held, &me, session.slot(), false)?,
+        None => prepare_child(&req, run_id, &held, &me, session.slot())?,
     };
     for (k, v) in session.lock_vars(&held, &mut me, run_id)? {
         exec.add_env(k, &v)
@@ -467,14 +467,13 @@ const FENCE_VARS: [&str; 3] = [
     "PGLOCK_FENCING_TOKEN",
 ];
 
-/// Prepares the child's start with the pglock variables (`nested`: under an ancestor's lock).
+/// Prepares the child's start with the pglock variables.
 fn prepare_child(
     req: &RunRequest,
     run_id: &str,
     held: &[Held],
     me: &Held,
     slot: Option<u32>,
-    nested: bool,
 ) -> Result<Exec> {
     let (set, mut remove) = req.key.child_vars();
     let env = [
@@ -488,12 +487,52 @@ fn prepare_child(
         env.push(("PGLOCK_SLOT", i.to_string()));
     }
     remove.push("PGLOCK_SLOT");
-    // This run's own fencing variables are added once the lock is held; a nested run keeps its
-    // ancestor's, which hold for the same lock.
-    if !nested {
-        remove.extend(FENCE_VARS);
-    }
+    // The fencing variables are added once the lock is held (a nested run's: see
+    // nested_fence_vars); inherited ones belong to another run.
+    remove.extend(FENCE_VARS);
     child::prepare(&req.command, &env, &remove)
+}
+
+/// The fencing variables of a nested run, for the ancestor's lock and session that the server
+/// confirmed (`h`): not the inherited ones, which belong to the innermost pglock, whose lock may
+/// be another (A, then B, then A nested). The inherited token is passed on only when that
+/// innermost pglock holds this lock.
+fn nested_fence_vars(
+    req: &RunRequest,
+    h: &Held,
+    held: &[Held],
+    run_id: &str,
+) -> Result<Vec<(&'static str, String)>> {
+    let Some(holder) = &h.holder else {
+        return Ok(Vec::new());
+    };
+    let lock = match (h.slot, h.id.big()) {
+        (Some(i), Some(id)) => crate::key::LockId::Big(crate::key::slot_id(id, i)),
+        _ => h.id,
+    };
+    let mut vars = vec![
+        ("PGLOCK_BACKEND_PID", holder.pid.to_string()),
+        (
+            "PGLOCK_FENCE_SQL",
+            fence::check_sql(lock, h.mode, holder, run_id),
+        ),
+    ];
+    let innermost = held.last().is_some_and(|l| l.pid == h.pid && l.id == h.id);
+    let token = std::env::var("PGLOCK_FENCING_TOKEN")
+        .ok()
+        .filter(|t| innermost && t.parse::<u64>().is_ok());
+    match token {
+        Some(t) => vars.push(("PGLOCK_FENCING_TOKEN", t)),
+        None if req.fencing_token => {
+            return Err(Error::usage(format!(
+                "--fencing-token: lock \"{}\" is held by the ancestor pglock (pid {}), whose token this run does not have (it was not given --fencing-token, or another pglock runs in between); give it to the ancestor, directly above",
+                req.key.label(),
+                h.pid
+            )))
+        }
+        None => {}
+    }
+    Ok(vars)
 }
 
 /// Starts the prepared child.
@@ -547,12 +586,7 @@ fn run_nested(req: &RunRequest, h: &Held, held: &[Held], run_id: &str) -> Result
         holder: h.holder.clone(),
         slot: h.slot,
     };
-    if req.fencing_token && std::env::var_os("PGLOCK_FENCING_TOKEN").is_none() {
-        return Err(Error::usage(format!(
-            "--fencing-token: lock \"{label}\" is held by the ancestor pglock (pid {}), which was not given --fencing-token; give it there",
-            h.pid
-        )));
-    }
+    let vars = nested_fence_vars(req, h, held, run_id)?;
     if req.max_runtime.is_some() {
         log::warn(
             "nested",
@@ -560,7 +594,11 @@ fn run_nested(req: &RunRequest, h: &Held, held: &[Held], run_id: &str) -> Result
             &[],
         );
     }
-    let exec = prepare_child(req, run_id, held, &me, None, true)?;
+    let mut exec = prepare_child(req, run_id, held, &me, None)?;
+    for (k, v) in vars {
+        exec.add_env(k, &v)
+            .map_err(|e| Error::internal(format!("cannot pass {k} to the command: {e}")))?;
+    }
     // The command takes this process's place: it stays in the ancestor's child's process group,
     // which the ancestor stops as a whole when it loses the lock, reaches --max-runtime or dies
     // (contract §5), and a signal to this process reaches it once, with no pglock in between.

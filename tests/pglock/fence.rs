@@ -230,7 +230,7 @@ fn a_reused_backend_pid_does_not_pass() {
     // Another live session's pid with the holder's start does not pass either.
     let other =
         pg().psql_super("SELECT pid FROM pg_stat_activity WHERE backend_type = 'checkpointer'");
-    let forged = fence_a.replace(&format!("l.pid = {backend}"), &format!("l.pid = {other}"));
+    let forged = fence_a.replace(&backend.to_string(), &other);
     assert!(fenced(&forged, "SELECT 1").is_err());
     stop(a);
 }
@@ -478,7 +478,12 @@ fn a_nested_run_passes_its_ancestors_fence_on() {
     );
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 2, "{out}");
-    assert_eq!(lines[0], lines[1]);
+    // The same statement (lock, fence, session); the message names each run's own id.
+    let without_run = |l: &str| {
+        let (head, tail) = l.split_once("pglock: run ").unwrap();
+        format!("{head}{}", tail.get(16..).unwrap_or_default())
+    };
+    assert_eq!(without_run(lines[0]), without_run(lines[1]));
     assert!(lines[0].starts_with("DO $pglock$"));
 }
 
@@ -533,4 +538,49 @@ fn the_fence_wait_keeps_no_wait_and_timeout() {
         0,
     );
     assert_eq!(out.trim(), "1");
+}
+
+#[test]
+fn a_nested_run_under_another_lock_fences_its_own_lock() {
+    // A, then B, then A nested: the innermost child's statement is A's (its fence id, its
+    // session), not B's, which it inherited; it passes while A is held.
+    let (a, b) = (key("fence-nest-a"), key("fence-nest-b"));
+    let (ida, idb) = (lock_id(&a), lock_id(&b));
+    let dir = tmpdir("fence-nest-ab");
+    let f = dir.join("fence.sql");
+    let child = dir.join("child.sh");
+    std::fs::write(
+        &child,
+        format!(
+            "echo \"$PGLOCK_FENCE_SQL\" > {f}\n$PSQL -c \"BEGIN; $PGLOCK_FENCE_SQL; COMMIT;\"\n",
+            f = f.display()
+        ),
+    )
+    .unwrap();
+    let inner = dir.join("inner.sh");
+    std::fs::write(
+        &inner,
+        format!(
+            "exec {} run -q --key {a} -- sh {}\n",
+            bin(),
+            child.display()
+        ),
+    )
+    .unwrap();
+    let middle = format!("{} run -q --key {b} -- sh {}", bin(), inner.display());
+    expect_code(
+        with_psql(pglock(&[
+            "run", "-q", "--key", &a, "--", "sh", "-c", &middle,
+        ])),
+        0,
+    );
+    let sql = read(&f);
+    assert!(
+        sql.contains(&lock_id(&format!("{ida}:fence")).to_string()),
+        "{sql}"
+    );
+    assert!(
+        !sql.contains(&lock_id(&format!("{idb}:fence")).to_string()),
+        "{sql}"
+    );
 }
