@@ -230,7 +230,12 @@ fn a_reused_backend_pid_does_not_pass() {
     // Another live session's pid with the holder's start does not pass either.
     let other =
         pg().psql_super("SELECT pid FROM pg_stat_activity WHERE backend_type = 'checkpointer'");
-    let forged = fence_a.replace(&backend.to_string(), &other);
+    let forged = ["l.pid = ", "a.pid = ", "pg_stat_get_activity("]
+        .iter()
+        .fold(fence_a.clone(), |f, at| {
+            f.replace(&format!("{at}{backend}"), &format!("{at}{other}"))
+        });
+    assert!(!forged.contains(&format!("l.pid = {backend}")));
     assert!(fenced(&forged, "SELECT 1").is_err());
     stop(a);
 }
