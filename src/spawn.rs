@@ -368,6 +368,7 @@ mod imp {
 
 impl Exec {
     /// The command as the standard library runs it: what `Exec` holds, and nothing inherited.
+    #[cfg(not(target_os = "linux"))]
     fn command(&self) -> std::process::Command {
         let os = |c: &CString| OsStr::from_bytes(c.as_bytes()).to_os_string();
         let mut cmd = std::process::Command::new(os(&self.argv[0]));
@@ -383,11 +384,32 @@ impl Exec {
         cmd
     }
 
-    /// Replaces pglock with the command (execvp semantics, signal mask and SIGPIPE reset as for
-    /// any child): returns only the error of a command that could not be run.
+    /// Replaces pglock with the command (execvp's search, no signal blocked, SIGPIPE back to its
+    /// default as for any child; handled signals are reset by the exec itself): returns only the
+    /// error of a command that could not be run. (Not through `std::process::Command`, whose code
+    /// would sit in the binary for this one rare path.)
     pub fn exec_in_place(&self) -> io::Error {
-        use std::os::unix::process::CommandExt;
-        self.command().exec()
+        use nix::sys::signal::{signal, sigprocmask, SigHandler, SigSet, SigmaskHow, Signal};
+        let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+        // SAFETY: setting a signal's disposition to the default installs no handler.
+        let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+        let argv = pointers(&self.argv);
+        let envp = pointers(&self.envp);
+        let mut err = io::Error::from_raw_os_error(libc::ENOENT);
+        for path in &self.paths {
+            // SAFETY: execve(2) only reads: `path` is a NUL-terminated string, `argv` and `envp`
+            // null-terminated arrays of such strings, all alive until it returns (on failure).
+            unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(
+                    libc::ENOENT | libc::ENOTDIR | libc::ESTALE | libc::ENODEV | libc::ETIMEDOUT,
+                ) => {}
+                Some(libc::EACCES) => err = e,
+                _ => return e,
+            }
+        }
+        err
     }
 }
 
