@@ -406,6 +406,14 @@ impl Exec {
                     libc::ENOENT | libc::ENOTDIR | libc::ESTALE | libc::ENODEV | libc::ETIMEDOUT,
                 ) => {}
                 Some(libc::EACCES) => err = e,
+                // A script without `#!`: /bin/sh runs it, as execvp does (and the spawn above).
+                Some(libc::ENOEXEC) => {
+                    let mut sh_argv = vec![c"/bin/sh".as_ptr(), path.as_ptr()];
+                    sh_argv.extend(argv.iter().skip(1));
+                    // SAFETY: as above; `sh_argv` is null-terminated (the tail of `argv`).
+                    unsafe { libc::execve(c"/bin/sh".as_ptr(), sh_argv.as_ptr(), envp.as_ptr()) };
+                    return io::Error::last_os_error();
+                }
                 _ => return e,
             }
         }

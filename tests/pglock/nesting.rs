@@ -389,3 +389,19 @@ fn a_nested_run_that_cannot_see_its_ancestors_session_fails_at_once() {
     assert!(err.contains("would wait for the ancestor forever"), "{err}");
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
 }
+
+#[test]
+fn a_nested_run_execs_a_script_without_a_shebang_through_sh() {
+    let name = key("nest-noshebang");
+    let dir = tmpdir("nest-noshebang");
+    let script = dir.join("job");
+    let ran = dir.join("ran");
+    std::fs::write(&script, format!("touch {}\n", ran.display())).unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let inner = format!("{} run -q --key {name} -- {}", bin(), script.display());
+    expect_code(
+        pglock(&["run", "-q", "--key", &name, "--", "sh", "-c", &inner]),
+        0,
+    );
+    assert!(ran.exists());
+}
