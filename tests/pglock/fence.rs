@@ -260,7 +260,55 @@ fn transaction_scope_through_pgbouncer_is_fenced() {
             .unwrap()
     };
     assert!(through_bouncer("SELECT 1").status.success());
+    // A fenced transaction still open when A lets go (2 s): the next holder, through the
+    // pooler too, starts its child only after it has committed.
+    let t = table(&name);
+    let url = bouncer().url();
+    let mut writer = Command::new(pg().bin.join("psql"))
+        .args(["-X", "-Atq", "-v", "ON_ERROR_STOP=1", "-d", &url])
+        .args([
+            "-c",
+            &format!(
+                "BEGIN; {fence_a}; INSERT INTO {t} VALUES (1, 'a'); SELECT pg_sleep(2); COMMIT;"
+            ),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(10), || {
+        pg().psql_super(&format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%INSERT INTO {t} VALUES (1,%' AND state = 'active' AND pid <> pg_backend_pid()"
+    )) == "1"
+    }));
+    let seen = dir.join("seen");
+    let mut b = pglock_bare(&[
+        "run",
+        "-q",
+        "--scope",
+        "transaction",
+        "--key",
+        &name,
+        "--",
+        "sh",
+        "-c",
+    ]);
+    b.arg(format!(
+        "{} -X -Atq -d '{url}' -c 'SELECT count(*) FROM {t}' > {}",
+        pg().bin.join("psql").display(),
+        seen.display()
+    ))
+    .env("PGLOCK_DATABASE_URL", &url)
+    .stderr(Stdio::null());
+    let b = b.spawn().unwrap();
+    assert!(wait_until(Duration::from_secs(10), || pg()
+        .locks_on(id)
+        .iter()
+        .any(|l| l.contains(",f,"))));
     assert_eq!(stop(a), Some(143));
+    assert_eq!(b.wait_with_output().unwrap().status.code(), Some(0));
+    assert_eq!(read(&seen), "1");
+    assert!(writer.wait().unwrap().success());
     let out = through_bouncer("SELECT 1");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains(&run_a), "{err}");
