@@ -33,6 +33,20 @@ fn table(name: &str) -> String {
     t
 }
 
+/// Waits until a transaction's `INSERT INTO t VALUES (rep, ...)` statement is under way in
+/// another session (the writers here insert, then sleep before they commit).
+fn wait_in_flight(t: &str, rep: u32) {
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            pg().psql_super(&format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%INSERT INTO {t} VALUES ({rep},%' \
+             AND state = 'active' AND pid <> pg_backend_pid()"
+        )) == "1"
+        }),
+        "no transaction writing ({rep}, ...) into {t} is under way"
+    );
+}
+
 /// Whether some session holds fence lock `fence` (granted, in any mode).
 fn fence_held(fence: i64) -> bool {
     pg().locks_on(fence).iter().any(|l| l.contains(",t,"))
@@ -73,11 +87,7 @@ fn handoff(
     );
     let a = hold(with_psql(pglock_sh(name, &a_script)), id);
     // A's transaction is under way (it has inserted; with the fence, it holds the fence lock).
-    assert!(wait_until(Duration::from_secs(10), || {
-        pg().psql_super(&format!(
-            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%INSERT INTO {t} VALUES ({rep},%' AND state = 'active' AND pid <> pg_backend_pid()"
-        )) == "1"
-    }));
+    wait_in_flight(t, rep);
     let b_script = format!(
         "$PSQL -c \"INSERT INTO {t} VALUES ({rep}, 'b-start'); SELECT count(*) FROM {t} WHERE rep = {rep} AND who = 'a'\" > {s}",
         s = seen.display()
@@ -276,11 +286,7 @@ fn transaction_scope_through_pgbouncer_is_fenced() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    assert!(wait_until(Duration::from_secs(10), || {
-        pg().psql_super(&format!(
-        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%INSERT INTO {t} VALUES (1,%' AND state = 'active' AND pid <> pg_backend_pid()"
-    )) == "1"
-    }));
+    wait_in_flight(&t, 1);
     let seen = dir.join("seen");
     let mut b = pglock_bare(&[
         "run",
@@ -392,11 +398,7 @@ fn limit_slots_are_fenced_each() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    assert!(wait_until(Duration::from_secs(10), || {
-        pg().psql_super(&format!(
-        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%INSERT INTO {t} VALUES (3,%' AND state = 'active' AND pid <> pg_backend_pid()"
-    )) == "1"
-    }));
+    wait_in_flight(&t, 3);
     let dir = tmpdir("fence-l3");
     let seen = dir.join("seen");
     let w = with_psql(pglock(&[
@@ -551,11 +553,7 @@ fn the_fence_wait_keeps_no_wait_and_timeout() {
         "setsid $PSQL -c \"BEGIN; $PGLOCK_FENCE_SQL; INSERT INTO {t} VALUES (1, 'a'); SELECT pg_sleep(3); COMMIT;\" >/dev/null 2>&1 & sleep 30"
     );
     let a = hold(with_psql(pglock_sh(&name, &a_script)), id);
-    assert!(wait_until(Duration::from_secs(10), || {
-        pg().psql_super(&format!(
-        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%INSERT INTO {t} VALUES (1,%' AND state = 'active' AND pid <> pg_backend_pid()"
-    )) == "1"
-    }));
+    wait_in_flight(&t, 1);
     signal(&a, nix::sys::signal::Signal::SIGKILL);
     let mut a = a;
     let _ = a.wait();
