@@ -234,7 +234,7 @@ fn heartbeat_verdict(result: QueryResult) -> Option<String> {
     match result {
         QueryResult::Rows(rows) => match rows.first().and_then(|r| r.first()) {
             Some(Some(v)) if v == "t" => None,
-            _ => Some("this session's backend no longer holds the lock (pg_locks)".into()),
+            _ => Some("the session that took the lock no longer serves this connection, or its transaction ended".into()),
         },
         QueryResult::Error(e) => Some(format!("the lock check failed: {e}")),
     }

@@ -163,6 +163,17 @@ pub struct RunArgs {
     )]
     pub scope: ScopeArg,
 
+    /// session: a pooler or proxy in session mode sits in front of the server (PgBouncer's
+    /// pool_mode = session, pgpool-II): a session lock is taken through it. Without it, a
+    /// session lock through any pooler or proxy is refused (exit 69)
+    #[arg(
+        long,
+        value_name = "MODE",
+        env = "PGLOCK_POOLER",
+        help_heading = "Lock"
+    )]
+    pub pooler: Option<PoolerArg>,
+
     /// A counting semaphore: up to N runs of this key at once, each holding one of N slot locks
     #[arg(
         long,
@@ -276,6 +287,11 @@ pub struct RunArgs {
 pub enum ScopeArg {
     Session,
     Transaction,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PoolerArg {
+    Session,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

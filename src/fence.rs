@@ -86,6 +86,15 @@ pub struct Holder {
 }
 
 impl Holder {
+    /// The SQL condition that holds when a statement runs on this session: the same pid and
+    /// `backend_start`.
+    pub fn serving_sql(&self) -> String {
+        format!(
+            "pg_backend_pid() = {} AND {BACKEND_START_SQL} = '{}'",
+            self.pid, self.start
+        )
+    }
+
     /// Reads the backend pid and start from a lock statement's row (columns 2 and 3). What the
     /// server sent goes into SQL that the child runs: only the expected shapes are accepted.
     pub fn from_row(row: &[Option<String>]) -> Option<Holder> {

@@ -9,7 +9,7 @@
 use crate::conninfo::ConnParams;
 use crate::error::{Error, Kind, Result};
 use crate::fence;
-use crate::key::LockKey;
+use crate::key::{LockId, LockKey};
 use crate::log::{self, V};
 use crate::pg::{Conn, QueryResult, ReadErr, Rows, Startup, TxStatus};
 use crate::request::{Mode, Scope, Wait};
@@ -136,14 +136,108 @@ fn holders_sql(key: &LockKey) -> String {
     )
 }
 
-/// The query that confirms that this session's own backend holds the lock: one row, `t` or `f`.
-pub fn ownership_sql(key: &LockKey, mode: Mode) -> String {
+/// The heartbeat's statement (contract §4, ownership): `t` while the backend that took the lock
+/// (pid *and* `backend_start`, so a reused pid never passes) still serves this connection, and the
+/// lock's transaction is the one still open (transaction scope) or no transaction is (session
+/// scope). Nothing but pglock sends statements on its connection, and an advisory lock leaves its
+/// session only by an unlock, the end of its transaction or the end of the session: so the same
+/// session, alive and in the same transaction state, still holds the lock. It reads one entry of
+/// the backend status array, not `pg_locks`, whose cost grows with every lock on the server.
+pub fn heartbeat_sql(holder: &fence::Holder, scope: Scope) -> String {
+    // Inside the open transaction, a statement starts after its transaction; alone, with it.
+    let tx = match scope {
+        Scope::Transaction => ">",
+        Scope::Session => "=",
+    };
     format!(
-        "SELECT EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = pg_backend_pid() AND l.granted \
-         AND l.mode = '{}' AND {})",
-        mode.pg_mode(),
-        locks_filter(key)
+        "SELECT {} AND statement_timestamp() {tx} transaction_timestamp()",
+        holder.serving_sql()
     )
+}
+
+/// The settings whose names make the guard's refusals: `current_setting` of a parameter that no
+/// server knows fails naming it, and the failure ends the round trip before the lock statement.
+const REFUSED_POOLER: &str = "pglock.refused_statement_ran_on_another_backend";
+const REFUSED_HELD: &str = "pglock.refused_lock_already_held_by_the_serving_session";
+
+/// Why the guard refused the lock (see `guard_sql`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The statement ran on a backend other than the one the connection's cancel key names.
+    Pooler,
+    /// The session that serves the statement holds the lock already.
+    Held,
+}
+
+/// The statement that goes first in a lock statement's round trip (contract §4, poolers). It
+/// returns no row, or fails (so that nothing after it runs) when:
+/// - `expect_pid` is given and the statement runs on another backend: something between pglock
+///   and the server (a pooler or proxy) hands its statements to backends of its choosing, so a
+///   session lock could not be proven to be pglock's own;
+/// - the serving session already holds one of `ids`, in any mode and scope: a pooled server
+///   connection that another client locked. Advisory locks are re-entrant within a session (and
+///   a session lock and a transaction lock of one session never conflict), so the lock call
+///   alone would grant it a second time.
+///
+/// `mine` is the condition on `pg_locks l` that selects the locks to refuse (`lock_match`).
+pub fn guard_sql(expect_pid: Option<i32>, mine: &str) -> String {
+    let held = format!(
+        "EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = pg_backend_pid() AND l.locktype = 'advisory' \
+         AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) AND {mine})"
+    );
+    match expect_pid {
+        Some(pid) => format!(
+            "SELECT current_setting(CASE WHEN pg_backend_pid() <> {pid} THEN '{REFUSED_POOLER}' \
+             ELSE '{REFUSED_HELD}' END) WHERE pg_backend_pid() <> {pid} OR {held}"
+        ),
+        None => format!("SELECT current_setting('{REFUSED_HELD}') WHERE {held}"),
+    }
+}
+
+/// The condition on `pg_locks l` that selects lock `id`, whatever its mode.
+pub fn lock_match(id: LockId) -> String {
+    format!(
+        "l.classid = {} AND l.objid = {} AND l.objsubid = {}",
+        id.classid(),
+        id.objid(),
+        id.objsubid()
+    )
+}
+
+/// The guard's refusal that an error (SQLSTATE `code`, text `msg`) reports, if it is one.
+pub fn refusal(code: Option<&str>, msg: &str) -> Option<Refusal> {
+    if code != Some("42704") {
+        return None;
+    }
+    if msg.contains(REFUSED_POOLER) {
+        Some(Refusal::Pooler)
+    } else if msg.contains(REFUSED_HELD) {
+        Some(Refusal::Held)
+    } else {
+        None
+    }
+}
+
+/// The error of a refused lock: a pooler in front of a session lock is exit 69 (nothing could be
+/// proven), a lock the serving session already holds is "not acquired".
+pub fn refused(conn: &Conn, r: Refusal, label: &str, exit_code: i32) -> Error {
+    match r {
+        Refusal::Pooler => Error::unavailable(format!(
+            "{} is a pooler or proxy (its statements run on a backend other than the one the connection names): a session lock through it could be shared with its other clients, so lock \"{label}\" was not taken; use --scope transaction, or --pooler session if it pools in session mode",
+            conn.target().describe()
+        )),
+        Refusal::Held => Error::new(
+            Kind::NotAcquired(exit_code),
+            format!("lock \"{label}\" not acquired: the server session that serves this connection already holds it (a pooler shares one server connection among clients); the command was not run"),
+        ),
+    }
+}
+
+/// The backend the guard expects: for a session lock the one the connection's cancel key names,
+/// unless the user declared a session pooler (whose keys are its own); a transaction lock lives
+/// in a transaction that keeps its backend through any pooler.
+pub fn expected_backend(conn: &Conn, a: &Acquire) -> Option<i32> {
+    (a.scope == Scope::Session && !a.session_pooler).then_some(conn.backend_pid)
 }
 
 fn fn_suffix(mode: Mode) -> &'static str {
@@ -213,6 +307,8 @@ pub struct Acquire<'a> {
     pub startup: &'a Startup<'a>,
     /// Whether to wait out the fenced transactions of earlier holders once granted (§11).
     pub fence: bool,
+    /// `--pooler session`: statements may run on a backend other than the cancel key's.
+    pub session_pooler: bool,
 }
 
 /// The session settings that may go in a transaction (SET LOCAL), when the startup packet could
@@ -223,10 +319,13 @@ const LOCAL_SETTINGS: [&str; 3] = [
     "idle_in_transaction_session_timeout",
 ];
 
-/// The statements that take the lock: trying once or waiting (with the server's lock_timeout
-/// when `timeout_ms` is given), as a session lock or a transaction lock. A transaction lock
-/// first opens the transaction that holds it, with the session settings made local to it.
-/// `known`: the session as an earlier statement on this connection named it.
+/// The statements that take the lock, in one round trip: trying once or waiting (with the
+/// server's lock_timeout when `timeout_ms` is given), as a session lock or a transaction lock,
+/// behind the guard (see `guard_sql`). A transaction lock first opens the transaction that holds
+/// it. Settings are only ever `SET LOCAL`: to the implicit transaction of the round trip at
+/// session scope, to the lock's transaction at transaction scope, so that nothing stays with a
+/// pooled server connection. `known`: the session as an earlier statement on this connection
+/// named it.
 fn lock_sql(
     conn: &Conn,
     a: &Acquire,
@@ -246,41 +345,43 @@ fn lock_sql(
         fn_suffix(mode)
     );
     let mut sql = String::new();
-    let local = if scope == Scope::Transaction {
-        "LOCAL "
-    } else {
-        ""
-    };
-    if scope == Scope::Transaction && conn.tx_status == TxStatus::Idle {
+    let opens = scope == Scope::Transaction && conn.tx_status == TxStatus::Idle;
+    if opens {
         sql.push_str("BEGIN; ");
-        for (k, v) in conn
-            .deferred_settings
-            .iter()
-            .filter(|(k, _)| LOCAL_SETTINGS.contains(&k.as_str()))
-        {
-            sql.push_str(&format!("SET LOCAL {k} = {v}; "));
-        }
     }
-    let mut take = format!(
-        "SELECT {func}({}), pg_backend_pid(), {}",
+    if opens || scope == Scope::Session {
+        sql.push_str(&local_settings(conn));
+    }
+    if let Some(ms) = timeout_ms {
+        sql.push_str(&format!("SET LOCAL lock_timeout = {ms}; "));
+    }
+    sql.push_str(&guard_sql(expected_backend(conn, a), &lock_match(key.id)));
+    sql.push_str(&format!(
+        "; SELECT {func}({}), pg_backend_pid(), {}",
         key.id.sql_args(),
         fence::backend_start_sql(known)
-    );
+    ));
     // The fence, after the lock and within the same timeout (a waiter's fence wait is part of
     // its wait for the lock: --timeout and a cancelling signal end it too).
     if a.fence {
-        take.push_str("; ");
-        take.push_str(&fence_sql(key, mode, scope, try_once));
+        sql.push_str("; ");
+        sql.push_str(&fence_sql(key, mode, scope, try_once));
     }
-    match timeout_ms {
-        // One round trip: the timeout applies to these statements only. On timeout the
-        // transaction aborts and takes the first SET with it; on success the last SET resets.
-        Some(ms) => sql.push_str(&format!(
-            "SET {local}lock_timeout = {ms}; {take}; SET {local}lock_timeout = 0"
-        )),
-        None => sql.push_str(&take),
+    // The lock's transaction stays open: the timeout was for these statements only.
+    if timeout_ms.is_some() && scope == Scope::Transaction {
+        sql.push_str("; SET LOCAL lock_timeout = 0");
     }
     sql
+}
+
+/// `SET LOCAL` of the session settings that a pooler kept out of the startup packet (none when
+/// it carried them).
+pub fn local_settings(conn: &Conn) -> String {
+    conn.deferred_settings
+        .iter()
+        .filter(|(k, _)| LOCAL_SETTINGS.contains(&k.as_str()))
+        .map(|(k, v)| format!("SET LOCAL {k} = {v}; "))
+        .collect()
 }
 
 /// The holder's side of the fence (contract §11, see fence.rs), in the lock statement's round
@@ -322,28 +423,6 @@ pub fn resolve(conn: &mut Conn, key: &LockKey, signals: &Signals) -> Result<Lock
         ))
     })?;
     key.resolved(rows.first().map_or(&[][..], |r| &r[..]))
-}
-
-/// Applies the session settings a pooler kept out of the startup packet (session scope).
-pub fn apply_deferred_settings(conn: &mut Conn, signals: &Signals) -> Result<()> {
-    let newer = conn
-        .server_params
-        .get("server_version")
-        .and_then(|v| v.split('.').next()?.parse::<u32>().ok())
-        .unwrap_or(0)
-        >= 14;
-    let sql: String = conn
-        .deferred_settings
-        .iter()
-        .filter(|(k, _)| {
-            LOCAL_SETTINGS.contains(&k.as_str()) || (newer && k == "idle_session_timeout")
-        })
-        .map(|(k, v)| format!("SET {k} = {v}; "))
-        .collect();
-    if !sql.is_empty() {
-        query(conn, &sql, signals)?;
-    }
-    Ok(())
 }
 
 /// The session that ran the lock statement, from its second and third columns.
@@ -429,13 +508,20 @@ enum Try {
 /// Tries once to take the lock and, with it, its fence without waiting. Returns the rows too:
 /// their first names this session.
 fn try_take(conn: &mut Conn, a: &Acquire, signals: &Signals) -> Result<(Try, Rows)> {
-    let rows = query(conn, &lock_sql(conn, a, true, None, None), signals)?;
+    let sql = lock_sql(conn, a, true, None, None);
+    let r = query(conn, &sql, signals);
+    let rows = guarded(conn, a, r, signals)?;
     if !first_bool(&rows) {
         return Ok((Try::Held, rows));
     }
     let fenced = rows.get(1).and_then(|r| r.first()).cloned().flatten();
     if a.fence && fenced.as_deref() != Some("t") {
-        let_go(conn, a, signals)?;
+        let_go(
+            conn,
+            a,
+            fence::Holder::from_row(rows.first().map_or(&[][..], |r| &r[..])).as_ref(),
+            signals,
+        )?;
         return Ok((Try::Fenced, rows));
     }
     let got = Acquired {
@@ -444,16 +530,44 @@ fn try_take(conn: &mut Conn, a: &Acquire, signals: &Signals) -> Result<(Try, Row
     Ok((Try::Got(got), rows))
 }
 
+/// A lock statement's result, with a refusal of its guard turned into the run's error (and the
+/// transaction it failed rolled back, so that the session is left as it was found).
+pub fn guarded(conn: &mut Conn, a: &Acquire, r: Result<Rows>, signals: &Signals) -> Result<Rows> {
+    r.map_err(|e| refusal_checked(conn, a, e, signals))
+}
+
+/// `e`, or the refusal it reports (see `guarded`).
+fn refusal_checked(conn: &mut Conn, a: &Acquire, e: Error, signals: &Signals) -> Error {
+    let Some(why) = refusal(e.sqlstate.as_deref(), &e.msg) else {
+        return e;
+    };
+    if conn.tx_status == TxStatus::Failed {
+        let _ = query(conn, "ROLLBACK", signals);
+    }
+    refused(conn, why, &a.key.label(), a.conflict_exit_code)
+}
+
 /// Lets go of a lock this session may hold: a session lock is unlocked, a transaction lock goes
 /// with its transaction.
-fn let_go(conn: &mut Conn, a: &Acquire, signals: &Signals) -> Result<()> {
-    let sql = match a.scope {
-        Scope::Session => format!(
-            "SELECT pg_advisory_unlock{}({})",
+/// A session lock is unlocked only on `on`, the session that took it: behind a pooler another
+/// backend may hold the same lock for another client. Without `on` (a connection replaced while
+/// waiting, behind a declared pooler) nothing is sent, and the lock, if taken, stays with that
+/// server connection until the pooler resets it.
+fn let_go(
+    conn: &mut Conn,
+    a: &Acquire,
+    on: Option<&fence::Holder>,
+    signals: &Signals,
+) -> Result<()> {
+    let sql = match (a.scope, on) {
+        (Scope::Session, Some(h)) => format!(
+            "SELECT pg_advisory_unlock{}({}) WHERE {}",
             fn_suffix(a.mode),
-            a.key.id.sql_args()
+            a.key.id.sql_args(),
+            h.serving_sql()
         ),
-        Scope::Transaction => "ROLLBACK".to_string(),
+        (Scope::Session, None) => return Ok(()),
+        (Scope::Transaction, _) => "ROLLBACK".to_string(),
     };
     query(conn, &sql, signals).map(|_| ())
 }
@@ -548,13 +662,17 @@ impl Waiter<'_> {
                         holder: holder_of(&rows)?,
                     })
                 }
+                Ok(QueryResult::Error(e)) if refusal(Some(&e.code), &e.message).is_some() => {
+                    let e = Error::unavailable(e.to_string()).with_code(&e.code);
+                    return Err(refusal_checked(conn, self.a, e, signals));
+                }
                 Ok(QueryResult::Error(e)) if e.code == "55P03" => {
                     if conn.tx_status == TxStatus::Failed {
                         let _ = query(conn, "ROLLBACK", signals);
                     }
                     // The timeout may have come in the fence's wait, the session lock taken.
                     if self.a.fence && self.a.scope == Scope::Session {
-                        let _ = let_go(conn, self.a, signals);
+                        let _ = let_go(conn, self.a, self.known.as_ref(), signals);
                     }
                     if let Ok(h) = holders(conn, self.a.key, signals) {
                         self.seen = h;
@@ -847,71 +965,13 @@ fn report_holders(a: &Acquire, signals: &Signals) -> Result<Vec<Holder>> {
     h
 }
 
-/// Confirms that this session's own backend holds the lock.
-pub fn owns(conn: &mut Conn, key: &LockKey, mode: Mode, signals: &Signals) -> Result<bool> {
-    Ok(first_bool(&query(
-        conn,
-        &ownership_sql(key, mode),
-        signals,
-    )?))
-}
-
-/// Above Linux's largest pid: a connection whose cancel key carries such a "pid" talks to a
-/// pooler (PgBouncer makes the key up), not to a backend.
-const PID_MAX_LIMIT: i32 = 4_194_304;
-
-/// Refuses a session lock through a transaction pooler before taking it (contract §4): such a
-/// lock stays with a pooled server connection that other clients then use. Behind a pooler, two
-/// transactions that land on different backends prove transaction pooling. (A pooler that hands
-/// back the same backend twice is caught later, by the ownership checks.)
-pub fn refuse_transaction_pooling(conn: &mut Conn, signals: &Signals) -> Result<()> {
-    if conn.backend_pid <= PID_MAX_LIMIT && conn.backend_pid > 0 {
-        return Ok(());
-    }
-    let pid = |conn: &mut Conn| -> Result<Option<String>> {
-        Ok(query(conn, "SELECT pg_backend_pid()", signals)?
-            .first()
-            .and_then(|r| r.first())
-            .cloned()
-            .flatten())
-    };
-    let (a, b) = (pid(conn)?, pid(conn)?);
-    if a != b {
-        return Err(Error::unavailable(format!(
-            "{} is a transaction pooler (consecutive statements ran on backends {} and {}): a session lock would stay with a pooled connection; use --scope transaction",
-            conn.target().describe(),
-            a.unwrap_or_default(),
-            b.unwrap_or_default()
-        )));
-    }
-    Ok(())
-}
-
-/// Best effort after a session lock was found on a backend that no longer serves this
-/// connection: unlock it from that backend, through as many transactions as it takes to land
-/// there again (a pooler rotates its server connections).
-pub fn unlock_on(conn: &mut Conn, backend: i32, key: &LockKey, mode: Mode, signals: &Signals) {
-    let sql = format!(
-        "SELECT CASE WHEN pg_backend_pid() = {backend} THEN pg_advisory_unlock{}({}) END",
-        fn_suffix(mode),
-        key.id.sql_args()
-    );
-    for _ in 0..32 {
-        match query(conn, &sql, signals) {
-            Ok(rows) if first_bool(&rows) => return,
-            Ok(_) => {}
-            Err(_) => return,
-        }
-    }
-    log::warn("pooler", &format!("could not reach backend {backend} again to release lock \"{}\"; it is held until that server connection closes", key.label()), &[]);
-}
-
 /// Releases the lock: `Ok(true)` when the server confirms it was held. A transaction lock ends
-/// with its transaction (held while the transaction was open, failed or not). `sent` is called
-/// once the release is on its way to the server.
+/// with its transaction (held while the transaction was open, failed or not). A session lock is
+/// unlocked only on `holder`, the session that took it (see `let_go`). `sent` is called once the
+/// release is on its way to the server.
 pub fn release(
     conn: &mut Conn,
-    key: &LockKey,
+    taken: (&LockKey, &fence::Holder),
     mode: Mode,
     scope: Scope,
     notify: Option<&str>,
@@ -923,20 +983,18 @@ pub fn release(
         query_then(conn, "COMMIT", signals, sent)?;
         return Ok(open);
     }
+    let (key, holder) = taken;
+    let mut sql = format!(
+        "SELECT pg_advisory_unlock{}({}) WHERE {}",
+        fn_suffix(mode),
+        key.id.sql_args(),
+        holder.serving_sql()
+    );
     // With --limit, the same round trip wakes the first waiter (NOTIFY is sent on commit of the
     // implicit transaction, after the unlock).
-    let sql = match notify {
-        Some(chan) => format!(
-            "SELECT pg_advisory_unlock{}({}); NOTIFY {chan}",
-            fn_suffix(mode),
-            key.id.sql_args()
-        ),
-        None => format!(
-            "SELECT pg_advisory_unlock{}({})",
-            fn_suffix(mode),
-            key.id.sql_args()
-        ),
-    };
+    if let Some(chan) = notify {
+        sql.push_str(&format!("; NOTIFY {chan}"));
+    }
     let rows = query_then(conn, &sql, signals, sent)?;
     Ok(first_bool(&rows))
 }

@@ -65,6 +65,8 @@ pub struct RunRequest {
     pub key: LockKey,
     pub mode: Mode,
     pub scope: Scope,
+    /// `--pooler session`: the user declared a session-mode pooler in front of the server.
+    pub session_pooler: bool,
     /// `--limit N`: a semaphore of N slots.
     pub limit: Option<u32>,
     pub wait: Wait,
@@ -287,6 +289,7 @@ pub fn run_request(args: RunArgs, m: &ArgMatches) -> Result<RunRequest> {
             ScopeArg::Session => Scope::Session,
             ScopeArg::Transaction => Scope::Transaction,
         },
+        session_pooler: args.pooler.is_some(),
         mode: if args.shared {
             Mode::Shared
         } else {

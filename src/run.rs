@@ -11,7 +11,7 @@ use crate::lock::{self, Acquire};
 use crate::log::{self, Mark, V};
 use crate::nesting::{self, Held};
 use crate::pg::{Conn, Startup};
-use crate::request::{Mode, RunRequest, Scope, Wait};
+use crate::request::{Mode, RunRequest, Wait};
 use crate::semaphore;
 use crate::signals::Signals;
 use crate::spawn::Exec;
@@ -101,27 +101,21 @@ struct Taken {
 }
 
 impl<'a> Session<'a> {
-    /// Takes charge of the connection, and checks that a session lock can be held on it.
+    /// Takes charge of the connection. (Whether a lock can be held on it is the lock statement's
+    /// own check: see lock::guard_sql.)
     fn open(
         conn: Conn,
         req: &'a RunRequest,
         guard: Option<&'a Guard>,
         signals: &'a Signals,
     ) -> Result<Session<'a>> {
-        let mut s = Session {
+        Ok(Session {
             conn,
             guard,
             lock: None,
             req,
             signals,
-        };
-        if req.scope == Scope::Session {
-            lock::refuse_transaction_pooling(&mut s.conn, signals)?;
-            if !s.conn.deferred_settings.is_empty() {
-                lock::apply_deferred_settings(&mut s.conn, signals)?;
-            }
-        }
-        Ok(s)
+        })
     }
 
     /// Takes the lock (or a slot), and makes sure it is held by this connection's backend.
@@ -137,11 +131,7 @@ impl<'a> Session<'a> {
             }
         };
         log::mark(Mark::Acquired);
-        let backend_pid = holder.pid;
         self.lock = Some(Taken { key, slot, holder });
-        if backend_pid != self.conn.backend_pid {
-            self.check_pooler(backend_pid)?;
-        }
         Ok(())
     }
 
@@ -190,35 +180,6 @@ impl<'a> Session<'a> {
         Ok(vars)
     }
 
-    /// The backend that ran the lock statement is the one we connected to, unless something in
-    /// between (a pooler) hands statements to other backends: then confirm in pg_locks.
-    fn check_pooler(&mut self, backend_pid: i32) -> Result<()> {
-        let Some(key) = self.lock.as_ref().map(|t| t.key.clone()) else {
-            return Ok(());
-        };
-        if !lock::owns(&mut self.conn, &key, self.req.mode, self.signals)? {
-            lock::unlock_on(
-                &mut self.conn,
-                backend_pid,
-                &key,
-                self.req.mode,
-                self.signals,
-            );
-            self.lock = None;
-            return Err(Error::unavailable(
-                "the lock was taken on a backend that no longer serves this connection (a transaction pooler such as PgBouncer?); a session lock leaks there: use --scope transaction, or connect directly",
-            ));
-        }
-        if self.req.scope == Scope::Session {
-            log::warn(
-                "pooler",
-                "pglock is connected through a pooler or proxy (the backend pid differs from the connection's); with transaction pooling use --scope transaction",
-                &[],
-            );
-        }
-        Ok(())
-    }
-
     /// Unlocks: `false` when the server did not confirm that the lock was still held. The guard
     /// is told to go once the release is on its way (see guard.rs).
     fn release(&mut self) -> bool {
@@ -234,7 +195,7 @@ impl<'a> Session<'a> {
         };
         match lock::release(
             &mut self.conn,
-            &taken.key,
+            (&taken.key, &taken.holder),
             self.req.mode,
             self.req.scope,
             notify.as_deref(),
@@ -259,8 +220,10 @@ impl<'a> Session<'a> {
     }
 
     fn check_sql(&self) -> String {
-        let key = self.lock.as_ref().map_or(&self.req.key, |t| &t.key);
-        lock::ownership_sql(key, self.req.mode)
+        match &self.lock {
+            Some(t) => lock::heartbeat_sql(&t.holder, self.req.scope),
+            None => "SELECT false".into(),
+        }
     }
 }
 
@@ -351,6 +314,7 @@ fn run_inner(mut req: RunRequest, run_id: &str) -> Result<i32> {
         params: &params,
         startup: &startup,
         fence: true,
+        session_pooler: req.session_pooler,
     })?;
     let mut exec = match prepared {
         Some(exec) => exec,

@@ -38,17 +38,30 @@ pub struct Slot {
 
 /// Takes a free slot if there is one, and in the same round trip waits out the fenced
 /// transactions of its earlier holders (contract §11: each slot has its own fence).
-fn try_slots(conn: &mut Conn, id: i64, n: u32, signals: &Signals) -> Result<Option<Slot>> {
+fn try_slots(conn: &mut Conn, a: &Acquire, n: u32, signals: &Signals) -> Result<Option<Slot>> {
+    let Some(id) = a.key.id.big() else {
+        return Ok(None);
+    };
     let slot_fence = key::hash_sql(&format!(
         "({})::text || ':fence'",
         key::hash_sql(&format!("'{id}:' || s.i"))
     ));
+    // The guard refuses when the serving session holds any slot (see lock::guard_sql). It reads
+    // the slot ids only for the locks that session holds: usually none.
+    let any_slot = format!(
+        "l.objsubid = 1 AND ((l.classid::int8 << 32) | l.objid::int8) IN (SELECT {} FROM generate_series(0, {}) AS i)",
+        key::hash_sql(&format!("'{id}:' || i")),
+        n.saturating_sub(1)
+    );
     let sql = format!(
-        "SELECT s.i, pg_backend_pid(), {}, pg_try_advisory_xact_lock({slot_fence}) FROM ({}) AS s",
+        "{}{}; SELECT s.i, pg_backend_pid(), {}, pg_try_advisory_xact_lock({slot_fence}) FROM ({}) AS s",
+        lock::local_settings(conn),
+        lock::guard_sql(lock::expected_backend(conn, a), &any_slot),
         fence::BACKEND_START_SQL,
         key::slot_sql(id, n)
     );
-    let rows = lock::query(conn, &sql, signals)?;
+    let r = lock::query(conn, &sql, signals);
+    let rows = lock::guarded(conn, a, r, signals)?;
     let Some(r) = rows.first() else {
         return Ok(None);
     };
@@ -69,7 +82,11 @@ fn try_slots(conn: &mut Conn, id: i64, n: u32, signals: &Signals) -> Result<Opti
         // try again later (on the next release or poll), as if it had been taken.
         lock::query(
             conn,
-            &format!("SELECT pg_advisory_unlock({})", key.id.sql_args()),
+            &format!(
+                "SELECT pg_advisory_unlock({}) WHERE {}",
+                key.id.sql_args(),
+                holder.serving_sql()
+            ),
             signals,
         )?;
         return Ok(None);
@@ -98,7 +115,7 @@ pub fn acquire(conn: &mut Conn, a: &Acquire, n: u32, signals: &Signals) -> Resul
             "--limit reached lock \"{label}\", which has no bigint id"
         )));
     };
-    if let Some(slot) = try_slots(conn, id, n, signals)? {
+    if let Some(slot) = try_slots(conn, a, n, signals)? {
         return Ok(slot);
     }
     let busy = |conn: &mut Conn, why: &str| {
@@ -137,7 +154,7 @@ pub fn acquire(conn: &mut Conn, a: &Acquire, n: u32, signals: &Signals) -> Resul
         fence: false,
         ..*a
     };
-    lock::acquire(conn, &in_line, signals).map_err(|e| match e.kind {
+    let queued = lock::acquire(conn, &in_line, signals).map_err(|e| match e.kind {
         Kind::NotAcquired(_) => Error::new(e.kind, format!("all {n} slots of lock \"{label}\" stayed taken until --timeout; the command was not run")),
         _ => e,
     })?;
@@ -150,13 +167,14 @@ pub fn acquire(conn: &mut Conn, a: &Acquire, n: u32, signals: &Signals) -> Resul
         &[("waited_ms", V::I(start.elapsed().as_millis() as i64))],
     );
     loop {
-        if let Some(slot) = try_slots(conn, id, n, signals)? {
+        if let Some(slot) = try_slots(conn, a, n, signals)? {
             // Let the next waiter move up.
             lock::query(
                 conn,
                 &format!(
-                    "UNLISTEN {chan}; SELECT pg_advisory_unlock({})",
-                    queue.id.sql_args()
+                    "UNLISTEN {chan}; SELECT pg_advisory_unlock({}) WHERE {}",
+                    queue.id.sql_args(),
+                    queued.holder.serving_sql()
                 ),
                 signals,
             )?;
