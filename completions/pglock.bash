@@ -105,7 +105,7 @@ _pglock() {
             return 0
             ;;
         pglock__subcmd__run)
-            opts="-n -w -E -q -v -h -V --key --key-id --key-hashtext --lock-of --lock-schema --lock-table --no-wait --timeout --shared --scope --limit --fencing-token --conflict-exit-code --database-url --max-runtime --kill-after --heartbeat --release-after --quiet --verbose --log-format --help --version"
+            opts="-n -w -E -q -v -h -V --key --key-id --key-hashtext --lock-of --lock-schema --lock-table --no-wait --timeout --shared --scope --pooler --limit --fencing-token --conflict-exit-code --database-url --max-runtime --kill-after --heartbeat --release-after --quiet --verbose --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -145,6 +145,10 @@ _pglock() {
                     ;;
                 --scope)
                     COMPREPLY=($(compgen -W "session transaction" -- "${cur}"))
+                    return 0
+                    ;;
+                --pooler)
+                    COMPREPLY=($(compgen -W "session" -- "${cur}"))
                     return 0
                     ;;
                 --limit)

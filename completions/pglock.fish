@@ -50,6 +50,7 @@ complete -c pglock -n "__fish_pglock_using_subcommand run" -l lock-table -d 'Wit
 complete -c pglock -n "__fish_pglock_using_subcommand run" -s w -l timeout -d 'Wait at most DURATION for the lock (500ms, 30s, 5m, 1h), then exit 75; 0 is --no-wait. A server that is down or starting is waited for too (without -w: for a minute)' -r
 complete -c pglock -n "__fish_pglock_using_subcommand run" -l scope -d 'session: a session lock (pg_advisory_lock); transaction: pg_advisory_xact_lock in a transaction held open while COMMAND runs, for PgBouncer in transaction pooling mode' -r -f -a "session\t''
 transaction\t''"
+complete -c pglock -n "__fish_pglock_using_subcommand run" -l pooler -d 'session: a pooler or proxy in session mode sits in front of the server (PgBouncer\'s pool_mode = session, pgpool-II): a session lock is taken through it. Without it, a session lock through any pooler or proxy is refused (exit 69)' -r -f -a "session\t''"
 complete -c pglock -n "__fish_pglock_using_subcommand run" -l limit -d 'A counting semaphore: up to N runs of this key at once, each holding one of N slot locks' -r
 complete -c pglock -n "__fish_pglock_using_subcommand run" -s E -l conflict-exit-code -d 'Exit code when the lock is not acquired' -r
 complete -c pglock -n "__fish_pglock_using_subcommand run" -l database-url -d 'PostgreSQL connection URI or key=value string [default: DATABASE_URL, then libpq\'s PG* variables]' -r

@@ -488,49 +488,52 @@ pub fn stamp_script(file: &Path, secs: &str) -> String {
     )
 }
 
-/// A real PgBouncer in transaction pooling mode in front of the main cluster, run as the
-/// `postgres` user (PgBouncer refuses root), stopped with the test process. Server connections
-/// are handed out round robin, so consecutive transactions of one client land on different
-/// backends, as they do under load.
+/// A real PgBouncer in front of the main cluster, with PgBouncer's own defaults except what a
+/// test sets (`pool_mode`, `default_pool_size`...): server connections reused last-in-first-out,
+/// as it comes. Run as the `postgres` user (PgBouncer refuses root); stopped when dropped, or with
+/// the test process. Database `postgres` connects as the superuser, database `app` as role `app`
+/// (whatever the client's user name), so that role settings can be seen through the pool.
 pub struct Bouncer {
     pub port: u16,
     pub log: PathBuf,
+    dir: PathBuf,
 }
 
 impl Bouncer {
-    pub fn url(&self) -> String {
-        format!(
-            "postgres://postgres@127.0.0.1:{}/postgres?sslmode=disable",
-            self.port
-        )
-    }
-}
-
-pub fn bouncer() -> &'static Bouncer {
-    static B: OnceLock<Bouncer> = OnceLock::new();
-    require_setup();
-    B.get_or_init(|| {
-        let bin = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer", "/usr/local/bin/pgbouncer"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-            .expect("pgbouncer is not installed (apt-get install pgbouncer; .ci/run does it)");
-        let dir = tmpdir("pgbouncer");
+    /// Starts a PgBouncer with these `[pgbouncer]` settings (one `key = value` a line).
+    pub fn start(name: &str, settings: &str) -> Bouncer {
+        require_setup();
+        let bin = [
+            "/usr/sbin/pgbouncer",
+            "/usr/bin/pgbouncer",
+            "/usr/local/bin/pgbouncer",
+        ]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("pgbouncer is not installed (apt-get install pgbouncer; .ci/run does it)");
+        let dir = tmpdir(&format!("pgbouncer-{name}"));
         chown_pg(&dir);
         let port = free_port();
         let ini = dir.join("pgbouncer.ini");
         std::fs::write(
             &ini,
             format!(
-                "[databases]\npostgres = host=127.0.0.1 port={} dbname=postgres user=postgres password={SUPERUSER_PASSWORD}\n\
+                "[databases]\npostgres = host=127.0.0.1 port={pg} dbname=postgres user=postgres password={SUPERUSER_PASSWORD}\n\
+                 app = host=127.0.0.1 port={pg} dbname=postgres user=app password={APP_PASSWORD}\n\
+                 pooled = host=127.0.0.1 port={pg} dbname=postgres user=pglock_pooled password={POOLED_PASSWORD}\n\
                  [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\nauth_type = trust\n\
-                 auth_file = {d}/users.txt\npool_mode = transaction\nserver_round_robin = 1\ndefault_pool_size = 20\n\
-                 logfile = {d}/pgbouncer.log\npidfile = {d}/pgbouncer.pid\n",
-                pg().port,
+                 auth_file = {d}/users.txt\nlogfile = {d}/pgbouncer.log\npidfile = {d}/pgbouncer.pid\n\
+                 admin_users = postgres\n{settings}\n",
+                pg = pg().port,
                 d = dir.display()
             ),
         )
         .unwrap();
-        std::fs::write(dir.join("users.txt"), "\"postgres\" \"\"\n").unwrap();
+        std::fs::write(
+            dir.join("users.txt"),
+            "\"postgres\" \"\"\n\"app\" \"\"\n\"pglock_pooled\" \"\"\n",
+        )
+        .unwrap();
         for f in ["pgbouncer.ini", "users.txt"] {
             chown_pg(&dir.join(f));
         }
@@ -541,14 +544,112 @@ pub fn bouncer() -> &'static Bouncer {
             pid = std::process::id()
         );
         use std::os::unix::process::CommandExt;
-        #[allow(clippy::zombie_processes)] // outlives the tests; stops with them
-        Command::new("sh").args(["-c", &script]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).process_group(0).spawn().unwrap();
-        assert!(wait_until(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()), "pgbouncer did not start");
+        #[allow(clippy::zombie_processes)] // outlives the tests; stops with them or on drop
+        Command::new("sh")
+            .args(["-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        assert!(
+            wait_until(Duration::from_secs(10), || std::net::TcpStream::connect((
+                "127.0.0.1",
+                port
+            ))
+            .is_ok()),
+            "pgbouncer did not start"
+        );
         Bouncer {
             port,
             log: dir.join("pgbouncer.log"),
+            dir,
         }
-    })
+    }
+
+    /// The superuser's database through the pool.
+    pub fn url(&self) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/postgres?sslmode=disable",
+            self.port
+        )
+    }
+
+    /// Role `pglock_pooled`'s database through the pool: a role with defaults that a session
+    /// setting would override (see `pooled_role`).
+    pub fn pooled_url(&self) -> String {
+        pooled_role();
+        format!(
+            "postgres://pglock_pooled@127.0.0.1:{}/pooled?sslmode=disable",
+            self.port
+        )
+    }
+
+    /// Role `app`'s database through the pool.
+    pub fn app_url(&self) -> String {
+        format!("postgres://app@127.0.0.1:{}/app?sslmode=disable", self.port)
+    }
+
+    /// psql through the pool (`url`), returning stdout trimmed.
+    pub fn psql(&self, url: &str, sql: &str) -> String {
+        let out = Command::new(pg().bin.join("psql"))
+            .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-d", url, "-c", sql])
+            .env_remove("PGHOST")
+            .env_remove("PGPORT")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "psql {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// `pglock ARGS` connecting through this PgBouncer.
+    pub fn pglock(&self, args: &[&str]) -> Command {
+        let mut c = pglock_bare(args);
+        c.env("PGLOCK_DATABASE_URL", self.url());
+        c
+    }
+}
+
+impl Drop for Bouncer {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(self.dir.join("pgbouncer.pid")) {
+            if let Ok(pid) = pid.trim().parse::<i32>() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+        }
+    }
+}
+
+pub const POOLED_PASSWORD: &str = "pooled-pw-2c9e";
+
+/// Role `pglock_pooled`, with role defaults that pglock's own session settings would override
+/// (so that a setting left on a pooled server connection shows): statement_timeout 2s,
+/// lock_timeout 1500ms, idle_in_transaction_session_timeout 2s.
+pub fn pooled_role() {
+    static R: OnceLock<()> = OnceLock::new();
+    R.get_or_init(|| {
+        pg().psql_super(&format!(
+            "CREATE ROLE pglock_pooled LOGIN PASSWORD '{POOLED_PASSWORD}'; \
+             ALTER ROLE pglock_pooled SET statement_timeout = '2s'; \
+             ALTER ROLE pglock_pooled SET lock_timeout = '1500ms'; \
+             ALTER ROLE pglock_pooled SET idle_in_transaction_session_timeout = '2s'"
+        ));
+    });
+}
+
+/// The suite's shared PgBouncer: transaction pooling, everything else as it comes.
+pub fn bouncer() -> &'static Bouncer {
+    static B: OnceLock<Bouncer> = OnceLock::new();
+    B.get_or_init(|| Bouncer::start("shared", "pool_mode = transaction"))
 }
 
 /// The id of the queue lock of `--limit` waiters on lock `id` (SHA-256 of "<id>:queue").

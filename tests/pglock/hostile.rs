@@ -126,10 +126,13 @@ fn answer(sql: &str) -> Vec<u8> {
     let pid = PID.to_string();
     if sql.contains("pg_is_in_recovery") {
         rows(&["f"])
-    } else if sql.contains("EXISTS") || sql.contains("_unlock") {
+    } else if sql.contains("_unlock") || sql.contains("statement_timestamp()") {
+        // The release and the heartbeat.
         rows(&["t"])
-    } else if sql.contains("_lock") && sql.contains("pg_backend_pid()") {
+    } else if sql.contains("_lock(") && sql.contains("pg_backend_pid()") {
         lock_rows(&pid)
+    } else if sql.contains("EXISTS") {
+        rows(&["t"])
     } else if sql.contains("pg_backend_pid()") {
         rows(&[&pid])
     } else if sql.contains("SELECT") {

@@ -1,30 +1,56 @@
-//! Contract §4 (--scope): through a real PgBouncer in transaction pooling mode, transaction-scoped
-//! locks exclude each other and vanish with their transaction; a session lock is refused there.
+//! Contract §4 (poolers), through real PgBouncers as users run them: PgBouncer's own defaults
+//! (server connections reused last-in-first-out), transaction and session pooling, pools of one
+//! and five server connections and the default, cold and warm. The outcome asserted is the user's:
+//! from the children's own timestamps, no two ran at once; nothing is left in `pg_locks`; nothing
+//! is left on a pooled server connection.
 
 use crate::harness::*;
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
-/// `run --scope transaction --key NAME -- true`.
-fn xact_run_true(name: &str) -> [&str; 7] {
-    ["run", "--scope", "transaction", "--key", name, "--", "true"]
-}
+/// The PgBouncer configurations of the tests: (name, settings).
+const TRANSACTION_POOLS: [(&str, &str); 3] = [
+    ("tx1", "pool_mode = transaction\ndefault_pool_size = 1"),
+    ("tx5", "pool_mode = transaction\ndefault_pool_size = 5"),
+    ("txdefault", "pool_mode = transaction"),
+];
 
-fn via_bouncer(args: &[&str]) -> std::process::Command {
-    let mut c = pglock_bare(args);
-    c.env("PGLOCK_DATABASE_URL", bouncer().url());
-    c
-}
-
-#[test]
-fn transaction_scope_through_pgbouncer_excludes_and_leaves_nothing_behind() {
-    let name = key("pgbx");
-    let id = lock_id(&name);
-    let dir = tmpdir("pgbx");
-    let file = dir.join("stamps");
-    let script = stamp_script(&file, "0.1");
-    let runs: Vec<_> = (0..4)
+/// Starts `n` runs at once of `args` followed by `-- sh -c STAMP` (recording into `file`).
+fn start_runs(b: &Bouncer, n: usize, args: &[&str], file: &std::path::Path) -> Vec<Child> {
+    let script = stamp_script(file, "0.2");
+    (0..n)
         .map(|_| {
-            via_bouncer(&[
+            let mut a = vec!["run"];
+            a.extend_from_slice(args);
+            a.extend_from_slice(&["--", "sh", "-c", &script]);
+            b.pglock(&a)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect()
+}
+
+/// Waits for the runs; returns their exit codes and stderr.
+fn finish(runs: Vec<Child>) -> Vec<(i32, String)> {
+    runs.into_iter()
+        .map(|c| {
+            let out = c.wait_with_output().unwrap();
+            (
+                out.status.code().unwrap_or(-1),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Warms the pool: several transactions at once, so that PgBouncer opens server connections.
+fn warm(b: &Bouncer) {
+    let name = key("warm");
+    let runs: Vec<_> = (0..5)
+        .map(|_| {
+            b.pglock(&[
                 "run",
                 "-q",
                 "--scope",
@@ -32,22 +58,311 @@ fn transaction_scope_through_pgbouncer_excludes_and_leaves_nothing_behind() {
                 "--key",
                 &name,
                 "--",
-                "sh",
-                "-c",
-                &script,
+                "sleep",
+                "0.2",
             ])
-            .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap()
         })
         .collect();
-    // While they run, exactly one holds the lock on the real server, inside a transaction.
+    all_succeed(runs);
+}
+
+fn assert_nothing_left(id: i64) {
+    assert!(
+        wait_until(Duration::from_secs(5), || pg().locks_on(id).is_empty()),
+        "left in pg_locks: {:?}",
+        pg().locks_on(id)
+    );
+}
+
+#[test]
+fn a_session_lock_through_a_transaction_pooler_is_refused_cold_warm_and_concurrent() {
+    for (name, conf) in TRANSACTION_POOLS {
+        let b = Bouncer::start(name, conf);
+        for state in ["cold", "warm"] {
+            if state == "warm" {
+                warm(&b);
+            }
+            for n in [1, 2, 5] {
+                let lock = key("pgb-refuse");
+                let file = tmpdir("pgb-refuse").join("stamps");
+                let results = finish(start_runs(&b, n, &["--key", &lock], &file));
+                for (code, err) in &results {
+                    assert_eq!(*code, 69, "{name} {state} x{n}: {err}");
+                    assert!(
+                        err.contains("--scope transaction") && err.contains("--pooler session"),
+                        "{name} {state}: {err}"
+                    );
+                }
+                assert!(intervals(&file).is_empty(), "{name} {state}: a child ran");
+                assert_nothing_left(lock_id(&lock));
+            }
+        }
+    }
+}
+
+/// How many times each configuration's concurrent runs are repeated: `PGLOCK_POOLER_ROUNDS`
+/// (1 by default; more for a soak, whose counts the tests print).
+fn rounds() -> usize {
+    std::env::var("PGLOCK_POOLER_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(1)
+}
+
+/// One configuration's concurrent runs: `n` runs of one key at once (`rounds()` times); every
+/// run exits with one of `codes` and no two children overlap. Returns how many children ran in
+/// the last round.
+fn never_two(b: &Bouncer, what: &str, args: &[&str], n: usize, codes: &[i32]) -> usize {
+    let (mut ran, mut total) = (0, 0);
+    for _ in 0..rounds() {
+        let lock = key("pgb-two");
+        let file = tmpdir("pgb-two").join("stamps");
+        let mut a = vec!["--key", &lock];
+        a.extend_from_slice(args);
+        let results = finish(start_runs(b, n, &a, &file));
+        for (code, err) in &results {
+            assert!(codes.contains(code), "{what} {args:?}: exit {code}: {err}");
+        }
+        let iv = intervals(&file);
+        assert_one_at_a_time(&iv);
+        ran = iv.len();
+        total += iv.len();
+    }
+    eprintln!(
+        "pooler-soak: {what} {args:?} x{n}: {} runs started, {total} children ran, 0 overlapped",
+        n * rounds()
+    );
+    ran
+}
+
+#[test]
+fn transaction_scope_through_transaction_poolers_runs_one_at_a_time() {
+    for (name, conf) in TRANSACTION_POOLS {
+        let b = Bouncer::start(name, conf);
+        for n in [2, 5] {
+            let lock_args = ["--scope", "transaction"];
+            let ran = never_two(&b, name, &lock_args, n, &[0]);
+            assert_eq!(ran, n, "{name}: every waiting run runs");
+            // Tries: one at least runs, the others are busy.
+            let ran = never_two(&b, name, &["--scope", "transaction", "-n"], n, &[0, 75]);
+            assert!(ran >= 1, "{name}");
+        }
+    }
+}
+
+#[test]
+fn a_declared_session_pooler_runs_session_locks_one_at_a_time() {
+    for (name, conf) in [
+        ("sess1", "pool_mode = session\ndefault_pool_size = 1"),
+        ("sess5", "pool_mode = session\ndefault_pool_size = 5"),
+    ] {
+        let b = Bouncer::start(name, conf);
+        for n in [2, 5] {
+            let ran = never_two(&b, name, &["--pooler", "session"], n, &[0]);
+            assert_eq!(ran, n, "{name}");
+            let ran = never_two(&b, name, &["--pooler", "session", "-n"], n, &[0, 75]);
+            assert!(ran >= 1, "{name}");
+        }
+        // Undeclared, it is refused like any pooler: nothing tells pglock how it pools.
+        let lock = key("pgb-sess");
+        let (_, err) = expect_code(b.pglock(&["run", "--key", &lock, "--", "true"]), 69);
+        assert!(err.contains("--pooler session"), "{err}");
+        // Session pooling with the environment variable.
+        let mut c = b.pglock(&["run", "--key", &lock, "--", "true"]);
+        c.env("PGLOCK_POOLER", "session");
+        let (_, err) = expect_code(c, 0);
+        assert!(!err.contains("pooler"), "no warning once declared: {err}");
+        assert_nothing_left(lock_id(&lock));
+    }
+}
+
+/// `--pooler session` on a transaction pooler (misdeclared): a session lock taken on one pooled
+/// server connection is never granted to another client of it, so no two children overlap, even
+/// though runs may then fail (74: the session changed under a heartbeat or the release) or give
+/// up (75).
+#[test]
+fn a_misdeclared_transaction_pooler_still_never_runs_two_at_once() {
+    for (name, conf) in [TRANSACTION_POOLS[0], TRANSACTION_POOLS[1]] {
+        let b = Bouncer::start(name, conf);
+        warm(&b);
+        for n in [2, 5] {
+            never_two(
+                &b,
+                name,
+                &["--pooler", "session", "-w", "5s"],
+                n,
+                &[0, 69, 74, 75],
+            );
+            never_two(
+                &b,
+                name,
+                &["--pooler", "session", "-n"],
+                n,
+                &[0, 69, 74, 75],
+            );
+        }
+    }
+}
+
+/// A second client of the one server connection of a pool never gets the session lock that the
+/// first client holds there, in any form: try and wait, exclusive and shared, --limit.
+#[test]
+fn a_lock_the_serving_session_holds_is_never_granted_again() {
+    let b = Bouncer::start("held1", "pool_mode = transaction\ndefault_pool_size = 1");
+    for extra in [&[][..], &["--shared"][..], &["--limit", "2"][..]] {
+        let lock = key("pgb-held");
+        let mut holder_args = vec!["run", "--pooler", "session", "--key", &lock];
+        holder_args.extend_from_slice(extra);
+        holder_args.extend_from_slice(&["--", "sleep", "3"]);
+        let mut holder = b
+            .pglock(&holder_args)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        assert!(wait_until(Duration::from_secs(5), || !pg()
+            .psql_super(&format!(
+                "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid IN \
+                 (SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'pglock:pgb-held%')"
+            ))
+            .is_empty()));
+        for wait in [&["-n"][..], &["-w", "1s"][..]] {
+            let mut a = vec!["run", "--pooler", "session", "--key", &lock];
+            a.extend_from_slice(extra);
+            a.extend_from_slice(wait);
+            a.extend_from_slice(&["--", "touch", "/nonexistent/ran"]);
+            let (_, err) = expect_code(b.pglock(&a), 75);
+            assert!(
+                err.contains("already holds it"),
+                "{extra:?} {wait:?}: {err}"
+            );
+        }
+        let out = holder.wait_with_output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// What `SHOW` says of the role's settings through the pool's one server connection.
+fn pooled_settings(b: &Bouncer) -> String {
+    b.psql(
+        &b.pooled_url(),
+        "SELECT current_setting('statement_timeout') || ' ' || current_setting('lock_timeout') \
+         || ' ' || current_setting('idle_in_transaction_session_timeout')",
+    )
+}
+
+/// PgBouncer refuses startup options, so pglock's session settings are made local to its own
+/// transactions: a role's defaults are what the pool's other clients still see afterwards, and
+/// they do not cut pglock's waits or its open transaction short.
+#[test]
+fn nothing_is_left_on_a_pooled_server_connection() {
+    let b = Bouncer::start("leak1", "pool_mode = transaction\ndefault_pool_size = 1");
+    let url = b.pooled_url();
+    let role = "2s 1500ms 2s";
+    assert_eq!(pooled_settings(&b), role);
+    let run = |args: &[&str]| {
+        let mut c = pglock_bare(args);
+        c.env("PGLOCK_DATABASE_URL", &url)
+            .env("PGPASSWORD", POOLED_PASSWORD);
+        c
+    };
+    let lock = key("pgb-leak");
+    // Refused, and nothing left.
+    expect_code(run(&["run", "--key", &lock, "--", "true"]), 69);
+    assert_eq!(pooled_settings(&b), role);
+    // A transaction lock held longer than the role's idle_in_transaction_session_timeout.
+    expect_code(
+        run(&[
+            "run",
+            "--scope",
+            "transaction",
+            "--key",
+            &lock,
+            "--",
+            "sleep",
+            "2.5",
+        ]),
+        0,
+    );
+    assert_eq!(pooled_settings(&b), role);
+    // A session lock (declared session pooler) waited for longer than the role's
+    // statement_timeout and lock_timeout, then held.
+    let id = lock_id(&lock);
+    let mut direct = pg()
+        .psql_cmd()
+        .args([
+            "-c",
+            &format!("SELECT pg_advisory_lock({id}); SELECT pg_sleep(2.5)"),
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(5), || !pg()
+        .locks_on(id)
+        .is_empty()));
+    let (_, err) = expect_code(
+        run(&["run", "--pooler", "session", "--key", &lock, "--", "true"]),
+        0,
+    );
+    assert!(err.contains("waiting for lock"), "{err}");
+    direct.wait().unwrap();
+    assert_eq!(pooled_settings(&b), role);
+    // A wait with --timeout: its lock_timeout is the statement's alone.
+    let mut direct = pg()
+        .psql_cmd()
+        .args([
+            "-c",
+            &format!("SELECT pg_advisory_lock({id}); SELECT pg_sleep(2)"),
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(5), || !pg()
+        .locks_on(id)
+        .is_empty()));
+    expect_code(
+        run(&[
+            "run",
+            "--scope",
+            "transaction",
+            "-w",
+            "500ms",
+            "--key",
+            &lock,
+            "--",
+            "true",
+        ]),
+        75,
+    );
+    assert_eq!(pooled_settings(&b), role);
+    direct.wait().unwrap();
+    assert_nothing_left(id);
+}
+
+#[test]
+fn transaction_scope_through_pgbouncer_excludes_and_leaves_nothing_behind() {
+    let name = key("pgbx");
+    let id = lock_id(&name);
+    let file = tmpdir("pgbx").join("stamps");
+    let runs = start_runs(
+        bouncer(),
+        4,
+        &["-q", "--scope", "transaction", "--key", &name],
+        &file,
+    );
+    // While they run, one holds the lock on the real server, inside a transaction.
     assert!(wait_until(Duration::from_secs(10), || pg()
         .locks_on(id)
         .iter()
         .any(|l| l.contains(",t,"))));
     let (_, err) = expect_code(
-        via_bouncer(&[
+        bouncer().pglock(&[
             "run",
             "-n",
             "--scope",
@@ -60,55 +375,25 @@ fn transaction_scope_through_pgbouncer_excludes_and_leaves_nothing_behind() {
         75,
     );
     assert!(err.contains("held by pid"), "{err}");
-    all_succeed(runs);
+    for (code, err) in finish(runs) {
+        assert_eq!(code, 0, "{err}");
+    }
     let iv = intervals(&file);
     assert_eq!(iv.len(), 4, "{iv:?}");
     assert_one_at_a_time(&iv);
-    assert!(
-        pg().locks_on(id).is_empty(),
-        "left behind: {:?}",
-        pg().locks_on(id)
-    );
+    assert_nothing_left(id);
     // Transaction scope works directly too.
-    expect_code(pglock(&xact_run_true(&name)), 0);
-}
-
-#[test]
-fn session_scope_through_a_transaction_pooler_is_refused() {
-    let name = key("pgbs");
-    let id = lock_id(&name);
-    // Warm the pool so that there are several server connections to rotate through.
-    let warm: Vec<_> = (0..3)
-        .map(|_| {
-            via_bouncer(&[
-                "run",
-                "-q",
-                "--scope",
-                "transaction",
-                "--key",
-                &key("warm"),
-                "--",
-                "sleep",
-                "0.3",
-            ])
-            .spawn()
-            .unwrap()
-        })
-        .collect();
-    for mut w in warm {
-        w.wait().unwrap();
-    }
-    let (_, err) = expect_code(via_bouncer(&["run", "--key", &name, "--", "true"]), 69);
-    assert!(
-        err.contains("--scope transaction") && err.contains("transaction pooler"),
-        "{err}"
-    );
-    // Refused before locking: no session lock is left with a pooled server connection.
-    std::thread::sleep(Duration::from_millis(200));
-    assert!(
-        pg().locks_on(id).is_empty(),
-        "leaked: {:?}",
-        pg().locks_on(id)
+    expect_code(
+        pglock(&[
+            "run",
+            "--scope",
+            "transaction",
+            "--key",
+            &name,
+            "--",
+            "true",
+        ]),
+        0,
     );
 }
 
@@ -117,7 +402,18 @@ fn session_scope_through_a_transaction_pooler_is_refused() {
 #[test]
 fn through_pgbouncer_the_session_ends_with_terminate() {
     let name = key("pgb-terminate");
-    expect_code(via_bouncer(&xact_run_true(&name)), 0);
+    expect_code(
+        bouncer().pglock(&[
+            "run",
+            "--scope",
+            "transaction",
+            "--key",
+            &name,
+            "--",
+            "true",
+        ]),
+        0,
+    );
     let log = || std::fs::read_to_string(&bouncer().log).unwrap_or_default();
     assert!(
         wait_until(Duration::from_secs(5), || log()
