@@ -79,8 +79,15 @@ out of reach.
 \fB\-\-limit\fR N makes a counting semaphore: slot i of lock id X is the lock of SHA\-256("X:i");
 \fBpglock key\fR NAME \fB\-\-limit\fR N prints the slot ids, with \fB\-\-sql\fR the SQL that
 takes a free slot. \fB\-\-scope transaction\fR takes pg_advisory_xact_lock in a transaction held
-open while COMMAND runs, which works through PgBouncer's transaction pooling; a session lock
-through a transaction pooler is refused.
+open while COMMAND runs, which works through PgBouncer's transaction pooling. A session lock
+through any pooler or proxy (its statements run on a backend other than the one its cancel key
+names) is refused before it is taken (exit 69), unless \fB\-\-pooler session\fR declares a
+session\-mode pooler (PgBouncer's pool_mode = session, pgpool\-II). Whatever is declared, the lock
+statement refuses a lock that the serving session already holds (exit 75), so a second client of
+one pooled server connection never gets it; and no session\-level SET is sent: settings a pooler
+keeps out of the startup packet are applied with SET LOCAL. The heartbeat checks that the session
+that took the lock (pid and backend_start) still serves the connection, at a cost that does not
+grow with the number of locks on the server.
 "#;
 
 const SECTIONS: &str = r#".SH "EXIT STATUS"
