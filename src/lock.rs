@@ -159,6 +159,7 @@ pub fn heartbeat_sql(holder: &fence::Holder, scope: Scope) -> String {
 /// server knows fails naming it, and the failure ends the round trip before the lock statement.
 const REFUSED_POOLER: &str = "pglock.refused_statement_ran_on_another_backend";
 const REFUSED_HELD: &str = "pglock.refused_lock_already_held_by_the_serving_session";
+const REFUSED_STANDBY: &str = "pglock.refused_statement_ran_on_a_hot_standby";
 
 /// Why the guard refused the lock (see `guard_sql`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,6 +168,8 @@ pub enum Refusal {
     Pooler,
     /// The session that serves the statement holds the lock already.
     Held,
+    /// The statement ran on a hot standby (a load balancer sent it there).
+    Standby,
 }
 
 /// The statement that goes first in a lock statement's round trip (contract §4, poolers). It
@@ -174,24 +177,26 @@ pub enum Refusal {
 /// - `expect_pid` is given and the statement runs on another backend: something between pglock
 ///   and the server (a pooler or proxy) hands its statements to backends of its choosing, so a
 ///   session lock could not be proven to be pglock's own;
-/// - the serving session already holds one of `ids`, in any mode and scope: a pooled server
+/// - it runs on a hot standby, where an advisory lock excludes nobody on the primary: a load
+///   balancer in front of a primary and standbys (pgpool-II) sent it there;
+/// - the serving session already holds the lock, in any mode and scope: a pooled server
 ///   connection that another client locked. Advisory locks are re-entrant within a session (and
 ///   a session lock and a transaction lock of one session never conflict), so the lock call
 ///   alone would grant it a second time.
 ///
 /// `mine` is the condition on `pg_locks l` that selects the locks to refuse (`lock_match`).
 pub fn guard_sql(expect_pid: Option<i32>, mine: &str) -> String {
-    let held = format!(
-        "EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = pg_backend_pid() AND l.locktype = 'advisory' \
-         AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) AND {mine})"
-    );
-    match expect_pid {
-        Some(pid) => format!(
-            "SELECT current_setting(CASE WHEN pg_backend_pid() <> {pid} THEN '{REFUSED_POOLER}' \
-             ELSE '{REFUSED_HELD}' END) WHERE pg_backend_pid() <> {pid} OR {held}"
-        ),
-        None => format!("SELECT current_setting('{REFUSED_HELD}') WHERE {held}"),
-    }
+    let pooler = match expect_pid {
+        Some(pid) => format!("WHEN pg_backend_pid() <> {pid} THEN '{REFUSED_POOLER}' "),
+        None => String::new(),
+    };
+    format!(
+        "SELECT current_setting(r) FROM (SELECT CASE {pooler}\
+         WHEN pg_is_in_recovery() THEN '{REFUSED_STANDBY}' \
+         WHEN EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = pg_backend_pid() AND l.locktype = 'advisory' \
+         AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) AND {mine}) \
+         THEN '{REFUSED_HELD}' END AS r OFFSET 0) AS g WHERE r IS NOT NULL"
+    )
 }
 
 /// The condition on `pg_locks l` that selects lock `id`, whatever its mode.
@@ -213,6 +218,8 @@ pub fn refusal(code: Option<&str>, msg: &str) -> Option<Refusal> {
         Some(Refusal::Pooler)
     } else if msg.contains(REFUSED_HELD) {
         Some(Refusal::Held)
+    } else if msg.contains(REFUSED_STANDBY) {
+        Some(Refusal::Standby)
     } else {
         None
     }
@@ -224,6 +231,10 @@ pub fn refused(conn: &Conn, r: Refusal, label: &str, exit_code: i32) -> Error {
     match r {
         Refusal::Pooler => Error::unavailable(format!(
             "{} is a pooler or proxy (its statements run on a backend other than the one the connection names): a session lock through it could be shared with its other clients, so lock \"{label}\" was not taken; use --scope transaction, or --pooler session if it pools in session mode",
+            conn.target().describe()
+        )),
+        Refusal::Standby => Error::unavailable(format!(
+            "the lock statement for \"{label}\" ran on a hot standby behind {} (a load balancer?), where an advisory lock excludes nobody on the primary: it was not taken; connect to the primary",
             conn.target().describe()
         )),
         Refusal::Held => Error::new(

@@ -124,13 +124,13 @@ fn lock_rows(pid: &str) -> Vec<u8> {
 /// What a server that grants every lock answers to pglock's statement `sql` (see src/lock.rs).
 fn answer(sql: &str) -> Vec<u8> {
     let pid = PID.to_string();
-    if sql.contains("pg_is_in_recovery") {
-        rows(&["f"])
-    } else if sql.contains("_unlock") || sql.contains("statement_timestamp()") {
+    if sql.contains("_unlock") || sql.contains("statement_timestamp()") {
         // The release and the heartbeat.
         rows(&["t"])
     } else if sql.contains("_lock(") && sql.contains("pg_backend_pid()") {
         lock_rows(&pid)
+    } else if sql.contains("pg_is_in_recovery") {
+        rows(&["f"])
     } else if sql.contains("EXISTS") {
         rows(&["t"])
     } else if sql.contains("pg_backend_pid()") {
