@@ -216,16 +216,16 @@ fn a_lock_the_serving_session_holds_is_never_granted_again() {
         let mut holder_args = vec!["run", "--pooler", "session", "--key", &lock];
         holder_args.extend_from_slice(extra);
         holder_args.extend_from_slice(&["--", "sleep", "3"]);
-        let mut holder = b
+        let holder = b
             .pglock(&holder_args)
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         assert!(wait_until(Duration::from_secs(5), || !pg()
-            .psql_super(&format!(
+            .psql_super(
                 "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid IN \
                  (SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'pglock:pgb-held%')"
-            ))
+            )
             .is_empty()));
         for wait in [&["-n"][..], &["-w", "1s"][..]] {
             let mut a = vec!["run", "--pooler", "session", "--key", &lock];
