@@ -558,28 +558,31 @@ fn refusal_checked(conn: &mut Conn, a: &Acquire, e: Error, signals: &Signals) ->
     refused(conn, why, &a.key.label(), a.conflict_exit_code)
 }
 
-/// Lets go of a lock this session may hold: a session lock is unlocked, a transaction lock goes
-/// with its transaction.
-/// A session lock is unlocked only on `on`, the session that took it: behind a pooler another
-/// backend may hold the same lock for another client. Without `on` (a connection replaced while
-/// waiting, behind a declared pooler) nothing is sent, and the lock, if taken, stays with that
-/// server connection until the pooler resets it.
+/// Lets go of a lock this session may hold: a transaction lock goes with its transaction, a
+/// session lock is unlocked only on the session that took it (`on`, else the backend the guard
+/// expected): behind a pooler another backend may hold the same lock for another client. With
+/// neither (a connection replaced while waiting, behind a declared pooler) nothing is sent, and
+/// the lock, if taken, stays with that server connection until the pooler resets it.
 fn let_go(
     conn: &mut Conn,
     a: &Acquire,
     on: Option<&fence::Holder>,
     signals: &Signals,
 ) -> Result<()> {
-    let sql = match (a.scope, on) {
-        (Scope::Session, Some(h)) => format!(
-            "SELECT pg_advisory_unlock{}({}) WHERE {}",
-            fn_suffix(a.mode),
-            a.key.id.sql_args(),
-            h.serving_sql()
-        ),
-        (Scope::Session, None) => return Ok(()),
-        (Scope::Transaction, _) => "ROLLBACK".to_string(),
+    if a.scope == Scope::Transaction {
+        return query(conn, "ROLLBACK", signals).map(|_| ());
+    }
+    let serving = on
+        .map(fence::Holder::serving_sql)
+        .or_else(|| expected_backend(conn, a).map(|pid| format!("pg_backend_pid() = {pid}")));
+    let Some(serving) = serving else {
+        return Ok(());
     };
+    let sql = format!(
+        "SELECT pg_advisory_unlock{}({}) WHERE {serving}",
+        fn_suffix(a.mode),
+        a.key.id.sql_args()
+    );
     query(conn, &sql, signals).map(|_| ())
 }
 
