@@ -149,8 +149,10 @@ pub fn heartbeat_sql(holder: &fence::Holder, scope: Scope) -> String {
         Scope::Transaction => ">",
         Scope::Session => "=",
     };
+    // Two statements: a load balancer that sends single read-only SELECTs to a standby
+    // (pgpool-II) sends a multi-statement query to the primary, where the lock is.
     format!(
-        "SELECT {} AND statement_timestamp() {tx} transaction_timestamp()",
+        "SELECT WHERE false; SELECT {} AND statement_timestamp() {tx} transaction_timestamp()",
         holder.serving_sql()
     )
 }
