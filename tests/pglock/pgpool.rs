@@ -84,7 +84,10 @@ fn standby() -> &'static Cluster {
     static S: OnceLock<Cluster> = OnceLock::new();
     S.get_or_init(|| {
         let primary = pg();
-        if primary.psql_super(&format!("SELECT count(*) FROM pg_database WHERE datname = '{APP_DB}'")) == "0" {
+        if primary.psql_super(&format!(
+            "SELECT count(*) FROM pg_database WHERE datname = '{APP_DB}'"
+        )) == "0"
+        {
             primary.psql_super(&format!("CREATE DATABASE {APP_DB}"));
         }
         primary.standby("pgpool-standby")
@@ -110,20 +113,24 @@ pub fn pgpool_one_child() -> &'static Pgpool {
 /// check and no replication-delay check (`sr_check_period = 0`; `sr_check_user` only lets it find
 /// the primary at start), no failover.
 fn start_pgpool(name: &str, children: u32) -> Pgpool {
-        let bin = ["/usr/sbin/pgpool", "/usr/bin/pgpool", "/usr/local/bin/pgpool"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-            .expect("pgpool-II is not installed (apt-get install pgpool2; scripts/setup test does it)");
-        let primary = pg();
-        let standby = standby();
-        assert!(wait_until(Duration::from_secs(30), || standby
-            .psql_super(&format!("SELECT count(*) FROM pg_database WHERE datname = '{APP_DB}'"))
-            == "1"));
-        let dir = tmpdir(name);
-        give_to_postgres(&dir);
-        let (port, pcp_port) = (port(), port());
-        let conf = dir.join("pgpool.conf");
-        std::fs::write(
+    let bin = [
+        "/usr/sbin/pgpool",
+        "/usr/bin/pgpool",
+        "/usr/local/bin/pgpool",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists())
+    .expect("pgpool-II is not installed (apt-get install pgpool2; scripts/setup test does it)");
+    let primary = pg();
+    let standby = standby();
+    assert!(wait_until(Duration::from_secs(30), || standby.psql_super(
+        &format!("SELECT count(*) FROM pg_database WHERE datname = '{APP_DB}'")
+    ) == "1"));
+    let dir = tmpdir(name);
+    give_to_postgres(&dir);
+    let (port, pcp_port) = (port(), port());
+    let conf = dir.join("pgpool.conf");
+    std::fs::write(
             &conf,
             format!(
                 "backend_clustering_mode = 'streaming_replication'\n\
@@ -146,14 +153,14 @@ fn start_pgpool(name: &str, children: u32) -> Pgpool {
             ),
         )
         .unwrap();
-        let pcp = dir.join("pcp.conf");
-        std::fs::write(&pcp, "").unwrap();
-        for f in [&conf, &pcp] {
-            give_to_postgres(f);
-        }
-        let log = dir.join("pgpool.log");
-        // -n: in the foreground, logging to stderr. SIGINT is pgpool's fast shutdown.
-        let script = format!(
+    let pcp = dir.join("pcp.conf");
+    std::fs::write(&pcp, "").unwrap();
+    for f in [&conf, &pcp] {
+        give_to_postgres(f);
+    }
+    let log = dir.join("pgpool.log");
+    // -n: in the foreground, logging to stderr. SIGINT is pgpool's fast shutdown.
+    let script = format!(
             "{run}{bin} -n -f {conf} -F {pcp} >> {log} 2>&1 & p=$!; while kill -0 {pid} 2>/dev/null && kill -0 $p 2>/dev/null; do sleep 1; done; kill -INT $p",
             run = if is_root() { "runuser -u postgres -- " } else { "" },
             conf = conf.display(),
@@ -161,34 +168,34 @@ fn start_pgpool(name: &str, children: u32) -> Pgpool {
             log = log.display(),
             pid = std::process::id()
         );
-        use std::os::unix::process::CommandExt;
-        #[allow(clippy::zombie_processes)] // outlives the tests; stops with them
-        Command::new("sh")
-            .args(["-c", &script])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .unwrap();
-        let p = Pgpool { port, log, standby };
-        // Up, with node 0 found as the primary and node 1 as the standby.
-        let mut nodes = String::new();
-        let up = wait_until(Duration::from_secs(30), || {
-            nodes = p.psql("postgres", "SHOW pool_nodes").unwrap_or_default();
-            nodes.lines().filter(|l| l.contains("|up|")).count() == 2
-                && nodes.contains("|primary|")
-                && nodes.contains("|standby|")
-        });
-        assert!(up, "pgpool did not start: {nodes}\n{}", p.log_text());
-        // Load balancing is on and the standby gets the reads: a plain read runs there.
-        assert_eq!(
-            p.psql(APP_DB, "SELECT current_setting('port')").unwrap(),
-            p.standby.port.to_string(),
-            "reads are not load balanced to the standby:\n{}",
-            p.log_text()
-        );
-        p
+    use std::os::unix::process::CommandExt;
+    #[allow(clippy::zombie_processes)] // outlives the tests; stops with them
+    Command::new("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let p = Pgpool { port, log, standby };
+    // Up, with node 0 found as the primary and node 1 as the standby.
+    let mut nodes = String::new();
+    let up = wait_until(Duration::from_secs(30), || {
+        nodes = p.psql("postgres", "SHOW pool_nodes").unwrap_or_default();
+        nodes.lines().filter(|l| l.contains("|up|")).count() == 2
+            && nodes.contains("|primary|")
+            && nodes.contains("|standby|")
+    });
+    assert!(up, "pgpool did not start: {nodes}\n{}", p.log_text());
+    // Load balancing is on and the standby gets the reads: a plain read runs there.
+    assert_eq!(
+        p.psql(APP_DB, "SELECT current_setting('port')").unwrap(),
+        p.standby.port.to_string(),
+        "reads are not load balanced to the standby:\n{}",
+        p.log_text()
+    );
+    p
 }
 
 /// Fills pgpool's children with cached backend connections to `db`, as earlier runs of a busy
@@ -197,11 +204,25 @@ fn start_pgpool(name: &str, children: u32) -> Pgpool {
 fn warm(p: &Pgpool, db: &str, children: usize) {
     let kids: Vec<_> = (0..children)
         .map(|_| {
-            via_pgpool(p, db, &["run", "-q", "--scope", "transaction", "--key", &key("pgpool-warm"), "--", "sleep", "0.5"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap()
+            via_pgpool(
+                p,
+                db,
+                &[
+                    "run",
+                    "-q",
+                    "--scope",
+                    "transaction",
+                    "--key",
+                    &key("pgpool-warm"),
+                    "--",
+                    "sleep",
+                    "0.5",
+                ],
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
         })
         .collect();
     for mut k in kids {
@@ -302,7 +323,11 @@ fn five_at_once(extra: &[&str]) {
     }
     let ran = outcomes.iter().filter(|(c, _)| *c == Some(0)).count();
     let iv = intervals(&file);
-    assert_eq!(iv.len(), ran, "children that ran vs runs that exited 0: {iv:?} {outcomes:#?}");
+    assert_eq!(
+        iv.len(),
+        ran,
+        "children that ran vs runs that exited 0: {iv:?} {outcomes:#?}"
+    );
     assert_one_at_a_time(&iv);
     assert!(
         on_standby.is_empty(),
@@ -313,11 +338,12 @@ fn five_at_once(extra: &[&str]) {
         "a child ran while the primary showed no granted lock ({} of {checked} looks): {missing:?}",
         missing.len()
     );
+    assert!(ran == 0 || checked > 0, "never saw a child running: {iv:?}");
     assert!(
-        ran == 0 || checked > 0,
-        "never saw a child running: {iv:?}"
+        pg().locks_on(id).is_empty(),
+        "left behind: {:?}",
+        pg().locks_on(id)
     );
-    assert!(pg().locks_on(id).is_empty(), "left behind: {:?}", pg().locks_on(id));
     assert!(p.standby.locks_on(id).is_empty());
     eprintln!("pgpool {extra:?}: {ran} of 5 ran, {} refused; {checked} looks at pg_locks while a child ran", 5 - ran);
 }
@@ -339,9 +365,21 @@ fn session_scope_is_refused(p: &Pgpool, db: &str, name: &str) {
     for _ in 0..3 {
         let cmd = via_pgpool(p, db, &["run", "--key", name, "--", "true"]);
         let mut shown = format!("{cmd:?}");
-        let out = { let mut c = cmd; c.output().unwrap() };
-        shown.push_str(&format!("\nstatus {:?}\nstderr: {}", out.status, String::from_utf8_lossy(&out.stderr)));
-        assert_eq!(out.status.code(), Some(69), "{shown}\npgpool log (tail):\n{}", log_tail(p, 20));
+        let out = {
+            let mut c = cmd;
+            c.output().unwrap()
+        };
+        shown.push_str(&format!(
+            "\nstatus {:?}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+        assert_eq!(
+            out.status.code(),
+            Some(69),
+            "{shown}\npgpool log (tail):\n{}",
+            log_tail(p, 20)
+        );
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
             err.contains("--pooler session") && err.contains("--scope transaction"),
@@ -349,7 +387,11 @@ fn session_scope_is_refused(p: &Pgpool, db: &str, name: &str) {
         );
     }
     std::thread::sleep(Duration::from_millis(200));
-    assert!(pg().locks_on(id).is_empty(), "left on the primary: {:?}", pg().locks_on(id));
+    assert!(
+        pg().locks_on(id).is_empty(),
+        "left on the primary: {:?}",
+        pg().locks_on(id)
+    );
     assert!(
         p.standby.locks_on(id).is_empty(),
         "left on the standby: {:?}",
@@ -367,15 +409,73 @@ fn pgpool_session_scope_is_refused_fresh_connections() {
 /// An application database, through a pgpool whose one child already served a run of the same
 /// key there (a job that runs again): pgpool hands each later run that child's cached backend
 /// connections (it reuses them for a byte-identical startup packet, and pglock's names the key in
-/// `application_name`), and with them the primary's cancel key (docs/pgpool-findings.md (a)),
-/// the key of the backend that runs the lock statement.
+/// `application_name`), and with them the primary's cancel key (docs/pgpool-findings.md (a)).
+/// Then every statement pglock sends (all multi-statement or volatile) runs on the backend the
+/// key names, the primary: the run cannot be told from a direct one, and the lock is the session's
+/// own (pgpool pools whole sessions and resets them with DISCARD ALL). So it runs, with the lock
+/// on the primary through several heartbeats, or (a fresh connection) is refused.
 #[test]
-fn pgpool_session_scope_is_refused_cached_connections() {
+fn pgpool_session_scope_on_cached_connections_locks_the_primary_or_is_refused() {
     let p = pgpool_one_child();
     let name = key("pgpool-sess-cached");
+    let id = lock_id(&name);
     expect_code(
-        via_pgpool(p, APP_DB, &["run", "--scope", "transaction", "--key", &name, "--", "true"]),
+        via_pgpool(
+            p,
+            APP_DB,
+            &[
+                "run",
+                "--scope",
+                "transaction",
+                "--key",
+                &name,
+                "--",
+                "true",
+            ],
+        ),
         0,
     );
-    session_scope_is_refused(p, APP_DB, &name);
+    for _ in 0..3 {
+        let mut c = via_pgpool(
+            p,
+            APP_DB,
+            &[
+                "run",
+                "--heartbeat",
+                "100ms",
+                "--key",
+                &name,
+                "--",
+                "sleep",
+                "0.6",
+            ],
+        );
+        let run = c.stderr(Stdio::piped()).spawn().unwrap();
+        let mut on_primary = false;
+        let end = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < end {
+            on_primary |= pg().locks_on(id).iter().any(|l| l.contains(",t,"));
+            assert!(
+                p.standby.locks_on(id).is_empty(),
+                "the lock was taken on the standby"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = run.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        match out.status.code() {
+            Some(0) => assert!(on_primary, "ran without the lock on the primary: {err}"),
+            Some(69) => assert!(err.contains("--pooler session"), "{err}"),
+            other => panic!(
+                "exit {other:?}: {err}\npgpool log (tail):\n{}",
+                log_tail(p, 20)
+            ),
+        }
+    }
+    assert!(
+        pg().locks_on(id).is_empty(),
+        "left on the primary: {:?}",
+        pg().locks_on(id)
+    );
+    assert!(p.standby.locks_on(id).is_empty());
 }
