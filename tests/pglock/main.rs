@@ -21,5 +21,6 @@ mod pooler;
 mod restart;
 mod semaphore;
 mod signals;
+mod stall;
 mod status;
 mod trust;
