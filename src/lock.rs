@@ -665,7 +665,12 @@ impl Waiter<'_> {
                     return Err(cancel_wait(conn, e, signals));
                 }
                 // A server that broke the protocol is not trusted again: no reconnecting to it.
-                Err(ReadErr::Protocol(m)) => return Err(lost_connection(conn, m)),
+                Err(ReadErr::Protocol(m)) => {
+                    return Err(Error::unavailable(format!(
+                        "{}: {m}",
+                        conn.target().describe()
+                    )))
+                }
                 Err(ReadErr::Closed(m)) => {
                     self.replace(conn, m, signals)?;
                     if self.deadline.is_some_and(|d| Instant::now() >= d) {
