@@ -277,22 +277,36 @@ impl Drop for Session<'_> {
 
 /// Runs and logs the last event of a run that ended with the child's own exit.
 pub fn run(req: RunRequest, run_id: &str) -> Result<i32> {
-    let code = run_inner(req, run_id)?;
+    let (code, confirmed) = run_inner(req, run_id)?;
     let (waited, ran) = log::timings();
+    let release = if confirmed {
+        "released the lock"
+    } else {
+        "the release was not confirmed; the connection is closed"
+    };
     log::info(
         "released",
-        &format!("the command exited with status {code} after {ran} ms; released the lock"),
+        &format!("the command exited with status {code} after {ran} ms; {release}"),
         &[
             ("waited_ms", V::I(waited)),
             ("ran_ms", V::I(ran)),
             ("exit_code", V::I(i64::from(code))),
             ("cause", V::S("exit")),
+            (
+                "release",
+                V::S(if confirmed {
+                    "confirmed"
+                } else {
+                    "unconfirmed"
+                }),
+            ),
         ],
     );
     Ok(code)
 }
 
-fn run_inner(mut req: RunRequest, run_id: &str) -> Result<i32> {
+/// The child's status, and whether the server confirmed the release.
+fn run_inner(mut req: RunRequest, run_id: &str) -> Result<(i32, bool)> {
     let signals = Signals::install()?;
     let held = nesting::held_by_ancestors();
     let params = ConnParams::resolve(req.database_url.as_deref())?;
@@ -328,7 +342,7 @@ fn run_inner(mut req: RunRequest, run_id: &str) -> Result<i32> {
         match prelude(&mut conn, &mut req, &held, &params.dbname, &signals) {
             Ok(Some(h)) => {
                 drop(conn);
-                return run_nested(&req, &h, &held, run_id);
+                return run_nested(&req, &h, &held, run_id).map(|code| (code, true));
             }
             Ok(None) => {}
             Err(e) => {
@@ -461,11 +475,11 @@ fn run_child(
 
 /// The outcome of a run whose child has ended, after the release (or, with the lock lost, only
 /// the close).
-fn finish(end: End, mut session: Session, req: &RunRequest) -> Result<i32> {
+fn finish(end: End, mut session: Session, req: &RunRequest) -> Result<(i32, bool)> {
     let label = req.key.label();
     match end {
         End::Exited(code) => match session.release() {
-            lock::Released::Held => Ok(code),
+            lock::Released::Held => Ok((code, true)),
             lock::Released::Gone => Err(Error::new(
                 Kind::LockLost,
                 format!("the lock was gone when the command ended (status {code}); it may have run unprotected for up to two heartbeats"),
@@ -477,7 +491,7 @@ fn finish(end: End, mut session: Session, req: &RunRequest) -> Result<i32> {
                     &format!("the release of lock \"{label}\" was not confirmed ({why}); the connection is closed, and the server frees the lock when it notices the closed connection (within --release-after if it cannot be reached)"),
                     &[],
                 );
-                Ok(code)
+                Ok((code, false))
             }
         },
         End::LockLost(why) => {

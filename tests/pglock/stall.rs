@@ -482,6 +482,20 @@ fn a_timeout_ends_at_its_deadline_when_the_server_is_silent() {
     assert!(fake.sees("closed 0"), "{:?}", fake.events());
 }
 
+/// A server that never answers the startup (a listener that accepts in the kernel and reads
+/// nothing): `-w 3s` ends at its deadline, each attempt's connect_timeout cut to the time left.
+#[test]
+fn a_timeout_ends_at_its_deadline_when_the_server_never_starts_the_session() {
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "postgres://u@127.0.0.1:{}/db?sslmode=prefer",
+        silent.local_addr().unwrap().port()
+    );
+    let r = run(&url, &["-w", "3s"], "true");
+    r.expect(69, 2.9, 5.0);
+    assert!(r.last_line().contains("--timeout reached"), "{}", r.show());
+}
+
 /// The lock is busy and the server never answers the waiting statement (whose lock_timeout
 /// would have ended it at the deadline): exit 69 at the deadline plus the margin, the wait
 /// cancelled.
