@@ -55,11 +55,21 @@ Authentication: trust, password, MD5, SCRAM\-SHA\-256 and SCRAM\-SHA\-256\-PLUS;
 sent where they forbid it. A malformed or oversized server message is a protocol violation
 (exit 69, or 74 while the command runs).
 .PP
+Every round trip before the command starts has a deadline: \fBconnect_timeout\fR (10s when it
+is not set) bounds each connection attempt as a whole, the TLS request, authentication and the
+standby check (\fBpg_is_in_recovery()\fR) included, and each statement after it; a \fB\-n\fR run
+ends within 2 x connect_timeout, a \fB\-w\fR D run by D + 2s (the server ends the wait at D; 1s
+for its answer, 1s for a cancel request). A server that does not answer in time is exit 69; the
+statement is cancelled and the socket closed.
+.PP
 A waiting run (no \fB\-n\fR) started while the server is down, starting up, shutting down, in
 recovery or only a hot standby (a restart, a failover) retries the connection with a short
 backoff until \fB\-\-timeout\fR, or for one minute without it, logging each reason once, then
-exits 69 naming the last one. Authentication, TLS, a missing database, an unknown host name and
-configuration errors, and every failure of a \fB\-n\fR run, fail at once.
+exits 69 naming the last one. A reset or close after the TLS request, and a session the server
+ends (57P01, 57P02, 57P03) or that is lost before the command starts, the first lock statement
+included, are retried the same way on a new connection. Authentication, TLS, a missing
+database, an unknown host name and configuration errors, and every failure of a \fB\-n\fR run,
+fail at once.
 .PP
 Every option of \fBrun\fR can also be set in the environment as \fBPGLOCK_\fIOPTION\fR; a value on
 the command line wins. Durations are written 500ms, 30s, 5m, 1h or 1m30s.
@@ -67,7 +77,11 @@ the command line wins. Durations are written 500ms, 30s, 5m, 1h or 1m30s.
 While the child runs, a connection that the server closes is noticed at once, and every
 heartbeat pglock confirms in \fBpg_locks\fR that its own backend holds the lock; a silent
 connection is detected within two heartbeats. On a lost lock pglock sends the child's process
-group SIGTERM, SIGKILL after \fB\-\-kill\-after\fR, and exits 74. The server frees a vanished pglock's lock no
+group SIGTERM, SIGKILL after \fB\-\-kill\-after\fR, and exits 74. Half a message counts as
+silence. After the command exits, the release waits for the server's answer for 2 heartbeats at
+most; without it (or on a signal) pglock closes the connection, warns that the release was not
+confirmed (the server frees the lock when it notices the closed connection) and exits with the
+command's status, not 74. The server frees a vanished pglock's lock no
 sooner than \fB\-\-release\-after\fR (TCP keepalive and user timeout of the lock session);
 pglock refuses values that break 3 x heartbeat + kill\-after + 1s <= release\-after; with the
 defaults, 3 x 5s + 10s + 1s = 26s <= 30s (server keepalive idle 21s + 3 probes x 3s = 30s,
@@ -102,7 +116,8 @@ the child was killed by signal N (or pglock was, while waiting)
 usage error
 .TP
 \fB69\fR
-PostgreSQL unavailable: cannot connect, authentication or TLS failed, or a hot standby
+PostgreSQL unavailable: cannot connect, authentication or TLS failed, a hot standby, or no
+answer in time before the command started
 .TP
 \fB70\fR
 internal error (a bug in pglock)

@@ -260,23 +260,45 @@ fn fn_suffix(mode: Mode) -> &'static str {
     }
 }
 
+/// A connection lost before the child started. Transient (contract §4: retried on a new
+/// connection within the run's wait) when the socket closed or failed, or the server ended the
+/// session as it stops (57P01, 57P02, 57P03); not when it ended it for another reason.
 fn lost_connection(conn: &Conn, m: String) -> Error {
-    Error::unavailable(format!(
+    let e = Error::unavailable(format!(
         "lost the connection to {} while taking the lock: {m}",
         conn.target().describe()
-    ))
+    ));
+    match conn.ended_with() {
+        Some(code) if !crate::pg::transient_sqlstate(code) => e.with_code(code),
+        Some(code) => e.with_code(code).transient(),
+        None => e.transient(),
+    }
 }
 
+/// How long a cancel request may take (connecting, sending, the server closing): a server that
+/// answers nothing does not hold pglock longer than this beyond the bound that gave up on it.
+pub const CANCEL_BOUND: Duration = Duration::from_secs(1);
+
+/// One round trip before the child starts, bounded by the connection's round-trip deadline
+/// (`connect_timeout`, and the run's `-n` or `-w` bound).
 pub fn query(conn: &mut Conn, sql: &str, signals: &Signals) -> Result<Rows> {
-    query_then(conn, sql, signals, &|| {})
+    let deadline = conn.round_trip_deadline();
+    query_by(conn, sql, deadline, signals, &|| {})
 }
 
-/// `query`, calling `sent` once the statement is on its way, while the server works on it.
-fn query_then(conn: &mut Conn, sql: &str, signals: &Signals, sent: &dyn Fn()) -> Result<Rows> {
-    match conn.send_query(sql).and_then(|()| {
-        sent();
-        conn.wait_result(None, signals)
-    }) {
+/// `query` with an explicit deadline, calling `sent` once the statement is on its way, while
+/// the server works on it. A statement not answered by `deadline` is cancelled (within
+/// `CANCEL_BOUND`) and the connection given up: nothing of pglock's is left waiting on a live
+/// server, and the caller closes the socket.
+fn query_by(
+    conn: &mut Conn,
+    sql: &str,
+    deadline: Instant,
+    signals: &Signals,
+    sent: &dyn Fn(),
+) -> Result<Rows> {
+    let start = Instant::now();
+    match exchange(conn, sql, deadline, signals, sent) {
         Ok(QueryResult::Rows(r)) => Ok(r),
         Ok(QueryResult::Error(e)) => {
             Err(Error::unavailable(format!("the server refused a query: {e}")).with_code(&e.code))
@@ -285,9 +307,43 @@ fn query_then(conn: &mut Conn, sql: &str, signals: &Signals, sent: &dyn Fn()) ->
             Kind::Signal(s as i32),
             format!("{s} received while taking the lock; nothing was run"),
         )),
-        Err(ReadErr::Timeout) => Err(Error::unavailable("timed out")),
-        Err(ReadErr::Closed(m) | ReadErr::Protocol(m)) => Err(lost_connection(conn, m)),
+        Err(ReadErr::Timeout) => Err(unanswered(conn, start)),
+        Err(ReadErr::Protocol(m)) => Err(Error::unavailable(format!(
+            "{}: {m}",
+            conn.target().describe()
+        ))),
+        Err(ReadErr::Closed(m)) => Err(lost_connection(conn, m)),
     }
+}
+
+/// Sends `sql` and waits for its result until `deadline`.
+fn exchange(
+    conn: &mut Conn,
+    sql: &str,
+    deadline: Instant,
+    signals: &Signals,
+    sent: &dyn Fn(),
+) -> std::result::Result<QueryResult, ReadErr> {
+    conn.send_query(sql)?;
+    sent();
+    conn.wait_result(Some(deadline), signals)
+}
+
+/// A statement the server did not answer in time: cancelled, the connection given up.
+fn unanswered(conn: &mut Conn, since: Instant) -> Error {
+    let secs = since.elapsed().as_secs_f64();
+    let why = format!(
+        "no answer from {} for {secs:.1} s (the bound of a round trip: connect_timeout, {} s without it, and the run's -n or --timeout bound)",
+        conn.target().describe(),
+        crate::pg::DEFAULT_CONNECT_TIMEOUT.as_secs()
+    );
+    if let Err(e) = conn.cancel(Instant::now() + CANCEL_BOUND) {
+        log::debug("cancel", &format!("cancel request failed: {e}"));
+    }
+    conn.abandon(&why);
+    Error::unavailable(format!(
+        "{why}; the statement was cancelled and the connection closed"
+    ))
 }
 
 fn first_bool(rows: &Rows) -> bool {
@@ -660,9 +716,33 @@ impl Waiter<'_> {
 
     /// Replaces a lost connection: a new session (whose backend may even have the old one's pid).
     fn replace(&mut self, conn: &mut Conn, why: String, signals: &Signals) -> Result<()> {
+        let hard = conn.deadline();
         *conn = reconnect(conn, why, self.a, signals, self.deadline)?;
+        conn.set_deadline(hard);
         self.known = None;
         Ok(())
+    }
+
+    /// `--timeout` passed, and its margin too, without the server's answer to the waiting
+    /// statement (it ends the wait itself at the deadline: lock_timeout): the server is not
+    /// answering. The wait is cancelled and the connection given up.
+    fn unanswered(&self, conn: &mut Conn) -> Error {
+        let why = format!(
+            "no answer from {} to the lock statement {} ms after --timeout {} (the server ends the wait itself at the deadline)",
+            conn.target().describe(),
+            ANSWER_MARGIN.as_millis(),
+            crate::duration::format(match self.a.wait {
+                Wait::Timeout(d) => d,
+                _ => Duration::ZERO,
+            })
+        );
+        if let Err(e) = conn.cancel(Instant::now() + CANCEL_BOUND) {
+            log::debug("cancel", &format!("cancel request failed: {e}"));
+        }
+        conn.abandon(&why);
+        Error::unavailable(format!(
+            "{why}; the wait was cancelled, the connection closed, and the command was not run"
+        ))
     }
 
     /// Waits in the server's queue until the lock is granted, `--timeout` passes, or a signal
@@ -672,7 +752,10 @@ impl Waiter<'_> {
         self.send(conn, signals)?;
         let mut next_report = self.next_report();
         loop {
-            match conn.wait_result(Some(next_report), signals) {
+            // With --timeout, the connection's deadline is the run's plus ANSWER_MARGIN.
+            let hard = conn.deadline();
+            let wake = hard.map_or(next_report, |h| h.min(next_report));
+            match conn.wait_result(Some(wake), signals) {
                 Ok(QueryResult::Rows(rows)) => {
                     return Ok(Acquired {
                         holder: holder_of(&rows)?,
@@ -701,6 +784,9 @@ impl Waiter<'_> {
                     ))
                     .with_code(&e.code))
                 }
+                Err(ReadErr::Timeout) if hard.is_some_and(|h| Instant::now() >= h) => {
+                    return Err(self.unanswered(conn))
+                }
                 Err(ReadErr::Timeout) => {
                     self.report(conn, signals)?;
                     next_report = self.next_report();
@@ -713,7 +799,12 @@ impl Waiter<'_> {
                     return Err(cancel_wait(conn, e, signals));
                 }
                 // A server that broke the protocol is not trusted again: no reconnecting to it.
-                Err(ReadErr::Protocol(m)) => return Err(lost_connection(conn, m)),
+                Err(ReadErr::Protocol(m)) => {
+                    return Err(Error::unavailable(format!(
+                        "{}: {m}",
+                        conn.target().describe()
+                    )))
+                }
                 Err(ReadErr::Closed(m)) => {
                     self.replace(conn, m, signals)?;
                     if self.deadline.is_some_and(|d| Instant::now() >= d) {
@@ -728,7 +819,7 @@ impl Waiter<'_> {
     /// Names the holders (through a second connection: this one is waiting), less often each
     /// time; a signal meanwhile cancels the wait.
     fn report(&mut self, conn: &mut Conn, signals: &Signals) -> Result<()> {
-        match report_holders(self.a, signals) {
+        match report_holders(self.a, conn.deadline(), signals) {
             Ok(h) => {
                 log::info(
                     "waiting",
@@ -774,14 +865,151 @@ fn reconnect(
         &[],
     );
     let give_up = give_up_at(Instant::now(), deadline);
-    let (c, _) = connect_retrying(a.params, a.startup, signals, give_up)
-        .map_err(|e| gave_up(e, "gave up reconnecting while waiting for the lock"))?;
+    let (c, _) = connect_retrying(
+        a.params,
+        a.startup,
+        signals,
+        give_up,
+        &mut Retries::default(),
+    )
+    .map_err(|e| gave_up(e, "gave up reconnecting while waiting for the lock"))?;
     log::info(
         "reconnect",
         &format!("reconnected to {}; waiting again", c.target().describe()),
         &[],
     );
     Ok(c)
+}
+
+/// The reasons of the retries at a run's start, each logged once (contract §4), whether it
+/// came while connecting or after, from a session the server ended before the child started.
+#[derive(Default)]
+pub struct Retries {
+    seen: Vec<String>,
+    attempt: i64,
+}
+
+impl Retries {
+    /// Logs a retry: a warning the first time a reason is seen (the next ones at debug level).
+    fn log(&mut self, e: &Error, left: Duration) {
+        self.attempt += 1;
+        if self.seen.contains(&e.msg) {
+            log::debug("retry", &format!("attempt {}: {}", self.attempt, e.msg));
+            return;
+        }
+        let msg = format!(
+            "{}; retrying for up to {} more",
+            e.msg,
+            crate::duration::format(Duration::from_secs(left.as_secs_f64().ceil() as u64))
+        );
+        // A bound: a server cannot grow this list by making up reasons.
+        if self.seen.len() < 64 {
+            self.seen.push(e.msg.clone());
+        }
+        log::warn(
+            "retry",
+            &msg,
+            &[
+                ("reason", V::S(&e.msg)),
+                ("sqlstate", V::S(e.sqlstate.as_deref().unwrap_or(""))),
+                ("attempt", V::I(self.attempt)),
+            ],
+        );
+    }
+}
+
+/// The margin of `--timeout` for the server's own answer: the waiting statement carries the
+/// deadline as its lock_timeout, so a server that answers ends the wait at the deadline; one
+/// that has not answered by the deadline plus this margin is not answering (exit 69).
+pub const ANSWER_MARGIN: Duration = Duration::from_secs(1);
+
+/// A run's start, from its first connection to the child's start (contract §4): which wait is
+/// left, the deadline of every round trip, and whether a failure is tried again on a new
+/// connection (a transient one, in a run that may wait, within `--timeout` or `RECONNECT_FOR`).
+pub struct Start {
+    wait: Wait,
+    deadline: Option<Instant>,
+    /// When retrying stops without `--timeout`: `RECONNECT_FOR` after the first failure.
+    give_up: Option<Instant>,
+    pause: Duration,
+    pub retries: Retries,
+}
+
+impl Start {
+    pub fn new(wait: Wait) -> Start {
+        let deadline = match wait {
+            Wait::Timeout(d) => Some(Instant::now() + d),
+            _ => None,
+        };
+        Start {
+            wait,
+            deadline,
+            give_up: None,
+            pause: Duration::from_millis(250),
+            retries: Retries::default(),
+        }
+    }
+
+    /// The wait left for the next attempt.
+    pub fn wait_left(&self) -> Wait {
+        match self.deadline {
+            Some(d) => Wait::Timeout(
+                d.saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(1)),
+            ),
+            None => self.wait,
+        }
+    }
+
+    /// The latest time a round trip of an attempt connected now may end: `-n` one
+    /// `round_trip` for all of them (the key, nesting and ownership queries, the try),
+    /// `--timeout` its deadline plus `ANSWER_MARGIN`; a run without a bound has none beyond
+    /// each round trip's own.
+    pub fn deadline(&self, round_trip: Duration) -> Option<Instant> {
+        match self.wait {
+            Wait::Once => Some(Instant::now() + round_trip),
+            Wait::Timeout(_) => self.deadline.map(|d| d + ANSWER_MARGIN),
+            Wait::Forever => None,
+        }
+    }
+
+    /// After an attempt failed before the child started: `Ok` to try again on a new connection
+    /// (after a short pause), or the error that ends the run. Only a transient failure of a run
+    /// that may wait is tried again.
+    pub fn again(&mut self, e: Error, signals: &Signals) -> Result<()> {
+        if !e.transient || self.wait == Wait::Once {
+            return Err(e);
+        }
+        let now = Instant::now();
+        let give_up = match (self.deadline, self.give_up) {
+            (Some(d), _) | (None, Some(d)) => d,
+            (None, None) => *self.give_up.insert(now + RECONNECT_FOR),
+        };
+        if now >= give_up {
+            let bound = if self.deadline.is_some() {
+                "--timeout reached"
+            } else {
+                "for a minute"
+            };
+            return Err(gave_up(
+                e,
+                &format!("gave up waiting for the server ({bound})"),
+            ));
+        }
+        self.retries.log(&e, give_up - now);
+        if let Some(sig) = sleep_until((now + jittered(self.pause)).min(give_up), signals) {
+            return Err(signal_while_retrying(sig));
+        }
+        self.pause = (self.pause * 2).min(Duration::from_secs(2));
+        Ok(())
+    }
+}
+
+fn signal_while_retrying(sig: nix::sys::signal::Signal) -> Error {
+    Error::new(
+        Kind::Signal(sig as i32),
+        format!("{sig} received while waiting for the server; nothing was run"),
+    )
 }
 
 /// Opens the lock connection of a run (contract §4). A run that may wait also waits for the
@@ -793,6 +1021,7 @@ pub fn connect_waiting(
     startup: &Startup,
     wait: Wait,
     signals: &Signals,
+    retries: &mut Retries,
 ) -> Result<(Conn, Wait)> {
     let start = Instant::now();
     let (deadline, bound) = match wait {
@@ -802,7 +1031,7 @@ pub fn connect_waiting(
     };
     // Within --timeout, however long; without one, for a minute.
     let give_up = deadline.unwrap_or(start + RECONNECT_FOR);
-    let (conn, retried) = connect_retrying(params, startup, signals, give_up)
+    let (conn, retried) = connect_retrying(params, startup, signals, give_up, retries)
         .map_err(|e| gave_up(e, &format!("gave up waiting for the server ({bound})")))?;
     if !retried {
         return Ok((conn, wait));
@@ -850,68 +1079,47 @@ fn connect_retrying(
     startup: &Startup,
     signals: &Signals,
     give_up: Instant,
+    retries: &mut Retries,
 ) -> Result<(Conn, bool)> {
     let mut pause = Duration::from_millis(250);
-    let mut last_reason = String::new();
     let mut attempt = 1i64;
     loop {
         let e = match Conn::connect(&bounded(params, give_up), startup, signals) {
-            Ok(c) => return Ok((c, attempt > 1)),
+            Ok(mut c) => {
+                // An attempt's connect_timeout was cut to the time left; the statements are not.
+                c.set_round_trip(crate::pg::round_trip_bound(params));
+                return Ok((c, attempt > 1));
+            }
             Err(e) => e,
         };
         let now = Instant::now();
         if !e.transient || now >= give_up {
             return Err(e);
         }
-        log_retry(&e, &mut last_reason, attempt, give_up - now);
+        retries.log(&e, give_up - now);
         if let Some(sig) = sleep_until((now + jittered(pause)).min(give_up), signals) {
-            return Err(Error::new(
-                Kind::Signal(sig as i32),
-                format!("{sig} received while waiting for the server; nothing was run"),
-            ));
+            return Err(signal_while_retrying(sig));
         }
         pause = (pause * 2).min(Duration::from_secs(2));
         attempt += 1;
     }
 }
 
-/// The connection settings of one attempt: `connect_timeout` no longer than the time left, so
-/// that a server that does not answer at all cannot hold the run past its bound.
+/// The connection settings of one attempt: `connect_timeout` (or its default) no longer than
+/// the time left, so that a server that does not answer at all cannot hold the run past its
+/// bound.
 fn bounded(params: &ConnParams, give_up: Instant) -> std::borrow::Cow<'_, ConnParams> {
     let left = give_up
         .saturating_duration_since(Instant::now())
-        .max(Duration::from_secs(1));
+        .max(Duration::from_millis(50));
     match params.connect_timeout {
         Some(t) if t <= left => std::borrow::Cow::Borrowed(params),
-        _ => {
+        t => {
             let mut p = params.clone();
-            p.connect_timeout = Some(left);
+            p.connect_timeout = Some(t.unwrap_or(crate::pg::DEFAULT_CONNECT_TIMEOUT).min(left));
             std::borrow::Cow::Owned(p)
         }
     }
-}
-
-/// Logs a retry: a warning the first time a reason is seen (the next ones at debug level).
-fn log_retry(e: &Error, last_reason: &mut String, attempt: i64, left: Duration) {
-    if e.msg == *last_reason {
-        log::debug("retry", &format!("attempt {attempt}: {}", e.msg));
-        return;
-    }
-    let msg = format!(
-        "{}; retrying for up to {} more",
-        e.msg,
-        crate::duration::format(Duration::from_secs(left.as_secs_f64().ceil() as u64))
-    );
-    last_reason.clone_from(&e.msg);
-    log::warn(
-        "retry",
-        &msg,
-        &[
-            ("reason", V::S(&e.msg)),
-            ("sqlstate", V::S(e.sqlstate.as_deref().unwrap_or(""))),
-            ("attempt", V::I(attempt)),
-        ],
-    );
 }
 
 /// `d` made 0 to 25% longer at random.
@@ -944,7 +1152,7 @@ fn sleep_until(t: Instant, signals: &Signals) -> Option<nix::sys::signal::Signal
 /// Cancels the server-side wait and waits (briefly) for the server to confirm it, releasing the
 /// lock if it was granted in the meantime. Returns `err` for the caller to pass up.
 fn cancel_wait(conn: &mut Conn, err: Error, signals: &Signals) -> Error {
-    if let Err(e) = conn.cancel() {
+    if let Err(e) = conn.cancel(Instant::now() + CANCEL_BOUND) {
         log::debug("cancel", &format!("cancel request failed: {e}"));
         return err;
     }
@@ -967,52 +1175,101 @@ fn cancel_wait(conn: &mut Conn, err: Error, signals: &Signals) -> Error {
 }
 
 /// Looks up the holders through a short-lived second connection (the lock connection is busy
-/// waiting, and leaving the queue would lose our place in it).
-fn report_holders(a: &Acquire, signals: &Signals) -> Result<Vec<Holder>> {
+/// waiting, and leaving the queue would lose our place in it), within one round trip's bound and
+/// the run's `deadline`: a server that does not answer it cannot stop the wait's own bound.
+fn report_holders(
+    a: &Acquire,
+    deadline: Option<Instant>,
+    signals: &Signals,
+) -> Result<Vec<Holder>> {
     let st = Startup {
         application_name: a.startup.application_name,
         settings: Vec::new(),
         client_keepalive: None,
         while_waiting: None,
     };
-    let mut side = Conn::connect(a.params, &st, signals)?;
+    let bound = Instant::now() + crate::pg::round_trip_bound(a.params);
+    let give_up = deadline.map_or(bound, |d| d.min(bound));
+    let mut side = Conn::connect(&bounded(a.params, give_up), &st, signals)?;
+    side.set_deadline(Some(give_up));
     let h = holders(&mut side, a.key, signals);
     side.close();
     h
 }
 
-/// Releases the lock: `Ok(true)` when the server confirms it was held. A transaction lock ends
-/// with its transaction (held while the transaction was open, failed or not). A session lock is
-/// unlocked only on `holder`, the session that took it (see `let_go`). `sent` is called once the
-/// release is on its way to the server.
+/// How a release ended.
+#[derive(Debug, PartialEq)]
+pub enum Released {
+    /// The server confirmed that the lock was held until now.
+    Held,
+    /// The server answered that the lock was no longer held, or the session was gone.
+    Gone,
+    /// No answer within the bound, or a signal ended the wait: the connection is given up and
+    /// closed, and the server frees the lock when it notices (why: the reason).
+    Unconfirmed(String),
+}
+
+/// How long the release waits for the server's answer once the child has exited: as long as a
+/// heartbeat may go unanswered while the child runs (contract §6).
+pub fn release_bound(heartbeat: Duration) -> Duration {
+    heartbeat * 2
+}
+
+/// Releases the lock, waiting for the server's answer until `deadline`. A transaction lock
+/// ends with its transaction (held while the transaction was open, failed or not). `sent` is
+/// called once the release is on its way to the server. Only an answer counts as a verdict on
+/// the lock: a server that gives none, or a signal meanwhile, leaves it unconfirmed, never lost.
+/// A session lock is unlocked only on `holder`, the session that took it (see `let_go`).
 pub fn release(
     conn: &mut Conn,
-    taken: (&LockKey, &fence::Holder),
-    mode: Mode,
-    scope: Scope,
+    (key, holder, mode, scope): (&LockKey, &fence::Holder, Mode, Scope),
     notify: Option<&str>,
+    deadline: Instant,
     signals: &Signals,
     sent: &dyn Fn(),
-) -> Result<bool> {
-    if scope == Scope::Transaction {
-        let open = conn.tx_status != TxStatus::Idle;
-        query_then(conn, "COMMIT", signals, sent)?;
-        return Ok(open);
-    }
-    let (key, holder) = taken;
-    let mut sql = format!(
-        "SELECT pg_advisory_unlock{}({}) WHERE {}",
-        fn_suffix(mode),
-        key.id.sql_args(),
-        holder.serving_sql()
-    );
+) -> Released {
+    let open = conn.tx_status != TxStatus::Idle;
     // With --limit, the same round trip wakes the first waiter (NOTIFY is sent on commit of the
     // implicit transaction, after the unlock).
-    if let Some(chan) = notify {
-        sql.push_str(&format!("; NOTIFY {chan}"));
+    let sql = match (scope, notify) {
+        (Scope::Transaction, _) => "COMMIT".to_string(),
+        (Scope::Session, notify) => format!(
+            "SELECT pg_advisory_unlock{}({}) WHERE {}{}",
+            fn_suffix(mode),
+            key.id.sql_args(),
+            holder.serving_sql(),
+            notify.map(|c| format!("; NOTIFY {c}")).unwrap_or_default()
+        ),
+    };
+    let start = Instant::now();
+    let unconfirmed = |conn: &mut Conn, why: String| {
+        conn.abandon(&why);
+        Released::Unconfirmed(why)
+    };
+    match exchange(conn, &sql, deadline, signals, sent) {
+        Ok(QueryResult::Rows(_)) if scope == Scope::Transaction && open => Released::Held,
+        Ok(QueryResult::Rows(rows)) if scope == Scope::Session && first_bool(&rows) => {
+            Released::Held
+        }
+        Ok(QueryResult::Rows(_)) => Released::Gone,
+        Ok(QueryResult::Error(e)) => {
+            log::debug("release", &format!("unlock failed: {e}"));
+            Released::Gone
+        }
+        Err(ReadErr::Timeout) => unconfirmed(
+            conn,
+            format!(
+                "no answer from {} for {} ms",
+                conn.target().describe(),
+                start.elapsed().as_millis()
+            ),
+        ),
+        Err(ReadErr::Signal(s)) => unconfirmed(conn, format!("{s} received meanwhile")),
+        Err(ReadErr::Closed(m) | ReadErr::Protocol(m)) => {
+            log::debug("release", &format!("unlock failed: {m}"));
+            Released::Gone
+        }
     }
-    let rows = query_then(conn, &sql, signals, sent)?;
-    Ok(first_bool(&rows))
 }
 
 #[cfg(test)]

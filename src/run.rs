@@ -61,14 +61,22 @@ pub fn application_name(label: &str) -> String {
 }
 
 /// The lock connection; a waiting run waits for a server that is down or starting (contract §4).
-/// Returns the wait left for the lock.
+/// Returns the wait left for the lock. Every round trip on it before the child starts has the
+/// start's deadline (see `lock::Start::deadline`).
 fn connect(
     params: &ConnParams,
     startup: &Startup,
-    wait: Wait,
+    start: &mut lock::Start,
     signals: &Signals,
 ) -> Result<(Conn, Wait)> {
-    let (conn, wait) = lock::connect_waiting(params, startup, wait, signals)?;
+    let (mut conn, wait) = lock::connect_waiting(
+        params,
+        startup,
+        start.wait_left(),
+        signals,
+        &mut start.retries,
+    )?;
+    conn.set_deadline(start.deadline(conn.round_trip()));
     log::debug(
         "connected",
         &format!(
@@ -180,11 +188,11 @@ impl<'a> Session<'a> {
         Ok(vars)
     }
 
-    /// Unlocks: `false` when the server did not confirm that the lock was still held. The guard
+    /// Unlocks, waiting for the server's answer for `lock::release_bound` at most. The guard
     /// is told to go once the release is on its way (see guard.rs).
-    fn release(&mut self) -> bool {
+    fn release(&mut self) -> lock::Released {
         let Some(taken) = self.lock.take() else {
-            return false;
+            return lock::Released::Gone;
         };
         let notify = self.req.limit.map(|_| semaphore::channel(self.req.key.id));
         let guard = self.guard;
@@ -193,21 +201,15 @@ impl<'a> Session<'a> {
                 g.stop();
             }
         };
-        match lock::release(
+        let deadline = std::time::Instant::now() + lock::release_bound(self.req.heartbeat);
+        lock::release(
             &mut self.conn,
-            (&taken.key, &taken.holder),
-            self.req.mode,
-            self.req.scope,
+            (&taken.key, &taken.holder, self.req.mode, self.req.scope),
             notify.as_deref(),
+            deadline,
             self.signals,
             &sent,
-        ) {
-            Ok(held) => held,
-            Err(e) => {
-                log::debug("release", &format!("unlock failed: {e}"));
-                false
-            }
-        }
+        )
     }
 
     /// The lock was lost: there is nothing left to release, only the connection to close.
@@ -238,22 +240,36 @@ impl Drop for Session<'_> {
 
 /// Runs and logs the last event of a run that ended with the child's own exit.
 pub fn run(req: RunRequest, run_id: &str) -> Result<i32> {
-    let code = run_inner(req, run_id)?;
+    let (code, confirmed) = run_inner(req, run_id)?;
     let (waited, ran) = log::timings();
+    let release = if confirmed {
+        "released the lock"
+    } else {
+        "the release was not confirmed; the connection is closed"
+    };
     log::info(
         "released",
-        &format!("the command exited with status {code} after {ran} ms; released the lock"),
+        &format!("the command exited with status {code} after {ran} ms; {release}"),
         &[
             ("waited_ms", V::I(waited)),
             ("ran_ms", V::I(ran)),
             ("exit_code", V::I(i64::from(code))),
             ("cause", V::S("exit")),
+            (
+                "release",
+                V::S(if confirmed {
+                    "confirmed"
+                } else {
+                    "unconfirmed"
+                }),
+            ),
         ],
     );
     Ok(code)
 }
 
-fn run_inner(mut req: RunRequest, run_id: &str) -> Result<i32> {
+/// The child's status, and whether the server confirmed the release.
+fn run_inner(mut req: RunRequest, run_id: &str) -> Result<(i32, bool)> {
     let signals = Signals::install()?;
     let held = nesting::held_by_ancestors();
     let params = ConnParams::resolve(req.database_url.as_deref())?;
@@ -275,20 +291,74 @@ fn run_inner(mut req: RunRequest, run_id: &str) -> Result<i32> {
         client_keepalive: Some(req.heartbeat),
         while_waiting: Some(&start_guard),
     };
-    let (mut conn, wait) = connect(&params, &startup, req.wait, &signals)?;
-    start_guard();
-    resolve_key(&mut conn, &mut req, &signals)?;
-    // Nesting (contract §4): an ancestor's PGLOCK_HELD entry for this lock counts only when the
-    // server confirms, on this connection, that the session it names holds the lock; then the
-    // command runs under the ancestor's lock and this connection is not needed (see run_nested).
-    // No entry for this lock, no query.
-    if let Some(h) = nesting::confirmed(&mut conn, &held, &req.key.id, &params.dbname, &signals)? {
-        drop(conn);
-        return run_nested(&req, &h, &held, run_id);
+    // Every attempt to start, on a new connection each (contract §4): one whose session the
+    // server ends or loses before the child starts (a restart, a failover) is tried again
+    // within the run's wait, as a refused connection is.
+    let mut start = lock::Start::new(req.wait);
+    loop {
+        let (mut conn, wait) = connect(&params, &startup, &mut start, &signals)?;
+        start_guard();
+        // Nesting (contract §4): an ancestor's PGLOCK_HELD entry for this lock counts only when
+        // the server confirms, on this connection, that the session it names holds the lock;
+        // then the command runs under the ancestor's lock and this connection is not needed
+        // (see run_nested). No entry for this lock, no query.
+        match prelude(&mut conn, &mut req, &held, &params.dbname, &signals) {
+            Ok(Some(h)) => {
+                drop(conn);
+                return run_nested(&req, &h, &held, run_id).map(|code| (code, true));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                drop(conn);
+                start.again(e, &signals)?;
+                continue;
+            }
+        }
+        let guard = guard.get().and_then(Option::as_ref);
+        let locked = lock_session(
+            conn,
+            &req,
+            wait,
+            guard,
+            (&params, &startup),
+            (&held, run_id),
+            &signals,
+        );
+        match locked {
+            Ok((mut session, exec)) => {
+                let end = run_child(&mut session, &req, &exec, &signals)?;
+                return finish(end, session, &req);
+            }
+            Err(e) => start.again(e, &signals)?,
+        }
     }
-    let guard = guard.get().and_then(Option::as_ref);
-    let mut session = Session::open(conn, &req, guard, &signals)?;
+}
 
+/// What precedes the lock on a new connection: the key's id where the server computes it, and
+/// the nesting check. `Some`: an ancestor holds the lock.
+fn prelude(
+    conn: &mut Conn,
+    req: &mut RunRequest,
+    held: &[Held],
+    dbname: &str,
+    signals: &Signals,
+) -> Result<Option<Held>> {
+    resolve_key(conn, req, signals)?;
+    nesting::confirmed(conn, held, &req.key.id, dbname, signals)
+}
+
+/// Takes the lock on `conn` and prepares the child's start with its variables. The session's
+/// round trips are bounded until here; from the child's start on, the heartbeat bounds them.
+fn lock_session<'a>(
+    conn: Conn,
+    req: &'a RunRequest,
+    wait: Wait,
+    guard: Option<&'a Guard>,
+    (params, startup): (&ConnParams, &Startup),
+    (held, run_id): (&[Held], &str),
+    signals: &'a Signals,
+) -> Result<(Session<'a>, Exec)> {
+    let mut session = Session::open(conn, req, guard, signals)?;
     // This run's entry for its child. The session that holds the lock (and the slot) is known
     // once it is taken: PGLOCK_HELD is set again then, before the child starts.
     let mut me = Held {
@@ -302,7 +372,7 @@ fn run_inner(mut req: RunRequest, run_id: &str) -> Result<i32> {
     };
     // The child's start is prepared before the wait (with --limit, once the slot is known).
     let prepared = match req.limit {
-        None => Some(prepare_child(&req, run_id, &held, &me, None)?),
+        None => Some(prepare_child(req, run_id, held, &me, None)?),
         Some(_) => None,
     };
     session.acquire(&Acquire {
@@ -311,21 +381,21 @@ fn run_inner(mut req: RunRequest, run_id: &str) -> Result<i32> {
         scope: req.scope,
         wait,
         conflict_exit_code: req.conflict_exit_code,
-        params: &params,
-        startup: &startup,
+        params,
+        startup,
         fence: true,
         session_pooler: req.session_pooler,
     })?;
     let mut exec = match prepared {
         Some(exec) => exec,
-        None => prepare_child(&req, run_id, &held, &me, session.slot())?,
+        None => prepare_child(req, run_id, held, &me, session.slot())?,
     };
-    for (k, v) in session.lock_vars(&held, &mut me, run_id)? {
+    for (k, v) in session.lock_vars(held, &mut me, run_id)? {
         exec.add_env(k, &v)
             .map_err(|e| Error::internal(format!("cannot pass {k} to the command: {e}")))?;
     }
-    let end = run_child(&mut session, &req, &exec, &signals)?;
-    finish(end, session, &req)
+    session.conn.set_deadline(None);
+    Ok((session, exec))
 }
 
 /// --key-hashtext, and --lock-of tools whose id depends on this connection's database or schema:
@@ -369,19 +439,25 @@ fn run_child(
 
 /// The outcome of a run whose child has ended, after the release (or, with the lock lost, only
 /// the close).
-fn finish(end: End, mut session: Session, req: &RunRequest) -> Result<i32> {
+fn finish(end: End, mut session: Session, req: &RunRequest) -> Result<(i32, bool)> {
     let label = req.key.label();
     match end {
-        End::Exited(code) => {
-            if session.release() {
-                Ok(code)
-            } else {
-                Err(Error::new(
-                    Kind::LockLost,
-                    format!("the lock was gone when the command ended (status {code}); it may have run unprotected for up to two heartbeats"),
-                ))
+        End::Exited(code) => match session.release() {
+            lock::Released::Held => Ok((code, true)),
+            lock::Released::Gone => Err(Error::new(
+                Kind::LockLost,
+                format!("the lock was gone when the command ended (status {code}); it may have run unprotected for up to two heartbeats"),
+            )),
+            lock::Released::Unconfirmed(why) => {
+                // The lock was held at the last heartbeat; only its release is in doubt.
+                log::warn(
+                    "release",
+                    &format!("the release of lock \"{label}\" was not confirmed ({why}); the connection is closed, and the server frees the lock when it notices the closed connection (within --release-after if it cannot be reached)"),
+                    &[],
+                );
+                Ok((code, false))
             }
-        }
+        },
         End::LockLost(why) => {
             session.forget_lock();
             Err(Error::new(

@@ -16,6 +16,17 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
+/// The bound of a connection, and of each round trip before the child starts, when
+/// `connect_timeout` is not set (libpq then waits forever): a server that accepts the TCP
+/// connection and then answers nothing (a hung pooler, a frozen VM, a half-open connection)
+/// cannot hold a run past it.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `connect_timeout`, or the default bound.
+pub fn round_trip_bound(params: &ConnParams) -> Duration {
+    params.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT)
+}
+
 impl Conn {
     /// Connects to the first target, in the listed order, that accepts and is a primary
     /// (contract §3): a hot standby is skipped, and refused when no primary is listed, because an
@@ -27,7 +38,12 @@ impl Conn {
         for target in &params.targets {
             match connect_with_settings(params, target, startup, signals) {
                 Ok(mut c) => match c.is_standby(signals) {
-                    Ok(false) => return Ok(c),
+                    Ok(false) => {
+                        // The connection's deadline is spent; the caller sets the next one.
+                        c.set_deadline(None);
+                        c.set_round_trip(round_trip_bound(params));
+                        return Ok(c);
+                    }
                     Ok(true) => {
                         crate::log::debug(
                             "connect",
@@ -72,7 +88,8 @@ impl Conn {
     }
 
     /// Whether the server is a hot standby: reported at connection by PostgreSQL 14 and later,
-    /// asked with one query of older servers.
+    /// asked with one query of older servers, within the connection's deadline (libpq's rule:
+    /// `connect_timeout` covers the whole connection, the check of `target_session_attrs` too).
     fn is_standby(&mut self, signals: &Signals) -> Result<bool> {
         if let Some(v) = self.server_params.get("in_hot_standby") {
             return Ok(v == "on");
@@ -80,7 +97,7 @@ impl Conn {
         let who = self.target.describe();
         match self
             .send_query("SELECT pg_is_in_recovery()")
-            .and_then(|()| self.wait_result(None, signals))
+            .and_then(|()| self.wait_result(Some(self.round_trip_deadline()), signals))
         {
             Ok(QueryResult::Rows(r)) => Ok(matches!(
                 r.first().and_then(|r| r.first()),
@@ -88,7 +105,11 @@ impl Conn {
             )),
             Ok(QueryResult::Error(e)) => Err(Error::unavailable(format!("{who}: {e}"))),
             Err(ReadErr::Signal(s)) => Err(signal_error(s)),
-            Err(e) => Err(Error::unavailable(format!("{who}: {e}"))),
+            Err(ReadErr::Timeout) => Err(Error::unavailable(format!(
+                "cannot connect to {who}: no answer to the standby check (pg_is_in_recovery()) within connect_timeout"
+            ))
+            .transient()),
+            Err(e) => Err(connect_error(&who, e)),
         }
     }
 
@@ -123,7 +144,7 @@ impl Conn {
         }
         let mut msg = BytesMut::with_capacity(256);
         frontend::startup_message(pairs, &mut msg).map_err(|e| fail(e.to_string()))?;
-        self.write_all(&msg).map_err(|e| fail(e.to_string()))?;
+        self.write_all(&msg).map_err(|e| write_error(who, e))?;
         if let Some(work) = st.while_waiting {
             work();
         }
@@ -137,7 +158,7 @@ impl Conn {
             match m {
                 Backend::Auth(req) => {
                     if let Some(reply) = auth.answer(req).map_err(fail)? {
-                        self.write_all(&reply).map_err(|e| fail(e.to_string()))?;
+                        self.write_all(&reply).map_err(|e| write_error(who, e))?;
                     }
                 }
                 Backend::KeyData { pid, secret } => {
@@ -338,9 +359,13 @@ fn attempt(
 ) -> Result<Conn> {
     let who = who(params, t);
     let io_fail = |e: SocketErr| socket_error(params, t, &who, e);
-    let (sock, deadline) =
-        open_socket(t, params.connect_timeout, startup.client_keepalive, signals)
-            .map_err(io_fail)?;
+    let (sock, deadline) = open_socket(
+        t,
+        Some(round_trip_bound(params)),
+        startup.client_keepalive,
+        signals,
+    )
+    .map_err(io_fail)?;
     *tls_used = false;
     let (stream, channel) = match negotiate_tls(sock, params, t, deadline, signals, &who)? {
         Negotiated::Plain(s) => (s, Channel::Plain),
@@ -356,6 +381,7 @@ fn attempt(
     };
     *tls_used = matches!(channel, Channel::Tls(_));
     let mut conn = Conn::new(stream, t, &params.user);
+    conn.set_deadline(deadline);
     conn.startup(params, startup, channel, deadline, signals, &who)?;
     Ok(conn)
 }
@@ -384,15 +410,28 @@ fn negotiate_tls(
     }
     let mut req = BytesMut::with_capacity(8);
     frontend::ssl_request(&mut req);
-    io::Write::write_all(&mut tcp, &req).map_err(|e| fail(e.to_string()))?;
+    io::Write::write_all(&mut tcp, &req).map_err(|e| write_error(who, e))?;
+    // A server that is stopping or restarting closes or resets the connection here: as
+    // anywhere before the session starts, that is worth trying again (contract §4).
     let mut answer = [0u8; 1];
     loop {
         wait_fd(tcp.as_fd(), false, deadline, signals).map_err(|e| connect_error(who, e))?;
         match tcp.read(&mut answer) {
-            Ok(0) => return Err(fail("the server closed the connection".into())),
+            Ok(0) => {
+                return Err(fail(
+                    "the server closed the connection before answering the TLS request".into(),
+                )
+                .transient())
+            }
             Ok(_) => break,
             Err(e) if super::retry(&e) => continue,
-            Err(e) => return Err(fail(e.to_string())),
+            Err(e) => {
+                return Err(read_error(
+                    who,
+                    e,
+                    "while waiting for the answer to the TLS request",
+                ))
+            }
         }
     }
     if unread_bytes(&tcp) {
@@ -671,6 +710,23 @@ fn connect_error(who: &str, e: ReadErr) -> Error {
             Error::unavailable(format!("cannot connect to {who}: {m}")).transient()
         }
         ReadErr::Protocol(m) => Error::unavailable(format!("cannot connect to {who}: {m}")),
+    }
+}
+
+/// A failed write while connecting: a server that went away (reset, closed) is transient.
+fn write_error(who: &str, e: io::Error) -> Error {
+    read_error(who, e, "while sending")
+}
+
+/// A failed socket read or write while connecting, `what` saying when: transient when the
+/// peer went away (reset, aborted, a broken pipe), configuration otherwise.
+fn read_error(who: &str, e: io::Error, what: &str) -> Error {
+    let gone = transient_os_error(&e) || e.raw_os_error() == Some(nix::errno::Errno::EPIPE as i32);
+    let err = Error::unavailable(format!("cannot connect to {who}: {e} ({what})"));
+    if gone {
+        err.transient()
+    } else {
+        err
     }
 }
 

@@ -19,6 +19,8 @@ mod connect;
 mod tls;
 mod wire;
 
+pub(crate) use connect::transient_sqlstate;
+pub use connect::{round_trip_bound, DEFAULT_CONNECT_TIMEOUT};
 pub use wire::ServerError;
 
 use crate::conninfo::{Host, Target};
@@ -115,7 +117,15 @@ pub struct Conn {
     notified: bool,
     /// Set by the first protocol violation or loss: every later read returns it again.
     broken: Option<String>,
+    /// The SQLSTATE of the FATAL error with which the server ended the session, if it did.
+    ended_with: Option<String>,
     max_result: usize,
+    /// How long one round trip before the child starts may take (`connect_timeout`, or
+    /// `DEFAULT_CONNECT_TIMEOUT`): a server that answers nothing is then given up.
+    round_trip: Duration,
+    /// The latest time any round trip may end (`-n`: the try's bound; `-w`: the run's deadline
+    /// and its margin), on top of `round_trip`.
+    deadline: Option<Instant>,
 }
 
 /// Session settings for the startup packet.
@@ -193,8 +203,45 @@ impl Conn {
             pending: None,
             notified: false,
             broken: None,
+            ended_with: None,
             max_result: MAX_RESULT,
+            round_trip: connect::DEFAULT_CONNECT_TIMEOUT,
+            deadline: None,
         }
+    }
+
+    /// When a round trip started now must end: `round_trip` on, or the deadline if sooner.
+    pub fn round_trip_deadline(&self) -> Instant {
+        let bound = Instant::now() + self.round_trip;
+        self.deadline.map_or(bound, |d| d.min(bound))
+    }
+
+    /// Sets the latest time any round trip may end (`None`: `round_trip` alone).
+    pub fn set_deadline(&mut self, d: Option<Instant>) {
+        self.deadline = d;
+    }
+
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    pub fn set_round_trip(&mut self, d: Duration) {
+        self.round_trip = d;
+    }
+
+    pub fn round_trip(&self) -> Duration {
+        self.round_trip
+    }
+
+    /// Gives the connection up (a round trip not answered in time): every later use fails at
+    /// once with `why`, and a late answer is never taken for another statement's.
+    pub fn abandon(&mut self, why: &str) {
+        self.broken.get_or_insert(why.to_string());
+    }
+
+    /// The SQLSTATE of the FATAL error that ended the session, when the server sent one.
+    pub fn ended_with(&self) -> Option<&str> {
+        self.ended_with.as_deref()
     }
 
     /// Allows results of up to 64 MiB (`pglock status`: a row per advisory lock).
@@ -320,7 +367,8 @@ impl Conn {
             Backend::Notice => {}
             Backend::Notification => self.notified = true,
             Backend::Error(e) if e.is_fatal() || self.pending.is_none() => {
-                return Err(self.lost(format!("the server ended the session: {e}")))
+                self.ended_with.get_or_insert(e.code.clone());
+                return Err(self.lost(format!("the server ended the session: {e}")));
             }
             Backend::Error(e) => {
                 if let Some(p) = self.pending.as_mut() {
@@ -438,17 +486,24 @@ impl Conn {
     }
 
     /// Asks the server to cancel the query under way, through a new connection (the protocol's
-    /// CancelRequest). The result of the cancelled query still arrives on this connection.
-    pub fn cancel(&self) -> io::Result<()> {
+    /// CancelRequest), giving up at `deadline`: a server that does not answer cannot hold pglock.
+    /// The result of the cancelled query still arrives on this connection.
+    pub fn cancel(&self, deadline: Instant) -> io::Result<()> {
         let mut req = BytesMut::with_capacity(16);
         frontend::cancel_request(self.backend_pid, self.secret_key, &mut req);
+        let left = || {
+            deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1))
+        };
         let mut buf = [0u8; 1];
         match &self.target.host {
             Host::Unix(dir) => {
                 let mut s = UnixStream::connect(self.target.socket_path(dir))?;
+                let _ = s.set_write_timeout(Some(left()));
                 s.write_all(&req)?;
                 // The server closes the connection once it has read the request.
-                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                let _ = s.set_read_timeout(Some(left()));
                 let _ = s.read(&mut buf);
             }
             Host::Tcp(_) => {
@@ -462,9 +517,10 @@ impl Conn {
                         )))
                     }
                 };
-                let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+                let mut s = TcpStream::connect_timeout(&addr, left())?;
+                let _ = s.set_write_timeout(Some(left()));
                 s.write_all(&req)?;
-                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                let _ = s.set_read_timeout(Some(left()));
                 let _ = s.read(&mut buf);
             }
         }
@@ -476,7 +532,13 @@ impl Conn {
 }
 
 impl Drop for Conn {
+    /// Never waits: a server that reads nothing (its receive window full) cannot hold pglock
+    /// at the close, so the Terminate is sent only if the socket takes it at once.
     fn drop(&mut self) {
+        let _ = nix::fcntl::fcntl(
+            self.fd(),
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        );
         let mut buf = BytesMut::with_capacity(5);
         frontend::terminate(&mut buf);
         let _ = self.write_all(&buf);

@@ -22,5 +22,6 @@ mod pooler;
 mod restart;
 mod semaphore;
 mod signals;
+mod stall;
 mod status;
 mod trust;
