@@ -950,9 +950,11 @@ impl Start {
         }
     }
 
-    /// The wait left for the next attempt.
+    /// The wait left for the next attempt: the run's own for the first (so that a wait that
+    /// runs out names the `--timeout` given), what is left of it after a retry.
     pub fn wait_left(&self) -> Wait {
         match self.deadline {
+            Some(_) if self.retries.attempt == 0 => self.wait,
             Some(d) => Wait::Timeout(
                 d.saturating_duration_since(Instant::now())
                     .max(Duration::from_millis(1)),
@@ -977,6 +979,19 @@ impl Start {
     /// (after a short pause), or the error that ends the run. Only a transient failure of a run
     /// that may wait is tried again.
     pub fn again(&mut self, e: Error, signals: &Signals) -> Result<()> {
+        let give_up = self.retry_until(e)?;
+        if let Some(sig) = sleep_until(
+            (Instant::now() + jittered(self.pause)).min(give_up),
+            signals,
+        ) {
+            return Err(signal_while_retrying(sig));
+        }
+        self.pause = (self.pause * 2).min(Duration::from_secs(2));
+        Ok(())
+    }
+
+    /// Whether `e` is tried again: until when (and it is logged), or the error to end with.
+    fn retry_until(&mut self, e: Error) -> Result<Instant> {
         if !e.transient || self.wait == Wait::Once {
             return Err(e);
         }
@@ -997,11 +1012,7 @@ impl Start {
             ));
         }
         self.retries.log(&e, give_up - now);
-        if let Some(sig) = sleep_until((now + jittered(self.pause)).min(give_up), signals) {
-            return Err(signal_while_retrying(sig));
-        }
-        self.pause = (self.pause * 2).min(Duration::from_secs(2));
-        Ok(())
+        Ok(give_up)
     }
 }
 
@@ -1296,6 +1307,51 @@ mod tests {
             "gave up",
         );
         assert_eq!(e.msg, "password authentication failed");
+    }
+
+    #[test]
+    fn only_a_transient_failure_of_a_run_that_may_wait_is_tried_again() {
+        let down = || Error::unavailable("the server ended the session").transient();
+        let mut once = Start::new(Wait::Once);
+        assert_eq!(once.retry_until(down()).unwrap_err().exit_code(), 69);
+        let mut w = Start::new(Wait::Timeout(Duration::from_secs(30)));
+        let auth = Error::unavailable("password authentication failed");
+        assert_eq!(
+            w.retry_until(auth).unwrap_err().msg,
+            "password authentication failed"
+        );
+        // The first attempt waits the --timeout given; after a retry, what is left of it.
+        assert_eq!(w.wait_left(), Wait::Timeout(Duration::from_secs(30)));
+        assert!(w.retry_until(down()).is_ok());
+        assert!(matches!(w.wait_left(), Wait::Timeout(d) if d < Duration::from_secs(30)));
+        // Without --timeout: for a minute from the first failure.
+        let mut f = Start::new(Wait::Forever);
+        let until = f.retry_until(down()).unwrap();
+        assert!(until > Instant::now() + Duration::from_secs(59));
+        assert_eq!(f.retry_until(down()).unwrap(), until);
+        // Past the deadline: the failure, saying why the retrying ended.
+        let mut gone = Start::new(Wait::Timeout(Duration::from_millis(1)));
+        std::thread::sleep(Duration::from_millis(5));
+        let e = gone.retry_until(down()).unwrap_err();
+        assert!(
+            e.msg
+                .starts_with("gave up waiting for the server (--timeout reached)"),
+            "{}",
+            e.msg
+        );
+    }
+
+    #[test]
+    fn the_deadline_of_a_start_is_the_try_for_no_wait_and_the_margin_for_a_timeout() {
+        let rt = Duration::from_secs(2);
+        let t0 = Instant::now();
+        let d = Start::new(Wait::Once).deadline(rt).unwrap();
+        assert!(d >= t0 + rt && d < t0 + rt + Duration::from_secs(1));
+        let d = Start::new(Wait::Timeout(Duration::from_secs(3)))
+            .deadline(rt)
+            .unwrap();
+        assert!(d >= t0 + Duration::from_secs(3) + ANSWER_MARGIN);
+        assert_eq!(Start::new(Wait::Forever).deadline(rt), None);
     }
 
     #[test]
