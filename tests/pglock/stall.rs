@@ -319,7 +319,9 @@ fn row(values: &[&str]) -> Vec<u8> {
 /// (lock taken, still held, released, fence free), this backend's pid and start; `f` for the
 /// standby check, and for the try when the lock is busy.
 fn answer_to(sql: &str, busy: bool) -> Vec<u8> {
-    let first = if sql.contains("pg_is_in_recovery") || (busy && sql.contains("pg_try_advisory")) {
+    // The standby check alone (the lock statement's guard also names pg_is_in_recovery).
+    let standby_check = sql.contains("pg_is_in_recovery") && !sql.contains("advisory");
+    let first = if standby_check || (busy && sql.contains("pg_try_advisory")) {
         "f"
     } else {
         "t"
@@ -556,7 +558,7 @@ fn half_an_answer_before_the_child_starts_is_bounded_by_connect_timeout() {
 #[test]
 fn half_an_answer_while_the_child_runs_is_a_lost_lock_within_two_heartbeats() {
     let fake = Fake::start(&[Plan {
-        stall: Some(("pg_locks", How::Half)),
+        stall: Some(("statement_timestamp()", How::Half)), // the heartbeat
         ..NORMAL
     }]);
     let r = run(
