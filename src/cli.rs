@@ -51,7 +51,7 @@ pub enum Command {
     Key(KeyArgs),
     /// List the advisory locks held and awaited on the database
     #[command(
-        after_help = "Columns: lock id, key name (for pglock's own sessions), mode, held or waiting, pid, user,\nclient address, application, and age (waiting: since the wait began; held: since the session\nconnected). A role without superuser rights sees its own sessions in full and the others' locks\nwith what PostgreSQL shows it."
+        after_help = "Columns: lock id, key name (for pglock's own sessions), mode, held or waiting, pid, user,\nclient address, application, and age (waiting: since the wait began; held: since the session\nconnected); a --limit run waiting for a slot shows as waiting. A role without superuser rights\nsees its own sessions in full and the others' locks with what PostgreSQL shows it.\n\nWith a lock form (--key NAME, --key-id ID, ...) only that lock is listed and, like grep, the\nexit status is 0 when it is held and 1 when it is not (the text then says \"is not held\").\n--json writes lock ids as strings of digits (\"lock_id\":\"1851639526980669642\"): 64-bit\nintegers do not survive jq 1.6 or JavaScript as numbers.\n\nExamples:\n  pglock status\n  pglock status --key seed >/dev/null && echo \"seed is running\"\n  pglock status --json | jq -r '.[] | select(.state == \"held\") | .lock_id'"
     )]
     Status(StatusArgs),
     /// Write the man page or a shell completion script to stdout (for packaging)
@@ -69,6 +69,9 @@ const RUN_EXAMPLES: &str = "Examples:\n  \
     PGLOCK_KEY=seed pglock run -- ./seed.sh                 # options from the environment\n  \
     pglock run --key-hashtext cron:sync -- ./sync.sh        # = pg_advisory_lock(hashtext('cron:sync'))\n  \
     pglock run -w 10m --lock-of golang-migrate -- ./seed.sh # wait while `migrate up` runs\n\n\
+    Durations: a bare number is seconds (10, 2.5, as flock -w 10), or 250ms, 1.5s, 5m, 1h, 1m30s. \
+    Boolean variables (PGLOCK_NO_WAIT, PGLOCK_SHARED, PGLOCK_FENCING_TOKEN, PGLOCK_QUIET, \
+    PGLOCK_VERBOSE) take 1/0, true/false, yes/no, on/off in any case; empty is false.\n\n\
     Exit status: COMMAND's own; 128+N if a signal N killed it; 2 usage error; 69 PostgreSQL \
     unavailable; 70 internal error; 74 lock lost while COMMAND ran; 75 lock not acquired (see -E); \
     124 --max-runtime elapsed; 126 COMMAND not executable; 127 COMMAND not found.";
@@ -246,7 +249,7 @@ pub struct RunArgs {
     )]
     pub release_after: String,
 
-    /// Errors only
+    /// Errors only: nothing at all for a skip that exits 0 (-E 0), as flock -n
     #[arg(short, long, env = "PGLOCK_QUIET", value_parser = EnvBool, help_heading = "Output")]
     pub quiet: bool,
 
