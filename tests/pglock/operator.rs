@@ -406,3 +406,41 @@ fn the_guard_is_named_pglock_guard_and_a_nested_run_leaves_none() {
     assert!(left.is_empty(), "the nested run left {left:?} behind");
     stop(outer);
 }
+
+#[test]
+fn scripts_try_serves_trust_on_a_private_socket_and_no_tcp() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    // The child looks at the server that scripts/try started for it.
+    let probe = r#"set -e
+dir=${PGLOCK_DATABASE_URL#host=}; dir=${dir%% *}
+echo "mode=$(stat -c %a "$dir")"
+q() { psql -XAt -d "$PGLOCK_DATABASE_URL" -c "$1"; }
+echo "listen=$(q 'show listen_addresses')"
+echo "open_host_rules=$(q "select count(*) from pg_hba_file_rules where type like 'host%' and auth_method <> 'reject'")"
+echo "url=$PGLOCK_DATABASE_URL""#;
+    let mut c = std::process::Command::new(root.join("scripts/try"));
+    c.args(["--key", "try-probe", "--", "sh", "-c", probe]);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("PG") || k == "DATABASE_URL" {
+            c.env_remove(k);
+        }
+    }
+    let path = format!(
+        "{}:{}",
+        pg().bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    c.env("PGLOCK_BIN", bin())
+        .env("PATH", path)
+        .stdin(Stdio::null());
+    let (out, err) = expect_code(c, 0);
+    assert!(err.contains("no TCP"), "{err}");
+    for want in [
+        "mode=700\n",
+        "listen=\n",
+        "open_host_rules=0\n",
+        "url=host=/",
+    ] {
+        assert!(out.contains(want), "{want:?} in\n{out}\n{err}");
+    }
+}
