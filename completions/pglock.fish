@@ -47,7 +47,7 @@ graphile-migrate\t''
 node-pg-migrate\t''"
 complete -c pglock -n "__fish_pglock_using_subcommand run" -l lock-schema -d 'With --lock-of golang-migrate or flyway: the schema of the migrations table [default: current_schema()]' -r
 complete -c pglock -n "__fish_pglock_using_subcommand run" -l lock-table -d 'With --lock-of golang-migrate or flyway: the migrations table [default: schema_migrations, flyway_schema_history]' -r
-complete -c pglock -n "__fish_pglock_using_subcommand run" -s w -l timeout -d 'Wait at most DURATION for the lock (500ms, 30s, 5m, 1h), then exit 75; 0 is --no-wait. A server that is down or starting is waited for too (without -w: for a minute)' -r
+complete -c pglock -n "__fish_pglock_using_subcommand run" -s w -l timeout -d 'Wait at most DURATION for the lock (10 = 10 seconds, 1.5s, 250ms, 5m, 1m30s), then exit 75; 0 is --no-wait. A server that is down or starting is waited for too (without -w: for a minute)' -r
 complete -c pglock -n "__fish_pglock_using_subcommand run" -l scope -d 'session: a session lock (pg_advisory_lock); transaction: pg_advisory_xact_lock in a transaction held open while COMMAND runs, for PgBouncer in transaction pooling mode' -r -f -a "session\t''
 transaction\t''"
 complete -c pglock -n "__fish_pglock_using_subcommand run" -l pooler -d 'session: a pooler or proxy in session mode sits in front of the server (PgBouncer\'s pool_mode = session, pgpool-II): a session lock is taken through it. Without it, a session lock through any pooler or proxy is refused (exit 69)' -r -f -a "session\t''"
@@ -63,7 +63,7 @@ json\t''"
 complete -c pglock -n "__fish_pglock_using_subcommand run" -s n -l no-wait -d 'Try once; if the lock is held, do not run COMMAND and exit 75'
 complete -c pglock -n "__fish_pglock_using_subcommand run" -l shared -d 'Take a shared lock: shared holders run together, exclusive holders wait for all of them'
 complete -c pglock -n "__fish_pglock_using_subcommand run" -l fencing-token -d 'Give COMMAND PGLOCK_FENCING_TOKEN, an integer greater than every earlier holder\'s on the cluster (the server\'s transaction id; costs one)'
-complete -c pglock -n "__fish_pglock_using_subcommand run" -s q -l quiet -d 'Errors only'
+complete -c pglock -n "__fish_pglock_using_subcommand run" -s q -l quiet -d 'Errors only: nothing at all for a skip that exits 0 (-E 0), as flock -n'
 complete -c pglock -n "__fish_pglock_using_subcommand run" -s v -l verbose -d 'More detail (connection, queries, signals)'
 complete -c pglock -n "__fish_pglock_using_subcommand run" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c pglock -n "__fish_pglock_using_subcommand run" -s V -l version -d 'Print version'

@@ -1,8 +1,9 @@
 //! The command line as clap sees it: raw types only. `request.rs` turns these into a validated
 //! request; nothing below that layer sees clap.
 
+use clap::builder::TypedValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -50,7 +51,7 @@ pub enum Command {
     Key(KeyArgs),
     /// List the advisory locks held and awaited on the database
     #[command(
-        after_help = "Columns: lock id, key name (for pglock's own sessions), mode, held or waiting, pid, user,\nclient address, application, and age (waiting: since the wait began; held: since the session\nconnected). A role without superuser rights sees its own sessions in full and the others' locks\nwith what PostgreSQL shows it."
+        after_help = "Columns: lock id, key name (for pglock's own sessions), mode, held or waiting, pid, user,\nclient address, application, and age (waiting: since the wait began; held: since the session\nconnected); a --limit run waiting for a slot shows as waiting. A role without superuser rights\nsees its own sessions in full and the others' locks with what PostgreSQL shows it.\n\nWith a lock form (--key NAME, --key-id ID, ...) only that lock is listed and, like grep, the\nexit status is 0 when it is held and 1 when it is not (the text then says \"is not held\").\n--json writes lock ids as strings of digits (\"lock_id\":\"1851639526980669642\"): 64-bit\nintegers do not survive jq 1.6 or JavaScript as numbers.\n\nExamples:\n  pglock status\n  pglock status --key seed >/dev/null && echo \"seed is running\"\n  pglock status --json | jq -r '.[] | select(.state == \"held\") | .lock_id'"
     )]
     Status(StatusArgs),
     /// Write the man page or a shell completion script to stdout (for packaging)
@@ -68,6 +69,9 @@ const RUN_EXAMPLES: &str = "Examples:\n  \
     PGLOCK_KEY=seed pglock run -- ./seed.sh                 # options from the environment\n  \
     pglock run --key-hashtext cron:sync -- ./sync.sh        # = pg_advisory_lock(hashtext('cron:sync'))\n  \
     pglock run -w 10m --lock-of golang-migrate -- ./seed.sh # wait while `migrate up` runs\n\n\
+    Durations: a bare number is seconds (10, 2.5, as flock -w 10), or 250ms, 1.5s, 5m, 1h, 1m30s. \
+    Boolean variables (PGLOCK_NO_WAIT, PGLOCK_SHARED, PGLOCK_FENCING_TOKEN, PGLOCK_QUIET, \
+    PGLOCK_VERBOSE) take 1/0, true/false, yes/no, on/off in any case; empty is false.\n\n\
     Exit status: COMMAND's own; 128+N if a signal N killed it; 2 usage error; 69 PostgreSQL \
     unavailable; 70 internal error; 74 lock lost while COMMAND ran; 75 lock not acquired (see -E); \
     124 --max-runtime elapsed; 126 COMMAND not executable; 127 COMMAND not found.";
@@ -133,11 +137,12 @@ pub struct RunArgs {
     pub lock_table: Option<String>,
 
     /// Try once; if the lock is held, do not run COMMAND and exit 75
-    #[arg(short = 'n', long, env = "PGLOCK_NO_WAIT", help_heading = "Lock")]
+    #[arg(short = 'n', long, env = "PGLOCK_NO_WAIT", value_parser = EnvBool, help_heading = "Lock")]
     pub no_wait: bool,
 
-    /// Wait at most DURATION for the lock (500ms, 30s, 5m, 1h), then exit 75; 0 is --no-wait. A
-    /// server that is down or starting is waited for too (without -w: for a minute)
+    /// Wait at most DURATION for the lock (10 = 10 seconds, 1.5s, 250ms, 5m, 1m30s), then exit 75;
+    /// 0 is --no-wait. A server that is down or starting is waited for too (without -w: for a
+    /// minute)
     #[arg(
         short = 'w',
         long,
@@ -149,7 +154,7 @@ pub struct RunArgs {
     pub timeout: Option<String>,
 
     /// Take a shared lock: shared holders run together, exclusive holders wait for all of them
-    #[arg(long, env = "PGLOCK_SHARED", help_heading = "Lock")]
+    #[arg(long, env = "PGLOCK_SHARED", value_parser = EnvBool, help_heading = "Lock")]
     pub shared: bool,
 
     /// session: a session lock (pg_advisory_lock); transaction: pg_advisory_xact_lock in a
@@ -186,7 +191,7 @@ pub struct RunArgs {
 
     /// Give COMMAND PGLOCK_FENCING_TOKEN, an integer greater than every earlier holder's on the
     /// cluster (the server's transaction id; costs one)
-    #[arg(long, env = "PGLOCK_FENCING_TOKEN", value_parser = clap::builder::FalseyValueParser::new(), help_heading = "Lock")]
+    #[arg(long, env = "PGLOCK_FENCING_TOKEN", value_parser = EnvBool, help_heading = "Lock")]
     pub fencing_token: bool,
 
     /// Exit code when the lock is not acquired
@@ -255,12 +260,12 @@ pub struct RunArgs {
     )]
     pub release_after: String,
 
-    /// Errors only
-    #[arg(short, long, env = "PGLOCK_QUIET", help_heading = "Output")]
+    /// Errors only: nothing at all for a skip that exits 0 (-E 0), as flock -n
+    #[arg(short, long, env = "PGLOCK_QUIET", value_parser = EnvBool, help_heading = "Output")]
     pub quiet: bool,
 
     /// More detail (connection, queries, signals)
-    #[arg(short, long, env = "PGLOCK_VERBOSE", help_heading = "Output")]
+    #[arg(short, long, env = "PGLOCK_VERBOSE", value_parser = EnvBool, help_heading = "Output")]
     pub verbose: bool,
 
     /// Log line format on stderr
@@ -403,6 +408,51 @@ pub struct KeyArgs {
     pub fence_sql: bool,
 }
 
+/// The one rule for boolean options set from the environment (contract §1): `1/0`, `true/false`,
+/// `yes/no`, `on/off` in any case, and empty is false. Anything else is a usage error that names
+/// the variable. clap's `BoolishValueParser` also takes `y`, `t`, ... and names the flag, which
+/// the user never typed; `FalseyValueParser` takes any other text as true.
+#[derive(Clone, Copy, Debug)]
+pub struct EnvBool;
+
+impl EnvBool {
+    /// The value of `text`, or `None` when it is not one of the accepted words.
+    pub fn parse(text: &str) -> Option<bool> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "1" | "true" | "yes" | "on" => Some(true),
+            "" | "0" | "false" | "no" | "off" => Some(false),
+            _ => None,
+        }
+    }
+}
+
+impl TypedValueParser for EnvBool {
+    type Value = bool;
+
+    fn parse_ref(
+        &self,
+        _cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &OsStr,
+    ) -> Result<bool, clap::Error> {
+        // A flag on the command line reaches here as "true": only the environment gives words.
+        if let Some(b) = value.to_str().and_then(EnvBool::parse) {
+            return Ok(b);
+        }
+        let var = arg.and_then(clap::Arg::get_env).map_or_else(
+            || "the variable".into(),
+            |v| v.to_string_lossy().into_owned(),
+        );
+        Err(clap::Error::raw(
+            clap::error::ErrorKind::ValueValidation,
+            format!(
+                "{var}={:?} is not a boolean: use 1 or 0, true or false, yes or no, on or off (empty is false)",
+                value.to_string_lossy()
+            ),
+        ))
+    }
+}
+
 /// The `--lock-of` values, for help and completions.
 fn tool_values() -> clap::builder::PossibleValuesParser {
     clap::builder::PossibleValuesParser::new(crate::key::tool_names())
@@ -416,5 +466,18 @@ mod tests {
     #[test]
     fn clap_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn environment_booleans() {
+        for t in ["1", "true", "TRUE", "Yes", "on", "ON"] {
+            assert_eq!(EnvBool::parse(t), Some(true), "{t}");
+        }
+        for f in ["", "0", "false", "False", "NO", "off", "Off"] {
+            assert_eq!(EnvBool::parse(f), Some(false), "{f}");
+        }
+        for bad in ["banana", "y", "2", "enabled"] {
+            assert_eq!(EnvBool::parse(bad), None, "{bad}");
+        }
     }
 }

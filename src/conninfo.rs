@@ -1190,9 +1190,10 @@ fn passfile_lookup(file: &Path, t: &Target, db: &str, user: &str) -> Option<(Str
     let text = std::fs::read_to_string(file).ok()?;
     let host = t.host_name();
     let port = t.port.to_string();
-    let host_ok = |pat: &str| {
-        pat == "*" || pat == host || (matches!(t.host, Host::Unix(_)) && pat == "localhost")
-    };
+    // As libpq (fe-connect.c, passwordFromFile): `localhost` stands for a Unix socket only in
+    // the default socket directory; a socket elsewhere matches its directory's path alone.
+    let default_socket = matches!(&t.host, Host::Unix(d) if *d == default_socket_dir());
+    let host_ok = |pat: &str| pat == "*" || pat == host || (default_socket && pat == "localhost");
     for (n, line) in text.lines().enumerate() {
         if line.starts_with('#') || line.trim().is_empty() {
             continue;
@@ -1885,6 +1886,30 @@ mod tests {
             split_passfile_line(r"h:5432:*:u:pa\:ss:x"),
             vec!["h", "5432", "*", "u", "pa:ss:x"]
         );
+    }
+
+    #[test]
+    fn passfile_localhost_is_only_the_default_socket_directory() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = Dir::new(&[(
+            "pgpass",
+            "localhost:5432:*:u:local\n/srv/pg:5432:*:u:bypath\n",
+        )]);
+        let pass = dir.path("pgpass");
+        std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let password = |conn: &str| {
+            let p = ok(conn, &[("PGPASSFILE", &pass), ("PGUSER", "u")]);
+            p.password_for(&p.targets[0])
+        };
+        let default = default_socket_dir().display().to_string();
+        assert_eq!(
+            password(&format!("host={default}")).as_deref(),
+            Some("local")
+        );
+        assert_eq!(password("dbname=x").as_deref(), Some("local"));
+        assert_eq!(password("host=localhost").as_deref(), Some("local"));
+        assert_eq!(password("host=/srv/pg").as_deref(), Some("bypath"));
+        assert_eq!(password("host=/srv/other"), None);
     }
 
     #[test]

@@ -40,7 +40,10 @@ as "rails migrations", and a two\-int4 lock as A,B.
 \fBpglock status\fR lists every advisory lock on the database, held or awaited: lock id, key
 name (for pglock's own sessions), mode, held or waiting, pid, user, client address, application
 and age (waiting: since the wait began; held: since the session connected), as a table or with
-\fB\-\-json\fR. A role without superuser rights sees what PostgreSQL shows it.
+\fB\-\-json\fR; a \fB\-\-limit\fR run waiting for a slot shows as waiting. A role without
+superuser rights sees what PostgreSQL shows it. With a lock form, \fBpglock status\fR lists that
+lock alone and, like \fBgrep\fR, exits 0 when it is held and 1 when it is not, saying "is not
+held".
 .PP
 Connections: \fB\-\-database\-url\fR, \fBPGLOCK_DATABASE_URL\fR, \fBDATABASE_URL\fR, then libpq's
 \fBPG*\fR variables and defaults; URIs, key=value strings and service files (\fBservice=\fR,
@@ -72,7 +75,19 @@ database, an unknown host name and configuration errors, and every failure of a 
 fail at once.
 .PP
 Every option of \fBrun\fR can also be set in the environment as \fBPGLOCK_\fIOPTION\fR; a value on
-the command line wins. Durations are written 500ms, 30s, 5m, 1h or 1m30s.
+the command line wins. Durations: a bare number is seconds (10, 2.5, as \fBflock \-w 10\fR), or
+with a unit, decimals allowed: 250ms, 1.5s, 5m, 1h, 1m30s. Boolean variables
+(\fBPGLOCK_NO_WAIT\fR, \fBPGLOCK_SHARED\fR, \fBPGLOCK_FENCING_TOKEN\fR, \fBPGLOCK_QUIET\fR,
+\fBPGLOCK_VERBOSE\fR) take 1/0, true/false, yes/no, on/off in any case, and empty is false;
+any other value is a usage error that names the variable.
+.PP
+Logs go to stderr, one line an event. The "acquired" line is written before COMMAND starts, so
+COMMAND's output follows it. \fB\-q\fR prints errors only, and nothing for a run that is not
+acquired and exits 0 (\fB\-E 0\fR), as \fBflock \-n\fR. Text that came from the server (role and
+application names, addresses, messages) is printed with its control characters replaced by
+spaces, in every output. \fB\-\-log\-format json\fR and \fBpglock status \-\-json\fR write 64\-bit
+lock ids as strings of decimal digits ("lock_id":"1851639526980669642"), as protobuf's JSON
+mapping does for int64: jq 1.6 and JavaScript round larger numbers.
 .PP
 While the child runs, a connection that the server closes is noticed at once, and every
 heartbeat pglock confirms in \fBpg_locks\fR that its own backend holds the lock; a silent
@@ -182,12 +197,16 @@ env: PGLOCK_DATABASE_URL from a Secret
 .RE
 .fi
 .PP
-A shell script:
+A shell script that skips (exit 0) while another host runs the export, and passes every other
+status on:
 .PP
 .nf
 .RS
 export PGLOCK_KEY=billing\-export
-pglock run \-\-no\-wait \-\- ./export.sh || [ $? \-eq 75 ] && echo "skipped: already running"
+pglock run \-\-no\-wait \-\- ./export.sh || case $? in
+  75) echo "another export is running; skipped" ;;
+  *)  exit $? ;;
+esac
 .RE
 .fi
 .PP

@@ -57,10 +57,12 @@ impl LockId {
         }
     }
 
-    /// The id as a JSON value: the bigint form a number, the two-int4 form the string "A,B".
+    /// The id as a JSON value: a string, of decimal digits for the bigint form (as protobuf's
+    /// JSON mapping writes int64: jq 1.6 and JavaScript round larger numbers, contract §8),
+    /// "A,B" for the two-int4 form.
     pub fn json(self) -> String {
         match self {
-            LockId::Big(id) => id.to_string(),
+            LockId::Big(id) => format!("\"{id}\""),
             LockId::Pair(a, b) => format!("\"{a},{b}\""),
         }
     }

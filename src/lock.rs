@@ -59,6 +59,8 @@ impl Holder {
         }
     }
 
+    /// The holder for a log line. Its fields are the server's text, so the line is made
+    /// printable as a whole (a role name can hold ESC, BEL or a line feed).
     pub fn describe(&self) -> String {
         let mut s = format!("pid {}", self.pid);
         let mut parts = Vec::new();
@@ -80,7 +82,7 @@ impl Holder {
             parts.push("shared".into());
         }
         s.push_str(&format!(" ({})", parts.join(", ")));
-        s
+        crate::log::printable(&s)
     }
 }
 

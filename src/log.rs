@@ -181,6 +181,16 @@ fn json_line(l: &Logger, level: Level, event: &str, msg: &str, fields: &[(&str, 
     s
 }
 
+/// Text that came from the server (role and application names, addresses, messages), safe to
+/// print: every control character (terminal escapes, BEL, carriage returns, line feeds) becomes a
+/// space, so a line stays one line that cannot forge a `pglock:` line or drive the terminal
+/// (contract §8). The one function every such text passes through, in every output.
+pub fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
 pub fn json_str(out: &mut String, s: &str) {
     out.push('"');
     for c in s.chars() {
@@ -249,6 +259,14 @@ mod tests {
         assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339(1_795_830_600, 5), "2026-11-28T01:50:00.005Z");
         assert_eq!(rfc3339(951_782_400, 0), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn server_text_is_printable() {
+        assert_eq!(
+            printable("evil\u{1b}[31m\u{7}x\npglock: forged\r\u{9b}"),
+            "evil [31m x pglock: forged  "
+        );
     }
 
     #[test]

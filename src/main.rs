@@ -90,7 +90,11 @@ fn report(e: &Error) {
         Kind::NotAcquired(_) | Kind::Signal(_) => log::Level::Warn,
         _ => log::Level::Error,
     };
-    // Not acquired and interrupted are outcomes, not faults: shown unless -q.
+    // Not acquired and interrupted are outcomes, not faults: shown unless -q, and then as errors,
+    // except a skip that exits 0 (`-E 0`), which is no error at all: -q is silent, as `flock -n`.
+    if !log::enabled(level) && e.kind == Kind::NotAcquired(0) {
+        return;
+    }
     log::event(
         if log::enabled(level) {
             level

@@ -169,8 +169,18 @@ fn lock_key(args: &RunArgs, m: &ArgMatches) -> Result<LockKey> {
     }
 }
 
-fn duration_opt(name: &str, text: &str) -> Result<Duration> {
-    duration::parse(text).map_err(|e| Error::usage(format!("--{name}: {e}")))
+/// Parses duration option `--name`; the error names the variable when the value came from the
+/// environment (`PGLOCK_TIMEOUT: invalid duration ...`), as the user wrote it there.
+fn duration_opt(m: &ArgMatches, name: &str, text: &str) -> Result<Duration> {
+    duration::parse(text).map_err(|e| {
+        let from = match m.value_source(&name.replace('-', "_")) {
+            Some(ValueSource::EnvVariable) => {
+                format!("PGLOCK_{}", name.replace('-', "_").to_uppercase())
+            }
+            _ => format!("--{name}"),
+        };
+        Error::usage(format!("{from}: {e}"))
+    })
 }
 
 /// Validates `pglock run`. `m` is the run subcommand's matches, used to tell command-line values
@@ -198,7 +208,7 @@ pub fn run_request(args: RunArgs, m: &ArgMatches) -> Result<RunRequest> {
         }
         (true, None) => Wait::Once,
         (false, Some(t)) => {
-            let d = duration_opt("timeout", t)?;
+            let d = duration_opt(m, "timeout", t)?;
             if d.is_zero() {
                 Wait::Once
             } else {
@@ -256,15 +266,15 @@ pub fn run_request(args: RunArgs, m: &ArgMatches) -> Result<RunRequest> {
         return Err(Error::usage("--limit needs --scope session: its waiters are woken by LISTEN/NOTIFY, which a transaction pooler does not carry"));
     }
 
-    let heartbeat = duration_opt("heartbeat", &args.heartbeat)?;
+    let heartbeat = duration_opt(m, "heartbeat", &args.heartbeat)?;
     if heartbeat < Duration::from_millis(100) {
         return Err(Error::usage("--heartbeat must be at least 100ms"));
     }
-    let kill_after = duration_opt("kill-after", &args.kill_after)?;
-    let release_after = duration_opt("release-after", &args.release_after)?;
+    let kill_after = duration_opt(m, "kill-after", &args.kill_after)?;
+    let release_after = duration_opt(m, "release-after", &args.release_after)?;
     check_timing_rule(heartbeat, kill_after, release_after)?;
     let max_runtime = match &args.max_runtime {
-        Some(t) => match duration_opt("max-runtime", t)? {
+        Some(t) => match duration_opt(m, "max-runtime", t)? {
             d if d.is_zero() => return Err(Error::usage("--max-runtime must be longer than 0")),
             d => Some(d),
         },

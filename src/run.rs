@@ -285,11 +285,14 @@ fn run_inner(mut req: RunRequest, run_id: &str) -> Result<(i32, bool)> {
     let start_guard = || {
         guard.get_or_init(|| Guard::start(kill_after));
     };
+    // A run below another pglock may become its command (run_nested's exec), which must not
+    // leave a guard behind as the command's child: it starts its guard once it knows it will not.
+    let may_nest = !held.is_empty();
     let startup = Startup {
         application_name: &app,
         settings: session_settings(&req),
         client_keepalive: Some(req.heartbeat),
-        while_waiting: Some(&start_guard),
+        while_waiting: if may_nest { None } else { Some(&start_guard) },
     };
     // Every attempt to start, on a new connection each (contract §4): one whose session the
     // server ends or loses before the child starts (a restart, a failover) is tried again
@@ -297,7 +300,9 @@ fn run_inner(mut req: RunRequest, run_id: &str) -> Result<(i32, bool)> {
     let mut start = lock::Start::new(req.wait);
     loop {
         let (mut conn, wait) = connect(&params, &startup, &mut start, &signals)?;
-        start_guard();
+        if !may_nest {
+            start_guard();
+        }
         // Nesting (contract §4): an ancestor's PGLOCK_HELD entry for this lock counts only when
         // the server confirms, on this connection, that the session it names holds the lock;
         // then the command runs under the ancestor's lock and this connection is not needed
@@ -307,7 +312,7 @@ fn run_inner(mut req: RunRequest, run_id: &str) -> Result<(i32, bool)> {
                 drop(conn);
                 return run_nested(&req, &h, &held, run_id).map(|code| (code, true));
             }
-            Ok(None) => {}
+            Ok(None) => start_guard(),
             Err(e) => {
                 drop(conn);
                 start.again(e, &signals)?;
@@ -420,8 +425,10 @@ fn run_child(
     exec: &Exec,
     signals: &Signals,
 ) -> Result<End> {
-    let child = start_child(req, exec, session.guard.map(Guard::child_slot))?;
+    // Written (stderr is unbuffered) before the child exists, so nothing of the child's can
+    // precede it in a log that has both (contract §8).
     log_acquired(req, session.slot());
+    let child = start_child(req, exec, session.guard.map(Guard::child_slot))?;
     let end = child::supervise(
         child,
         Watch {
@@ -475,7 +482,7 @@ fn finish(end: End, mut session: Session, req: &RunRequest) -> Result<(i32, bool
     }
 }
 
-/// Logged once the child runs: the child's start does not wait for stderr.
+/// The "acquired" line, logged just before the child starts.
 fn log_acquired(req: &RunRequest, slot: Option<u32>) {
     let (waited_ms, _) = log::timings();
     let label = req.key.label();

@@ -7,7 +7,7 @@
 use crate::cli::StatusArgs;
 use crate::error::Result;
 use crate::key::{self, LockId, LockKey, Tool};
-use crate::log::json_str;
+use crate::log::{json_str, printable};
 use crate::pg::Conn;
 use crate::signals::Signals;
 use std::fmt::Write as _;
@@ -26,6 +26,32 @@ pub struct Entry {
     pub client: Option<String>,
     pub application: Option<String>,
     pub age_s: Option<i64>,
+    /// What this lock is to the lock it belongs to: itself, a `--limit` slot, or the queue.
+    pub part: Part,
+}
+
+/// The pieces of a lock that status names: a `--limit` run holds a slot and, while it waits,
+/// its place in the queue lock (which makes it a waiter, not a holder).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    Lock,
+    Slot(u32),
+    Queue,
+}
+
+impl Entry {
+    /// Whether this entry holds the lock: granted, and not a `--limit` waiter's queue place.
+    pub fn held(&self) -> bool {
+        self.granted && self.part != Part::Queue
+    }
+
+    fn state(&self) -> &'static str {
+        if self.held() {
+            "held"
+        } else {
+            "waiting"
+        }
+    }
 }
 
 fn sql(server_version: u32) -> String {
@@ -58,11 +84,15 @@ fn entry(r: &[Option<String>], tools: &[(i64, Tool)]) -> Entry {
     };
     let application = get(8).filter(|a| !a.is_empty());
     // A pglock session names its key in application_name; trust it only when it maps to the id.
-    let key = application
+    let named = application
         .as_deref()
         .and_then(|a| a.strip_prefix("pglock:"))
         .filter(|name| sub == 1 && key::validate_name(name).is_ok())
         .and_then(|name| name_of(name, &id));
+    let (key, part) = match named {
+        Some((k, part)) => (Some(k), part),
+        None => (None, Part::Lock),
+    };
     let tool = match sub {
         1 => tools
             .iter()
@@ -85,22 +115,33 @@ fn entry(r: &[Option<String>], tools: &[(i64, Tool)]) -> Entry {
         client: crate::lock::client_label(get(7), get(12)),
         application,
         age_s: get(9).and_then(|v| v.parse().ok()),
+        part,
     }
 }
 
 /// The name of lock `id` taken by a pglock run for key `name`: the key itself, one of its
 /// `--limit` slots, or the queue of its `--limit` waiters.
-fn name_of(name: &str, id: &str) -> Option<String> {
-    let base = key::id_of(name);
+fn name_of(name: &str, id: &str) -> Option<(String, Part)> {
+    let part = part_of(key::id_of(name), id)?;
+    let label = match part {
+        Part::Lock => name.to_string(),
+        Part::Queue => format!("{name} (queue)"),
+        Part::Slot(i) => format!("{name} [slot {i}]"),
+    };
+    Some((label, part))
+}
+
+/// What lock `id` is to bigint lock `base`: itself, one of its `--limit` slots or its queue.
+fn part_of(base: i64, id: &str) -> Option<Part> {
     if base.to_string() == id {
-        return Some(name.to_string());
+        return Some(Part::Lock);
     }
     if key::queue_id(base).to_string() == id {
-        return Some(format!("{name} (queue)"));
+        return Some(Part::Queue);
     }
     (0..SLOTS_NAMED)
         .find(|i| key::slot_id(base, *i).to_string() == id)
-        .map(|i| format!("{name} [slot {i}]"))
+        .map(Part::Slot)
 }
 
 /// Slots of a `--limit` semaphore that status recognises by name (and `--key` includes).
@@ -139,22 +180,20 @@ pub fn table(entries: &[Entry]) -> String {
         "APPLICATION",
         "AGE",
     ];
+    // Every cell but the state and the age is the server's text.
+    let cell = |v: &Option<String>| v.as_deref().map_or_else(|| "-".into(), printable);
     let rows: Vec<[String; 9]> = entries
         .iter()
         .map(|e| {
             [
-                e.id.clone(),
-                e.key.clone().unwrap_or_else(|| "-".into()),
-                e.mode.clone(),
-                if e.granted {
-                    "held".into()
-                } else {
-                    "waiting".into()
-                },
-                e.pid.clone(),
-                e.user.clone().unwrap_or_else(|| "-".into()),
-                e.client.clone().unwrap_or_else(|| "-".into()),
-                e.application.clone().unwrap_or_else(|| "-".into()),
+                printable(&e.id),
+                cell(&e.key),
+                printable(&e.mode),
+                e.state().into(),
+                printable(&e.pid),
+                cell(&e.user),
+                cell(&e.client),
+                cell(&e.application),
                 age(e.age_s),
             ]
         })
@@ -191,19 +230,22 @@ pub fn json(entries: &[Entry]) -> String {
         if i > 0 {
             s.push(',');
         }
-        // The bigint form as a number (as in the logs); the two-int4 form as key1/key2.
+        // The bigint form as a string of digits (as in the logs: contract §8); the two-int4
+        // form as key1/key2 (32-bit numbers).
         match e.id.split_once(',') {
             None => {
-                let _ = write!(s, "\n  {{\"lock_id\":{}", e.id);
+                s.push_str("\n  {\"lock_id\":");
+                json_str(&mut s, &printable(&e.id));
             }
             Some((k1, k2)) => {
                 let _ = write!(s, "\n  {{\"lock_id\":null,\"key1\":{k1},\"key2\":{k2}");
             }
         }
+        // Server text, printable as in the table (a consumer may print it raw: `jq -r`).
         let opt = |s: &mut String, k: &str, v: &Option<String>| {
             let _ = write!(s, ",\"{k}\":");
             match v {
-                Some(v) => json_str(s, v),
+                Some(v) => json_str(s, &printable(v)),
                 None => s.push_str("null"),
             }
         };
@@ -211,8 +253,9 @@ pub fn json(entries: &[Entry]) -> String {
         opt(&mut s, "mode", &Some(e.mode.clone()));
         let _ = write!(
             s,
-            ",\"granted\":{},\"pid\":{}",
-            e.granted,
+            ",\"granted\":{},\"state\":\"{}\",\"pid\":{}",
+            e.held(),
+            e.state(),
             e.pid.parse::<i64>().unwrap_or(0)
         );
         opt(&mut s, "user", &e.user);
@@ -279,14 +322,56 @@ pub fn run(args: StatusArgs) -> Result<i32> {
         .iter()
         .map(|r| entry(r, &tools))
         .filter(|e| wanted.as_ref().is_none_or(|w| w.contains(&e.id)))
+        .map(|e| with_part(e, filter.as_ref()))
         .collect();
-    print!(
-        "{}",
-        if args.json {
-            json(&entries)
-        } else {
-            table(&entries)
+    let (out, code) = render(&entries, filter.as_ref(), args.json);
+    print!("{out}");
+    Ok(code)
+}
+
+/// With a lock form, an entry's part of that lock, also where no pglock application name says
+/// it (a `--limit` run under its own application_name).
+fn with_part(mut e: Entry, filter: Option<&LockKey>) -> Entry {
+    if let Some(LockId::Big(base)) = filter.map(|k| k.id) {
+        e.part = part_of(base, &e.id).unwrap_or(e.part);
+    }
+    e
+}
+
+/// The output and exit code. With a lock form, as `grep`: 0 when the lock is held, 1 when it is
+/// not, which the text says in words. Without one, 0, and words for an empty list.
+fn render(entries: &[Entry], filter: Option<&LockKey>, as_json: bool) -> (String, i32) {
+    let held = entries.iter().any(Entry::held);
+    let code = match filter {
+        Some(_) if !held => 1,
+        _ => 0,
+    };
+    if as_json {
+        return (json(entries), code);
+    }
+    let mut out = if entries.is_empty() {
+        String::new()
+    } else {
+        table(entries)
+    };
+    match filter {
+        Some(k) if !held => {
+            let waiting = entries.len();
+            let _ = write!(
+                out,
+                "lock \"{}\" (id {}) is not held",
+                printable(&k.label()),
+                k.id
+            );
+            out.push_str(&match waiting {
+                0 => "\n".into(),
+                n => format!("; {n} waiting\n"),
+            });
         }
-    );
-    Ok(0)
+        None if entries.is_empty() => {
+            out.push_str("no advisory lock is held or awaited on this database\n")
+        }
+        _ => {}
+    }
+    (out, code)
 }

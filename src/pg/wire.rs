@@ -100,13 +100,8 @@ fn violation(e: &std::io::Error) -> String {
     format!("protocol violation: {}", printable(&e.to_string()))
 }
 
-/// Text from the server, safe to print: control characters (terminal escapes, carriage returns,
-/// line breaks) become spaces, so a log line stays one line that says what the server said.
-pub fn printable(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
-}
+/// Text from the server, safe to print: the one function for it, in log.rs.
+pub use crate::log::printable;
 
 /// An authentication request.
 #[derive(Debug)]

@@ -111,7 +111,7 @@ fn json_logs_carry_the_contract_fields_and_the_last_event_the_totals() {
         }
         assert!(l.contains(&format!("\"key\":\"{name}\"")), "{l}");
         assert!(
-            l.contains(&format!("\"lock_id\":{}", lock_id(&name))),
+            l.contains(&format!("\"lock_id\":\"{}\"", lock_id(&name))),
             "{l}"
         );
     }

@@ -97,6 +97,14 @@ fn chown_pg(p: &Path) {
     }
 }
 
+/// A cluster's directory, which holds its Unix socket: the server's user's alone (0700), so that
+/// the trust authentication on that socket lets in no other local user (issue 22).
+fn private_cluster_dir(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    chown_pg(dir);
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+}
+
 fn run_ok(mut c: Command, what: &str) {
     let out = c
         .stdin(Stdio::null())
@@ -122,7 +130,7 @@ impl Cluster {
         let dir = std::env::temp_dir().join(format!("pglock-test-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        chown_pg(&dir);
+        private_cluster_dir(&dir);
         let pwfile = dir.join("pw");
         std::fs::write(&pwfile, SUPERUSER_PASSWORD).unwrap();
         chown_pg(&pwfile);
@@ -168,7 +176,7 @@ impl Cluster {
         let dir = std::env::temp_dir().join(format!("pglock-test-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        chown_pg(&dir);
+        private_cluster_dir(&dir);
         let data = dir.join("data");
         let mut c = as_pg(&self.bin, "pg_basebackup");
         c.args([

@@ -576,8 +576,11 @@ fn status_names_the_tools_locks() {
         assert_eq!(only.lines().count(), 2, "{filter:?}:\n{only}");
         assert!(only.contains(want), "{filter:?}:\n{only}");
     }
-    let (none, _) = expect_code(pglock_in(db, &["status", "--key-hashtext", "x"]), 0);
-    assert_eq!(none.lines().count(), 1, "{none}");
+    let (none, _) = expect_code(pglock_in(db, &["status", "--key-hashtext", "x"]), 1);
+    assert!(
+        none.lines().count() == 1 && none.contains("is not held"),
+        "{none}"
+    );
     let (json, _) = expect_code(pglock_in(db, &["status", "--json"]), 0);
     assert!(json.contains("\"lock_of\":\"rails\""), "{json}");
     assert!(json.contains("\"key1\":-5,\"key2\":6"), "{json}");
@@ -800,7 +803,7 @@ fn json_logs_carry_the_computed_id() {
         .unwrap_or_else(|| panic!("{err}"));
     let want = golang_migrate(db, "public", "schema_migrations");
     assert!(
-        acquired.contains(&format!("\"lock_id\":{want}")),
+        acquired.contains(&format!("\"lock_id\":\"{want}\"")),
         "{acquired}"
     );
     assert!(

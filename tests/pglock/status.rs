@@ -103,7 +103,7 @@ fn status_shows_held_waiting_and_shared_locks_with_key_names() {
     assert_eq!(json.matches("\"lock_id\":").count(), 2, "{json}");
     assert!(
         json.contains(&format!(
-            "\"lock_id\":{xid},\"key\":\"{x}\",\"mode\":\"exclusive\",\"granted\":true"
+            "\"lock_id\":\"{xid}\",\"key\":\"{x}\",\"mode\":\"exclusive\",\"granted\":true"
         )),
         "{json}"
     );
@@ -155,13 +155,16 @@ fn status_works_for_a_role_without_superuser_rights() {
 }
 
 #[test]
-fn status_with_nothing_held_prints_the_header_and_bad_filters_are_usage_errors() {
-    let out = status(&pg().url(), &["--key", &key("nothing")]);
-    assert_eq!(out.lines().count(), 1, "{out}");
+fn status_of_a_lock_not_held_says_so_and_bad_filters_are_usage_errors() {
+    let name = key("nothing");
+    let mut c = pglock(&["status", "--key", &name]);
+    let (out, _) = expect_code(c, 1);
     assert_eq!(
-        status(&pg().url(), &["--json", "--key", &key("nothing")]).trim(),
-        "[]"
+        out,
+        format!("lock \"{name}\" (id {}) is not held\n", lock_id(&name))
     );
+    c = pglock(&["status", "--json", "--key", &name]);
+    assert_eq!(expect_code(c, 1).0.trim(), "[]");
     expect_code(pglock(&["status", "--key", ""]), 2);
     expect_code(pglock(&["status", "--key-id", "nope"]), 2);
 }

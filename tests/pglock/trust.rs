@@ -212,7 +212,8 @@ fn trust() -> &'static Cluster {
              hostssl all plainonly 127.0.0.1/32 reject\n\
              host all md5user 127.0.0.1/32 md5\n\
              host all pwuser,pw_never,cb_never 127.0.0.1/32 password\n\
-             host all trustuser 127.0.0.1/32 trust",
+             host all trustuser 127.0.0.1/32 trust\n\
+             local all pwuser password",
         );
         let mut sql = format!(
             "SET password_encryption = 'md5'; CREATE ROLE md5user LOGIN PASSWORD '{MD5_PW}'; \
@@ -1168,6 +1169,30 @@ fn hostaddr_is_where_to_connect_and_host_is_what_to_verify() {
     let conn = kv("wrong.example", "app", "hostaddr=127.0.0.1 sslmode=disable");
     libpq_agrees(&conn, &[("HOME", &home)], true);
     pglock(&conn, &[("HOME", &home)]).succeeded();
+}
+
+/// As libpq: a password-file line for `localhost` stands for the Unix socket of the default
+/// socket directory only (issue 22); a socket in another directory (the cluster's own here)
+/// matches a line that names that directory.
+#[test]
+fn the_password_file_maps_only_the_default_socket_directory_to_localhost() {
+    let (dir, port) = (trust().dir.display().to_string(), trust().port);
+    let home = tmpdir("trust-pgpass-socket");
+    let pass = home.join("pgpass");
+    let conn = format!("host={dir} port={port} user=pwuser dbname=postgres");
+    let with_line = |host: &str| {
+        std::fs::write(&pass, format!("{host}:{port}:*:pwuser:{CLEAR_PW}\n")).unwrap();
+        chmod(&pass, 0o600);
+        [("PGPASSFILE", pass.to_str().unwrap().to_string())]
+    };
+    let env = with_line("localhost");
+    let env = [(env[0].0, env[0].1.as_str())];
+    libpq_agrees(&conn, &env, false);
+    pglock(&conn, &env).refused(&[69], &["password"]);
+    let env = with_line(&dir.replace(':', "\\:"));
+    let env = [(env[0].0, env[0].1.as_str())];
+    libpq_agrees(&conn, &env, true);
+    pglock(&conn, &env).succeeded();
 }
 
 // ---------------------------------------------------------------------------------------------
