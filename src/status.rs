@@ -28,6 +28,9 @@ pub struct Entry {
     pub age_s: Option<i64>,
     /// What this lock is to the lock it belongs to: itself, a `--limit` slot, or the queue.
     pub part: Part,
+    /// The session is a server connection of the pooler that status itself came through: its
+    /// client address and age are the pooler's, not those of the pooler's client.
+    pub via_pooler: bool,
 }
 
 /// The pieces of a lock that status names: a `--limit` run holds a slot and, while it waits,
@@ -65,7 +68,7 @@ fn sql(server_version: u32) -> String {
         "SELECT l.classid::bigint, l.objid::bigint, l.objsubid, l.mode, l.granted, l.pid, a.usename, \
          host(a.client_addr), a.application_name, \
          floor(extract(epoch FROM now() - {since}))::bigint, current_database(), current_schema(), \
-         a.client_port \
+         a.client_port, pg_backend_pid(), host(inet_client_addr()) \
          FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid \
          WHERE l.locktype = 'advisory' \
          AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
@@ -73,7 +76,8 @@ fn sql(server_version: u32) -> String {
     )
 }
 
-fn entry(r: &[Option<String>], tools: &[(i64, Tool)]) -> Entry {
+/// One row of `sql`. `pooler`: the address the server sees for the pooler status came through.
+fn entry(r: &[Option<String>], tools: &[(i64, Tool)], pooler: Option<&str>) -> Entry {
     let get = |i: usize| r.get(i).cloned().flatten();
     let num = |i: usize| get(i).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
     let (hi, lo, sub) = (num(0), num(1), num(2));
@@ -116,7 +120,18 @@ fn entry(r: &[Option<String>], tools: &[(i64, Tool)]) -> Entry {
         application,
         age_s: get(9).and_then(|v| v.parse().ok()),
         part,
+        via_pooler: pooler.is_some() && get(7).as_deref() == pooler,
     }
+}
+
+/// Where status itself came through a pooler (the statement ran on a backend other than the one
+/// the connection's cancel key names): the pooler's address as the server sees it.
+fn pooler_address(key_pid: i32, rows: &crate::pg::Rows) -> Option<String> {
+    let r = rows.first()?;
+    let pid = r.get(13).cloned().flatten()?;
+    (pid != key_pid.to_string())
+        .then(|| r.get(14).cloned().flatten())
+        .flatten()
 }
 
 /// The name of lock `id` taken by a pglock run for key `name`: the key itself, one of its
@@ -192,7 +207,11 @@ pub fn table(entries: &[Entry]) -> String {
                 e.state().into(),
                 printable(&e.pid),
                 cell(&e.user),
-                cell(&e.client),
+                if e.via_pooler {
+                    format!("{} (pooler)", cell(&e.client))
+                } else {
+                    cell(&e.client)
+                },
                 cell(&e.application),
                 age(e.age_s),
             ]
@@ -220,6 +239,9 @@ pub fn table(entries: &[Entry]) -> String {
     line(&header.map(String::from));
     for r in &rows {
         line(r);
+    }
+    if entries.iter().any(|e| e.via_pooler) {
+        out.push_str("(pooler): a server connection of the pooler this status came through: CLIENT and AGE are the pooler's, not those of its client\n");
     }
     out
 }
@@ -260,6 +282,7 @@ pub fn json(entries: &[Entry]) -> String {
         );
         opt(&mut s, "user", &e.user);
         opt(&mut s, "client", &e.client);
+        let _ = write!(s, ",\"via_pooler\":{}", e.via_pooler);
         opt(&mut s, "application", &e.application);
         opt(&mut s, "lock_of", &e.tool.map(|t| t.name().to_string()));
         match e.age_s {
@@ -309,9 +332,11 @@ pub fn run(args: StatusArgs) -> Result<i32> {
         other => other,
     };
     let rows = crate::lock::query(&mut conn, &sql(version.unwrap_or(0)), &signals);
+    let key_pid = conn.backend_pid;
     conn.close();
     let wanted = filter.as_ref().map(ids_of);
     let rows = rows?;
+    let pooler = pooler_address(key_pid, &rows);
     // The tools' locks on this database and (for the tools whose lock depends on it) schema, as
     // the status connection sees them.
     let tools = rows.first().map_or_else(Vec::new, |r| {
@@ -320,7 +345,7 @@ pub fn run(args: StatusArgs) -> Result<i32> {
     });
     let entries: Vec<Entry> = rows
         .iter()
-        .map(|r| entry(r, &tools))
+        .map(|r| entry(r, &tools, pooler.as_deref()))
         .filter(|e| wanted.as_ref().is_none_or(|w| w.contains(&e.id)))
         .map(|e| with_part(e, filter.as_ref()))
         .collect();

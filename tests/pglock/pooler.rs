@@ -423,3 +423,37 @@ fn through_pgbouncer_the_session_ends_with_terminate() {
     );
     assert!(!log().contains("client unexpected eof"), "{}", log());
 }
+
+/// Status through the pooler that a holder came through says that the holder's client address
+/// and age are the pooler's (its server connection's), in the table and in JSON; connected
+/// directly it cannot tell and says nothing.
+#[test]
+fn status_through_the_pooler_says_the_client_and_age_are_the_poolers() {
+    let name = key("pgb-status");
+    let id = lock_id(&name);
+    let holder = hold(
+        bouncer().pglock(&[
+            "run",
+            "--scope",
+            "transaction",
+            "--key",
+            &name,
+            "--",
+            "sleep",
+            "3",
+        ]),
+        id,
+    );
+    let (out, _) = expect_code(bouncer().pglock(&["status", "--key", &name]), 0);
+    let line = out
+        .lines()
+        .find(|l| l.contains(&id.to_string()))
+        .unwrap_or_default();
+    assert!(line.contains("(pooler)"), "{out}");
+    assert!(out.contains("CLIENT and AGE are the pooler's"), "{out}");
+    let (json, _) = expect_code(bouncer().pglock(&["status", "--key", &name, "--json"]), 0);
+    assert!(json.contains("\"via_pooler\":true"), "{json}");
+    let (direct, _) = expect_code(pglock(&["status", "--key", &name]), 0);
+    assert!(!direct.contains("(pooler)"), "{direct}");
+    all_succeed(vec![holder]);
+}
