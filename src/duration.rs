@@ -18,7 +18,7 @@ pub fn parse(text: &str) -> Result<Duration, String> {
             format!("invalid duration '{text}': a duration cannot be negative")
         } else {
             // `-w --shared`: the value was left out and the next option taken for it.
-            format!("expected a duration ({FORMS}), found '{text}'")
+            format!("expected a duration such as {FORMS}, found '{text}'")
         });
     }
     if t.is_empty() {

@@ -50,7 +50,7 @@ fn bad_input_is_a_one_line_usage_error() {
         "invalid duration",
     );
     one_line_usage(
-        &["run", "--key", "a", "-w", "10", "--", "true"],
+        &["run", "--key", "a", "-w", "10 s", "--", "true"],
         &[],
         "invalid duration",
     );
@@ -73,7 +73,7 @@ fn bad_input_is_a_one_line_usage_error() {
     one_line_usage(
         &["run", "--key", "a", "-w", "--shared", "--", "true"],
         &[],
-        "--timeout: expected a duration (500ms, 30s, 5m, 1h), found '--shared'",
+        "--timeout: expected a duration such as 10 (seconds), 1.5s, 250ms, 5m, 1h or 1m30s, found '--shared'",
     );
     one_line_usage(
         &["run", "--key", "a", "-E", "-1", "--", "true"],
