@@ -358,7 +358,10 @@ fn lock_sql(
     let mut sql = String::new();
     let opens = scope == Scope::Transaction && conn.tx_status == TxStatus::Idle;
     if opens {
-        sql.push_str("BEGIN; ");
+        // Read committed whatever the role's default: each later statement of the lock's
+        // transaction (the run ledger's look-up, contract §12) then sees what earlier holders
+        // committed before they let the lock go, not a snapshot from before the grant.
+        sql.push_str("BEGIN ISOLATION LEVEL READ COMMITTED; ");
     }
     if opens || scope == Scope::Session {
         sql.push_str(&local_settings(conn));
@@ -979,24 +982,28 @@ fn report_holders(a: &Acquire, signals: &Signals) -> Result<Vec<Holder>> {
 /// Releases the lock: `Ok(true)` when the server confirms it was held. A transaction lock ends
 /// with its transaction (held while the transaction was open, failed or not). A session lock is
 /// unlocked only on `holder`, the session that took it (see `let_go`). `sent` is called once the
-/// release is on its way to the server.
+/// release is on its way to the server. `before`: statements that go first in the same round
+/// trip (the run ledger's record, contract §12), "" for none; when they fail, nothing after them
+/// runs and the error is returned, the connection's transaction failed.
+#[allow(clippy::too_many_arguments)]
 pub fn release(
     conn: &mut Conn,
     taken: (&LockKey, &fence::Holder),
     mode: Mode,
     scope: Scope,
+    before: &str,
     notify: Option<&str>,
     signals: &Signals,
     sent: &dyn Fn(),
 ) -> Result<bool> {
     if scope == Scope::Transaction {
         let open = conn.tx_status != TxStatus::Idle;
-        query_then(conn, "COMMIT", signals, sent)?;
+        query_then(conn, &format!("{before}COMMIT"), signals, sent)?;
         return Ok(open);
     }
     let (key, holder) = taken;
     let mut sql = format!(
-        "SELECT pg_advisory_unlock{}({}) WHERE {}",
+        "{before}SELECT pg_advisory_unlock{}({}) WHERE {}",
         fn_suffix(mode),
         key.id.sql_args(),
         holder.serving_sql()

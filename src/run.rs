@@ -7,11 +7,12 @@ use crate::error::{Error, Kind, Result};
 use crate::fence;
 use crate::guard::Guard;
 use crate::key::LockKey;
+use crate::ledger::{self, Book, Found};
 use crate::lock::{self, Acquire};
 use crate::log::{self, Mark, V};
 use crate::nesting::{self, Held};
-use crate::pg::{Conn, Startup};
-use crate::request::{Mode, RunRequest, Wait};
+use crate::pg::{Conn, Startup, TxStatus};
+use crate::request::{Mode, RunRequest, Scope, Wait};
 use crate::semaphore;
 use crate::signals::Signals;
 use crate::spawn::Exec;
@@ -88,6 +89,9 @@ struct Session<'a> {
     conn: Conn,
     guard: Option<&'a Guard>,
     lock: Option<Taken>,
+    /// The run ledger's record (contract §12), sent in the release's round trip, before the
+    /// unlock (see `Book::record_sql`).
+    record: Option<String>,
     req: &'a RunRequest,
     signals: &'a Signals,
 }
@@ -113,6 +117,7 @@ impl<'a> Session<'a> {
             conn,
             guard,
             lock: None,
+            record: None,
             req,
             signals,
         })
@@ -193,21 +198,48 @@ impl<'a> Session<'a> {
                 g.stop();
             }
         };
+        let record = self.record.take();
         match lock::release(
             &mut self.conn,
             (&taken.key, &taken.holder),
             self.req.mode,
             self.req.scope,
+            record.as_deref().unwrap_or_default(),
             notify.as_deref(),
             self.signals,
             &sent,
         ) {
             Ok(held) => held,
+            Err(e) if record.is_some() && self.conn.tx_status == TxStatus::Failed => {
+                self.release_unrecorded(taken, &e)
+            }
             Err(e) => {
                 log::debug("release", &format!("unlock failed: {e}"));
                 false
             }
         }
+    }
+
+    /// The record failed, and the statements after it in the round trip did not run: the
+    /// failed transaction is rolled back (at transaction scope, that is the release: the
+    /// transaction was still open, so the lock was held) and the lock released without it.
+    fn release_unrecorded(&mut self, taken: Taken, e: &crate::error::Error) -> bool {
+        if let Some(l) = &self.req.ledger {
+            ledger::not_recorded(l, e);
+        }
+        let rolled_back = lock::query(&mut self.conn, "ROLLBACK", self.signals).is_ok();
+        if self.req.scope == Scope::Transaction {
+            return rolled_back;
+        }
+        self.lock = Some(taken);
+        self.release()
+    }
+
+    /// Lets the lock's transaction go (transaction scope), for the ledger's creation to commit
+    /// on its own before the lock is taken again.
+    fn let_go_for_ledger(&mut self) -> Result<()> {
+        self.lock = None;
+        lock::query(&mut self.conn, "ROLLBACK", self.signals).map(|_| ())
     }
 
     /// The lock was lost: there is nothing left to release, only the connection to close.
@@ -305,7 +337,7 @@ fn run_inner(mut req: RunRequest, run_id: &str) -> Result<i32> {
         None => Some(prepare_child(&req, run_id, &held, &me, None)?),
         Some(_) => None,
     };
-    session.acquire(&Acquire {
+    let acquire = Acquire {
         key: &req.key,
         mode: req.mode,
         scope: req.scope,
@@ -315,17 +347,85 @@ fn run_inner(mut req: RunRequest, run_id: &str) -> Result<i32> {
         startup: &startup,
         fence: true,
         session_pooler: req.session_pooler,
-    })?;
+    };
+    session.acquire(&acquire)?;
+    let mut book = req
+        .ledger
+        .clone()
+        .map(|l| Book::new(l, req.once.clone(), req.key.id, run_id));
+    if let Some(b) = &mut book {
+        ledger_ready(&mut session, b, &acquire)?;
+    }
     let mut exec = match prepared {
         Some(exec) => exec,
         None => prepare_child(&req, run_id, &held, &me, session.slot())?,
     };
-    for (k, v) in session.lock_vars(&held, &mut me, run_id)? {
+    let mut vars = session.lock_vars(&held, &mut me, run_id)?;
+    if let (Some(b), Some(t)) = (&mut book, &session.lock) {
+        vars.extend(b.child_vars(t.key.id, req.mode, &t.holder));
+    }
+    for (k, v) in vars {
         exec.add_env(k, &v)
             .map_err(|e| Error::internal(format!("cannot pass {k} to the command: {e}")))?;
     }
     let end = run_child(&mut session, &req, &exec, &signals)?;
+    if let Some(b) = &book {
+        session.record = recorded_code(&end).map(|c| b.record_sql(req.scope, c));
+    }
     finish(end, session, &req)
+}
+
+/// The exit code a run's record shows: the child's, or 124 for one stopped at --max-runtime. A
+/// run whose lock was lost is not recorded (its connection is gone, or no longer trusted).
+fn recorded_code(end: &End) -> Option<i32> {
+    match end {
+        End::Exited(code) => Some(*code),
+        End::MaxRuntime => Some(crate::error::code::MAX_RUNTIME),
+        End::LockLost(_) => None,
+    }
+}
+
+/// The ledger's look-up under the lock (contract §12), creating the table on first use. At
+/// transaction scope the lock's transaction is let go for the creation and the lock taken
+/// again: a table created inside it would stay invisible to the child's `PGLOCK_ONCE_SQL`, and
+/// to every other run, until this run's child had ended (and would hold the creation lock as
+/// long, stopping the runs of other locks that also found the table missing).
+fn ledger_ready(session: &mut Session, book: &mut Book, a: &Acquire) -> Result<()> {
+    let req = session.req;
+    let label = req.key.label();
+    let mut look = |s: &mut Session| {
+        book.look_up(
+            &mut s.conn,
+            req.scope,
+            &label,
+            req.conflict_exit_code,
+            s.signals,
+        )
+    };
+    if look(session)? == Found::Ready {
+        return Ok(());
+    }
+    drop(look);
+    if req.scope == Scope::Transaction {
+        session.let_go_for_ledger()?;
+    }
+    book.create(&mut session.conn, session.signals)?;
+    if req.scope == Scope::Transaction {
+        session.acquire(a)?;
+    }
+    match book.look_up(
+        &mut session.conn,
+        req.scope,
+        &label,
+        req.conflict_exit_code,
+        session.signals,
+    )? {
+        Found::Ready => Ok(()),
+        Found::Missing => Err(Error::unavailable(format!(
+            "the run ledger {} was created but is not found (is its schema on search_path?); the command was not run",
+            book.ledger.label()
+        ))),
+    }
 }
 
 /// --key-hashtext, and --lock-of tools whose id depends on this connection's database or schema:
@@ -452,8 +552,9 @@ fn prepare_child(
     }
     remove.push("PGLOCK_SLOT");
     // The fencing variables are added once the lock is held (a nested run's: see
-    // nested_fence_vars); inherited ones belong to another run.
+    // nested_fence_vars); inherited ones belong to another run, and so do the ledger's.
     remove.extend(FENCE_VARS);
+    remove.extend(ledger::CHILD_VARS);
     child::prepare(&req.command, &env, &remove)
 }
 
@@ -550,7 +651,15 @@ fn run_nested(req: &RunRequest, h: &Held, held: &[Held], run_id: &str) -> Result
         holder: h.holder.clone(),
         slot: h.slot,
     };
-    let vars = nested_fence_vars(req, h, held, run_id)?;
+    let mut vars = nested_fence_vars(req, h, held, run_id)?;
+    // The same lock and token is the same run: no ledger work (contract §12).
+    let innermost = held.last().is_some_and(|l| l.pid == h.pid && l.id == h.id);
+    vars.extend(ledger::nested_vars(
+        req.once.as_deref(),
+        innermost,
+        &label,
+        h.pid,
+    )?);
     if req.max_runtime.is_some() {
         log::warn(
             "nested",
