@@ -381,7 +381,12 @@ pub struct HistoryArgs {
     pub key: Option<String>,
 
     /// A raw lock id, or A,B for the two-int4 form
-    #[arg(long, value_name = "ID", allow_hyphen_values = true, conflicts_with = "key")]
+    #[arg(
+        long,
+        value_name = "ID",
+        allow_hyphen_values = true,
+        conflicts_with = "key"
+    )]
     pub key_id: Option<String>,
 
     /// The lock of pg_advisory_lock(hashtext('NAME'))

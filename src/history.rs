@@ -25,7 +25,8 @@ const COLUMNS: [&str; 10] = [
 ];
 
 fn sql(ledger: &Ledger, lock: &LockKey) -> String {
-    let ts = |c: &str| format!("to_char({c} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')");
+    let ts =
+        |c: &str| format!("to_char({c} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')");
     format!(
         "SELECT {}, {}, run_id, token, host, pid, exit_code, done, pglock_version, lock_id FROM {} \
          WHERE lock_id = {} ORDER BY started_at DESC, run_id",
@@ -65,38 +66,38 @@ pub fn run(args: HistoryArgs) -> Result<i32> {
     let rows = read(&mut conn, &lock, &ledger, &signals);
     conn.close();
     let rows = rows?;
-    print!(
-        "{}",
-        if args.json {
-            json(&rows)
-        } else {
-            table(&rows)
-        }
-    );
+    print!("{}", if args.json { json(&rows) } else { table(&rows) });
     Ok(0)
 }
 
 fn read(conn: &mut Conn, lock: &LockKey, ledger: &Ledger, signals: &Signals) -> Result<Rows> {
     let lock = crate::lock::resolve(conn, lock, signals)?;
-    crate::lock::query(conn, &sql(ledger, &lock), signals).map_err(|e| match e.sqlstate.as_deref() {
-        Some("42P01") => Error::unavailable(format!(
-            "there is no run ledger {} here (runs with --once or --ledger create it)",
-            ledger.label()
-        )),
-        _ => e.context_msg(&format!("cannot read the run ledger {}", ledger.label())),
+    crate::lock::query(conn, &sql(ledger, &lock), signals).map_err(|e| {
+        match e.sqlstate.as_deref() {
+            Some("42P01") => Error::unavailable(format!(
+                "there is no run ledger {} here (runs with --once or --ledger create it)",
+                ledger.label()
+            )),
+            _ => e.context_msg(&format!("cannot read the run ledger {}", ledger.label())),
+        }
     })
 }
 
 /// Server text for a table cell: control characters replaced (contract §8).
 fn cell(v: &Option<String>) -> String {
     match v {
-        Some(s) => s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect(),
+        Some(s) => s
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect(),
         None => "-".into(),
     }
 }
 
 fn table(rows: &Rows) -> String {
-    let header = ["STARTED", "ENDED", "RUN ID", "TOKEN", "HOST", "PID", "EXIT", "DONE"];
+    let header = [
+        "STARTED", "ENDED", "RUN ID", "TOKEN", "HOST", "PID", "EXIT", "DONE",
+    ];
     let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|r| r.iter().take(header.len()).map(cell).collect())

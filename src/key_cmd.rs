@@ -11,7 +11,10 @@ use crate::signals::Signals;
 
 pub fn run(args: KeyArgs) -> Result<i32> {
     if args.ledger_sql {
-        let table = args.ledger.as_deref().unwrap_or(crate::ledger::DEFAULT_TABLE);
+        let table = args
+            .ledger
+            .as_deref()
+            .unwrap_or(crate::ledger::DEFAULT_TABLE);
         println!("{}", crate::ledger::Ledger::parse(table)?.create_sql());
         return Ok(0);
     }

@@ -517,7 +517,10 @@ mod tests {
     fn names_are_quoted_and_split_at_the_first_dot() {
         let l = Ledger::parse("ops.Run \"Log\"").unwrap();
         assert_eq!(l.sql(), "\"ops\".\"Run \"\"Log\"\"\"");
-        assert_eq!(Ledger::parse("pglock_runs").unwrap().sql(), "\"pglock_runs\"");
+        assert_eq!(
+            Ledger::parse("pglock_runs").unwrap().sql(),
+            "\"pglock_runs\""
+        );
         for bad in ["", ".t", "s.", &"x".repeat(64)] {
             assert!(Ledger::parse(bad).is_err(), "{bad}");
         }
@@ -540,7 +543,12 @@ mod tests {
     #[test]
     fn the_once_statement_cannot_be_ended_early_by_a_token() {
         let l = Ledger::parse("t").unwrap();
-        let b = Book::new(l, Some("x$pglock$; DROP TABLE t; --'".into()), LockId::Big(7), "ab");
+        let b = Book::new(
+            l,
+            Some("x$pglock$; DROP TABLE t; --'".into()),
+            LockId::Big(7),
+            "ab",
+        );
         let h = fence::Holder {
             pid: 5,
             start: "2026-01-01 00:00:00.000001".into(),

@@ -321,7 +321,8 @@ pub fn run_request(args: RunArgs, m: &ArgMatches) -> Result<RunRequest> {
 /// when only `--once` is given. An empty `PGLOCK_ONCE` or `PGLOCK_LEDGER` in the environment is
 /// unset; an empty `--once` on the command line (`--once "$GIT_SHA"` with no GIT_SHA) is an error.
 fn once_and_ledger(args: &RunArgs, m: &ArgMatches) -> Result<(Option<String>, Option<Ledger>)> {
-    let given = |id: &str, v: &Option<String>| v.clone().filter(|v| !v.is_empty() || from_cli(m, id));
+    let given =
+        |id: &str, v: &Option<String>| v.clone().filter(|v| !v.is_empty() || from_cli(m, id));
     let once = given("once", &args.once);
     if let Some(t) = &once {
         crate::ledger::validate_token(t)?;

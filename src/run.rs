@@ -391,41 +391,36 @@ fn recorded_code(end: &End) -> Option<i32> {
 /// to every other run, until this run's child had ended (and would hold the creation lock as
 /// long, stopping the runs of other locks that also found the table missing).
 fn ledger_ready(session: &mut Session, book: &mut Book, a: &Acquire) -> Result<()> {
-    let req = session.req;
-    let label = req.key.label();
-    let mut look = |s: &mut Session| {
-        book.look_up(
-            &mut s.conn,
-            req.scope,
-            &label,
-            req.conflict_exit_code,
-            s.signals,
-        )
-    };
-    if look(session)? == Found::Ready {
+    if look_up(session, book)? == Found::Ready {
         return Ok(());
     }
-    drop(look);
-    if req.scope == Scope::Transaction {
+    let transaction = session.req.scope == Scope::Transaction;
+    if transaction {
         session.let_go_for_ledger()?;
     }
     book.create(&mut session.conn, session.signals)?;
-    if req.scope == Scope::Transaction {
+    if transaction {
         session.acquire(a)?;
     }
-    match book.look_up(
-        &mut session.conn,
-        req.scope,
-        &label,
-        req.conflict_exit_code,
-        session.signals,
-    )? {
+    match look_up(session, book)? {
         Found::Ready => Ok(()),
         Found::Missing => Err(Error::unavailable(format!(
             "the run ledger {} was created but is not found (is its schema on search_path?); the command was not run",
             book.ledger.label()
         ))),
     }
+}
+
+/// The ledger's look-up on the session's connection.
+fn look_up(session: &mut Session, book: &mut Book) -> Result<Found> {
+    let req = session.req;
+    book.look_up(
+        &mut session.conn,
+        req.scope,
+        &req.key.label(),
+        req.conflict_exit_code,
+        session.signals,
+    )
 }
 
 /// --key-hashtext, and --lock-of tools whose id depends on this connection's database or schema:
