@@ -17,6 +17,7 @@ mod leader;
 mod locking;
 mod migration;
 mod nesting;
+mod once;
 mod pooler;
 mod restart;
 mod semaphore;
