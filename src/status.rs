@@ -266,7 +266,6 @@ pub fn run(args: StatusArgs) -> Result<i32> {
         other => other,
     };
     let rows = crate::lock::query(&mut conn, &sql(version.unwrap_or(0)), &signals);
-    conn.close();
     let wanted = filter.as_ref().map(ids_of);
     let rows = rows?;
     // The tools' locks on this database and (for the tools whose lock depends on it) schema, as
@@ -280,6 +279,12 @@ pub fn run(args: StatusArgs) -> Result<i32> {
         .map(|r| entry(r, &tools))
         .filter(|e| wanted.as_ref().is_none_or(|w| w.contains(&e.id)))
         .collect();
+    let ledger = match &args.ledger {
+        Some(t) => last_successes(&mut conn, t, &entries, &signals),
+        None => Ok(String::new()),
+    };
+    conn.close();
+    let ledger = ledger?;
     print!(
         "{}",
         if args.json {
@@ -288,5 +293,38 @@ pub fn run(args: StatusArgs) -> Result<i32> {
             table(&entries)
         }
     );
+    print!("{ledger}");
     Ok(0)
+}
+
+/// `--ledger TABLE` (contract §12): after the table, each listed lock's last success in the
+/// run ledger (one probe of its history index per lock). Text output only.
+fn last_successes(
+    conn: &mut Conn,
+    table: &str,
+    entries: &[Entry],
+    signals: &Signals,
+) -> Result<String> {
+    let ledger = crate::ledger::Ledger::parse(table)?;
+    let mut ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut out = format!("\nLAST SUCCESS (run ledger {})\n", ledger.label());
+    for id in ids {
+        let sql = format!(
+            "SELECT run_id, coalesce(token, '-'), host, to_char(ended_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') \
+             FROM {} WHERE lock_id = {} AND done ORDER BY started_at DESC LIMIT 1",
+            ledger.sql(),
+            key::sql_literal(id)
+        );
+        let rows = crate::lock::query(conn, &sql, signals)?;
+        let row = rows.first().map(|r| {
+            r.iter()
+                .map(|v| v.as_deref().unwrap_or("-").replace(char::is_control, " "))
+                .collect::<Vec<_>>()
+                .join("  ")
+        });
+        let _ = writeln!(out, "{id}  {}", row.as_deref().unwrap_or("none"));
+    }
+    Ok(out)
 }

@@ -343,3 +343,22 @@ fn a_nested_run_with_the_same_token_is_the_same_run_and_another_token_is_refused
     );
     assert_eq!(out.trim(), "[]");
 }
+
+#[test]
+fn status_with_a_ledger_shows_a_held_locks_last_success() {
+    let name = key("once-status");
+    let t = ledger("status");
+    let (_, err) = expect_code(run(&name, &t, &["--once", "s1"], "true"), 0);
+    let winner = err
+        .split("[run ")
+        .nth(1)
+        .unwrap()
+        .split(']')
+        .next()
+        .unwrap();
+    let holder = hold(run(&name, &t, &["--once", "s2"], "sleep 2"), lock_id(&name));
+    let (out, _) = expect_code(pglock(&["status", "--key", &name, "--ledger", &t]), 0);
+    stop(holder);
+    let last = out.split("LAST SUCCESS").nth(1).unwrap_or_default();
+    assert!(last.contains(winner) && last.contains("s1"), "{out}");
+}
