@@ -19,6 +19,9 @@ _pglock() {
             pglock,generate)
                 cmd="pglock__subcmd__generate"
                 ;;
+            pglock,history)
+                cmd="pglock__subcmd__history"
+                ;;
             pglock,key)
                 cmd="pglock__subcmd__key"
                 ;;
@@ -35,7 +38,7 @@ _pglock() {
 
     case "${cmd}" in
         pglock)
-            opts="-h -V --help --version run key status generate"
+            opts="-h -V --help --version run key status history generate"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -62,8 +65,54 @@ _pglock() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        pglock__subcmd__history)
+            opts="-h -V --key --key-id --key-hashtext --lock-of --lock-schema --lock-table --ledger --json --database-url --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --key)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --key-id)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --key-hashtext)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --lock-of)
+                    COMPREPLY=($(compgen -W "golang-migrate golang-migrate-with-instance sqlx rails prisma flyway atlas goose goose-before-3.26 sqitch graphile-migrate node-pg-migrate" -- "${cur}"))
+                    return 0
+                    ;;
+                --lock-schema)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --lock-table)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ledger)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --database-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         pglock__subcmd__key)
-            opts="-h -V --key-id --key-hashtext --lock-of --lock-schema --lock-table --sql --database-url --limit --fence-sql --help --version"
+            opts="-h -V --key-id --key-hashtext --lock-of --lock-schema --lock-table --sql --database-url --limit --fence-sql --ledger-sql --ledger --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -97,6 +146,10 @@ _pglock() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --ledger)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -105,7 +158,7 @@ _pglock() {
             return 0
             ;;
         pglock__subcmd__run)
-            opts="-n -w -E -q -v -h -V --key --key-id --key-hashtext --lock-of --lock-schema --lock-table --no-wait --timeout --shared --scope --pooler --limit --fencing-token --conflict-exit-code --database-url --max-runtime --kill-after --heartbeat --release-after --quiet --verbose --log-format --help --version"
+            opts="-n -w -E -q -v -h -V --key --key-id --key-hashtext --lock-of --lock-schema --lock-table --no-wait --timeout --shared --scope --pooler --limit --fencing-token --once --ledger --conflict-exit-code --database-url --max-runtime --kill-after --heartbeat --release-after --quiet --verbose --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -155,6 +208,14 @@ _pglock() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --once)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ledger)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --conflict-exit-code)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -195,7 +256,7 @@ _pglock() {
             return 0
             ;;
         pglock__subcmd__status)
-            opts="-h -V --key --key-id --key-hashtext --lock-of --lock-schema --lock-table --json --database-url --help --version"
+            opts="-h -V --key --key-id --key-hashtext --lock-of --lock-schema --lock-table --json --ledger --database-url --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -222,6 +283,10 @@ _pglock() {
                     return 0
                     ;;
                 --lock-table)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ledger)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

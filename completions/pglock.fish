@@ -29,6 +29,7 @@ complete -c pglock -n "__fish_pglock_needs_command" -s V -l version -d 'Print ve
 complete -c pglock -n "__fish_pglock_needs_command" -f -a "run" -d 'Take the lock, run COMMAND, release the lock, exit with COMMAND\'s status'
 complete -c pglock -n "__fish_pglock_needs_command" -f -a "key" -d 'Print the advisory lock id of a lock (or the SQL that yields it)'
 complete -c pglock -n "__fish_pglock_needs_command" -f -a "status" -d 'List the advisory locks held and awaited on the database'
+complete -c pglock -n "__fish_pglock_needs_command" -f -a "history" -d 'List the run ledger\'s rows of a lock (runs with --once or --ledger), newest first'
 complete -c pglock -n "__fish_pglock_needs_command" -f -a "generate" -d 'Write the man page or a shell completion script to stdout (for packaging)'
 complete -c pglock -n "__fish_pglock_using_subcommand run" -l key -d 'Lock NAME: mapped to a 64-bit advisory lock id (see `pglock key`)' -r
 complete -c pglock -n "__fish_pglock_using_subcommand run" -l key-id -d 'Raw advisory lock id, decimal or hex (0x47524f4f), as used by pg_advisory_lock(bigint); or A,B, two 32-bit keys as used by pg_advisory_lock(int, int), a different lock' -r
@@ -52,6 +53,8 @@ complete -c pglock -n "__fish_pglock_using_subcommand run" -l scope -d 'session:
 transaction\t''"
 complete -c pglock -n "__fish_pglock_using_subcommand run" -l pooler -d 'session: a pooler or proxy in session mode sits in front of the server (PgBouncer\'s pool_mode = session, pgpool-II): a session lock is taken through it. Without it, a session lock through any pooler or proxy is refused (exit 69)' -r -f -a "session\t''"
 complete -c pglock -n "__fish_pglock_using_subcommand run" -l limit -d 'A counting semaphore: up to N runs of this key at once, each holding one of N slot locks' -r
+complete -c pglock -n "__fish_pglock_using_subcommand run" -l once -d 'At most one successful run per lock and TOKEN: under the lock, a TOKEN already done in the run ledger skips COMMAND (exit 75, or -E); only exit 0 marks it done' -r
+complete -c pglock -n "__fish_pglock_using_subcommand run" -l ledger -d 'The run ledger\'s table, TABLE or SCHEMA.TABLE, created on first use [default: pglock_runs]; without --once, every run is recorded in it (an audit trail)' -r
 complete -c pglock -n "__fish_pglock_using_subcommand run" -s E -l conflict-exit-code -d 'Exit code when the lock is not acquired' -r
 complete -c pglock -n "__fish_pglock_using_subcommand run" -l database-url -d 'PostgreSQL connection URI or key=value string [default: DATABASE_URL, then libpq\'s PG* variables]' -r
 complete -c pglock -n "__fish_pglock_using_subcommand run" -l max-runtime -d 'Stop COMMAND after DURATION (SIGTERM, then SIGKILL after --kill-after) and exit 124' -r
@@ -85,8 +88,10 @@ complete -c pglock -n "__fish_pglock_using_subcommand key" -l lock-schema -d 'Wi
 complete -c pglock -n "__fish_pglock_using_subcommand key" -l lock-table -d 'With --lock-of golang-migrate or flyway: the migrations table' -r
 complete -c pglock -n "__fish_pglock_using_subcommand key" -l database-url -d 'PostgreSQL connection URI or key=value string, for the forms the server computes' -r
 complete -c pglock -n "__fish_pglock_using_subcommand key" -l limit -d 'Print the slot lock ids of `run --limit N` (with --sql: the SQL that takes a free slot)' -r
+complete -c pglock -n "__fish_pglock_using_subcommand key" -l ledger -d 'With --ledger-sql: the ledger\'s table, TABLE or SCHEMA.TABLE [default: pglock_runs]' -r
 complete -c pglock -n "__fish_pglock_using_subcommand key" -l sql -d 'Print the SQL that yields the id (the argument(s) of pg_advisory_lock) instead of the id'
 complete -c pglock -n "__fish_pglock_using_subcommand key" -l fence-sql -d 'Print the fence statements of the lock (contract §11) for code that takes it itself'
+complete -c pglock -n "__fish_pglock_using_subcommand key" -l ledger-sql -d 'Print the CREATE statements of the run ledger (contract §12), for a DBA; no LOCK needed'
 complete -c pglock -n "__fish_pglock_using_subcommand key" -s h -l help -d 'Print help'
 complete -c pglock -n "__fish_pglock_using_subcommand key" -s V -l version -d 'Print version'
 complete -c pglock -n "__fish_pglock_using_subcommand status" -l key -d 'Only this lock NAME' -r
@@ -106,9 +111,32 @@ graphile-migrate\t''
 node-pg-migrate\t''"
 complete -c pglock -n "__fish_pglock_using_subcommand status" -l lock-schema -d 'With --lock-of golang-migrate or flyway: the schema of the migrations table' -r
 complete -c pglock -n "__fish_pglock_using_subcommand status" -l lock-table -d 'With --lock-of golang-migrate or flyway: the migrations table' -r
+complete -c pglock -n "__fish_pglock_using_subcommand status" -l ledger -d 'Also show each listed lock\'s last success in this run ledger (TABLE or SCHEMA.TABLE)' -r
 complete -c pglock -n "__fish_pglock_using_subcommand status" -l database-url -d 'PostgreSQL connection URI or key=value string [default: DATABASE_URL, then libpq\'s PG* variables]' -r
 complete -c pglock -n "__fish_pglock_using_subcommand status" -l json -d 'One JSON array of lock objects instead of a table'
 complete -c pglock -n "__fish_pglock_using_subcommand status" -s h -l help -d 'Print help'
 complete -c pglock -n "__fish_pglock_using_subcommand status" -s V -l version -d 'Print version'
+complete -c pglock -n "__fish_pglock_using_subcommand history" -l key -d 'The key NAME (as --key NAME)' -r
+complete -c pglock -n "__fish_pglock_using_subcommand history" -l key-id -d 'A raw lock id, or A,B for the two-int4 form' -r
+complete -c pglock -n "__fish_pglock_using_subcommand history" -l key-hashtext -d 'The lock of pg_advisory_lock(hashtext(\'NAME\'))' -r
+complete -c pglock -n "__fish_pglock_using_subcommand history" -l lock-of -d 'The lock TOOL takes around its migrations on this database' -r -f -a "golang-migrate\t''
+golang-migrate-with-instance\t''
+sqlx\t''
+rails\t''
+prisma\t''
+flyway\t''
+atlas\t''
+goose\t''
+goose-before-3.26\t''
+sqitch\t''
+graphile-migrate\t''
+node-pg-migrate\t''"
+complete -c pglock -n "__fish_pglock_using_subcommand history" -l lock-schema -d 'With --lock-of golang-migrate or flyway: the schema of the migrations table' -r
+complete -c pglock -n "__fish_pglock_using_subcommand history" -l lock-table -d 'With --lock-of golang-migrate or flyway: the migrations table' -r
+complete -c pglock -n "__fish_pglock_using_subcommand history" -l ledger -d 'The run ledger\'s table, TABLE or SCHEMA.TABLE [default: pglock_runs]' -r
+complete -c pglock -n "__fish_pglock_using_subcommand history" -l database-url -d 'PostgreSQL connection URI or key=value string [default: DATABASE_URL, then libpq\'s PG* variables]' -r
+complete -c pglock -n "__fish_pglock_using_subcommand history" -l json -d 'One JSON array of run objects instead of a table (ids as strings)'
+complete -c pglock -n "__fish_pglock_using_subcommand history" -s h -l help -d 'Print help'
+complete -c pglock -n "__fish_pglock_using_subcommand history" -s V -l version -d 'Print version'
 complete -c pglock -n "__fish_pglock_using_subcommand generate" -s h -l help -d 'Print help'
 complete -c pglock -n "__fish_pglock_using_subcommand generate" -s V -l version -d 'Print version'

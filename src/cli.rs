@@ -54,6 +54,11 @@ pub enum Command {
         after_help = "Columns: lock id, key name (for pglock's own sessions), mode, held or waiting, pid, user,\nclient address, application, and age (waiting: since the wait began; held: since the session\nconnected); a --limit run waiting for a slot shows as waiting. A role without superuser rights\nsees its own sessions in full and the others' locks with what PostgreSQL shows it.\n\nWith a lock form (--key NAME, --key-id ID, ...) only that lock is listed and, like grep, the\nexit status is 0 when it is held and 1 when it is not (the text then says \"is not held\").\n--json writes lock ids as strings of digits (\"lock_id\":\"1851639526980669642\"): 64-bit\nintegers do not survive jq 1.6 or JavaScript as numbers.\n\nExamples:\n  pglock status\n  pglock status --key seed >/dev/null && echo \"seed is running\"\n  pglock status --json | jq -r '.[] | select(.state == \"held\") | .lock_id'"
     )]
     Status(StatusArgs),
+    /// List the run ledger's rows of a lock (runs with --once or --ledger), newest first
+    #[command(after_help = "Examples:\n  \
+            pglock history --key seed\n  \
+            pglock history --key seed --json --ledger ops.pglock_runs")]
+    History(HistoryArgs),
     /// Write the man page or a shell completion script to stdout (for packaging)
     #[command(hide = true)]
     Generate {
@@ -193,6 +198,26 @@ pub struct RunArgs {
     /// cluster (the server's transaction id; costs one)
     #[arg(long, env = "PGLOCK_FENCING_TOKEN", value_parser = EnvBool, help_heading = "Lock")]
     pub fencing_token: bool,
+
+    /// At most one successful run per lock and TOKEN: under the lock, a TOKEN already done in
+    /// the run ledger skips COMMAND (exit 75, or -E); only exit 0 marks it done
+    ///
+    /// For example --once "$(date -u +%F)" (once a day) or --once "$GIT_SHA" (once per commit).
+    /// COMMAND gets PGLOCK_ONCE_TOKEN and PGLOCK_ONCE_SQL, a statement to run in its own last
+    /// transaction on the same database: the token is then done exactly when that transaction
+    /// commits. See --ledger for the table.
+    #[arg(long, value_name = "TOKEN", env = "PGLOCK_ONCE", help_heading = "Lock")]
+    pub once: Option<String>,
+
+    /// The run ledger's table, TABLE or SCHEMA.TABLE, created on first use [default:
+    /// pglock_runs]; without --once, every run is recorded in it (an audit trail)
+    #[arg(
+        long,
+        value_name = "TABLE",
+        env = "PGLOCK_LEDGER",
+        help_heading = "Lock"
+    )]
+    pub ledger: Option<String>,
 
     /// Exit code when the lock is not acquired
     #[arg(
@@ -340,6 +365,59 @@ pub struct StatusArgs {
     #[arg(long)]
     pub json: bool,
 
+    /// Also show each listed lock's last success in this run ledger (TABLE or SCHEMA.TABLE)
+    #[arg(long, value_name = "TABLE")]
+    pub ledger: Option<String>,
+
+    /// PostgreSQL connection URI or key=value string [default: DATABASE_URL, then libpq's PG* variables]
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "PGLOCK_DATABASE_URL",
+        hide_env_values = true
+    )]
+    pub database_url: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// The key NAME (as --key NAME)
+    #[arg(long, value_name = "NAME")]
+    pub key: Option<String>,
+
+    /// A raw lock id, or A,B for the two-int4 form
+    #[arg(
+        long,
+        value_name = "ID",
+        allow_hyphen_values = true,
+        conflicts_with = "key"
+    )]
+    pub key_id: Option<String>,
+
+    /// The lock of pg_advisory_lock(hashtext('NAME'))
+    #[arg(long, value_name = "NAME", allow_hyphen_values = true, conflicts_with_all = ["key", "key_id"])]
+    pub key_hashtext: Option<String>,
+
+    /// The lock TOOL takes around its migrations on this database
+    #[arg(long, value_name = "TOOL", value_parser = tool_values(), conflicts_with_all = ["key", "key_id", "key_hashtext"])]
+    pub lock_of: Option<String>,
+
+    /// With --lock-of golang-migrate or flyway: the schema of the migrations table
+    #[arg(long, value_name = "SCHEMA", requires = "lock_of")]
+    pub lock_schema: Option<String>,
+
+    /// With --lock-of golang-migrate or flyway: the migrations table
+    #[arg(long, value_name = "TABLE", requires = "lock_of")]
+    pub lock_table: Option<String>,
+
+    /// The run ledger's table, TABLE or SCHEMA.TABLE [default: pglock_runs]
+    #[arg(long, value_name = "TABLE", env = "PGLOCK_LEDGER")]
+    pub ledger: Option<String>,
+
+    /// One JSON array of run objects instead of a table (ids as strings)
+    #[arg(long)]
+    pub json: bool,
+
     /// PostgreSQL connection URI or key=value string [default: DATABASE_URL, then libpq's PG* variables]
     #[arg(
         long,
@@ -356,7 +434,7 @@ pub struct KeyArgs {
     #[arg(
         value_name = "NAME",
         allow_hyphen_values = true,
-        required_unless_present_any = ["key_id", "key_hashtext", "lock_of"],
+        required_unless_present_any = ["key_id", "key_hashtext", "lock_of", "ledger_sql"],
         conflicts_with_all = ["key_id", "key_hashtext", "lock_of"]
     )]
     pub name: Option<String>,
@@ -406,6 +484,14 @@ pub struct KeyArgs {
     /// Print the fence statements of the lock (contract §11) for code that takes it itself
     #[arg(long, conflicts_with_all = ["sql", "limit"])]
     pub fence_sql: bool,
+
+    /// Print the CREATE statements of the run ledger (contract §12), for a DBA; no LOCK needed
+    #[arg(long, conflicts_with_all = ["sql", "limit", "fence_sql"])]
+    pub ledger_sql: bool,
+
+    /// With --ledger-sql: the ledger's table, TABLE or SCHEMA.TABLE [default: pglock_runs]
+    #[arg(long, value_name = "TABLE", env = "PGLOCK_LEDGER")]
+    pub ledger: Option<String>,
 }
 
 /// The one rule for boolean options set from the environment (contract §1): `1/0`, `true/false`,

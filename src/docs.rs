@@ -117,6 +117,21 @@ one pooled server connection never gets it; and no session\-level SET is sent: s
 keeps out of the startup packet are applied with SET LOCAL. The heartbeat checks that the session
 that took the lock (pid and backend_start) still serves the connection, at a cost that does not
 grow with the number of locks on the server.
+.PP
+\fB\-\-once\fR TOKEN makes a run happen at most once per lock and token (\fB\-\-once
+"$(date \-u +%F)"\fR once a day, \fB\-\-once "$GIT_SHA"\fR once per commit). Under the lock,
+before COMMAND starts, pglock looks the token up in the run ledger, a table in the lock's database
+(\fBpglock_runs\fR in current_schema(), or \fB\-\-ledger\fR TABLE or SCHEMA.TABLE, created on
+first use; \fBpglock key \-\-ledger\-sql\fR prints its CREATE statements). A token already done
+skips COMMAND, names the earlier run and exits 75 (or \fB\-E\fR). After COMMAND exits, before the
+lock is released, the run is recorded; only exit 0 marks the token done, so a failed run is
+retried. A ledger that cannot be created, read or written is exit 69 before COMMAND runs. COMMAND
+gets PGLOCK_ONCE_TOKEN and PGLOCK_ONCE_SQL, a statement for its own last transaction on the same
+database that runs the fence and marks the token done in that transaction: the token is then done
+if and only if that transaction commits, whatever happens to pglock afterwards. Rows older than
+180 days are pruned. \fB\-\-ledger\fR without \fB\-\-once\fR records every run;
+\fBpglock history\fR LOCK [\fB\-\-json\fR] lists a lock's rows, newest first, and
+\fBpglock status \-\-ledger\fR TABLE adds each listed lock's last success.
 "#;
 
 const SECTIONS: &str = r#".SH "EXIT STATUS"

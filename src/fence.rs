@@ -125,17 +125,27 @@ pub fn check_sql(lock: LockId, mode: Mode, holder: &Holder, run_id: &str) -> Str
 
 /// The fence statement with the holder's identity as SQL text (a literal, or a placeholder).
 fn statement(lock: LockId, mode: Mode, pid: &str, start: &str, run_id: &str) -> String {
+    format!(
+        "DO $pglock$BEGIN {} END$pglock$",
+        check_body(lock, mode, pid, start, run_id)
+    )
+}
+
+/// The PL/pgSQL statements of the fence check, for a `DO` block of the caller's: the fence
+/// statement's own, and `PGLOCK_ONCE_SQL`'s (ledger.rs), which records the run after them.
+/// Nothing in it comes from user input (the run id is filtered to `[A-Za-z0-9_-]`).
+pub fn check_body(lock: LockId, mode: Mode, pid: &str, start: &str, run_id: &str) -> String {
     let run_id: String = run_id
         .chars()
         .filter(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
         .collect();
     format!(
-        "DO $pglock$BEGIN PERFORM pg_advisory_xact_lock_shared({fence}); \
+        "PERFORM pg_advisory_xact_lock_shared({fence}); \
          IF NOT EXISTS (SELECT FROM pg_locks l, pg_stat_get_activity({pid}) a \
          WHERE l.pid = {pid} AND a.pid = {pid} AND to_char(a.backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') = {start} \
          AND l.granted AND l.mode = '{pg_mode}' AND {filter}) THEN \
          RAISE EXCEPTION 'pglock: run {run_id} no longer holds lock {lock} (backend pid {pid}); this transaction must not commit' \
-         USING ERRCODE = 'P0001'; END IF; END$pglock$",
+         USING ERRCODE = 'P0001'; END IF;",
         fence = id(lock, mode),
         pg_mode = mode.pg_mode(),
         filter = locks_filter(&key::LockKey::from_id(lock)),

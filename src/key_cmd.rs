@@ -10,6 +10,14 @@ use crate::request::MAX_LIMIT;
 use crate::signals::Signals;
 
 pub fn run(args: KeyArgs) -> Result<i32> {
+    if args.ledger_sql {
+        let table = args
+            .ledger
+            .as_deref()
+            .unwrap_or(crate::ledger::DEFAULT_TABLE);
+        println!("{}", crate::ledger::Ledger::parse(table)?.create_sql());
+        return Ok(0);
+    }
     let mut lock = if let Some(name) = &args.name {
         LockKey::from_name(name)?
     } else if let Some(id) = &args.key_id {

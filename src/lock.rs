@@ -418,7 +418,10 @@ fn lock_sql(
     let mut sql = String::new();
     let opens = scope == Scope::Transaction && conn.tx_status == TxStatus::Idle;
     if opens {
-        sql.push_str("BEGIN; ");
+        // Read committed whatever the role's default: each later statement of the lock's
+        // transaction (the run ledger's look-up, contract §12) then sees what earlier holders
+        // committed before they let the lock go, not a snapshot from before the grant.
+        sql.push_str("BEGIN ISOLATION LEVEL READ COMMITTED; ");
     }
     if opens || scope == Scope::Session {
         sql.push_str(&local_settings(conn));
@@ -1220,6 +1223,9 @@ pub enum Released {
     /// No answer within the bound, or a signal ended the wait: the connection is given up and
     /// closed, and the server frees the lock when it notices (why: the reason).
     Unconfirmed(String),
+    /// The statements sent before the release (the run ledger's record) failed, and so nothing
+    /// after them ran: the lock is still held, in a failed transaction (why: the server's error).
+    RecordFailed(String),
 }
 
 /// How long the release waits for the server's answer once the child has exited: as long as a
@@ -1233,9 +1239,12 @@ pub fn release_bound(heartbeat: Duration) -> Duration {
 /// called once the release is on its way to the server. Only an answer counts as a verdict on
 /// the lock: a server that gives none, or a signal meanwhile, leaves it unconfirmed, never lost.
 /// A session lock is unlocked only on `holder`, the session that took it (see `let_go`).
+/// `before`: statements that go first in the same round trip (the run ledger's record,
+/// contract §12), "" for none.
 pub fn release(
     conn: &mut Conn,
     (key, holder, mode, scope): (&LockKey, &fence::Holder, Mode, Scope),
+    before: &str,
     notify: Option<&str>,
     deadline: Instant,
     signals: &Signals,
@@ -1245,9 +1254,9 @@ pub fn release(
     // With --limit, the same round trip wakes the first waiter (NOTIFY is sent on commit of the
     // implicit transaction, after the unlock).
     let sql = match (scope, notify) {
-        (Scope::Transaction, _) => "COMMIT".to_string(),
+        (Scope::Transaction, _) => format!("{before}COMMIT"),
         (Scope::Session, notify) => format!(
-            "SELECT pg_advisory_unlock{}({}) WHERE {}{}",
+            "{before}SELECT pg_advisory_unlock{}({}) WHERE {}{}",
             fn_suffix(mode),
             key.id.sql_args(),
             holder.serving_sql(),
@@ -1265,6 +1274,9 @@ pub fn release(
             Released::Held
         }
         Ok(QueryResult::Rows(_)) => Released::Gone,
+        Ok(QueryResult::Error(e)) if !before.is_empty() && conn.tx_status == TxStatus::Failed => {
+            Released::RecordFailed(e.to_string())
+        }
         Ok(QueryResult::Error(e)) => {
             log::debug("release", &format!("unlock failed: {e}"));
             Released::Gone

@@ -13,8 +13,10 @@ mod duration;
 mod error;
 mod fence;
 mod guard;
+mod history;
 mod key;
 mod key_cmd;
+mod ledger;
 mod lock;
 mod log;
 mod nesting;
@@ -51,6 +53,7 @@ fn real_main() -> Result<i32, Error> {
     match parsed.command {
         cli::Command::Key(k) => key_cmd::run(k),
         cli::Command::Status(args) => status::run(args),
+        cli::Command::History(args) => history::run(args),
         cli::Command::Generate { what } => {
             let mut out = std::io::stdout().lock();
             match what.as_str() {

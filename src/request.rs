@@ -6,6 +6,7 @@ use crate::cli::{LogFormat, RunArgs, ScopeArg};
 use crate::duration;
 use crate::error::{code, Error, Result};
 use crate::key::{LockId, LockKey, Tool};
+use crate::ledger::Ledger;
 use clap::parser::ValueSource;
 use clap::ArgMatches;
 use std::ffi::OsString;
@@ -78,6 +79,10 @@ pub struct RunRequest {
     pub max_runtime: Option<Duration>,
     /// `--fencing-token`: the child gets `PGLOCK_FENCING_TOKEN` (contract §11).
     pub fencing_token: bool,
+    /// `--once TOKEN` (contract §12).
+    pub once: Option<String>,
+    /// The run ledger: with `--once` or `--ledger` (contract §12).
+    pub ledger: Option<Ledger>,
     pub log: LogSettings,
     pub command: Vec<OsString>,
 }
@@ -287,6 +292,8 @@ pub fn run_request(args: RunArgs, m: &ArgMatches) -> Result<RunRequest> {
         ));
     }
 
+    let (once, ledger) = once_and_ledger(&args, m)?;
+
     let database_url = args
         .database_url
         .filter(|s| !s.is_empty())
@@ -313,9 +320,29 @@ pub fn run_request(args: RunArgs, m: &ArgMatches) -> Result<RunRequest> {
         release_after,
         max_runtime,
         fencing_token: args.fencing_token,
+        once,
+        ledger,
         log,
         command: args.command,
     })
+}
+
+/// `--once TOKEN` and the ledger it needs (contract §12): `--ledger TABLE`, or the default table
+/// when only `--once` is given. An empty `PGLOCK_ONCE` or `PGLOCK_LEDGER` in the environment is
+/// unset; an empty `--once` on the command line (`--once "$GIT_SHA"` with no GIT_SHA) is an error.
+fn once_and_ledger(args: &RunArgs, m: &ArgMatches) -> Result<(Option<String>, Option<Ledger>)> {
+    let given =
+        |id: &str, v: &Option<String>| v.clone().filter(|v| !v.is_empty() || from_cli(m, id));
+    let once = given("once", &args.once);
+    if let Some(t) = &once {
+        crate::ledger::validate_token(t)?;
+    }
+    let ledger = match (given("ledger", &args.ledger), &once) {
+        (Some(t), _) => Some(Ledger::parse(&t)?),
+        (None, Some(_)) => Some(Ledger::parse(crate::ledger::DEFAULT_TABLE)?),
+        (None, None) => None,
+    };
+    Ok((once, ledger))
 }
 
 /// The largest `--limit`.

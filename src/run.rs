@@ -7,11 +7,12 @@ use crate::error::{Error, Kind, Result};
 use crate::fence;
 use crate::guard::Guard;
 use crate::key::LockKey;
+use crate::ledger::{self, Book, Found};
 use crate::lock::{self, Acquire};
 use crate::log::{self, Mark, V};
 use crate::nesting::{self, Held};
 use crate::pg::{Conn, Startup};
-use crate::request::{Mode, RunRequest, Wait};
+use crate::request::{Mode, RunRequest, Scope, Wait};
 use crate::semaphore;
 use crate::signals::Signals;
 use crate::spawn::Exec;
@@ -96,6 +97,9 @@ struct Session<'a> {
     conn: Conn,
     guard: Option<&'a Guard>,
     lock: Option<Taken>,
+    /// The run ledger's record (contract §12), sent in the release's round trip, before the
+    /// unlock (see `Book::record_sql`).
+    record: Option<String>,
     req: &'a RunRequest,
     signals: &'a Signals,
 }
@@ -121,6 +125,7 @@ impl<'a> Session<'a> {
             conn,
             guard,
             lock: None,
+            record: None,
             req,
             signals,
         })
@@ -202,14 +207,46 @@ impl<'a> Session<'a> {
             }
         };
         let deadline = std::time::Instant::now() + lock::release_bound(self.req.heartbeat);
-        lock::release(
+        let record = self.record.take();
+        let released = lock::release(
             &mut self.conn,
             (&taken.key, &taken.holder, self.req.mode, self.req.scope),
+            record.as_deref().unwrap_or_default(),
             notify.as_deref(),
             deadline,
             self.signals,
             &sent,
-        )
+        );
+        match released {
+            lock::Released::RecordFailed(why) => self.release_unrecorded(taken, &why),
+            other => other,
+        }
+    }
+
+    /// The record failed, and the statements after it in the round trip did not run: the
+    /// failed transaction is rolled back (at transaction scope, that is the release: the
+    /// transaction was still open, so the lock was held) and the lock released without it.
+    fn release_unrecorded(&mut self, taken: Taken, why: &str) -> lock::Released {
+        if let Some(l) = &self.req.ledger {
+            ledger::not_recorded(l, &Error::unavailable(why.to_string()));
+        }
+        let rolled_back = lock::query(&mut self.conn, "ROLLBACK", self.signals).is_ok();
+        if self.req.scope == Scope::Transaction {
+            return if rolled_back {
+                lock::Released::Held
+            } else {
+                lock::Released::Gone
+            };
+        }
+        self.lock = Some(taken);
+        self.release()
+    }
+
+    /// Lets the lock's transaction go (transaction scope), for the ledger's creation to commit
+    /// on its own before the lock is taken again.
+    fn let_go_for_ledger(&mut self) -> Result<()> {
+        self.lock = None;
+        lock::query(&mut self.conn, "ROLLBACK", self.signals).map(|_| ())
     }
 
     /// The lock was lost: there is nothing left to release, only the connection to close.
@@ -330,8 +367,11 @@ fn run_inner(mut req: RunRequest, run_id: &str) -> Result<(i32, bool)> {
             &signals,
         );
         match locked {
-            Ok((mut session, exec)) => {
+            Ok((mut session, exec, book)) => {
                 let end = run_child(&mut session, &req, &exec, &signals)?;
+                if let Some(b) = &book {
+                    session.record = recorded_code(&end).map(|c| b.record_sql(req.scope, c));
+                }
                 return finish(end, session, &req);
             }
             Err(e) => start.again(e, &signals)?,
@@ -362,7 +402,7 @@ fn lock_session<'a>(
     (params, startup): (&ConnParams, &Startup),
     (held, run_id): (&[Held], &str),
     signals: &'a Signals,
-) -> Result<(Session<'a>, Exec)> {
+) -> Result<(Session<'a>, Exec, Option<Book>)> {
     let mut session = Session::open(conn, req, guard, signals)?;
     // This run's entry for its child. The session that holds the lock (and the slot) is known
     // once it is taken: PGLOCK_HELD is set again then, before the child starts.
@@ -380,7 +420,7 @@ fn lock_session<'a>(
         None => Some(prepare_child(req, run_id, held, &me, None)?),
         Some(_) => None,
     };
-    session.acquire(&Acquire {
+    let acquire = Acquire {
         key: &req.key,
         mode: req.mode,
         scope: req.scope,
@@ -390,17 +430,77 @@ fn lock_session<'a>(
         startup,
         fence: true,
         session_pooler: req.session_pooler,
-    })?;
+    };
+    session.acquire(&acquire)?;
+    let mut book = req
+        .ledger
+        .clone()
+        .map(|l| Book::new(l, req.once.clone(), req.key.id, run_id));
+    if let Some(b) = &mut book {
+        ledger_ready(&mut session, b, &acquire)?;
+    }
     let mut exec = match prepared {
         Some(exec) => exec,
         None => prepare_child(req, run_id, held, &me, session.slot())?,
     };
-    for (k, v) in session.lock_vars(held, &mut me, run_id)? {
+    let mut vars = session.lock_vars(held, &mut me, run_id)?;
+    if let (Some(b), Some(t)) = (&mut book, &session.lock) {
+        vars.extend(b.child_vars(t.key.id, req.mode, &t.holder));
+    }
+    for (k, v) in vars {
         exec.add_env(k, &v)
             .map_err(|e| Error::internal(format!("cannot pass {k} to the command: {e}")))?;
     }
     session.conn.set_deadline(None);
-    Ok((session, exec))
+    Ok((session, exec, book))
+}
+
+/// The exit code a run's record shows: the child's, or 124 for one stopped at --max-runtime. A
+/// run whose lock was lost is not recorded (its connection is gone, or no longer trusted).
+fn recorded_code(end: &End) -> Option<i32> {
+    match end {
+        End::Exited(code) => Some(*code),
+        End::MaxRuntime => Some(crate::error::code::MAX_RUNTIME),
+        End::LockLost(_) => None,
+    }
+}
+
+/// The ledger's look-up under the lock (contract §12), creating the table on first use. At
+/// transaction scope the lock's transaction is let go for the creation and the lock taken
+/// again: a table created inside it would stay invisible to the child's `PGLOCK_ONCE_SQL`, and
+/// to every other run, until this run's child had ended (and would hold the creation lock as
+/// long, stopping the runs of other locks that also found the table missing).
+fn ledger_ready(session: &mut Session, book: &mut Book, a: &Acquire) -> Result<()> {
+    if look_up(session, book)? == Found::Ready {
+        return Ok(());
+    }
+    let transaction = session.req.scope == Scope::Transaction;
+    if transaction {
+        session.let_go_for_ledger()?;
+    }
+    book.create(&mut session.conn, session.signals)?;
+    if transaction {
+        session.acquire(a)?;
+    }
+    match look_up(session, book)? {
+        Found::Ready => Ok(()),
+        Found::Missing => Err(Error::unavailable(format!(
+            "the run ledger {} was created but is not found (is its schema on search_path?); the command was not run",
+            book.ledger.label()
+        ))),
+    }
+}
+
+/// The ledger's look-up on the session's connection.
+fn look_up(session: &mut Session, book: &mut Book) -> Result<Found> {
+    let req = session.req;
+    book.look_up(
+        &mut session.conn,
+        req.scope,
+        &req.key.label(),
+        req.conflict_exit_code,
+        session.signals,
+    )
 }
 
 /// --key-hashtext, and --lock-of tools whose id depends on this connection's database or schema:
@@ -451,7 +551,8 @@ fn finish(end: End, mut session: Session, req: &RunRequest) -> Result<(i32, bool
     match end {
         End::Exited(code) => match session.release() {
             lock::Released::Held => Ok((code, true)),
-            lock::Released::Gone => Err(Error::new(
+            // (Session::release has already handled a failed record: it never returns one.)
+            lock::Released::Gone | lock::Released::RecordFailed(_) => Err(Error::new(
                 Kind::LockLost,
                 format!("the lock was gone when the command ended (status {code}); it may have run unprotected for up to two heartbeats"),
             )),
@@ -535,8 +636,9 @@ fn prepare_child(
     }
     remove.push("PGLOCK_SLOT");
     // The fencing variables are added once the lock is held (a nested run's: see
-    // nested_fence_vars); inherited ones belong to another run.
+    // nested_fence_vars); inherited ones belong to another run, and so do the ledger's.
     remove.extend(FENCE_VARS);
+    remove.extend(ledger::CHILD_VARS);
     child::prepare(&req.command, &env, &remove)
 }
 
@@ -633,7 +735,15 @@ fn run_nested(req: &RunRequest, h: &Held, held: &[Held], run_id: &str) -> Result
         holder: h.holder.clone(),
         slot: h.slot,
     };
-    let vars = nested_fence_vars(req, h, held, run_id)?;
+    let mut vars = nested_fence_vars(req, h, held, run_id)?;
+    // The same lock and token is the same run: no ledger work (contract §12).
+    let innermost = held.last().is_some_and(|l| l.pid == h.pid && l.id == h.id);
+    vars.extend(ledger::nested_vars(
+        req.once.as_deref(),
+        innermost,
+        &label,
+        h.pid,
+    )?);
     if req.max_runtime.is_some() {
         log::warn(
             "nested",

@@ -333,7 +333,6 @@ pub fn run(args: StatusArgs) -> Result<i32> {
     };
     let rows = crate::lock::query(&mut conn, &sql(version.unwrap_or(0)), &signals);
     let key_pid = conn.backend_pid;
-    conn.close();
     let wanted = filter.as_ref().map(ids_of);
     let rows = rows?;
     let pooler = pooler_address(key_pid, &rows);
@@ -349,8 +348,14 @@ pub fn run(args: StatusArgs) -> Result<i32> {
         .filter(|e| wanted.as_ref().is_none_or(|w| w.contains(&e.id)))
         .map(|e| with_part(e, filter.as_ref()))
         .collect();
+    let ledger = match &args.ledger {
+        Some(t) => last_successes(&mut conn, t, &entries, &signals),
+        None => Ok(String::new()),
+    };
+    conn.close();
+    let ledger = ledger?;
     let (out, code) = render(&entries, filter.as_ref(), args.json);
-    print!("{out}");
+    print!("{out}{ledger}");
     Ok(code)
 }
 
@@ -399,4 +404,36 @@ fn render(entries: &[Entry], filter: Option<&LockKey>, as_json: bool) -> (String
         _ => {}
     }
     (out, code)
+}
+
+/// `--ledger TABLE` (contract §12): after the table, each listed lock's last success in the
+/// run ledger (one probe of its history index per lock). Text output only.
+fn last_successes(
+    conn: &mut Conn,
+    table: &str,
+    entries: &[Entry],
+    signals: &Signals,
+) -> Result<String> {
+    let ledger = crate::ledger::Ledger::parse(table)?;
+    let mut ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut out = format!("\nLAST SUCCESS (run ledger {})\n", ledger.label());
+    for id in ids {
+        let sql = format!(
+            "SELECT run_id, coalesce(token, '-'), host, to_char(ended_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') \
+             FROM {} WHERE lock_id = {} AND done ORDER BY started_at DESC LIMIT 1",
+            ledger.sql(),
+            key::sql_literal(id)
+        );
+        let rows = crate::lock::query(conn, &sql, signals)?;
+        let row = rows.first().map(|r| {
+            r.iter()
+                .map(|v| v.as_deref().unwrap_or("-").replace(char::is_control, " "))
+                .collect::<Vec<_>>()
+                .join("  ")
+        });
+        let _ = writeln!(out, "{id}  {}", row.as_deref().unwrap_or("none"));
+    }
+    Ok(out)
 }

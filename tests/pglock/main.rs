@@ -17,6 +17,7 @@ mod leader;
 mod locking;
 mod migration;
 mod nesting;
+mod once;
 mod operator;
 mod pgpool;
 mod pooler;
