@@ -199,7 +199,8 @@ fn classify(line: &str) -> Line {
     if let Some(cmd) = l.strip_prefix("run: ") {
         return Line::Run(command(cmd));
     }
-    if l.contains(" LOCK") || l.contains("[OPTIONS]") {
+    // A synopsis: placeholders in capitals (LOCK, [OPTIONS], [--ledger TABLE]).
+    if l.contains(" LOCK") || l.contains("[OPTIONS]") || l.contains(" TABLE]") {
         return Line::Skip("a synopsis");
     }
     match first {
