@@ -145,16 +145,27 @@ fn holders_sql(key: &LockKey) -> String {
 /// session only by an unlock, the end of its transaction or the end of the session: so the same
 /// session, alive and in the same transaction state, still holds the lock. It reads one entry of
 /// the backend status array, not `pg_locks`, whose cost grows with every lock on the server.
-pub fn heartbeat_sql(holder: &fence::Holder, scope: Scope) -> String {
+///
+/// Behind a declared session pooler (`owned`: the lock's `pg_locks` match) that reasoning rests
+/// on the user's word: misdeclared on a transaction pooler, another client of the server
+/// connection can free the lock (`DISCARD ALL`), so the heartbeat also confirms in `pg_locks`,
+/// filtered on this backend, that the lock is still held.
+pub fn heartbeat_sql(holder: &fence::Holder, scope: Scope, owned: Option<&str>) -> String {
     // Inside the open transaction, a statement starts after its transaction; alone, with it.
     let tx = match scope {
         Scope::Transaction => ">",
         Scope::Session => "=",
     };
+    let held = owned.map_or_else(String::new, |m| {
+        format!(
+            " AND EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = pg_backend_pid() \
+             AND l.locktype = 'advisory' AND l.granted AND {m})"
+        )
+    });
     // Two statements: a load balancer that sends single read-only SELECTs to a standby
     // (pgpool-II) sends a multi-statement query to the primary, where the lock is.
     format!(
-        "SELECT WHERE false; SELECT {} AND statement_timestamp() {tx} transaction_timestamp()",
+        "SELECT WHERE false; SELECT {} AND statement_timestamp() {tx} transaction_timestamp(){held}",
         holder.serving_sql()
     )
 }
@@ -184,7 +195,7 @@ pub enum Refusal {
 /// - it runs on a hot standby, where an advisory lock excludes nobody on the primary: a load
 ///   balancer in front of a primary and standbys (pgpool-II) sent it there;
 /// - the serving session already holds the lock, in any mode and scope: a pooled server
-///   connection that another client locked. Advisory locks are re-entrant within a session (and
+///   connection that another client locked (checked where the pid is not: see below). Advisory locks are re-entrant within a session (and
 ///   a session lock and a transaction lock of one session never conflict), so the lock call
 ///   alone would grant it a second time.
 ///
@@ -194,12 +205,21 @@ pub fn guard_sql(expect_pid: Option<i32>, mine: &str) -> String {
         Some(pid) => format!("WHEN pg_backend_pid() <> {pid} THEN '{REFUSED_POOLER}' "),
         None => String::new(),
     };
+    // The held check reads pg_locks, whose cost grows with the server's lock table: it is left
+    // out where the pid check proves the statement runs on the backend of this connection's own
+    // new session (direct, or a session pooler that passes its backend's key on), which holds
+    // nothing it did not take.
+    let held = match expect_pid {
+        Some(_) => String::new(),
+        None => format!(
+            "WHEN EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = pg_backend_pid() AND l.locktype = 'advisory' \
+             AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) AND {mine}) \
+             THEN '{REFUSED_HELD}' "
+        ),
+    };
     format!(
         "SELECT current_setting(r) FROM (SELECT CASE {pooler}\
-         WHEN pg_is_in_recovery() THEN '{REFUSED_STANDBY}' \
-         WHEN EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = pg_backend_pid() AND l.locktype = 'advisory' \
-         AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) AND {mine}) \
-         THEN '{REFUSED_HELD}' END AS r OFFSET 0) AS g WHERE r IS NOT NULL"
+         WHEN pg_is_in_recovery() THEN '{REFUSED_STANDBY}' {held}END AS r OFFSET 0) AS g WHERE r IS NOT NULL"
     )
 }
 
@@ -448,13 +468,15 @@ fn lock_sql(
     sql
 }
 
-/// `SET LOCAL` of the session settings that a pooler kept out of the startup packet (none when
-/// it carried them).
-pub fn local_settings(conn: &Conn) -> String {
-    conn.deferred_settings
+/// `SET LOCAL` of the session settings that a transaction may carry. The startup packet sets
+/// them for the session, but a pooler may refuse them there (then pglock connects without) or
+/// drop them silently (PgBouncer's `ignore_startup_parameters = options`): made local to each
+/// of pglock's own transactions, a role's defaults cannot end a wait or the lock's transaction
+/// either way, and nothing stays with a pooled server connection.
+pub fn local_settings(_conn: &Conn) -> String {
+    LOCAL_SETTINGS
         .iter()
-        .filter(|(k, _)| LOCAL_SETTINGS.contains(&k.as_str()))
-        .map(|(k, v)| format!("SET LOCAL {k} = {v}; "))
+        .map(|k| format!("SET LOCAL {k} = 0; "))
         .collect()
 }
 
@@ -1273,6 +1295,12 @@ pub fn release(
         Ok(QueryResult::Rows(rows)) if scope == Scope::Session && first_bool(&rows) => {
             Released::Held
         }
+        // The unlock's WHERE found another session: a transaction pooler behind --pooler
+        // session handed the statement to another server connection, and the lock stays there.
+        Ok(QueryResult::Rows(rows)) if scope == Scope::Session && rows.is_empty() => unconfirmed(
+            conn,
+            "the unlock ran on another server connection than the one that holds the lock (a transaction pooler behind --pooler session?); the lock may stay with that server connection until the pooler closes it".into(),
+        ),
         Ok(QueryResult::Rows(_)) => Released::Gone,
         Ok(QueryResult::Error(e)) if !before.is_empty() && conn.tx_status == TxStatus::Failed => {
             Released::RecordFailed(e.to_string())

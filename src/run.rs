@@ -260,7 +260,14 @@ impl<'a> Session<'a> {
 
     fn check_sql(&self) -> String {
         match &self.lock {
-            Some(t) => lock::heartbeat_sql(&t.holder, self.req.scope),
+            Some(t) => lock::heartbeat_sql(
+                &t.holder,
+                self.req.scope,
+                self.req
+                    .session_pooler
+                    .then(|| lock::lock_match(t.key.id))
+                    .as_deref(),
+            ),
             None => "SELECT false".into(),
         }
     }

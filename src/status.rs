@@ -208,7 +208,7 @@ pub fn table(entries: &[Entry]) -> String {
                 printable(&e.pid),
                 cell(&e.user),
                 if e.via_pooler {
-                    format!("{} (pooler)", cell(&e.client))
+                    format!("{} (pooler?)", cell(&e.client))
                 } else {
                     cell(&e.client)
                 },
@@ -241,7 +241,7 @@ pub fn table(entries: &[Entry]) -> String {
         line(r);
     }
     if entries.iter().any(|e| e.via_pooler) {
-        out.push_str("(pooler): a server connection of the pooler this status came through: CLIENT and AGE are the pooler's, not those of its client\n");
+        out.push_str("(pooler?): the address of the pooler this status came through: likely one of its server connections, whose CLIENT and AGE are the pooler's, not those of its client\n");
     }
     out
 }

@@ -449,11 +449,111 @@ fn status_through_the_pooler_says_the_client_and_age_are_the_poolers() {
         .lines()
         .find(|l| l.contains(&id.to_string()))
         .unwrap_or_default();
-    assert!(line.contains("(pooler)"), "{out}");
+    assert!(line.contains("(pooler?)"), "{out}");
     assert!(out.contains("CLIENT and AGE are the pooler's"), "{out}");
     let (json, _) = expect_code(bouncer().pglock(&["status", "--key", &name, "--json"]), 0);
     assert!(json.contains("\"via_pooler\":true"), "{json}");
     let (direct, _) = expect_code(pglock(&["status", "--key", &name]), 0);
-    assert!(!direct.contains("(pooler)"), "{direct}");
+    assert!(!direct.contains("(pooler"), "{direct}");
     all_succeed(vec![holder]);
+}
+
+/// `--pooler session` misdeclared on a transaction pooler: another client of the server
+/// connection can free the lock (`DISCARD ALL`, as drivers reset on close). Then the heartbeat,
+/// which behind a declared pooler also confirms the lock in `pg_locks`, finds it gone and stops
+/// the child (74) within a heartbeat; the README says that this case only bounds the overlap.
+#[test]
+fn a_misdeclared_pooler_whose_lock_another_client_frees_stops_the_child_at_the_next_heartbeat() {
+    let b = Bouncer::start("discard1", "pool_mode = transaction\ndefault_pool_size = 1");
+    let name = key("pgb-discard");
+    let id = lock_id(&name);
+    let run = b
+        .pglock(&[
+            "run",
+            "--pooler",
+            "session",
+            "--heartbeat",
+            "1s",
+            "--key",
+            &name,
+            "--",
+            "sleep",
+            "20",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(5), || !pg()
+        .locks_on(id)
+        .is_empty()));
+    let t0 = std::time::Instant::now();
+    b.psql(&b.url(), "DISCARD ALL");
+    let out = run.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(74), "{err}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "{:?} {err}",
+        t0.elapsed()
+    );
+}
+
+/// A PgBouncer that drops pglock's startup options silently (`ignore_startup_parameters =
+/// options`, a common setting) instead of refusing them: the role's defaults still cannot end a
+/// wait or the lock's transaction, since pglock makes its settings local to its transactions.
+#[test]
+fn settings_dropped_silently_by_a_pooler_do_not_let_role_defaults_end_the_run() {
+    let b = Bouncer::start(
+        "ignore2",
+        "pool_mode = transaction\ndefault_pool_size = 2\nignore_startup_parameters = options",
+    );
+    let url = b.pooled_url();
+    let run = |args: &[&str]| {
+        let mut c = pglock_bare(args);
+        c.env("PGLOCK_DATABASE_URL", &url);
+        c
+    };
+    let lock = key("pgb-ignore");
+    let id = lock_id(&lock);
+    // Held longer than the role's idle_in_transaction_session_timeout (2s).
+    expect_code(
+        run(&[
+            "run",
+            "--scope",
+            "transaction",
+            "--key",
+            &lock,
+            "--",
+            "sleep",
+            "2.5",
+        ]),
+        0,
+    );
+    // A wait longer than the role's statement_timeout (2s) and lock_timeout (1.5s).
+    let mut direct = pg()
+        .psql_cmd()
+        .args([
+            "-c",
+            &format!("SELECT pg_advisory_lock({id}); SELECT pg_sleep(2.5)"),
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(5), || !pg()
+        .locks_on(id)
+        .is_empty()));
+    expect_code(
+        run(&[
+            "run",
+            "--scope",
+            "transaction",
+            "--key",
+            &lock,
+            "--",
+            "true",
+        ]),
+        0,
+    );
+    direct.wait().unwrap();
+    assert_eq!(pooled_settings(&b), "2s 1500ms 2s");
 }
