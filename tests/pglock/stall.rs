@@ -505,7 +505,7 @@ fn a_timeout_ends_at_its_deadline_when_the_server_never_starts_the_session() {
 fn a_wait_the_server_never_ends_ends_at_the_deadline() {
     let fake = Fake::start(&[Plan {
         busy: true,
-        stall: Some(("lock_timeout", How::Silent)),
+        stall: Some(("SELECT pg_advisory_lock(", How::Silent)), // the waiting statement
         ..NORMAL
     }]);
     let r = run(&fake.url("sslmode=disable"), &["-w", "3s"], "true");
