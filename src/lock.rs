@@ -444,7 +444,7 @@ fn lock_sql(
         sql.push_str("BEGIN ISOLATION LEVEL READ COMMITTED; ");
     }
     if opens || scope == Scope::Session {
-        sql.push_str(&local_settings(conn));
+        sql.push_str(&local_settings());
     }
     if let Some(ms) = timeout_ms {
         sql.push_str(&format!("SET LOCAL lock_timeout = {ms}; "));
@@ -473,7 +473,7 @@ fn lock_sql(
 /// drop them silently (PgBouncer's `ignore_startup_parameters = options`): made local to each
 /// of pglock's own transactions, a role's defaults cannot end a wait or the lock's transaction
 /// either way, and nothing stays with a pooled server connection.
-pub fn local_settings(_conn: &Conn) -> String {
+pub fn local_settings() -> String {
     LOCAL_SETTINGS
         .iter()
         .map(|k| format!("SET LOCAL {k} = 0; "))

@@ -55,7 +55,7 @@ fn try_slots(conn: &mut Conn, a: &Acquire, n: u32, signals: &Signals) -> Result<
     );
     let sql = format!(
         "{}{}; SELECT s.i, pg_backend_pid(), {}, pg_try_advisory_xact_lock({slot_fence}) FROM ({}) AS s",
-        lock::local_settings(conn),
+        lock::local_settings(),
         lock::guard_sql(lock::expected_backend(conn, a), &any_slot),
         fence::BACKEND_START_SQL,
         key::slot_sql(id, n)

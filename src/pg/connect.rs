@@ -246,23 +246,19 @@ fn connect_with_settings(
             ..*startup
         };
         match connect_target(params, t, &st, signals) {
-            // PgBouncer and other poolers refuse the options parameter: connect without it
-            // and leave the settings to SET statements.
+            // PgBouncer and other poolers refuse the options parameter: connect without it.
+            // The lock statements make these settings local to pglock's transactions anyway
+            // (lock::local_settings).
             Err(e)
                 if e.msg.contains("unsupported startup parameter: options")
                     && !settings.is_empty() =>
             {
-                crate::log::debug("connect", "the server (a pooler?) refuses startup options; applying the session settings with SET");
+                crate::log::debug("connect", "the server (a pooler?) refuses startup options; the settings go as SET LOCAL in pglock's transactions");
                 let st = Startup {
                     settings: Vec::new(),
                     ..*startup
                 };
-                let mut c = connect_target(params, t, &st, signals)?;
-                c.deferred_settings = settings
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.clone()))
-                    .collect();
-                return Ok(c);
+                return connect_target(params, t, &st, signals);
             }
             Err(e) if e.sqlstate.as_deref() == Some("42704") => {
                 let before = settings.len();

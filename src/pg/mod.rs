@@ -108,9 +108,6 @@ pub struct Conn {
     pub backend_pid: i32,
     secret_key: i32,
     pub server_params: HashMap<String, String>,
-    /// Session settings that could not go in the startup packet (a pooler such as PgBouncer
-    /// refuses `options`): the caller applies them with SET or SET LOCAL.
-    pub deferred_settings: Vec<(String, String)>,
     /// The transaction status of the last ReadyForQuery.
     pub tx_status: TxStatus,
     pending: Option<Pending>,
@@ -198,7 +195,6 @@ impl Conn {
             backend_pid: 0,
             secret_key: 0,
             server_params: HashMap::new(),
-            deferred_settings: Vec::new(),
             tx_status: TxStatus::Idle,
             pending: None,
             notified: false,
