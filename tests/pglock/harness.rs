@@ -82,7 +82,7 @@ fn as_pg(bin: &Path, prog: &str) -> Command {
     c
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -90,7 +90,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn chown_pg(p: &Path) {
+pub fn chown_pg(p: &Path) {
     if is_root() {
         let u = nix::unistd::User::from_name("postgres").unwrap().unwrap();
         nix::unistd::chown(p, Some(u.uid), Some(u.gid)).unwrap();
@@ -614,6 +614,13 @@ impl Bouncer {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// `pglock ARGS` connecting through this PgBouncer as role `pglock_pooled` (`pooled_url`).
+    pub fn pglock_pooled(&self, args: &[&str]) -> Command {
+        let mut c = pglock_bare(args);
+        c.env("PGLOCK_DATABASE_URL", self.pooled_url());
+        c
     }
 
     /// `pglock ARGS` connecting through this PgBouncer.

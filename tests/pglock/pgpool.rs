@@ -63,21 +63,6 @@ impl Pgpool {
     }
 }
 
-fn port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn give_to_postgres(p: &Path) {
-    if is_root() {
-        let u = nix::unistd::User::from_name("postgres").unwrap().unwrap();
-        nix::unistd::chown(p, Some(u.uid), Some(u.gid)).unwrap();
-    }
-}
-
 /// The streaming standby of `pg()` that the pgpools of these tests balance reads to, with
 /// database `APP_DB` (created on the primary before the base backup).
 fn standby() -> &'static Cluster {
@@ -127,8 +112,8 @@ fn start_pgpool(name: &str, children: u32) -> Pgpool {
         &format!("SELECT count(*) FROM pg_database WHERE datname = '{APP_DB}'")
     ) == "1"));
     let dir = tmpdir(name);
-    give_to_postgres(&dir);
-    let (port, pcp_port) = (port(), port());
+    chown_pg(&dir);
+    let (port, pcp_port) = (free_port(), free_port());
     let conf = dir.join("pgpool.conf");
     std::fs::write(
             &conf,
@@ -156,7 +141,7 @@ fn start_pgpool(name: &str, children: u32) -> Pgpool {
     let pcp = dir.join("pcp.conf");
     std::fs::write(&pcp, "").unwrap();
     for f in [&conf, &pcp] {
-        give_to_postgres(f);
+        chown_pg(f);
     }
     let log = dir.join("pgpool.log");
     // -n: in the foreground, logging to stderr. SIGINT is pgpool's fast shutdown.

@@ -248,6 +248,24 @@ fn a_lock_the_serving_session_holds_is_never_granted_again() {
     }
 }
 
+/// A psql session on the main cluster, directly, that holds lock `id` for `secs` seconds; returns
+/// once the lock shows in pg_locks.
+fn hold_directly(id: i64, secs: &str) -> Child {
+    let direct = pg()
+        .psql_cmd()
+        .args([
+            "-c",
+            &format!("SELECT pg_advisory_lock({id}); SELECT pg_sleep({secs})"),
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(5), || !pg()
+        .locks_on(id)
+        .is_empty()));
+    direct
+}
+
 /// What `SHOW` says of the role's settings through the pool's one server connection.
 fn pooled_settings(b: &Bouncer) -> String {
     b.psql(
@@ -263,15 +281,9 @@ fn pooled_settings(b: &Bouncer) -> String {
 #[test]
 fn nothing_is_left_on_a_pooled_server_connection() {
     let b = Bouncer::start("leak1", "pool_mode = transaction\ndefault_pool_size = 1");
-    let url = b.pooled_url();
     let role = "2s 1500ms 2s";
     assert_eq!(pooled_settings(&b), role);
-    let run = |args: &[&str]| {
-        let mut c = pglock_bare(args);
-        c.env("PGLOCK_DATABASE_URL", &url)
-            .env("PGPASSWORD", POOLED_PASSWORD);
-        c
-    };
+    let run = |args: &[&str]| b.pglock_pooled(args);
     let lock = key("pgb-leak");
     // Refused, and nothing left.
     expect_code(run(&["run", "--key", &lock, "--", "true"]), 69);
@@ -294,18 +306,7 @@ fn nothing_is_left_on_a_pooled_server_connection() {
     // A session lock (declared session pooler) waited for longer than the role's
     // statement_timeout and lock_timeout, then held.
     let id = lock_id(&lock);
-    let mut direct = pg()
-        .psql_cmd()
-        .args([
-            "-c",
-            &format!("SELECT pg_advisory_lock({id}); SELECT pg_sleep(2.5)"),
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    assert!(wait_until(Duration::from_secs(5), || !pg()
-        .locks_on(id)
-        .is_empty()));
+    let mut direct = hold_directly(id, "2.5");
     let (_, err) = expect_code(
         run(&["run", "--pooler", "session", "--key", &lock, "--", "true"]),
         0,
@@ -314,18 +315,7 @@ fn nothing_is_left_on_a_pooled_server_connection() {
     direct.wait().unwrap();
     assert_eq!(pooled_settings(&b), role);
     // A wait with --timeout: its lock_timeout is the statement's alone.
-    let mut direct = pg()
-        .psql_cmd()
-        .args([
-            "-c",
-            &format!("SELECT pg_advisory_lock({id}); SELECT pg_sleep(2)"),
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    assert!(wait_until(Duration::from_secs(5), || !pg()
-        .locks_on(id)
-        .is_empty()));
+    let mut direct = hold_directly(id, "2");
     expect_code(
         run(&[
             "run",
@@ -507,12 +497,7 @@ fn settings_dropped_silently_by_a_pooler_do_not_let_role_defaults_end_the_run() 
         "ignore2",
         "pool_mode = transaction\ndefault_pool_size = 2\nignore_startup_parameters = options",
     );
-    let url = b.pooled_url();
-    let run = |args: &[&str]| {
-        let mut c = pglock_bare(args);
-        c.env("PGLOCK_DATABASE_URL", &url);
-        c
-    };
+    let run = |args: &[&str]| b.pglock_pooled(args);
     let lock = key("pgb-ignore");
     let id = lock_id(&lock);
     // Held longer than the role's idle_in_transaction_session_timeout (2s).
@@ -530,18 +515,7 @@ fn settings_dropped_silently_by_a_pooler_do_not_let_role_defaults_end_the_run() 
         0,
     );
     // A wait longer than the role's statement_timeout (2s) and lock_timeout (1.5s).
-    let mut direct = pg()
-        .psql_cmd()
-        .args([
-            "-c",
-            &format!("SELECT pg_advisory_lock({id}); SELECT pg_sleep(2.5)"),
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    assert!(wait_until(Duration::from_secs(5), || !pg()
-        .locks_on(id)
-        .is_empty()));
+    let mut direct = hold_directly(id, "2.5");
     expect_code(
         run(&[
             "run",
