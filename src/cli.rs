@@ -1,4 +1,4 @@
-//! The command line as clap sees it: raw types only. `request.rs` turns these into a validated
+//! The command line as clap sees it: raw types only. `cmd/request.rs` turns these into a validated
 //! request; nothing below that layer sees clap.
 
 use clap::builder::TypedValueParser;
@@ -541,7 +541,7 @@ impl TypedValueParser for EnvBool {
 
 /// The `--lock-of` values, for help and completions.
 fn tool_values() -> clap::builder::PossibleValuesParser {
-    clap::builder::PossibleValuesParser::new(crate::key::tool_names())
+    clap::builder::PossibleValuesParser::new(crate::lock::key::tool_names())
 }
 
 #[cfg(test)]

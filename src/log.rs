@@ -5,11 +5,23 @@
 //! A process-wide logger: pglock is one short-lived process with one run, and the events come from
 //! every layer (connection, lock, child), so passing a handle everywhere would add nothing.
 
-use crate::request::{LogSettings, Verbosity};
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Verbosity {
+    Quiet,
+    Normal,
+    Verbose,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    pub verbosity: Verbosity,
+    pub json: bool,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {

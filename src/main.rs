@@ -5,28 +5,16 @@
 
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
-mod child;
 mod cli;
-mod conninfo;
+mod cmd;
 mod docs;
 mod duration;
 mod error;
-mod fence;
-mod guard;
-mod history;
-mod key;
-mod key_cmd;
-mod ledger;
 mod lock;
 mod log;
-mod nesting;
 mod pg;
-mod request;
-mod run;
-mod semaphore;
+mod proc;
 mod signals;
-mod spawn;
-mod status;
 
 use clap::{CommandFactory, FromArgMatches};
 use error::{Error, Kind};
@@ -51,9 +39,9 @@ fn real_main() -> Result<i32, Error> {
     };
     let parsed = cli::Cli::from_arg_matches(&matches).map_err(|e| Error::usage(first_line(&e)))?;
     match parsed.command {
-        cli::Command::Key(k) => key_cmd::run(k),
-        cli::Command::Status(args) => status::run(args),
-        cli::Command::History(args) => history::run(args),
+        cli::Command::Key(k) => cmd::key::run(k),
+        cli::Command::Status(args) => cmd::status::run(args),
+        cli::Command::History(args) => cmd::history::run(args),
         cli::Command::Generate { what } => {
             let mut out = std::io::stdout().lock();
             match what.as_str() {
@@ -64,14 +52,14 @@ fn real_main() -> Result<i32, Error> {
         }
         cli::Command::Run(args) => {
             let sub = matches.subcommand_matches("run").expect("run matched");
-            let req = request::run_request(args, sub)?;
+            let req = cmd::request::run_request(args, sub)?;
             let run_id = log::new_run_id();
             let lock_id = match req.key.pending {
                 Some(_) => "null".to_string(),
                 None => req.key.id.json(),
             };
             log::init(req.log.clone(), run_id.clone(), req.key.label(), lock_id);
-            run::run(req, &run_id)
+            cmd::run::run(req, &run_id)
         }
     }
 }

@@ -1,4 +1,4 @@
-//! pglock leaves nothing behind for the reaper of its parent: its guard process (src/guard.rs)
+//! pglock leaves nothing behind for the reaper of its parent: its guard process (src/proc/guard.rs)
 //! is reaped by pglock itself. A test binary of its own, because it makes its process a child
 //! subreaper (orphans of every descendant come to it), which the other tests must not share.
 

@@ -9,7 +9,7 @@
 //! always sends its signature first; libpq accepts the shortcut unless `require_auth` is set).
 
 use super::wire::AuthRequest;
-use crate::conninfo::{AuthMethod, ChannelBinding, ConnParams, RequireAuth};
+use crate::pg::conninfo::{AuthMethod, ChannelBinding, ConnParams, RequireAuth};
 use bytes::BytesMut;
 use postgres_protocol::authentication::md5_hash;
 use postgres_protocol::authentication::sasl::{self, ScramSha256};

@@ -5,8 +5,8 @@
 use super::auth::{Auth, Channel};
 use super::wire::Backend;
 use super::{tls, wait_fd, Conn, QueryResult, ReadErr, Startup, Stream};
-use crate::conninfo::{ConnParams, Host, SslMode, Target};
 use crate::error::{Error, Kind, Result};
+use crate::pg::conninfo::{ConnParams, Host, SslMode, Target};
 use crate::signals::Signals;
 use bytes::BytesMut;
 use postgres_protocol::message::frontend;

@@ -16,6 +16,7 @@
 
 mod auth;
 mod connect;
+pub mod conninfo;
 mod tls;
 mod wire;
 
@@ -23,7 +24,7 @@ pub(crate) use connect::transient_sqlstate;
 pub use connect::{round_trip_bound, DEFAULT_CONNECT_TIMEOUT};
 pub use wire::ServerError;
 
-use crate::conninfo::{Host, Target};
+use crate::pg::conninfo::{Host, Target};
 use crate::signals::Signals;
 use bytes::BytesMut;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
@@ -569,7 +570,7 @@ fn describe(m: &Backend) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conninfo::Host;
+    use crate::pg::conninfo::Host;
 
     /// A connection whose server side is the returned socket.
     fn pair() -> (Conn, UnixStream) {

@@ -19,7 +19,7 @@
 //! This is the trust boundary: nothing here panics on what the server sends or what a file holds.
 
 use super::{wait_fd, ReadErr};
-use crate::conninfo::{ConnParams, SslMode, TlsFiles};
+use crate::pg::conninfo::{ConnParams, SslMode, TlsFiles};
 use crate::signals::Signals;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;

@@ -164,7 +164,7 @@ fn quiet_prints_nothing_on_success_and_verbose_more() {
 }
 
 /// The child runs with pglock's own CPU affinity, whatever it is: all CPUs, or the set pglock
-/// was started with. (A spawn that holds the child to one CPU, as src/spawn.rs once did for its
+/// was started with. (A spawn that holds the child to one CPU, as src/proc/spawn.rs once did for its
 /// start, must not leave the command there.)
 #[test]
 fn the_child_runs_with_pglock_cpu_affinity() {

@@ -121,7 +121,7 @@ fn lock_rows(pid: &str) -> Vec<u8> {
     m
 }
 
-/// What a server that grants every lock answers to pglock's statement `sql` (see src/lock.rs).
+/// What a server that grants every lock answers to pglock's statement `sql` (see src/lock/acquire.rs).
 fn answer(sql: &str) -> Vec<u8> {
     let pid = PID.to_string();
     if sql.contains("_unlock") || sql.contains("statement_timestamp()") {

@@ -148,7 +148,7 @@ pub mod group {
 
 #[cfg(target_os = "linux")]
 mod imp {
-    use crate::spawn::ChildSlot;
+    use crate::proc::spawn::ChildSlot;
     use nix::errno::Errno;
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow};
@@ -403,7 +403,7 @@ mod imp {
 
 #[cfg(not(target_os = "linux"))]
 mod imp {
-    use crate::spawn::ChildSlot;
+    use crate::proc::spawn::ChildSlot;
 
     /// Elsewhere there is no guard: the child is not killed when pglock dies (see the README).
     pub struct Guard;

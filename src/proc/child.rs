@@ -36,11 +36,11 @@
 //! events and carries out the `Action`s.
 
 use crate::error::{Error, Kind, Result};
-use crate::guard::group;
 use crate::log;
 use crate::pg::{Conn, QueryResult, ReadErr};
+use crate::proc::guard::group;
+use crate::proc::spawn::{ChildSlot, Exec};
 use crate::signals::{self, Received, Signals};
-use crate::spawn::{ChildSlot, Exec};
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};

@@ -15,14 +15,14 @@
 //! fenced transaction that starts later finds, in `pg_locks`, that its run's session (backend pid
 //! *and* `backend_start`, so a reused pid never passes) no longer holds the lock, and fails.
 //!
-//! The holder's exclusive fence rides in the lock statement's round trip (see `lock.rs`): at
+//! The holder's exclusive fence rides in the lock statement's round trip (see `acquire.rs`): at
 //! transaction scope inside a savepoint that is rolled back, so that pglock's open transaction
 //! does not keep it.
 
 use crate::error::{Error, Result};
-use crate::key::{self, LockId};
+use crate::lock::key::{self, LockId};
 use crate::lock::locks_filter;
-use crate::request::Mode;
+use crate::lock::Mode;
 
 /// The SQL expression that yields this session's `backend_start` in a fixed text form (UTC,
 /// microseconds), whatever the session's DateStyle and TimeZone.

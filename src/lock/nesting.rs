@@ -32,12 +32,12 @@
 //! ignored.
 
 use crate::error::Result;
-use crate::fence::Holder;
-use crate::key::{self, LockId, LockKey};
 use crate::lock;
+use crate::lock::fence::Holder;
+use crate::lock::key::{self, LockId, LockKey};
+use crate::lock::Mode;
 use crate::log::{self, V};
 use crate::pg::{Conn, Rows};
-use crate::request::Mode;
 use crate::signals::Signals;
 
 pub const VAR: &str = "PGLOCK_HELD";

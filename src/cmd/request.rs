@@ -5,61 +5,15 @@
 use crate::cli::{LogFormat, RunArgs, ScopeArg};
 use crate::duration;
 use crate::error::{code, Error, Result};
-use crate::key::{LockId, LockKey, Tool};
-use crate::ledger::Ledger;
+use crate::lock::key::{LockId, LockKey, Tool};
+use crate::lock::ledger::Ledger;
+use crate::lock::semaphore::MAX_LIMIT;
+use crate::lock::{Mode, Scope, Wait};
+use crate::log::{LogSettings, Verbosity};
 use clap::parser::ValueSource;
 use clap::ArgMatches;
 use std::ffi::OsString;
 use std::time::Duration;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    Exclusive,
-    Shared,
-}
-
-impl Mode {
-    /// The `pg_locks.mode` of an advisory lock taken in this mode.
-    pub fn pg_mode(self) -> &'static str {
-        match self {
-            Mode::Exclusive => "ExclusiveLock",
-            Mode::Shared => "ShareLock",
-        }
-    }
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Exclusive => "exclusive",
-            Mode::Shared => "shared",
-        }
-    }
-}
-
-/// How long the lock lives on the server: the session, or one transaction held open.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scope {
-    Session,
-    Transaction,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Wait {
-    Forever,
-    Once,
-    Timeout(Duration),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Verbosity {
-    Quiet,
-    Normal,
-    Verbose,
-}
-
-#[derive(Debug, Clone)]
-pub struct LogSettings {
-    pub verbosity: Verbosity,
-    pub json: bool,
-}
 
 #[derive(Debug, Clone)]
 pub struct RunRequest {
@@ -335,18 +289,15 @@ fn once_and_ledger(args: &RunArgs, m: &ArgMatches) -> Result<(Option<String>, Op
         |id: &str, v: &Option<String>| v.clone().filter(|v| !v.is_empty() || from_cli(m, id));
     let once = given("once", &args.once);
     if let Some(t) = &once {
-        crate::ledger::validate_token(t)?;
+        crate::lock::ledger::validate_token(t)?;
     }
     let ledger = match (given("ledger", &args.ledger), &once) {
         (Some(t), _) => Some(Ledger::parse(&t)?),
-        (None, Some(_)) => Some(Ledger::parse(crate::ledger::DEFAULT_TABLE)?),
+        (None, Some(_)) => Some(Ledger::parse(crate::lock::ledger::DEFAULT_TABLE)?),
         (None, None) => None,
     };
     Ok((once, ledger))
 }
-
-/// The largest `--limit`.
-pub const MAX_LIMIT: u32 = 10_000;
 
 /// Slack for scheduling and the kernel's delivery of SIGKILL, in the timing rule.
 pub const RULE_MARGIN: Duration = Duration::from_secs(1);

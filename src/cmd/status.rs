@@ -6,7 +6,7 @@
 
 use crate::cli::StatusArgs;
 use crate::error::Result;
-use crate::key::{self, LockId, LockKey, Tool};
+use crate::lock::key::{self, LockId, LockKey, Tool};
 use crate::log::{json_str, printable};
 use crate::pg::Conn;
 use crate::signals::Signals;
@@ -414,7 +414,7 @@ fn last_successes(
     entries: &[Entry],
     signals: &Signals,
 ) -> Result<String> {
-    let ledger = crate::ledger::Ledger::parse(table)?;
+    let ledger = crate::lock::ledger::Ledger::parse(table)?;
     let mut ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
     ids.sort_unstable();
     ids.dedup();

@@ -1,21 +1,22 @@
 //! `pglock run`: connect, take the lock, run the child, release, in that order, with the lock
 //! released and the connection closed before pglock exits on every path (contract §7).
 
-use crate::child::{self, End, Watch};
-use crate::conninfo::ConnParams;
+use crate::cmd::request::RunRequest;
 use crate::error::{Error, Kind, Result};
-use crate::fence;
-use crate::guard::Guard;
-use crate::key::LockKey;
-use crate::ledger::{self, Book, Found};
+use crate::lock::fence;
+use crate::lock::key::LockKey;
+use crate::lock::ledger::{self, Book, Found};
+use crate::lock::nesting::{self, Held};
+use crate::lock::semaphore;
 use crate::lock::{self, Acquire};
+use crate::lock::{Mode, Scope, Wait};
 use crate::log::{self, Mark, V};
-use crate::nesting::{self, Held};
+use crate::pg::conninfo::ConnParams;
 use crate::pg::{Conn, Startup};
-use crate::request::{Mode, RunRequest, Scope, Wait};
-use crate::semaphore;
+use crate::proc::child::{self, End, Watch};
+use crate::proc::guard::Guard;
+use crate::proc::spawn::Exec;
 use crate::signals::Signals;
-use crate::spawn::Exec;
 use std::time::Duration;
 
 /// The server side's TCP settings that make it free a vanished client's lock no sooner than
@@ -663,7 +664,7 @@ fn nested_fence_vars(
         return Ok(Vec::new());
     };
     let lock = match (h.slot, h.id.big()) {
-        (Some(i), Some(id)) => crate::key::LockId::Big(crate::key::slot_id(id, i)),
+        (Some(i), Some(id)) => crate::lock::key::LockId::Big(crate::lock::key::slot_id(id, i)),
         _ => h.id,
     };
     let mut vars = vec![
@@ -695,7 +696,7 @@ fn nested_fence_vars(
 fn start_child(
     req: &RunRequest,
     exec: &Exec,
-    slot: Option<&crate::spawn::ChildSlot>,
+    slot: Option<&crate::proc::spawn::ChildSlot>,
 ) -> Result<child::Child> {
     let pid = child::start(&req.command, exec, slot)?;
     log::mark(Mark::ChildStart);

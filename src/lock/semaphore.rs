@@ -8,14 +8,17 @@
 //! Thousands of waiters therefore cost the server one query a second.
 
 use crate::error::{Error, Kind, Result};
-use crate::fence;
-use crate::key::{self, LockId, LockKey};
+use crate::lock::fence;
+use crate::lock::key::{self, LockId, LockKey};
 use crate::lock::{self, describe_holders, Acquire};
+use crate::lock::{Mode, Scope, Wait};
 use crate::log::{self, V};
 use crate::pg::Conn;
-use crate::request::{Mode, Scope, Wait};
 use crate::signals::Signals;
 use std::time::{Duration, Instant};
+
+/// The largest `--limit`.
+pub const MAX_LIMIT: u32 = 10_000;
 
 /// How often the head of the line tries the slots without a notification.
 const FALLBACK_POLL: Duration = Duration::from_secs(1);

@@ -3,8 +3,8 @@
 
 use crate::cli::HistoryArgs;
 use crate::error::{Error, Result};
-use crate::key::{sql_literal, LockKey, Tool};
-use crate::ledger::{Ledger, DEFAULT_TABLE};
+use crate::lock::key::{sql_literal, LockKey, Tool};
+use crate::lock::ledger::{Ledger, DEFAULT_TABLE};
 use crate::log::json_str;
 use crate::pg::{Conn, Rows};
 use crate::signals::Signals;

@@ -4,9 +4,9 @@
 
 use crate::cli::KeyArgs;
 use crate::error::{Error, Result};
-use crate::key::{self, LockId, LockKey, Tool};
+use crate::lock::key::{self, LockId, LockKey, Tool};
+use crate::lock::semaphore::MAX_LIMIT;
 use crate::pg::Conn;
-use crate::request::MAX_LIMIT;
 use crate::signals::Signals;
 
 pub fn run(args: KeyArgs) -> Result<i32> {
@@ -14,8 +14,11 @@ pub fn run(args: KeyArgs) -> Result<i32> {
         let table = args
             .ledger
             .as_deref()
-            .unwrap_or(crate::ledger::DEFAULT_TABLE);
-        println!("{}", crate::ledger::Ledger::parse(table)?.create_sql());
+            .unwrap_or(crate::lock::ledger::DEFAULT_TABLE);
+        println!(
+            "{}",
+            crate::lock::ledger::Ledger::parse(table)?.create_sql()
+        );
         return Ok(0);
     }
     let mut lock = if let Some(name) = &args.name {
@@ -64,7 +67,7 @@ pub fn run(args: KeyArgs) -> Result<i32> {
         lock = ask_server(&lock, args.database_url)?;
     }
     if args.fence_sql {
-        println!("{}", crate::fence::shape(lock.id));
+        println!("{}", crate::lock::fence::shape(lock.id));
     } else if args.sql {
         println!("{}", lock.sql);
     } else {

@@ -10,12 +10,12 @@
 //! the `DO` block of `PGLOCK_ONCE_SQL` under a dollar-quote tag that the body does not contain.
 
 use crate::error::{Error, Kind, Result};
-use crate::fence;
-use crate::key::{self, sql_literal, LockId};
 use crate::lock;
+use crate::lock::fence;
+use crate::lock::key::{self, sql_literal, LockId};
+use crate::lock::{Mode, Scope};
 use crate::log;
 use crate::pg::{Conn, TxStatus};
-use crate::request::{Mode, Scope};
 use crate::signals::Signals;
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -6,13 +6,13 @@
 //! statement, so the server-side wait ends with it. A cancelling signal sends a CancelRequest and
 //! waits for the server to confirm, so no backend of pglock's is left waiting in `pg_locks`.
 
-use crate::conninfo::ConnParams;
 use crate::error::{Error, Kind, Result};
-use crate::fence;
-use crate::key::{LockId, LockKey};
+use crate::lock::fence;
+use crate::lock::key::{LockId, LockKey};
+use crate::lock::{Mode, Scope, Wait};
 use crate::log::{self, V};
+use crate::pg::conninfo::ConnParams;
 use crate::pg::{Conn, QueryResult, ReadErr, Rows, Startup, TxStatus};
-use crate::request::{Mode, Scope, Wait};
 use crate::signals::Signals;
 use std::time::{Duration, Instant};
 

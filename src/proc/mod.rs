@@ -1,0 +1,6 @@
+//! The child process: starting it (`spawn`), the guard process that stops it if pglock dies
+//! (`guard`), and the supervisor that runs it, forwards signals and watches the lock (`child`).
+
+pub mod child;
+pub mod guard;
+pub mod spawn;
