@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::lock::key::{sql_literal, LockKey, Tool};
 use crate::lock::ledger::{Ledger, DEFAULT_TABLE};
 use crate::log::json_str;
-use crate::pg::{Conn, Rows};
+use crate::pg::{self, Conn, Rows};
 use crate::signals::Signals;
 use std::fmt::Write as _;
 
@@ -72,14 +72,18 @@ pub fn run(args: HistoryArgs) -> Result<i32> {
 
 fn read(conn: &mut Conn, lock: &LockKey, ledger: &Ledger, signals: &Signals) -> Result<Rows> {
     let lock = crate::lock::resolve(conn, lock, signals)?;
-    crate::lock::query(conn, &sql(ledger, &lock), signals).map_err(|e| {
-        match e.sqlstate.as_deref() {
-            Some("42P01") => Error::unavailable(format!(
-                "there is no run ledger {} here (runs with --once or --ledger create it)",
-                ledger.label()
-            )),
-            _ => e.context_msg(&format!("cannot read the run ledger {}", ledger.label())),
-        }
+    pg::query(
+        conn,
+        &sql(ledger, &lock),
+        signals,
+        "while reading the ledger",
+    )
+    .map_err(|e| match e.sqlstate.as_deref() {
+        Some("42P01") => Error::unavailable(format!(
+            "there is no run ledger {} here (runs with --once or --ledger create it)",
+            ledger.label()
+        )),
+        _ => e.context_msg(&format!("cannot read the run ledger {}", ledger.label())),
     })
 }
 

@@ -266,7 +266,7 @@ impl<'a> Session<'a> {
                 self.req.scope,
                 self.req
                     .session_pooler
-                    .then(|| lock::lock_match(t.key.id))
+                    .then(|| crate::lock::key::lock_match(t.key.id))
                     .as_deref(),
             ),
             None => "SELECT false".into(),

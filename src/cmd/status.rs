@@ -8,7 +8,7 @@ use crate::cli::StatusArgs;
 use crate::error::Result;
 use crate::lock::key::{self, LockId, LockKey, Tool};
 use crate::log::{json_str, printable};
-use crate::pg::Conn;
+use crate::pg::{self, Conn};
 use crate::signals::Signals;
 use std::fmt::Write as _;
 
@@ -331,7 +331,12 @@ pub fn run(args: StatusArgs) -> Result<i32> {
         },
         other => other,
     };
-    let rows = crate::lock::query(&mut conn, &sql(version.unwrap_or(0)), &signals);
+    let rows = pg::query(
+        &mut conn,
+        &sql(version.unwrap_or(0)),
+        &signals,
+        "while reading the locks",
+    );
     let key_pid = conn.backend_pid;
     let wanted = filter.as_ref().map(ids_of);
     let rows = rows?;
@@ -426,7 +431,7 @@ fn last_successes(
             ledger.sql(),
             key::sql_literal(id)
         );
-        let rows = crate::lock::query(conn, &sql, signals)?;
+        let rows = pg::query(conn, &sql, signals, "while reading the ledger")?;
         let row = rows.first().map(|r| {
             r.iter()
                 .map(|v| v.as_deref().unwrap_or("-").replace(char::is_control, " "))

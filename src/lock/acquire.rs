@@ -8,11 +8,11 @@
 
 use crate::error::{Error, Kind, Result};
 use crate::lock::fence;
-use crate::lock::key::{LockId, LockKey};
+use crate::lock::key::{lock_match, locks_filter, LockKey};
 use crate::lock::{Mode, Scope, Wait};
 use crate::log::{self, V};
 use crate::pg::conninfo::ConnParams;
-use crate::pg::{Conn, QueryResult, ReadErr, Rows, Startup, TxStatus};
+use crate::pg::{self, Conn, QueryResult, ReadErr, Rows, Startup, TxStatus};
 use crate::signals::Signals;
 use std::time::{Duration, Instant};
 
@@ -116,17 +116,6 @@ pub fn describe_holders(h: &[Holder]) -> String {
     }
 }
 
-/// The `pg_locks` condition that selects this lock, in its key space (contract §2).
-pub fn locks_filter(key: &LockKey) -> String {
-    format!(
-        "l.locktype = 'advisory' AND l.classid = {} AND l.objid = {} AND l.objsubid = {} \
-         AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-        key.classid(),
-        key.objid(),
-        key.id.objsubid()
-    )
-}
-
 fn holders_sql(key: &LockKey) -> String {
     format!(
         "SELECT l.pid, l.mode, a.application_name, host(a.client_addr), a.usename, \
@@ -223,16 +212,6 @@ pub fn guard_sql(expect_pid: Option<i32>, mine: &str) -> String {
     )
 }
 
-/// The condition on `pg_locks l` that selects lock `id`, whatever its mode.
-pub fn lock_match(id: LockId) -> String {
-    format!(
-        "l.classid = {} AND l.objid = {} AND l.objsubid = {}",
-        id.classid(),
-        id.objid(),
-        id.objsubid()
-    )
-}
-
 /// The guard's refusal that an error (SQLSTATE `code`, text `msg`) reports, if it is one.
 pub fn refusal(code: Option<&str>, msg: &str) -> Option<Refusal> {
     if code != Some("42704") {
@@ -282,90 +261,17 @@ fn fn_suffix(mode: Mode) -> &'static str {
     }
 }
 
-/// A connection lost before the child started. Transient (contract §4: retried on a new
-/// connection within the run's wait) when the socket closed or failed, or the server ended the
-/// session as it stops (57P01, 57P02, 57P03); not when it ended it for another reason.
-fn lost_connection(conn: &Conn, m: String) -> Error {
-    let e = Error::unavailable(format!(
-        "lost the connection to {} while taking the lock: {m}",
-        conn.target().describe()
-    ));
-    match conn.ended_with() {
-        Some(code) if !crate::pg::transient_sqlstate(code) => e.with_code(code),
-        Some(code) => e.with_code(code).transient(),
-        None => e.transient(),
-    }
-}
-
-/// How long a cancel request may take (connecting, sending, the server closing): a server that
-/// answers nothing does not hold pglock longer than this beyond the bound that gave up on it.
-pub const CANCEL_BOUND: Duration = Duration::from_secs(1);
-
-/// One round trip before the child starts, bounded by the connection's round-trip deadline
-/// (`connect_timeout`, and the run's `-n` or `-w` bound).
+/// One round trip before the child starts (`pg::query`), its errors worded for the run.
 pub fn query(conn: &mut Conn, sql: &str, signals: &Signals) -> Result<Rows> {
-    let deadline = conn.round_trip_deadline();
-    query_by(conn, sql, deadline, signals, &|| {})
+    pg::query(conn, sql, signals, "while taking the lock").map_err(nothing_was_run)
 }
 
-/// `query` with an explicit deadline, calling `sent` once the statement is on its way, while
-/// the server works on it. A statement not answered by `deadline` is cancelled (within
-/// `CANCEL_BOUND`) and the connection given up: nothing of pglock's is left waiting on a live
-/// server, and the caller closes the socket.
-fn query_by(
-    conn: &mut Conn,
-    sql: &str,
-    deadline: Instant,
-    signals: &Signals,
-    sent: &dyn Fn(),
-) -> Result<Rows> {
-    let start = Instant::now();
-    match exchange(conn, sql, deadline, signals, sent) {
-        Ok(QueryResult::Rows(r)) => Ok(r),
-        Ok(QueryResult::Error(e)) => {
-            Err(Error::unavailable(format!("the server refused a query: {e}")).with_code(&e.code))
-        }
-        Err(ReadErr::Signal(s)) => Err(Error::new(
-            Kind::Signal(s as i32),
-            format!("{s} received while taking the lock; nothing was run"),
-        )),
-        Err(ReadErr::Timeout) => Err(unanswered(conn, start)),
-        Err(ReadErr::Protocol(m)) => Err(Error::unavailable(format!(
-            "{}: {m}",
-            conn.target().describe()
-        ))),
-        Err(ReadErr::Closed(m)) => Err(lost_connection(conn, m)),
+/// A signal before the child started: the run ends, and says that it ran nothing.
+fn nothing_was_run(mut e: Error) -> Error {
+    if matches!(e.kind, Kind::Signal(_)) {
+        e.msg.push_str("; nothing was run");
     }
-}
-
-/// Sends `sql` and waits for its result until `deadline`.
-fn exchange(
-    conn: &mut Conn,
-    sql: &str,
-    deadline: Instant,
-    signals: &Signals,
-    sent: &dyn Fn(),
-) -> std::result::Result<QueryResult, ReadErr> {
-    conn.send_query(sql)?;
-    sent();
-    conn.wait_result(Some(deadline), signals)
-}
-
-/// A statement the server did not answer in time: cancelled, the connection given up.
-fn unanswered(conn: &mut Conn, since: Instant) -> Error {
-    let secs = since.elapsed().as_secs_f64();
-    let why = format!(
-        "no answer from {} for {secs:.1} s (the bound of a round trip: connect_timeout, {} s without it, and the run's -n or --timeout bound)",
-        conn.target().describe(),
-        crate::pg::DEFAULT_CONNECT_TIMEOUT.as_secs()
-    );
-    if let Err(e) = conn.cancel(Instant::now() + CANCEL_BOUND) {
-        log::debug("cancel", &format!("cancel request failed: {e}"));
-    }
-    conn.abandon(&why);
-    Error::unavailable(format!(
-        "{why}; the statement was cancelled and the connection closed"
-    ))
+    e
 }
 
 fn first_bool(rows: &Rows) -> bool {
@@ -763,7 +669,7 @@ impl Waiter<'_> {
                 _ => Duration::ZERO,
             })
         );
-        if let Err(e) = conn.cancel(Instant::now() + CANCEL_BOUND) {
+        if let Err(e) = conn.cancel(Instant::now() + pg::CANCEL_BOUND) {
             log::debug("cancel", &format!("cancel request failed: {e}"));
         }
         conn.abandon(&why);
@@ -1190,7 +1096,7 @@ fn sleep_until(t: Instant, signals: &Signals) -> Option<nix::sys::signal::Signal
 /// Cancels the server-side wait and waits (briefly) for the server to confirm it, releasing the
 /// lock if it was granted in the meantime. Returns `err` for the caller to pass up.
 fn cancel_wait(conn: &mut Conn, err: Error, signals: &Signals) -> Error {
-    if let Err(e) = conn.cancel(Instant::now() + CANCEL_BOUND) {
+    if let Err(e) = conn.cancel(Instant::now() + pg::CANCEL_BOUND) {
         log::debug("cancel", &format!("cancel request failed: {e}"));
         return err;
     }
@@ -1290,7 +1196,7 @@ pub fn release(
         conn.abandon(&why);
         Released::Unconfirmed(why)
     };
-    match exchange(conn, &sql, deadline, signals, sent) {
+    match pg::exchange(conn, &sql, deadline, signals, sent) {
         Ok(QueryResult::Rows(_)) if scope == Scope::Transaction && open => Released::Held,
         Ok(QueryResult::Rows(rows)) if scope == Scope::Session && first_bool(&rows) => {
             Released::Held

@@ -20,8 +20,8 @@
 //! does not keep it.
 
 use crate::error::{Error, Result};
+use crate::lock::key::locks_filter;
 use crate::lock::key::{self, LockId};
-use crate::lock::locks_filter;
 use crate::lock::Mode;
 
 /// The SQL expression that yields this session's `backend_start` in a fixed text form (UTC,

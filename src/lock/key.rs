@@ -705,6 +705,27 @@ pub fn parse_id(text: &str) -> Result<i64> {
     t.parse::<i64>().map_err(|_| bad())
 }
 
+/// The `pg_locks` condition that selects this lock, in its key space (contract §2).
+pub fn locks_filter(key: &LockKey) -> String {
+    format!(
+        "l.locktype = 'advisory' AND l.classid = {} AND l.objid = {} AND l.objsubid = {} \
+         AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        key.classid(),
+        key.objid(),
+        key.id.objsubid()
+    )
+}
+
+/// The condition on `pg_locks l` that selects lock `id`, whatever its mode.
+pub fn lock_match(id: LockId) -> String {
+    format!(
+        "l.classid = {} AND l.objid = {} AND l.objsubid = {}",
+        id.classid(),
+        id.objid(),
+        id.objsubid()
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

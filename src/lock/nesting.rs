@@ -220,7 +220,7 @@ fn confirm_sql(entries: &[&Held]) -> Option<String> {
     let mut conds: Vec<String> = entries
         .iter()
         .filter_map(|h| Some((h.holder.as_ref()?.pid, h.lock()?)))
-        .map(|(pid, key)| format!("(l.pid = {pid} AND {})", lock::locks_filter(&key)))
+        .map(|(pid, key)| format!("(l.pid = {pid} AND {})", key::locks_filter(&key)))
         .collect();
     conds.sort();
     conds.dedup();

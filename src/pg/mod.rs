@@ -17,11 +17,13 @@
 mod auth;
 mod connect;
 pub mod conninfo;
+mod query;
 mod tls;
 mod wire;
 
 pub(crate) use connect::transient_sqlstate;
 pub use connect::{round_trip_bound, DEFAULT_CONNECT_TIMEOUT};
+pub use query::{exchange, query, CANCEL_BOUND};
 pub use wire::ServerError;
 
 use crate::pg::conninfo::{Host, Target};
