@@ -85,7 +85,7 @@ fn connect(
             "connected to {} as {} (backend pid {})",
             conn.target().describe(),
             conn.user(),
-            conn.backend_pid
+            conn.backend_pid()
         ),
     );
     Ok((conn, wait))
@@ -180,12 +180,8 @@ impl<'a> Session<'a> {
             ),
         ];
         if self.req.fencing_token {
-            let version = self.conn.server_params.get("server_version").cloned();
-            let rows = lock::query(
-                &mut self.conn,
-                fence::token_sql(version.as_deref()),
-                self.signals,
-            )?;
+            let sql = fence::token_sql(self.conn.server_major());
+            let rows = lock::query(&mut self.conn, sql, self.signals)?;
             vars.push((
                 "PGLOCK_FENCING_TOKEN",
                 fence::parse_token(&rows)?.to_string(),

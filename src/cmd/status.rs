@@ -57,9 +57,9 @@ impl Entry {
     }
 }
 
-fn sql(server_version: u32) -> String {
+fn sql(server_major: u32) -> String {
     // pg_locks.waitstart (when a wait began) exists from PostgreSQL 14.
-    let since = if server_version >= 140_000 {
+    let since = if server_major >= 14 {
         "coalesce(l.waitstart, a.backend_start)"
     } else {
         "a.backend_start"
@@ -315,11 +315,7 @@ pub fn run(args: StatusArgs) -> Result<i32> {
     let signals = Signals::install()?;
     let mut conn = Conn::connect_for("pglock status", args.database_url, &signals)?;
     conn.allow_large_results();
-    let version = conn.server_params.get("server_version").and_then(|v| {
-        let mut parts = v.split(|c: char| !c.is_ascii_digit());
-        let major: u32 = parts.next()?.parse().ok()?;
-        Some(major * 10_000)
-    });
+    let major = conn.server_major();
     // A filter whose id the server computes asks this connection first.
     let filter = match filter {
         Some(k) if k.pending.is_some() => match crate::lock::resolve(&mut conn, &k, &signals) {
@@ -333,11 +329,11 @@ pub fn run(args: StatusArgs) -> Result<i32> {
     };
     let rows = pg::query(
         &mut conn,
-        &sql(version.unwrap_or(0)),
+        &sql(major.unwrap_or(0)),
         &signals,
         "while reading the locks",
     );
-    let key_pid = conn.backend_pid;
+    let key_pid = conn.backend_pid();
     let wanted = filter.as_ref().map(ids_of);
     let rows = rows?;
     let pooler = pooler_address(key_pid, &rows);

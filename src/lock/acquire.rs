@@ -251,7 +251,7 @@ pub fn refused(conn: &Conn, r: Refusal, label: &str, exit_code: i32) -> Error {
 /// unless the user declared a session pooler (whose keys are its own); a transaction lock lives
 /// in a transaction that keeps its backend through any pooler.
 pub fn expected_backend(conn: &Conn, a: &Acquire) -> Option<i32> {
-    (a.scope == Scope::Session && !a.session_pooler).then_some(conn.backend_pid)
+    (a.scope == Scope::Session && !a.session_pooler).then_some(conn.backend_pid())
 }
 
 fn fn_suffix(mode: Mode) -> &'static str {
@@ -342,7 +342,7 @@ fn lock_sql(
         fn_suffix(mode)
     );
     let mut sql = String::new();
-    let opens = scope == Scope::Transaction && conn.tx_status == TxStatus::Idle;
+    let opens = scope == Scope::Transaction && conn.tx_status() == TxStatus::Idle;
     if opens {
         // Read committed whatever the role's default: each later statement of the lock's
         // transaction (the run ledger's look-up, contract §12) then sees what earlier holders
@@ -543,7 +543,7 @@ fn refusal_checked(conn: &mut Conn, a: &Acquire, e: Error, signals: &Signals) ->
     let Some(why) = refusal(e.sqlstate.as_deref(), &e.msg) else {
         return e;
     };
-    if conn.tx_status == TxStatus::Failed {
+    if conn.tx_status() == TxStatus::Failed {
         let _ = query(conn, "ROLLBACK", signals);
     }
     refused(conn, why, &a.key.label(), a.conflict_exit_code)
@@ -699,7 +699,7 @@ impl Waiter<'_> {
                     return Err(refusal_checked(conn, self.a, e, signals));
                 }
                 Ok(QueryResult::Error(e)) if e.code == "55P03" => {
-                    if conn.tx_status == TxStatus::Failed {
+                    if conn.tx_status() == TxStatus::Failed {
                         let _ = query(conn, "ROLLBACK", signals);
                     }
                     // The timeout may have come in the fence's wait, the session lock taken.
@@ -1178,7 +1178,7 @@ pub fn release(
     signals: &Signals,
     sent: &dyn Fn(),
 ) -> Released {
-    let open = conn.tx_status != TxStatus::Idle;
+    let open = conn.tx_status() != TxStatus::Idle;
     // With --limit, the same round trip wakes the first waiter (NOTIFY is sent on commit of the
     // implicit transaction, after the unlock).
     let sql = match (scope, notify) {
@@ -1208,7 +1208,7 @@ pub fn release(
             "the unlock ran on another server connection than the one that holds the lock (a transaction pooler behind --pooler session?); the lock may stay with that server connection until the pooler closes it".into(),
         ),
         Ok(QueryResult::Rows(_)) => Released::Gone,
-        Ok(QueryResult::Error(e)) if !before.is_empty() && conn.tx_status == TxStatus::Failed => {
+        Ok(QueryResult::Error(e)) if !before.is_empty() && conn.tx_status() == TxStatus::Failed => {
             Released::RecordFailed(e.to_string())
         }
         Ok(QueryResult::Error(e)) => {

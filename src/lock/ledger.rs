@@ -256,7 +256,7 @@ impl Book {
         let rows = match lock::query(conn, &sql, signals) {
             Ok(rows) => rows,
             Err(e) => {
-                if scope == Scope::Transaction && conn.tx_status == TxStatus::Failed {
+                if scope == Scope::Transaction && conn.tx_status() == TxStatus::Failed {
                     lock::query(
                         conn,
                         "ROLLBACK TO SAVEPOINT pglock_ledger; RELEASE SAVEPOINT pglock_ledger",
@@ -312,7 +312,7 @@ impl Book {
             self.ledger.create_sql()
         );
         let r = lock::query(conn, &sql, signals);
-        if conn.tx_status != TxStatus::Idle {
+        if conn.tx_status() != TxStatus::Idle {
             let _ = lock::query(conn, "ROLLBACK", signals);
         }
         match r {

@@ -103,16 +103,21 @@ fn row_cost(r: &[Option<String>]) -> usize {
         .sum::<usize>()
 }
 
+/// The major version in a `server_version` string: "15.4 (Debian 15.4-1)" -> 15, "9.6.2" -> 9.
+fn major_version(v: &str) -> Option<u32> {
+    v.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}
+
 pub struct Conn {
     stream: Stream,
     inbox: Inbox,
     target: Target,
     user: String,
-    pub backend_pid: i32,
+    backend_pid: i32,
     secret_key: i32,
-    pub server_params: HashMap<String, String>,
+    server_params: HashMap<String, String>,
     /// The transaction status of the last ReadyForQuery.
-    pub tx_status: TxStatus,
+    tx_status: TxStatus,
     pending: Option<Pending>,
     notified: bool,
     /// Set by the first protocol violation or loss: every later read returns it again.
@@ -246,6 +251,26 @@ impl Conn {
     /// Allows results of up to 64 MiB (`pglock status`: a row per advisory lock).
     pub fn allow_large_results(&mut self) {
         self.max_result = MAX_LARGE_RESULT;
+    }
+
+    /// The pid of the backend the server said serves this connection (its cancel key).
+    pub fn backend_pid(&self) -> i32 {
+        self.backend_pid
+    }
+
+    /// The transaction status of the last ReadyForQuery.
+    pub fn tx_status(&self) -> TxStatus {
+        self.tx_status
+    }
+
+    /// A parameter the server reported (ParameterStatus), such as `in_hot_standby`.
+    pub fn server_param(&self, name: &str) -> Option<&str> {
+        self.server_params.get(name).map(String::as_str)
+    }
+
+    /// The server's major version (15 for "15.4 (Debian 15.4-1)"), if it reported one.
+    pub fn server_major(&self) -> Option<u32> {
+        major_version(self.server_param("server_version")?)
     }
 
     pub fn target(&self) -> &Target {
@@ -573,6 +598,16 @@ fn describe(m: &Backend) -> String {
 mod tests {
     use super::*;
     use crate::pg::conninfo::Host;
+
+    #[test]
+    fn major_version_reads_the_leading_number() {
+        assert_eq!(major_version("15.4 (Debian 15.4-1.pgdg120+1)"), Some(15));
+        assert_eq!(major_version("9.6.24"), Some(9));
+        assert_eq!(major_version("17devel"), Some(17));
+        assert_eq!(major_version(""), None);
+        assert_eq!(major_version("x15"), None);
+        assert_eq!(major_version("99999999999999"), None);
+    }
 
     /// A connection whose server side is the returned socket.
     fn pair() -> (Conn, UnixStream) {
