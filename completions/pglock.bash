@@ -38,7 +38,7 @@ _pglock() {
 
     case "${cmd}" in
         pglock)
-            opts="-h -V --help --version run key status history generate"
+            opts="-h -V --help --version status history generate run key"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -112,7 +112,7 @@ _pglock() {
             return 0
             ;;
         pglock__subcmd__key)
-            opts="-h -V --key-id --key-hashtext --lock-of --lock-schema --lock-table --sql --database-url --limit --fence-sql --ledger-sql --ledger --help --version"
+            opts="-h -V --key-id --key-hashtext --lock-of --lock-schema --lock-table --sql --database-url --limit --fence-sql --ledger-sql --ledger --key --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -150,6 +150,10 @@ _pglock() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --key)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -158,36 +162,12 @@ _pglock() {
             return 0
             ;;
         pglock__subcmd__run)
-            opts="-n -w -E -q -v -h -V --key --key-id --key-hashtext --lock-of --lock-schema --lock-table --no-wait --timeout --shared --scope --pooler --limit --fencing-token --once --ledger --conflict-exit-code --database-url --max-runtime --kill-after --heartbeat --release-after --quiet --verbose --log-format --help --version"
+            opts="-n -w -E -q -v -h -V --no-wait --timeout --shared --scope --pooler --limit --fencing-token --once --ledger --conflict-exit-code --max-runtime --kill-after --heartbeat --release-after --quiet --verbose --log-format --key --key-id --key-hashtext --lock-of --lock-schema --lock-table --database-url --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
-                --key)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --key-id)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --key-hashtext)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --lock-of)
-                    COMPREPLY=($(compgen -W "golang-migrate golang-migrate-with-instance sqlx rails prisma flyway atlas goose goose-before-3.26 sqitch graphile-migrate node-pg-migrate" -- "${cur}"))
-                    return 0
-                    ;;
-                --lock-schema)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --lock-table)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -224,10 +204,6 @@ _pglock() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --database-url)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --max-runtime)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -246,6 +222,34 @@ _pglock() {
                     ;;
                 --log-format)
                     COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
+                --key)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --key-id)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --key-hashtext)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --lock-of)
+                    COMPREPLY=($(compgen -W "golang-migrate golang-migrate-with-instance sqlx rails prisma flyway atlas goose goose-before-3.26 sqitch graphile-migrate node-pg-migrate" -- "${cur}"))
+                    return 0
+                    ;;
+                --lock-schema)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --lock-table)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --database-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 *)

@@ -81,10 +81,13 @@ const RUN_EXAMPLES: &str = "Examples:\n  \
     unavailable; 70 internal error; 74 lock lost while COMMAND ran; 75 lock not acquired (see -E); \
     124 --max-runtime elapsed; 126 COMMAND not executable; 127 COMMAND not found.";
 
+/// The lock forms (contract §2), one declaration for `run`, `status`, `history` and `key`.
+/// [`command`] gives them their environment variables in `run`; which form wins, and what goes
+/// with what, is checked by `cmd::request::lock_key`, the same for every command.
 #[derive(Debug, Args)]
-pub struct RunArgs {
+pub struct LockArgs {
     /// Lock NAME: mapped to a 64-bit advisory lock id (see `pglock key`)
-    #[arg(long, value_name = "NAME", env = "PGLOCK_KEY", help_heading = "Lock")]
+    #[arg(long, value_name = "NAME", help_heading = "Lock")]
     pub key: Option<String>,
 
     /// Raw advisory lock id, decimal or hex (0x47524f4f), as used by pg_advisory_lock(bigint); or
@@ -92,7 +95,6 @@ pub struct RunArgs {
     #[arg(
         long,
         value_name = "ID",
-        env = "PGLOCK_KEY_ID",
         allow_hyphen_values = true,
         help_heading = "Lock"
     )]
@@ -102,7 +104,6 @@ pub struct RunArgs {
     #[arg(
         long,
         value_name = "NAME",
-        env = "PGLOCK_KEY_HASHTEXT",
         allow_hyphen_values = true,
         help_heading = "Lock"
     )]
@@ -117,29 +118,61 @@ pub struct RunArgs {
     #[arg(
         long,
         value_name = "TOOL",
-        env = "PGLOCK_LOCK_OF",
         value_parser = tool_values(),
         help_heading = "Lock"
     )]
     pub lock_of: Option<String>,
 
     /// With --lock-of golang-migrate or flyway: the schema of the migrations table [default: current_schema()]
-    #[arg(
-        long,
-        value_name = "SCHEMA",
-        env = "PGLOCK_LOCK_SCHEMA",
-        help_heading = "Lock"
-    )]
+    #[arg(long, value_name = "SCHEMA", help_heading = "Lock")]
     pub lock_schema: Option<String>,
 
     /// With --lock-of golang-migrate or flyway: the migrations table [default: schema_migrations, flyway_schema_history]
+    #[arg(long, value_name = "TABLE", help_heading = "Lock")]
+    pub lock_table: Option<String>,
+}
+
+/// The connection, for every command that connects.
+#[derive(Debug, Args)]
+pub struct ConnArgs {
+    /// PostgreSQL connection URI or key=value string [default: DATABASE_URL, then libpq's PG* variables]
     #[arg(
         long,
-        value_name = "TABLE",
-        env = "PGLOCK_LOCK_TABLE",
-        help_heading = "Lock"
+        value_name = "URL",
+        env = "PGLOCK_DATABASE_URL",
+        hide_env_values = true
     )]
-    pub lock_table: Option<String>,
+    pub database_url: Option<String>,
+}
+
+/// The environment variables of `run`'s lock forms (contract §1).
+const RUN_LOCK_ENV: [(&str, &str); 6] = [
+    ("key", "PGLOCK_KEY"),
+    ("key_id", "PGLOCK_KEY_ID"),
+    ("key_hashtext", "PGLOCK_KEY_HASHTEXT"),
+    ("lock_of", "PGLOCK_LOCK_OF"),
+    ("lock_schema", "PGLOCK_LOCK_SCHEMA"),
+    ("lock_table", "PGLOCK_LOCK_TABLE"),
+];
+
+/// The command line: [`Cli`]'s definition, with `run`'s lock forms read from the environment too
+/// and `pglock key`'s `--key` hidden (its NAME is positional there).
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    Cli::command()
+        .mut_subcommand("run", |run| {
+            RUN_LOCK_ENV
+                .iter()
+                .fold(run, |c, (id, var)| c.mut_arg(*id, |a| a.env(*var)))
+                .mut_arg("database_url", |a| a.help_heading("Connection"))
+        })
+        .mut_subcommand("key", |key| key.mut_arg("key", |a| a.hide(true)))
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub lock: LockArgs,
 
     /// Try once; if the lock is held, do not run COMMAND and exit 75
     #[arg(short = 'n', long, env = "PGLOCK_NO_WAIT", value_parser = EnvBool, help_heading = "Lock")]
@@ -231,15 +264,8 @@ pub struct RunArgs {
     )]
     pub conflict_exit_code: String,
 
-    /// PostgreSQL connection URI or key=value string [default: DATABASE_URL, then libpq's PG* variables]
-    #[arg(
-        long,
-        value_name = "URL",
-        env = "PGLOCK_DATABASE_URL",
-        hide_env_values = true,
-        help_heading = "Connection"
-    )]
-    pub database_url: Option<String>,
+    #[command(flatten)]
+    pub conn: ConnArgs,
 
     /// Stop COMMAND after DURATION (SIGTERM, then SIGKILL after --kill-after) and exit 124
     #[arg(
@@ -332,34 +358,8 @@ pub enum LogFormat {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// Only this lock NAME
-    #[arg(long, value_name = "NAME")]
-    pub key: Option<String>,
-
-    /// Only this raw lock id (or A,B for the two-int4 form)
-    #[arg(
-        long,
-        value_name = "ID",
-        allow_hyphen_values = true,
-        conflicts_with = "key"
-    )]
-    pub key_id: Option<String>,
-
-    /// Only the lock of pg_advisory_lock(hashtext('NAME'))
-    #[arg(long, value_name = "NAME", allow_hyphen_values = true, conflicts_with_all = ["key", "key_id"])]
-    pub key_hashtext: Option<String>,
-
-    /// Only the lock TOOL takes around its migrations on this database
-    #[arg(long, value_name = "TOOL", value_parser = tool_values(), conflicts_with_all = ["key", "key_id", "key_hashtext"])]
-    pub lock_of: Option<String>,
-
-    /// With --lock-of golang-migrate or flyway: the schema of the migrations table
-    #[arg(long, value_name = "SCHEMA", requires = "lock_of", conflicts_with_all = ["key", "key_id", "key_hashtext"])]
-    pub lock_schema: Option<String>,
-
-    /// With --lock-of golang-migrate or flyway: the migrations table
-    #[arg(long, value_name = "TABLE", requires = "lock_of", conflicts_with_all = ["key", "key_id", "key_hashtext"])]
-    pub lock_table: Option<String>,
+    #[command(flatten)]
+    pub lock: LockArgs,
 
     /// One JSON array of lock objects instead of a table
     #[arg(long)]
@@ -369,46 +369,14 @@ pub struct StatusArgs {
     #[arg(long, value_name = "TABLE")]
     pub ledger: Option<String>,
 
-    /// PostgreSQL connection URI or key=value string [default: DATABASE_URL, then libpq's PG* variables]
-    #[arg(
-        long,
-        value_name = "URL",
-        env = "PGLOCK_DATABASE_URL",
-        hide_env_values = true
-    )]
-    pub database_url: Option<String>,
+    #[command(flatten)]
+    pub conn: ConnArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct HistoryArgs {
-    /// The key NAME (as --key NAME)
-    #[arg(long, value_name = "NAME")]
-    pub key: Option<String>,
-
-    /// A raw lock id, or A,B for the two-int4 form
-    #[arg(
-        long,
-        value_name = "ID",
-        allow_hyphen_values = true,
-        conflicts_with = "key"
-    )]
-    pub key_id: Option<String>,
-
-    /// The lock of pg_advisory_lock(hashtext('NAME'))
-    #[arg(long, value_name = "NAME", allow_hyphen_values = true, conflicts_with_all = ["key", "key_id"])]
-    pub key_hashtext: Option<String>,
-
-    /// The lock TOOL takes around its migrations on this database
-    #[arg(long, value_name = "TOOL", value_parser = tool_values(), conflicts_with_all = ["key", "key_id", "key_hashtext"])]
-    pub lock_of: Option<String>,
-
-    /// With --lock-of golang-migrate or flyway: the schema of the migrations table
-    #[arg(long, value_name = "SCHEMA", requires = "lock_of")]
-    pub lock_schema: Option<String>,
-
-    /// With --lock-of golang-migrate or flyway: the migrations table
-    #[arg(long, value_name = "TABLE", requires = "lock_of")]
-    pub lock_table: Option<String>,
+    #[command(flatten)]
+    pub lock: LockArgs,
 
     /// The run ledger's table, TABLE or SCHEMA.TABLE [default: pglock_runs]
     #[arg(long, value_name = "TABLE", env = "PGLOCK_LEDGER")]
@@ -418,64 +386,25 @@ pub struct HistoryArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// PostgreSQL connection URI or key=value string [default: DATABASE_URL, then libpq's PG* variables]
-    #[arg(
-        long,
-        value_name = "URL",
-        env = "PGLOCK_DATABASE_URL",
-        hide_env_values = true
-    )]
-    pub database_url: Option<String>,
+    #[command(flatten)]
+    pub conn: ConnArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct KeyArgs {
     /// The key NAME (as --key NAME)
-    #[arg(
-        value_name = "NAME",
-        allow_hyphen_values = true,
-        required_unless_present_any = ["key_id", "key_hashtext", "lock_of", "ledger_sql"],
-        conflicts_with_all = ["key_id", "key_hashtext", "lock_of"]
-    )]
+    #[arg(value_name = "NAME", allow_hyphen_values = true)]
     pub name: Option<String>,
 
-    /// A raw id, or A,B for the two-int4 form
-    #[arg(long, value_name = "ID", allow_hyphen_values = true, conflicts_with_all = ["key_hashtext", "lock_of"])]
-    pub key_id: Option<String>,
-
-    /// The lock of pg_advisory_lock(hashtext('NAME')), computed by the server (--sql prints it offline)
-    #[arg(
-        long,
-        value_name = "NAME",
-        allow_hyphen_values = true,
-        conflicts_with = "lock_of"
-    )]
-    pub key_hashtext: Option<String>,
-
-    /// The lock TOOL takes around its migrations (connects when it depends on the database or schema)
-    #[arg(long, value_name = "TOOL", value_parser = tool_values())]
-    pub lock_of: Option<String>,
-
-    /// With --lock-of golang-migrate or flyway: the schema of the migrations table
-    #[arg(long, value_name = "SCHEMA", requires = "lock_of", conflicts_with_all = ["name", "key_id", "key_hashtext"])]
-    pub lock_schema: Option<String>,
-
-    /// With --lock-of golang-migrate or flyway: the migrations table
-    #[arg(long, value_name = "TABLE", requires = "lock_of", conflicts_with_all = ["name", "key_id", "key_hashtext"])]
-    pub lock_table: Option<String>,
+    #[command(flatten)]
+    pub lock: LockArgs,
 
     /// Print the SQL that yields the id (the argument(s) of pg_advisory_lock) instead of the id
     #[arg(long)]
     pub sql: bool,
 
-    /// PostgreSQL connection URI or key=value string, for the forms the server computes
-    #[arg(
-        long,
-        value_name = "URL",
-        env = "PGLOCK_DATABASE_URL",
-        hide_env_values = true
-    )]
-    pub database_url: Option<String>,
+    #[command(flatten)]
+    pub conn: ConnArgs,
 
     /// Print the slot lock ids of `run --limit N` (with --sql: the SQL that takes a free slot)
     #[arg(long, value_name = "N")]
@@ -547,11 +476,26 @@ fn tool_values() -> clap::builder::PossibleValuesParser {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
     fn clap_definition_is_consistent() {
-        Cli::command().debug_assert();
+        command().debug_assert();
+    }
+
+    #[test]
+    fn run_reads_every_lock_form_from_the_environment_and_the_others_do_not() {
+        let cmd = command();
+        let env_of = |sub: &str, id: &str| {
+            let sub = cmd.find_subcommand(sub).expect(sub);
+            let arg = sub.get_arguments().find(|a| a.get_id() == id).expect(id);
+            arg.get_env().map(|e| e.to_string_lossy().into_owned())
+        };
+        for (id, var) in RUN_LOCK_ENV {
+            assert_eq!(env_of("run", id).as_deref(), Some(var));
+            for other in ["status", "history", "key"] {
+                assert_eq!(env_of(other, id), None, "{other} {id}");
+            }
+        }
     }
 
     #[test]

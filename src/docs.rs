@@ -2,8 +2,6 @@
 //! written to `man/` and `completions/` by `scripts/gen-docs`; a test fails when they are stale).
 //! The option list comes from clap; the sections clap knows nothing about are written here once.
 
-use crate::cli::Cli;
-use clap::CommandFactory;
 use std::io::{self, Write};
 
 const DESCRIPTION: &str = r#".SH DESCRIPTION
@@ -255,7 +253,7 @@ psql> SELECT pg_advisory_lock(('x' || left(encode(sha256(convert_to('seed', 'UTF
 "#;
 
 pub fn man(out: &mut dyn Write) -> io::Result<()> {
-    let cmd = Cli::command();
+    let cmd = crate::cli::command();
     let version = cmd.get_version().unwrap_or_default().to_string();
     let page = clap_mangen::Man::new(cmd.clone())
         .source(format!("pglock {version}"))
@@ -355,7 +353,7 @@ pub fn completion(shell: &str, out: &mut dyn Write) -> Result<(), String> {
         "fish" => Shell::Fish,
         other => return Err(format!("unknown shell '{other}': use bash, zsh or fish")),
     };
-    let mut cmd = Cli::command();
+    let mut cmd = crate::cli::command();
     clap_complete::generate(shell, &mut cmd, "pglock", out);
     Ok(())
 }

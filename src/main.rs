@@ -16,7 +16,7 @@ mod pg;
 mod proc;
 mod signals;
 
-use clap::{CommandFactory, FromArgMatches};
+use clap::FromArgMatches;
 use error::{Error, Kind};
 use std::io::Write;
 
@@ -33,15 +33,15 @@ fn main() {
 }
 
 fn real_main() -> Result<i32, Error> {
-    let matches = match cli::Cli::command().try_get_matches() {
+    let matches = match cli::command().try_get_matches() {
         Ok(m) => m,
         Err(e) => return clap_error(e),
     };
     let parsed = cli::Cli::from_arg_matches(&matches).map_err(|e| Error::usage(first_line(&e)))?;
     match parsed.command {
-        cli::Command::Key(k) => cmd::key::run(k),
-        cli::Command::Status(args) => cmd::status::run(args),
-        cli::Command::History(args) => cmd::history::run(args),
+        cli::Command::Key(k) => cmd::key::run(k, sub_matches(&matches)),
+        cli::Command::Status(args) => cmd::status::run(args, sub_matches(&matches)),
+        cli::Command::History(args) => cmd::history::run(args, sub_matches(&matches)),
         cli::Command::Generate { what } => {
             let mut out = std::io::stdout().lock();
             match what.as_str() {
@@ -51,8 +51,7 @@ fn real_main() -> Result<i32, Error> {
             Ok(0)
         }
         cli::Command::Run(args) => {
-            let sub = matches.subcommand_matches("run").expect("run matched");
-            let req = cmd::request::run_request(args, sub)?;
+            let req = cmd::request::run_request(args, sub_matches(&matches))?;
             let run_id = log::new_run_id();
             let lock_id = match req.key.pending {
                 Some(_) => "null".to_string(),
@@ -62,6 +61,11 @@ fn real_main() -> Result<i32, Error> {
             cmd::run::run(req, &run_id)
         }
     }
+}
+
+/// The matches of the subcommand that was parsed (clap requires one).
+fn sub_matches(m: &clap::ArgMatches) -> &clap::ArgMatches {
+    m.subcommand().map_or(m, |(_, sub)| sub)
 }
 
 /// The last event of a failed run: the error, with the run's timings and the exit code.

@@ -2,12 +2,14 @@
 //! or JSON (ids as strings, contract §8).
 
 use crate::cli::HistoryArgs;
+use crate::cmd::request::lock_key;
 use crate::error::{Error, Result};
-use crate::lock::key::{sql_literal, LockKey, Tool};
+use crate::lock::key::{sql_literal, LockKey};
 use crate::lock::ledger::{Ledger, DEFAULT_TABLE};
 use crate::log::json_str;
 use crate::pg::{self, Conn, Rows};
 use crate::signals::Signals;
+use clap::ArgMatches;
 use std::fmt::Write as _;
 
 /// The columns, in the order of the query.
@@ -37,31 +39,15 @@ fn sql(ledger: &Ledger, lock: &LockKey) -> String {
     )
 }
 
-fn lock_of(args: &HistoryArgs) -> Result<LockKey> {
-    if let Some(n) = &args.key {
-        LockKey::from_name(n)
-    } else if let Some(i) = &args.key_id {
-        LockKey::from_id_text(i)
-    } else if let Some(n) = &args.key_hashtext {
-        LockKey::hashtext(n)
-    } else if let Some(t) = &args.lock_of {
-        LockKey::of_tool(
-            Tool::from_name(t)?,
-            args.lock_schema.as_deref(),
-            args.lock_table.as_deref(),
-        )
-    } else {
-        Err(Error::usage(
+pub fn run(args: HistoryArgs, m: &ArgMatches) -> Result<i32> {
+    let lock = lock_key(&args.lock, m)?.ok_or_else(|| {
+        Error::usage(
             "give the lock: --key NAME, --key-id ID, --key-hashtext NAME or --lock-of TOOL",
-        ))
-    }
-}
-
-pub fn run(args: HistoryArgs) -> Result<i32> {
-    let lock = lock_of(&args)?;
+        )
+    })?;
     let ledger = Ledger::parse(args.ledger.as_deref().unwrap_or(DEFAULT_TABLE))?;
     let signals = Signals::install()?;
-    let mut conn = Conn::connect_for("pglock history", args.database_url.clone(), &signals)?;
+    let mut conn = Conn::connect_for("pglock history", args.conn.database_url.clone(), &signals)?;
     conn.allow_large_results();
     let rows = read(&mut conn, &lock, &ledger, &signals);
     conn.close();

@@ -3,13 +3,15 @@
 //! database or schema) connect, as `pglock run` does, and ask; the others never connect.
 
 use crate::cli::KeyArgs;
+use crate::cmd::request::lock_key;
 use crate::error::{Error, Result};
-use crate::lock::key::{self, LockId, LockKey, Tool};
+use crate::lock::key::{self, LockId, LockKey};
 use crate::lock::semaphore::MAX_LIMIT;
 use crate::pg::Conn;
 use crate::signals::Signals;
+use clap::ArgMatches;
 
-pub fn run(args: KeyArgs) -> Result<i32> {
+pub fn run(args: KeyArgs, m: &ArgMatches) -> Result<i32> {
     if args.ledger_sql {
         let table = args
             .ledger
@@ -21,22 +23,20 @@ pub fn run(args: KeyArgs) -> Result<i32> {
         );
         return Ok(0);
     }
-    let mut lock = if let Some(name) = &args.name {
-        LockKey::from_name(name)?
-    } else if let Some(id) = &args.key_id {
-        LockKey::from_id_text(id)?
-    } else if let Some(name) = &args.key_hashtext {
-        LockKey::hashtext(name)?
-    } else if let Some(tool) = &args.lock_of {
-        LockKey::of_tool(
-            Tool::from_name(tool)?,
-            args.lock_schema.as_deref(),
-            args.lock_table.as_deref(),
-        )?
-    } else {
-        return Err(Error::usage(
-            "give a key NAME, --key-id ID, --key-hashtext NAME or --lock-of TOOL",
-        ));
+    let form = lock_key(&args.lock, m)?;
+    let mut lock = match (&args.name, form) {
+        (Some(name), None) => LockKey::from_name(name)?,
+        (None, Some(lock)) => lock,
+        (Some(_), Some(_)) => {
+            return Err(Error::usage(
+                "give one lock, not 2: a key NAME and a lock option exclude each other",
+            ))
+        }
+        (None, None) => {
+            return Err(Error::usage(
+                "give a key NAME, --key-id ID, --key-hashtext NAME or --lock-of TOOL",
+            ))
+        }
     };
     if let Some(n) = args.limit {
         if !(1..=MAX_LIMIT).contains(&n) {
@@ -64,7 +64,7 @@ pub fn run(args: KeyArgs) -> Result<i32> {
     // hashtext('NAME') is its own SQL: only its value needs the server.
     let need_server = lock.pending.is_some() && (!args.sql || lock.sql.is_empty());
     if need_server {
-        lock = ask_server(&lock, args.database_url)?;
+        lock = ask_server(&lock, args.conn.database_url)?;
     }
     if args.fence_sql {
         println!("{}", crate::lock::fence::shape(lock.id));

@@ -2,7 +2,7 @@
 //! combination of options is rejected here, as a usage error (exit 2) with one line that says what
 //! to change. Nothing below this module sees clap.
 
-use crate::cli::{LogFormat, RunArgs, ScopeArg};
+use crate::cli::{LockArgs, LogFormat, RunArgs, ScopeArg};
 use crate::duration;
 use crate::error::{code, Error, Result};
 use crate::lock::key::{LockId, LockKey, Tool};
@@ -45,11 +45,12 @@ fn from_cli(m: &ArgMatches, id: &str) -> bool {
     m.value_source(id) == Some(ValueSource::CommandLine)
 }
 
-/// The one lock of `run`, from its forms (contract §2): exactly one of `--key`, `--key-id`,
-/// `--key-hashtext` and `--lock-of`. A form on the command line wins over the forms in the
-/// environment (a nested pglock inherits its ancestor's `PGLOCK_KEY` or `PGLOCK_KEY_ID`); two on
-/// the command line, or none there and two in the environment, are a usage error.
-fn lock_key(args: &RunArgs, m: &ArgMatches) -> Result<LockKey> {
+/// The lock a command names, from its forms (contract §2), the same for every command: exactly
+/// one of `--key`, `--key-id`, `--key-hashtext` and `--lock-of`, or none (`None`). A form on the
+/// command line wins over the forms in the environment (`run` only: a nested pglock inherits its
+/// ancestor's `PGLOCK_KEY` or `PGLOCK_KEY_ID`); two on the command line, or none there and two in
+/// the environment, are a usage error.
+pub fn lock_key(args: &LockArgs, m: &ArgMatches) -> Result<Option<LockKey>> {
     let forms: [(&str, &str, &str, &Option<String>); 4] = [
         ("key", "--key", "PGLOCK_KEY", &args.key),
         ("key_id", "--key-id", "PGLOCK_KEY_ID", &args.key_id),
@@ -67,9 +68,15 @@ fn lock_key(args: &RunArgs, m: &ArgMatches) -> Result<LockKey> {
         ([one], _) => **one,
         ([], [one]) => *one,
         ([], []) => {
-            return Err(Error::usage(
-                "no lock given: add one of --key NAME, --key-id ID, --key-hashtext NAME or --lock-of TOOL (or set PGLOCK_KEY, ...)",
-            ))
+            for (id, opt) in [
+                ("lock_schema", "--lock-schema"),
+                ("lock_table", "--lock-table"),
+            ] {
+                if from_cli(m, id) {
+                    return Err(Error::usage(format!("{opt} goes with --lock-of TOOL")));
+                }
+            }
+            return Ok(None);
         }
         ([], many) => {
             return Err(Error::usage(format!(
@@ -102,7 +109,7 @@ fn lock_key(args: &RunArgs, m: &ArgMatches) -> Result<LockKey> {
         }
     }
     let value = chosen.3.as_deref().unwrap_or_default();
-    match chosen.0 {
+    let key = match chosen.0 {
         "key" => LockKey::from_name(value),
         "key_id" => LockKey::from_id_text(value),
         "key_hashtext" => LockKey::hashtext(value),
@@ -125,7 +132,8 @@ fn lock_key(args: &RunArgs, m: &ArgMatches) -> Result<LockKey> {
                 .as_deref(),
             )
         }
-    }
+    }?;
+    Ok(Some(key))
 }
 
 /// Parses duration option `--name`; the error names the variable when the value came from the
@@ -157,7 +165,11 @@ pub fn run_request(args: RunArgs, m: &ArgMatches) -> Result<RunRequest> {
         json: args.log_format == LogFormat::Json,
     };
 
-    let key = lock_key(&args, m)?;
+    let key = lock_key(&args.lock, m)?.ok_or_else(|| {
+        Error::usage(
+            "no lock given: add one of --key NAME, --key-id ID, --key-hashtext NAME or --lock-of TOOL (or set PGLOCK_KEY, ...)",
+        )
+    })?;
 
     let wait = match (args.no_wait, &args.timeout) {
         (true, Some(_)) => {
@@ -248,10 +260,7 @@ pub fn run_request(args: RunArgs, m: &ArgMatches) -> Result<RunRequest> {
 
     let (once, ledger) = once_and_ledger(&args, m)?;
 
-    let database_url = args
-        .database_url
-        .filter(|s| !s.is_empty())
-        .or_else(|| std::env::var("DATABASE_URL").ok().filter(|s| !s.is_empty()));
+    let database_url = crate::pg::conninfo::database_url(args.conn.database_url);
 
     Ok(RunRequest {
         key,

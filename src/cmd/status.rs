@@ -5,11 +5,13 @@
 //! `rails migrations`.
 
 use crate::cli::StatusArgs;
+use crate::cmd::request::lock_key;
 use crate::error::Result;
 use crate::lock::key::{self, LockId, LockKey, Tool};
 use crate::log::{json_str, printable};
 use crate::pg::{self, Conn};
 use crate::signals::Signals;
+use clap::ArgMatches;
 use std::fmt::Write as _;
 
 #[derive(Debug, Clone)]
@@ -296,24 +298,10 @@ pub fn json(entries: &[Entry]) -> String {
     s
 }
 
-pub fn run(args: StatusArgs) -> Result<i32> {
-    let filter = if let Some(n) = &args.key {
-        Some(LockKey::from_name(n)?)
-    } else if let Some(i) = &args.key_id {
-        Some(LockKey::from_id_text(i)?)
-    } else if let Some(n) = &args.key_hashtext {
-        Some(LockKey::hashtext(n)?)
-    } else if let Some(t) = &args.lock_of {
-        Some(LockKey::of_tool(
-            Tool::from_name(t)?,
-            args.lock_schema.as_deref(),
-            args.lock_table.as_deref(),
-        )?)
-    } else {
-        None
-    };
+pub fn run(args: StatusArgs, m: &ArgMatches) -> Result<i32> {
+    let filter = lock_key(&args.lock, m)?;
     let signals = Signals::install()?;
-    let mut conn = Conn::connect_for("pglock status", args.database_url, &signals)?;
+    let mut conn = Conn::connect_for("pglock status", args.conn.database_url, &signals)?;
     conn.allow_large_results();
     let major = conn.server_major();
     // A filter whose id the server computes asks this connection first.

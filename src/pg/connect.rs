@@ -70,10 +70,7 @@ impl Conn {
     /// A short-lived connection for a command other than `run` (`status`, `key`): the URL given,
     /// else `DATABASE_URL`, else libpq's variables; `application_name` is `name` unless set.
     pub fn connect_for(name: &str, url: Option<String>, signals: &Signals) -> Result<Conn> {
-        let url = url
-            .filter(|s| !s.is_empty())
-            .or_else(|| std::env::var("DATABASE_URL").ok().filter(|s| !s.is_empty()));
-        let params = ConnParams::resolve(url.as_deref())?;
+        let params = ConnParams::resolve(crate::pg::conninfo::database_url(url).as_deref())?;
         let app = params
             .application_name
             .clone()

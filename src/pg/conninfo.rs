@@ -814,6 +814,15 @@ fn shuffle(targets: &mut [Target]) -> Result<()> {
     Ok(())
 }
 
+/// The connection string a command uses: the one given (`--database-url`,
+/// `PGLOCK_DATABASE_URL`), else `DATABASE_URL`; empty is unset. `None` leaves it to libpq's
+/// variables and defaults.
+pub fn database_url(given: Option<String>) -> Option<String> {
+    given
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("DATABASE_URL").ok().filter(|s| !s.is_empty()))
+}
+
 impl ConnParams {
     /// Resolves the connection from an optional connection string and the process environment.
     pub fn resolve(conn_str: Option<&str>) -> Result<ConnParams> {
