@@ -205,9 +205,11 @@ impl<'a> Session<'a> {
         };
         let deadline = std::time::Instant::now() + lock::release_bound(self.req.heartbeat);
         let record = self.record.take();
+        let proven = self.req.scope == Scope::Session && !self.req.session_pooler;
+        let pin = lock::unlock_pin(&taken.holder, proven);
         let released = lock::release(
             &mut self.conn,
-            (&taken.key, &taken.holder, self.req.mode, self.req.scope),
+            (&taken.key, &pin, self.req.mode, self.req.scope),
             record.as_deref().unwrap_or_default(),
             notify.as_deref(),
             deadline,

@@ -176,20 +176,24 @@ pub enum Refusal {
     Standby,
 }
 
-/// The statement that goes first in a lock statement's round trip (contract §4, poolers). It
-/// returns no row, or fails (so that nothing after it runs) when:
+/// The guard (contract §4, poolers) and the round trip's settings, as a one-row subquery `g`
+/// whose column `r` names the refusal, or is NULL when the lock statement may go on. Refused when:
 /// - `expect_pid` is given and the statement runs on another backend: something between pglock
 ///   and the server (a pooler or proxy) hands its statements to backends of its choosing, so a
 ///   session lock could not be proven to be pglock's own;
 /// - it runs on a hot standby, where an advisory lock excludes nobody on the primary: a load
 ///   balancer in front of a primary and standbys (pgpool-II) sent it there;
 /// - the serving session already holds the lock, in any mode and scope: a pooled server
-///   connection that another client locked (checked where the pid is not: see below). Advisory locks are re-entrant within a session (and
-///   a session lock and a transaction lock of one session never conflict), so the lock call
-///   alone would grant it a second time.
+///   connection that another client locked (checked where the pid is not: see below). Advisory
+///   locks are re-entrant within a session (and a session lock and a transaction lock of one
+///   session never conflict), so the lock call alone would grant it a second time.
+///
+/// The settings are `LOCAL_SETTINGS`, 0 each, local to the round trip's transaction, and
+/// `lock_timeout` set to `lock_timeout_ms` when given. They take effect
+/// for the statements after this one: `statement_timeout` is armed as a statement starts.
 ///
 /// `mine` is the condition on `pg_locks l` that selects the locks to refuse (`lock_match`).
-pub fn guard_sql(expect_pid: Option<i32>, mine: &str) -> String {
+fn guard_from(expect_pid: Option<i32>, mine: &str, lock_timeout_ms: Option<u128>) -> String {
     let pooler = match expect_pid {
         Some(pid) => format!("WHEN pg_backend_pid() <> {pid} THEN '{REFUSED_POOLER}' "),
         None => String::new(),
@@ -206,9 +210,35 @@ pub fn guard_sql(expect_pid: Option<i32>, mine: &str) -> String {
              THEN '{REFUSED_HELD}' "
         ),
     };
+    let settings: String = LOCAL_SETTINGS
+        .iter()
+        .map(|k| {
+            let v = match (*k, lock_timeout_ms) {
+                ("lock_timeout", Some(ms)) => ms.to_string(),
+                _ => "0".into(),
+            };
+            format!("set_config('{k}', '{v}', true), ")
+        })
+        .collect();
+    // OFFSET 0 keeps the subquery whole: evaluated once, before the statement that reads `g`,
+    // and never merged into it or given its conditions.
     format!(
-        "SELECT current_setting(r) FROM (SELECT CASE {pooler}\
-         WHEN pg_is_in_recovery() THEN '{REFUSED_STANDBY}' {held}END AS r OFFSET 0) AS g WHERE r IS NOT NULL"
+        "(SELECT {settings}CASE {pooler}WHEN pg_is_in_recovery() THEN '{REFUSED_STANDBY}' {held}END AS r OFFSET 0) AS g"
+    )
+}
+
+/// The condition on `g` (see `guard_from`) of a statement behind the guard: true, or a failure
+/// that names the refusal (`current_setting` of a parameter that no server knows), which ends
+/// the round trip before the statement's own calls run (a scan's condition is evaluated before
+/// its output, and CASE evaluates its branches in order).
+const GUARD_PASSES: &str = "CASE WHEN g.r IS NULL THEN true ELSE current_setting(g.r) IS NULL END";
+
+/// The guard as a statement of its own, the first of a round trip: no row, or the failure that
+/// names the refusal; the settings then hold for the statements after it.
+pub fn guard_sql(expect_pid: Option<i32>, mine: &str, lock_timeout_ms: Option<u128>) -> String {
+    format!(
+        "SELECT FROM {} WHERE NOT {GUARD_PASSES}",
+        guard_from(expect_pid, mine, lock_timeout_ms)
     )
 }
 
@@ -308,8 +338,12 @@ pub struct Acquire<'a> {
     pub session_pooler: bool,
 }
 
-/// The session settings that may go in a transaction (SET LOCAL), when the startup packet could
-/// not carry them: every PostgreSQL since 9.6 knows these three.
+/// The session settings that a transaction may carry, set to 0 and local (`set_config(k, v, true)`,
+/// as `SET LOCAL`) in the guard of every lock statement (`guard_from`). The startup packet sets
+/// them for the session, but a pooler may refuse them there (then pglock connects without) or
+/// drop them silently (PgBouncer's `ignore_startup_parameters = options`): made local to each
+/// of pglock's own transactions, a role's defaults cannot end a wait or the lock's transaction
+/// either way, and nothing stays with a pooled server connection.
 const LOCAL_SETTINGS: [&str; 3] = [
     "statement_timeout",
     "lock_timeout",
@@ -318,8 +352,8 @@ const LOCAL_SETTINGS: [&str; 3] = [
 
 /// The statements that take the lock, in one round trip: trying once or waiting (with the
 /// server's lock_timeout when `timeout_ms` is given), as a session lock or a transaction lock,
-/// behind the guard (see `guard_sql`). A transaction lock first opens the transaction that holds
-/// it. Settings are only ever `SET LOCAL`: to the implicit transaction of the round trip at
+/// behind the guard (see `guard_from`). A transaction lock first opens the transaction that
+/// holds it. Settings are only ever local: to the implicit transaction of the round trip at
 /// session scope, to the lock's transaction at transaction scope, so that nothing stays with a
 /// pooled server connection. `known`: the session as an earlier statement on this connection
 /// named it.
@@ -349,41 +383,42 @@ fn lock_sql(
         // committed before they let the lock go, not a snapshot from before the grant.
         sql.push_str("BEGIN ISOLATION LEVEL READ COMMITTED; ");
     }
-    if opens || scope == Scope::Session {
-        sql.push_str(&local_settings());
-    }
-    if let Some(ms) = timeout_ms {
-        sql.push_str(&format!("SET LOCAL lock_timeout = {ms}; "));
-    }
-    sql.push_str(&guard_sql(expected_backend(conn, a), &lock_match(key.id)));
-    sql.push_str(&format!(
-        "; SELECT {func}({}), pg_backend_pid(), {}",
+    let guard = guard_from(expected_backend(conn, a), &lock_match(key.id), timeout_ms);
+    let lock = format!(
+        "SELECT {func}({}) AS got, pg_backend_pid(), {}",
         key.id.sql_args(),
         fence::backend_start_sql(known)
-    ));
-    // The fence, after the lock and within the same timeout (a waiter's fence wait is part of
-    // its wait for the lock: --timeout and a cancelling signal end it too).
-    if a.fence {
+    );
+    match (try_once, scope, a.fence) {
+        // The common case in one statement: a try does not wait, so the settings need not
+        // precede it, and the fence of a session lock is tried in the same row (a fourth
+        // column: `f` when a fenced transaction of an earlier holder is still open, NULL when
+        // the lock was not ours). The fence locks go with the round trip's implicit transaction.
+        (true, Scope::Session, true) => sql.push_str(&format!(
+            "SELECT s.*, CASE WHEN s.got THEN {} END FROM ({lock} FROM {guard} WHERE {GUARD_PASSES} OFFSET 0) AS s",
+            fence::try_list(key.id, mode)
+        )),
+        (true, _, _) => sql.push_str(&format!("{lock} FROM {guard} WHERE {GUARD_PASSES}")),
+        // A wait needs its settings in force as it starts: the guard goes first, on its own.
+        // The fence follows the lock, within the same timeout (a waiter's fence wait is part of
+        // its wait for the lock: --timeout and a cancelling signal end it too).
+        (false, _, fence) => {
+            sql.push_str(&format!("SELECT FROM {guard} WHERE NOT {GUARD_PASSES}; {lock}"));
+            if fence {
+                sql.push_str("; ");
+                sql.push_str(&fence_sql(key, mode, scope, false));
+            }
+        }
+    }
+    if try_once && scope == Scope::Transaction && a.fence {
         sql.push_str("; ");
-        sql.push_str(&fence_sql(key, mode, scope, try_once));
+        sql.push_str(&fence_sql(key, mode, scope, true));
     }
     // The lock's transaction stays open: the timeout was for these statements only.
     if timeout_ms.is_some() && scope == Scope::Transaction {
         sql.push_str("; SET LOCAL lock_timeout = 0");
     }
     sql
-}
-
-/// `SET LOCAL` of the session settings that a transaction may carry. The startup packet sets
-/// them for the session, but a pooler may refuse them there (then pglock connects without) or
-/// drop them silently (PgBouncer's `ignore_startup_parameters = options`): made local to each
-/// of pglock's own transactions, a role's defaults cannot end a wait or the lock's transaction
-/// either way, and nothing stays with a pooled server connection.
-pub fn local_settings() -> String {
-    LOCAL_SETTINGS
-        .iter()
-        .map(|k| format!("SET LOCAL {k} = 0; "))
-        .collect()
 }
 
 /// The holder's side of the fence (contract §11, see fence.rs), in the lock statement's round
@@ -516,7 +551,14 @@ fn try_take(conn: &mut Conn, a: &Acquire, signals: &Signals) -> Result<(Try, Row
     if !first_bool(&rows) {
         return Ok((Try::Held, rows));
     }
-    let fenced = rows.get(1).and_then(|r| r.first()).cloned().flatten();
+    // The fence's answer: the lock row's fourth column (a session lock's try, see `lock_sql`),
+    // else the first column of the fence statement's row.
+    let fenced = match rows.first() {
+        Some(r) if r.len() > 3 => r.get(3),
+        _ => rows.get(1).and_then(|r| r.first()),
+    }
+    .cloned()
+    .flatten();
     if a.fence && fenced.as_deref() != Some("t") {
         let_go(
             conn,
@@ -1162,6 +1204,18 @@ pub fn release_bound(heartbeat: Duration) -> Duration {
     heartbeat * 2
 }
 
+/// The condition that pins an unlock to the session that took the lock (`holder`). Where the
+/// guard's pid check was made (`proven`: session scope, no declared pooler), this connection is
+/// that backend's own session and its pid says so; elsewhere the pid and `backend_start` (whose
+/// look-up reads every backend's status) tell it from a server connection that reused the pid.
+pub fn unlock_pin(holder: &fence::Holder, proven: bool) -> String {
+    if proven {
+        format!("pg_backend_pid() = {}", holder.pid)
+    } else {
+        holder.serving_sql()
+    }
+}
+
 /// Releases the lock, waiting for the server's answer until `deadline`. A transaction lock
 /// ends with its transaction (held while the transaction was open, failed or not). `sent` is
 /// called once the release is on its way to the server. Only an answer counts as a verdict on
@@ -1171,7 +1225,7 @@ pub fn release_bound(heartbeat: Duration) -> Duration {
 /// contract §12), "" for none.
 pub fn release(
     conn: &mut Conn,
-    (key, holder, mode, scope): (&LockKey, &fence::Holder, Mode, Scope),
+    (key, pin, mode, scope): (&LockKey, &str, Mode, Scope),
     before: &str,
     notify: Option<&str>,
     deadline: Instant,
@@ -1187,7 +1241,7 @@ pub fn release(
             "{before}SELECT pg_advisory_unlock{}({}) WHERE {}{}",
             fn_suffix(mode),
             key.id.sql_args(),
-            holder.serving_sql(),
+            pin,
             notify.map(|c| format!("; NOTIFY {c}")).unwrap_or_default()
         ),
     };

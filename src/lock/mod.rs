@@ -11,8 +11,8 @@ pub mod semaphore;
 
 pub use acquire::{
     acquire, client_label, connect_waiting, describe_holders, expected_backend, guard_sql, guarded,
-    heartbeat_sql, holders, local_settings, query, release, release_bound, resolve, Acquire,
-    Holder, Released, Start,
+    heartbeat_sql, holders, query, release, release_bound, resolve, unlock_pin, Acquire, Holder,
+    Released, Start,
 };
 
 use std::time::Duration;

@@ -57,9 +57,8 @@ fn try_slots(conn: &mut Conn, a: &Acquire, n: u32, signals: &Signals) -> Result<
         n.saturating_sub(1)
     );
     let sql = format!(
-        "{}{}; SELECT s.i, pg_backend_pid(), {}, pg_try_advisory_xact_lock({slot_fence}) FROM ({}) AS s",
-        lock::local_settings(),
-        lock::guard_sql(lock::expected_backend(conn, a), &any_slot),
+        "{}; SELECT s.i, pg_backend_pid(), {}, pg_try_advisory_xact_lock({slot_fence}) FROM ({}) AS s",
+        lock::guard_sql(lock::expected_backend(conn, a), &any_slot, None),
         fence::BACKEND_START_SQL,
         key::slot_sql(id, n)
     );

@@ -245,7 +245,7 @@ fn connect_with_settings(
         match connect_target(params, t, &st, signals) {
             // PgBouncer and other poolers refuse the options parameter: connect without it.
             // The lock statements make these settings local to pglock's transactions anyway
-            // (lock::local_settings).
+            // (lock::acquire's LOCAL_SETTINGS).
             Err(e)
                 if e.msg.contains("unsupported startup parameter: options")
                     && !settings.is_empty() =>
