@@ -217,8 +217,8 @@ impl<'a> Session<'a> {
             &sent,
         );
         match released {
-            lock::Released::RecordFailed(why) => self.release_unrecorded(taken, &why),
-            other => other,
+            Ok(released) => released,
+            Err(lock::RecordFailed(why)) => self.release_unrecorded(taken, &why),
         }
     }
 
@@ -557,8 +557,7 @@ fn finish(end: End, mut session: Session, req: &RunRequest) -> Result<(i32, bool
     match end {
         End::Exited(code) => match session.release() {
             lock::Released::Held => Ok((code, true)),
-            // (Session::release has already handled a failed record: it never returns one.)
-            lock::Released::Gone | lock::Released::RecordFailed(_) => Err(Error::new(
+            lock::Released::Gone => Err(Error::new(
                 Kind::LockLost,
                 format!("the lock was gone when the command ended (status {code}); it may have run unprotected for up to two heartbeats"),
             )),

@@ -1193,10 +1193,12 @@ pub enum Released {
     /// No answer within the bound, or a signal ended the wait: the connection is given up and
     /// closed, and the server frees the lock when it notices (why: the reason).
     Unconfirmed(String),
-    /// The statements sent before the release (the run ledger's record) failed, and so nothing
-    /// after them ran: the lock is still held, in a failed transaction (why: the server's error).
-    RecordFailed(String),
 }
+
+/// The statements sent before the release (the run ledger's record) failed, and so nothing
+/// after them ran: the lock is still held, in a failed transaction (the server's error).
+#[derive(Debug)]
+pub struct RecordFailed(pub String);
 
 /// How long the release waits for the server's answer once the child has exited: as long as a
 /// heartbeat may go unanswered while the child runs (contract §6).
@@ -1231,7 +1233,7 @@ pub fn release(
     deadline: Instant,
     signals: &Signals,
     sent: &dyn Fn(),
-) -> Released {
+) -> std::result::Result<Released, RecordFailed> {
     let open = conn.tx_status() != TxStatus::Idle;
     // With --limit, the same round trip wakes the first waiter (NOTIFY is sent on commit of the
     // implicit transaction, after the unlock).
@@ -1250,7 +1252,7 @@ pub fn release(
         conn.abandon(&why);
         Released::Unconfirmed(why)
     };
-    match pg::exchange(conn, &sql, deadline, signals, sent) {
+    Ok(match pg::exchange(conn, &sql, deadline, signals, sent) {
         Ok(QueryResult::Rows(_)) if scope == Scope::Transaction && open => Released::Held,
         Ok(QueryResult::Rows(rows)) if scope == Scope::Session && first_bool(&rows) => {
             Released::Held
@@ -1263,7 +1265,7 @@ pub fn release(
         ),
         Ok(QueryResult::Rows(_)) => Released::Gone,
         Ok(QueryResult::Error(e)) if !before.is_empty() && conn.tx_status() == TxStatus::Failed => {
-            Released::RecordFailed(e.to_string())
+            return Err(RecordFailed(e.to_string()))
         }
         Ok(QueryResult::Error(e)) => {
             log::debug("release", &format!("unlock failed: {e}"));
@@ -1282,7 +1284,7 @@ pub fn release(
             log::debug("release", &format!("unlock failed: {m}"));
             Released::Gone
         }
-    }
+    })
 }
 
 #[cfg(test)]

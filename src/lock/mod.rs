@@ -12,7 +12,7 @@ pub mod semaphore;
 pub use acquire::{
     acquire, client_label, connect_waiting, describe_holders, expected_backend, guard_sql, guarded,
     heartbeat_sql, holders, query, release, release_bound, resolve, unlock_pin, Acquire, Holder,
-    Released, Start,
+    RecordFailed, Released, Start,
 };
 
 use std::time::Duration;
