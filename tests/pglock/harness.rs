@@ -68,6 +68,71 @@ pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
+/// Whether this is a CI run: `CI` set, non-empty, and neither `false` nor `0`.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+/// A note on the test binary's stderr itself, past libtest's capture of `eprintln!`, naming the
+/// test: a skipped check is seen in the output of a plain `cargo test`.
+pub fn note(what: &str) {
+    use std::io::Write;
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("a test")
+        .to_string();
+    let _ = writeln!(std::io::stderr(), "note: {test}: {what}");
+}
+
+/// The one policy for what a test needs of the machine: when `met` is false, the test fails in
+/// CI (`in_ci`), where everything is installed and the suite runs as root, so that nothing passes
+/// there without having run; elsewhere it says that it skips (`note`) and the caller returns:
+/// `if !require(cond, "what is missing") { return; }`.
+pub fn require(met: bool, what: &str) -> bool {
+    if met {
+        return true;
+    }
+    assert!(
+        !in_ci(),
+        "{what}: in CI (CI={:?}) this test must run, not skip",
+        std::env::var("CI").unwrap_or_default()
+    );
+    note(&format!("skipped: {what} (in CI this fails)"));
+    false
+}
+
+/// Root, under `require`'s policy: `if !require_root("unshare --pid") { return; }`.
+pub fn require_root(why: &str) -> bool {
+    require(is_root(), &format!("needs root for {why}"))
+}
+
+/// An external program, under `require`'s policy: `if !require_tool("groff") { return; }`.
+pub fn require_tool(tool: &str) -> bool {
+    require(
+        find_tool(tool).is_some(),
+        &format!("needs {tool}, which is not installed (scripts/setup test installs it)"),
+    )
+}
+
+/// Where `tool` is: on PATH, or in an sbin directory (not on a non-root PATH everywhere).
+pub fn find_tool(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(
+            [
+                "/usr/local/sbin",
+                "/usr/sbin",
+                "/sbin",
+                "/usr/local/bin",
+                "/usr/bin",
+                "/bin",
+            ]
+            .map(PathBuf::from),
+        )
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+}
+
 /// Runs a PostgreSQL server program, as `postgres` when we are root.
 fn as_pg(bin: &Path, prog: &str) -> Command {
     let mut c = Command::new(bin.join(prog));
@@ -387,20 +452,104 @@ pub fn pglock(args: &[&str]) -> Command {
 
 /// `pglock run --key NAME -- sh -c SCRIPT` against the main cluster.
 pub fn pglock_sh(name: &str, script: &str) -> Command {
-    pglock(&["run", "--key", name, "--", "sh", "-c", script])
+    Run::new(name).sh(script)
 }
 
 /// `pglock ARGS` with no connection settings at all.
 pub fn pglock_bare(args: &[&str]) -> Command {
     let mut c = Command::new(bin());
     c.args(args);
+    clean_env(&mut c);
+    c
+}
+
+/// No PG* variable, no DATABASE_URL, no home (no ~/.pgpass...), no stdin.
+fn clean_env(c: &mut Command) {
     for (k, _) in std::env::vars() {
         if k.starts_with("PG") || k == "DATABASE_URL" {
             c.env_remove(k);
         }
     }
     c.env("HOME", "/nonexistent").stdin(Stdio::null());
-    c
+}
+
+/// `pglock run` the way the tests run it, built up: options, then where it connects (the main
+/// cluster as the superuser unless told otherwise), then the child, which gives the `Command`
+/// (`pglock_bare`'s clean environment):
+///
+/// ```ignore
+/// Run::new(&name).args(["-q", "--heartbeat", "300ms"]).on(&cluster).sh("echo hi")
+/// Run::new(&name).through(bouncer()).args(["--scope", "transaction"]).child(["sleep", "3"])
+/// Run::new(&name).url(&cluster.app_url()).child(["true"])  // another role, a relay, ...
+/// ```
+pub struct Run {
+    args: Vec<std::ffi::OsString>,
+    url: Option<String>,
+}
+
+impl Run {
+    /// `pglock run --key KEY`, against the main cluster as the superuser.
+    pub fn new(key: &str) -> Run {
+        Run::keyless().args(["--key", key])
+    }
+
+    /// `pglock run` with no `--key` (it comes from the environment, `PGLOCK_KEY`...).
+    pub fn keyless() -> Run {
+        Run {
+            args: vec!["run".into()],
+            url: Some(pg().url()),
+        }
+    }
+
+    /// More options, before the `--` of the child.
+    pub fn args<S: AsRef<std::ffi::OsStr>>(mut self, args: impl IntoIterator<Item = S>) -> Run {
+        self.args
+            .extend(args.into_iter().map(|a| a.as_ref().to_os_string()));
+        self
+    }
+
+    /// Directly to cluster `c`, as its superuser.
+    pub fn on(self, c: &Cluster) -> Run {
+        self.url(c.url())
+    }
+
+    /// Through PgBouncer `b`, to the superuser's database (`Bouncer::url`).
+    pub fn through(self, b: &Bouncer) -> Run {
+        self.url(b.url())
+    }
+
+    /// Through PgBouncer `b` as role `pglock_pooled` (`Bouncer::pooled_url`).
+    pub fn pooled(self, b: &Bouncer) -> Run {
+        self.url(b.pooled_url())
+    }
+
+    /// To this URL (`PGLOCK_DATABASE_URL`): another role, a relay, a pooler of the test's own.
+    pub fn url(mut self, url: impl Into<String>) -> Run {
+        self.url = Some(url.into());
+        self
+    }
+
+    /// With no connection settings at all (the test sets them on the `Command`, or none).
+    pub fn unconnected(mut self) -> Run {
+        self.url = None;
+        self
+    }
+
+    /// `-- CHILD...`: the command to spawn or to give to `expect_code`.
+    pub fn child<S: AsRef<std::ffi::OsStr>>(self, child: impl IntoIterator<Item = S>) -> Command {
+        let mut c = Command::new(bin());
+        c.args(&self.args).arg("--").args(child);
+        clean_env(&mut c);
+        if let Some(url) = &self.url {
+            c.env("PGLOCK_DATABASE_URL", url);
+        }
+        c
+    }
+
+    /// `-- sh -c SCRIPT`.
+    pub fn sh(self, script: &str) -> Command {
+        self.child(["sh", "-c", script])
+    }
 }
 
 pub fn show(cmd: &Command, out: &Output) -> String {
@@ -614,13 +763,6 @@ impl Bouncer {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-
-    /// `pglock ARGS` connecting through this PgBouncer as role `pglock_pooled` (`pooled_url`).
-    pub fn pglock_pooled(&self, args: &[&str]) -> Command {
-        let mut c = pglock_bare(args);
-        c.env("PGLOCK_DATABASE_URL", self.pooled_url());
-        c
     }
 
     /// `pglock ARGS` connecting through this PgBouncer.
