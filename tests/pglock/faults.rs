@@ -382,28 +382,10 @@ fn as_pid_1_it_reaps_orphans_and_forwards_sigterm() {
     let ready = dir.join("ready");
     // The child leaves an orphan (the subshell's sleep) that is reparented to pglock as PID 1.
     let script = format!("trap 'echo TERM > {d}/term; exit 0' TERM; (sleep 0.2 &); touch {r}; while :; do sleep 0.05; done", d = dir.display(), r = ready.display());
-    let mut cmd = std::process::Command::new("unshare");
-    cmd.args([
-        "--pid",
-        "--fork",
-        "--kill-child",
-        bin(),
-        "run",
-        "--key",
-        &name,
-        "--",
-        "sh",
-        "-c",
-        &script,
-    ]);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("PG") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.env("PGLOCK_DATABASE_URL", pg().url())
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped());
+    let mut cmd = Run::new(&name)
+        .under(["unshare", "--pid", "--fork", "--kill-child"])
+        .sh(&script);
+    cmd.stderr(Stdio::piped());
     let unshare = cmd.spawn().unwrap();
     assert!(wait_until(Duration::from_secs(10), || ready.exists()));
     std::thread::sleep(Duration::from_millis(600));
@@ -482,7 +464,7 @@ fn nesting_runs_at_once_when_covered_and_fails_at_once_when_not() {
 #[test]
 fn timing_values_that_break_the_rule_are_refused() {
     let (_, err) = expect_code(
-        pglock(&["run", "--heartbeat", "10s", "--key", "x", "--", "true"]),
+        Run::new("x").args(["--heartbeat", "10s"]).child(["true"]),
         2,
     );
     assert!(
@@ -490,7 +472,7 @@ fn timing_values_that_break_the_rule_are_refused() {
         "{err}"
     );
     let (_, err) = expect_code(
-        pglock(&["run", "--kill-after", "1m", "--key", "x", "--", "true"]),
+        Run::new("x").args(["--kill-after", "1m"]).child(["true"]),
         2,
     );
     assert!(err.contains("76s"), "{err}");

@@ -483,6 +483,7 @@ fn clean_env(c: &mut Command) {
 /// Run::new(&name).url(&cluster.app_url()).child(["true"])  // another role, a relay, ...
 /// ```
 pub struct Run {
+    under: Vec<std::ffi::OsString>,
     args: Vec<std::ffi::OsString>,
     url: Option<String>,
 }
@@ -496,6 +497,7 @@ impl Run {
     /// `pglock run` with no `--key` (it comes from the environment, `PGLOCK_KEY`...).
     pub fn keyless() -> Run {
         Run {
+            under: Vec::new(),
             args: vec!["run".into()],
             url: Some(pg().url()),
         }
@@ -529,6 +531,16 @@ impl Run {
         self
     }
 
+    /// pglock started by another program: `under(["unshare", "--pid", "--fork"])` runs
+    /// `unshare --pid --fork PGLOCK run ...` (with the same environment).
+    pub fn under<S: AsRef<std::ffi::OsStr>>(mut self, wrapper: impl IntoIterator<Item = S>) -> Run {
+        self.under = wrapper
+            .into_iter()
+            .map(|a| a.as_ref().to_os_string())
+            .collect();
+        self
+    }
+
     /// With no connection settings at all (the test sets them on the `Command`, or none).
     pub fn unconnected(mut self) -> Run {
         self.url = None;
@@ -537,7 +549,14 @@ impl Run {
 
     /// `-- CHILD...`: the command to spawn or to give to `expect_code`.
     pub fn child<S: AsRef<std::ffi::OsStr>>(self, child: impl IntoIterator<Item = S>) -> Command {
-        let mut c = Command::new(bin());
+        let mut c = match self.under.split_first() {
+            None => Command::new(bin()),
+            Some((wrapper, args)) => {
+                let mut c = Command::new(wrapper);
+                c.args(args).arg(bin());
+                c
+            }
+        };
         c.args(&self.args).arg("--").args(child);
         clean_env(&mut c);
         if let Some(url) = &self.url {
@@ -660,14 +679,11 @@ impl Bouncer {
     /// Starts a PgBouncer with these `[pgbouncer]` settings (one `key = value` a line).
     pub fn start(name: &str, settings: &str) -> Bouncer {
         require_setup();
-        let bin = [
-            "/usr/sbin/pgbouncer",
-            "/usr/bin/pgbouncer",
-            "/usr/local/bin/pgbouncer",
-        ]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .expect("pgbouncer is not installed (apt-get install pgbouncer; .ci/run does it)");
+        // Always a failure when missing, in CI or not: the shared PgBouncer is one of the suite's
+        // own servers (scripts/setup test --check, above, stops the binary first anyway).
+        let bin = find_tool("pgbouncer")
+            .map(|p| p.display().to_string())
+            .expect("pgbouncer is not installed (apt-get install pgbouncer; .ci/run does it)");
         let dir = tmpdir(&format!("pgbouncer-{name}"));
         chown_pg(&dir);
         let port = free_port();

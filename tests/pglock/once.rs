@@ -196,19 +196,10 @@ fn a_role_without_create_is_refused_before_the_child_until_a_dba_creates_the_led
     let dir = tmpdir("once-nocreate");
     let ran = dir.join("ran");
     let go = || {
-        let mut c = pglock(&[
-            "run",
-            "--key",
-            &name,
-            "--once",
-            "d1",
-            "--",
-            "sh",
-            "-c",
-            &format!("echo x >> {}", ran.display()),
-        ]);
-        c.env("PGLOCK_DATABASE_URL", &url);
-        c
+        Run::new(&name)
+            .args(["--once", "d1"])
+            .url(&url)
+            .sh(&format!("echo x >> {}", ran.display()))
     };
     let (_, err) = expect_code(go(), 69);
     assert!(

@@ -114,24 +114,18 @@ fn a_signal_while_waiting_cancels_the_wait_at_once() {
     let id = lock_id(&name);
     let dir = tmpdir("waitsig");
     let marker = dir.join("ran");
-    let holder = hold(pglock(&["run", "--key", &name, "--", "sleep", "60"]), id);
+    let holder = hold(Run::new(&name).child(["sleep", "60"]), id);
     for (sig, n) in [
         (Signal::SIGINT, 2),
         (Signal::SIGTERM, 15),
         (Signal::SIGHUP, 1),
         (Signal::SIGQUIT, 3),
     ] {
-        let waiter = pglock(&[
-            "run",
-            "--key",
-            &name,
-            "--",
-            "touch",
-            marker.to_str().unwrap(),
-        ])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        let waiter = Run::new(&name)
+            .child(["touch", marker.to_str().unwrap()])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
         assert!(
             wait_until(Duration::from_secs(10), || pg().locks_on(id).len() == 2),
             "waiter queued"
