@@ -59,10 +59,7 @@ fn the_url_sources_in_order() {
     let name = key("urlorder");
     let bogus = "postgres://nobody:x@127.0.0.1:1/none";
     // --database-url beats PGLOCK_DATABASE_URL, which beats DATABASE_URL, which beats PG*.
-    let mut c = Run::new(&name)
-        .args(["--database-url", &pg().url()])
-        .unconnected()
-        .child(["true"]);
+    let mut c = Run::new(&name).database_url(&pg().url()).child(["true"]);
     c.env("PGLOCK_DATABASE_URL", bogus)
         .env("DATABASE_URL", bogus);
     expect_code(c, 0);
@@ -174,8 +171,8 @@ fn no_password_ever_appears_in_output() {
         for verbosity in ["-v", "--log-format=json"] {
             // -w 1s: the retries of a refused connection are logged too, without a password.
             let out = Run::new(&name)
-                .args([verbosity, "-w", "1s", "--database-url", url])
-                .unconnected()
+                .args([verbosity, "-w", "1s"])
+                .database_url(url)
                 .child(["true"])
                 .output()
                 .unwrap();

@@ -71,16 +71,10 @@ fn unavailable_is_69_with_host_port_user() {
     };
     let refused = format!("postgres://postgres:pw@127.0.0.1:{port}/postgres");
     // -n: a waiting run would retry a refused connection (restart.rs).
-    let mut c = pglock_bare(&[
-        "run",
-        "-n",
-        "--key",
-        &name,
-        "--database-url",
-        &refused,
-        "--",
-        "true",
-    ]);
+    let mut c = Run::new(&name)
+        .args(["-n"])
+        .database_url(&refused)
+        .child(["true"]);
     c.env("HOME", "/nonexistent");
     let (_, err) = expect_code(c, 69);
     assert!(
@@ -90,36 +84,14 @@ fn unavailable_is_69_with_host_port_user() {
     assert_eq!(err.lines().count(), 1, "{err}");
 
     let unknown = "postgres://u:pw@no-such-host.invalid/db";
-    let (_, err) = expect_code(
-        pglock_bare(&[
-            "run",
-            "--key",
-            &name,
-            "--database-url",
-            unknown,
-            "--",
-            "true",
-        ]),
-        69,
-    );
+    let (_, err) = expect_code(Run::new(&name).database_url(unknown).child(["true"]), 69);
     assert!(err.contains("no-such-host.invalid"), "{err}");
 
     let bad_db = format!(
         "postgres://postgres:{SUPERUSER_PASSWORD}@127.0.0.1:{}/nodb?sslmode=disable",
         pg().port
     );
-    let (_, err) = expect_code(
-        pglock_bare(&[
-            "run",
-            "--key",
-            &name,
-            "--database-url",
-            &bad_db,
-            "--",
-            "true",
-        ]),
-        69,
-    );
+    let (_, err) = expect_code(Run::new(&name).database_url(&bad_db).child(["true"]), 69);
     assert!(err.contains("nodb"), "{err}");
 
     // With a host list, every host's reason is given, in order, on one line.
@@ -127,10 +99,7 @@ fn unavailable_is_69_with_host_port_user() {
         "host=127.0.0.1,no-such-host.invalid port={port},{} user=postgres password=pw dbname=postgres sslmode=disable",
         pg().port
     );
-    let (_, err) = expect_code(
-        pglock_bare(&["run", "--key", &name, "--database-url", &both, "--", "true"]),
-        69,
-    );
+    let (_, err) = expect_code(Run::new(&name).database_url(&both).child(["true"]), 69);
     let first = err.find(&format!("127.0.0.1:{port}"));
     let second = err.find("no-such-host.invalid");
     assert!(
@@ -182,15 +151,7 @@ fn too_many_connections_is_69() {
         pg().port
     );
     let (_, err) = expect_code(
-        pglock_bare(&[
-            "run",
-            "--database-url",
-            &url,
-            "--key",
-            &key("nolimit"),
-            "--",
-            "true",
-        ]),
+        Run::new(&key("nolimit")).database_url(&url).child(["true"]),
         69,
     );
     assert!(err.contains("too many connections for role"), "{err}");
@@ -237,15 +198,7 @@ fn a_full_server_is_69_naming_max_connections() {
         "the server did not fill up"
     );
     let (_, err) = expect_code(
-        pglock_bare(&[
-            "run",
-            "--database-url",
-            &url,
-            "--key",
-            &key("full"),
-            "--",
-            "true",
-        ]),
+        Run::new(&key("full")).database_url(&url).child(["true"]),
         69,
     );
     assert!(
@@ -266,7 +219,10 @@ fn connect_timeout_bounds_a_server_that_never_answers() {
     let port = silent.local_addr().unwrap().port();
     let t = std::time::Instant::now();
     // -n: one attempt (a waiting run retries a server that does not answer, restart.rs).
-    let mut c = pglock_bare(&["run", "-n", "--key", &key("silent"), "--", "true"]);
+    let mut c = Run::new(&key("silent"))
+        .args(["-n"])
+        .unconnected()
+        .child(["true"]);
     c.env("PGHOST", "127.0.0.1")
         .env("PGPORT", port.to_string())
         .env("PGUSER", "u")

@@ -541,6 +541,11 @@ impl Run {
         self
     }
 
+    /// `--database-url URL` on the command line, and nothing in the environment.
+    pub fn database_url(self, url: &str) -> Run {
+        self.args(["--database-url", url]).unconnected()
+    }
+
     /// With no connection settings at all (the test sets them on the `Command`, or none).
     pub fn unconnected(mut self) -> Run {
         self.url = None;

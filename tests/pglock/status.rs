@@ -133,7 +133,7 @@ fn status_works_for_a_role_without_superuser_rights() {
     let mine = key("stapp-own");
     let mid = lock_id(&mine);
     let own = {
-        let mut c = pglock_bare(&["run", "--key", &mine, "--", "sleep", "30"]);
+        let mut c = Run::new(&mine).unconnected().child(["sleep", "30"]);
         c.env("PGLOCK_DATABASE_URL", pg().app_url());
         hold(c, mid)
     };
