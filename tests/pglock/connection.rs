@@ -55,7 +55,7 @@ fn libpq_environment_variables_are_used() {
 }
 
 #[test]
-fn the_url_sources_in_order() {
+fn database_url_flag_beats_pglock_database_url_beats_database_url_beats_pg_variables() {
     let name = key("urlorder");
     let bogus = "postgres://nobody:x@127.0.0.1:1/none";
     // --database-url beats PGLOCK_DATABASE_URL, which beats DATABASE_URL, which beats PG*.

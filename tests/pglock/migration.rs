@@ -433,7 +433,7 @@ fn tool_locks_on_another_database_and_schema() {
 }
 
 #[test]
-fn hashtext_is_the_servers() {
+fn key_hashtext_takes_the_lock_the_servers_hashtext_names() {
     let db = &dbs().misc;
     for (i, name) in ["cron:status-sync:global", "migrate", "it's \\ odd"]
         .iter()
@@ -697,16 +697,13 @@ fn forms_exclude_each_other_in_one_usage_error() {
 }
 
 #[test]
-fn options_from_the_environment() {
+fn lock_forms_come_from_the_environment_and_the_command_line_wins() {
     let db = &dbs().misc;
     let dir = tmpdir("envforms");
     let f = dir.join("id");
     let script = format!("echo \"$PGLOCK_LOCK_ID $PGLOCK_LOCK_OF\" > {}", f.display());
     let run = |env: &[(&str, &str)], args: &[&str]| {
-        let mut a = vec!["run"];
-        a.extend(args);
-        a.extend(["--", "sh", "-c", &script]);
-        let mut c = pglock_in(db, &a);
+        let mut c = Run::keyless().args(args).url(url_of(db)).sh(&script);
         for (k, v) in env {
             c.env(k, v);
         }
@@ -892,7 +889,7 @@ fn crc64_ecma(data: &[u8]) -> u64 {
 }
 
 #[test]
-fn crc64_ecma_matches_go() {
+fn the_reference_crc64_ecma_gives_gos_check_value_and_gooses_lock_id() {
     // Go: crc64.Checksum([]byte("123456789"), crc64.MakeTable(crc64.ECMA)) = 0x995dc9bbdf1939fa.
     assert_eq!(crc64_ecma(b"123456789"), 0x995d_c9bb_df19_39fa);
     // The value goose 3.16-3.25 wrote in lock/session_locker_options.go.

@@ -365,7 +365,7 @@ fn session_scope_is_refused(p: &Pgpool, db: &str, name: &str) {
 /// Database `postgres`: pgpool never caches its backend connections, so every client gets fresh
 /// ones (and the cancel key of the last node, the standby).
 #[test]
-fn pgpool_session_scope_is_refused_fresh_connections() {
+fn pgpool_session_scope_on_fresh_connections_is_refused() {
     session_scope_is_refused(pgpool(), "postgres", &key("pgpool-sess"));
 }
 
