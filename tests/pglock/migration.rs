@@ -269,10 +269,7 @@ fn check(db: &str, c: &Case, tag: &str) {
         id = idf.display(),
         stop = stopf.display()
     );
-    let mut run_args = vec!["run"];
-    run_args.extend(&c.args);
-    run_args.extend(["--", "sh", "-c", &script]);
-    let mut cmd = pglock_in(db, &run_args);
+    let mut cmd = Run::keyless().args(&c.args).url(url_of(db)).sh(&script);
     let me = format!("pglock-{tag}");
     let holder = cmd
         .env("PGAPPNAME", &me)
@@ -331,10 +328,8 @@ fn check(db: &str, c: &Case, tag: &str) {
             == vec![c.lock.pg_locks()]),
         "{what}: the tool's session did not take its lock"
     );
-    let mut try_args = vec!["run", "-n"];
-    try_args.extend(&c.args);
-    try_args.extend(["--", "true"]);
-    let (_, err) = expect_code(pglock_in(db, &try_args), 75);
+    let try_it = Run::keyless().args(["-n"]).args(&c.args).url(url_of(db));
+    let (_, err) = expect_code(try_it.child(["true"]), 75);
     assert!(err.contains(&app), "{what}: the holder is not named: {err}");
     end_session(db, &app, tool);
 }
@@ -465,7 +460,10 @@ fn two_int4_keys_are_another_key_space() {
     let dir = tmpdir("pair");
     let stop = dir.join("stop");
     let script = format!("while [ ! -e {} ]; do sleep 0.02; done", stop.display());
-    let holder = pglock_in(db, &["run", "--key-id", "7,8", "--", "sh", "-c", &script])
+    let holder = Run::keyless()
+        .args(["--key-id", "7,8"])
+        .url(url_of(db))
+        .sh(&script)
         .env("PGAPPNAME", "pglock-pair")
         .spawn()
         .unwrap();
@@ -485,15 +483,18 @@ fn two_int4_keys_are_another_key_space() {
         "truetrue"
     );
     expect_code(
-        pglock_in(
-            db,
-            &["run", "-n", "--key-id", &big.to_string(), "--", "true"],
-        ),
+        Run::keyless()
+            .args(["-n", "--key-id", &big.to_string()])
+            .url(url_of(db))
+            .child(["true"]),
         0,
     );
     // ... and a nested pglock inherits the pair, not the bigint.
     let (_, err) = expect_code(
-        pglock_in(db, &["run", "-n", "--key-id", "7,8", "--", "true"]),
+        Run::keyless()
+            .args(["-n", "--key-id", "7,8"])
+            .url(url_of(db))
+            .child(["true"]),
         75,
     );
     assert!(err.contains("7,8"), "{err}");
@@ -780,18 +781,15 @@ fn key_never_connects_where_no_server_is_needed() {
 fn json_logs_carry_the_computed_id() {
     let db = &dbs().misc;
     let (_, err) = expect_code(
-        pglock_in(
-            db,
-            &[
-                "run",
+        Run::keyless()
+            .args([
                 "--log-format",
                 "json",
                 "--lock-of",
                 "golang-migrate-with-instance",
-                "--",
-                "true",
-            ],
-        ),
+            ])
+            .url(url_of(db))
+            .child(["true"]),
         0,
     );
     let acquired = err
@@ -808,18 +806,10 @@ fn json_logs_carry_the_computed_id() {
         "{acquired}"
     );
     let (_, err) = expect_code(
-        pglock_in(
-            db,
-            &[
-                "run",
-                "--log-format",
-                "json",
-                "--key-id",
-                "1,2",
-                "--",
-                "true",
-            ],
-        ),
+        Run::keyless()
+            .args(["--log-format", "json", "--key-id", "1,2"])
+            .url(url_of(db))
+            .child(["true"]),
         0,
     );
     assert!(err.contains("\"lock_id\":\"1,2\""), "{err}");
@@ -828,7 +818,7 @@ fn json_logs_carry_the_computed_id() {
 /// Advisory locks are per database: an inner run for the same constant id (prisma's) in another
 /// database is not covered by its ancestor's lock, and takes its own there.
 #[test]
-fn nesting_is_per_database() {
+fn a_nested_run_in_another_database_is_not_covered_and_takes_its_own_lock() {
     let d = dbs();
     let inner_url = url_of(&d.orders);
     let script = format!(
@@ -836,24 +826,23 @@ fn nesting_is_per_database() {
          AND objid = 72707369 AND granted AND database = \
          (SELECT oid FROM pg_database WHERE datname = current_database())\" '{inner_url}'"
     );
-    let args = [
-        "run",
-        "--lock-of",
-        "prisma",
-        "--",
-        bin(),
+    let inner = [
         "run",
         "-n",
         "--lock-of",
         "prisma",
         "--database-url",
         &inner_url,
-        "--",
-        "sh",
-        "-c",
-        &script,
     ];
-    let mut cmd = pglock_in(&d.misc, &args);
+    let mut cmd = Run::keyless()
+        .args(["--lock-of", "prisma"])
+        .url(url_of(&d.misc))
+        .child(
+            [bin()]
+                .iter()
+                .chain(&inner)
+                .chain(&["--", "sh", "-c", &script]),
+        );
     cmd.env(
         "PATH",
         format!(
