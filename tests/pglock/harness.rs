@@ -391,18 +391,7 @@ impl Cluster {
 
     /// Runs SQL as the superuser; returns stdout, trimmed.
     pub fn psql_super(&self, sql: &str) -> String {
-        let out = self
-            .psql_cmd()
-            .args(["-c", sql])
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "psql {sql}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        psql_stdout(self.psql_cmd(), sql)
     }
 
     /// Advisory locks on `id` as (pid, mode, granted, application_name).
@@ -419,6 +408,18 @@ impl Cluster {
             .filter(|l| !l.is_empty())
             .collect()
     }
+}
+
+/// Runs `sql` with psql command `c` (`-c SQL`, no stdin), which must succeed; returns stdout,
+/// trimmed.
+fn psql_stdout(mut c: Command, sql: &str) -> String {
+    let out = c.args(["-c", sql]).stdin(Stdio::null()).output().unwrap();
+    assert!(
+        out.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// The main cluster of this test run: TCP with scram-sha-256, no TLS.
@@ -669,6 +670,27 @@ pub fn stamp_script(file: &Path, secs: &str) -> String {
     )
 }
 
+/// Runs the shell command `server` in the background, as `postgres` when we are root, until this
+/// test process is gone or the server has exited; then sends it `kill KILL_OPTS` (`""` for
+/// SIGTERM, `"-INT "`...).
+#[allow(clippy::zombie_processes)] // outlives the tests; stops with them
+pub fn serve_while_tests_run(server: &str, kill_opts: &str) {
+    use std::os::unix::process::CommandExt;
+    let script = format!(
+        "{run}{server} & p=$!; while kill -0 {pid} 2>/dev/null && kill -0 $p 2>/dev/null; do sleep 1; done; kill {kill_opts}$p",
+        run = if is_root() { "runuser -u postgres -- " } else { "" },
+        pid = std::process::id()
+    );
+    Command::new("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+}
+
 /// A real PgBouncer in front of the main cluster, with PgBouncer's own defaults except what a
 /// test sets (`pool_mode`, `default_pool_size`...): server connections reused last-in-first-out,
 /// as it comes. Run as the `postgres` user (PgBouncer refuses root); stopped when dropped, or with
@@ -715,22 +737,7 @@ impl Bouncer {
         for f in ["pgbouncer.ini", "users.txt"] {
             chown_pg(&dir.join(f));
         }
-        let script = format!(
-            "{run}{bin} {ini} & p=$!; while kill -0 {pid} 2>/dev/null && kill -0 $p 2>/dev/null; do sleep 1; done; kill $p",
-            run = if is_root() { "runuser -u postgres -- " } else { "" },
-            ini = ini.display(),
-            pid = std::process::id()
-        );
-        use std::os::unix::process::CommandExt;
-        #[allow(clippy::zombie_processes)] // outlives the tests; stops with them or on drop
-        Command::new("sh")
-            .args(["-c", &script])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .unwrap();
+        serve_while_tests_run(&format!("{bin} {}", ini.display()), "");
         assert!(
             wait_until(Duration::from_secs(10), || std::net::TcpStream::connect((
                 "127.0.0.1",
@@ -771,19 +778,11 @@ impl Bouncer {
 
     /// psql through the pool (`url`), returning stdout trimmed.
     pub fn psql(&self, url: &str, sql: &str) -> String {
-        let out = Command::new(pg().bin.join("psql"))
-            .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-d", url, "-c", sql])
+        let mut c = Command::new(pg().bin.join("psql"));
+        c.args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-d", url])
             .env_remove("PGHOST")
-            .env_remove("PGPORT")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "psql {sql}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+            .env_remove("PGPORT");
+        psql_stdout(c, sql)
     }
 
     /// `pglock ARGS` connecting through this PgBouncer.

@@ -140,24 +140,13 @@ fn start_pgpool(name: &str, children: u32) -> Pgpool {
     }
     let log = dir.join("pgpool.log");
     // -n: in the foreground, logging to stderr. SIGINT is pgpool's fast shutdown.
-    let script = format!(
-            "{run}{bin} -n -f {conf} -F {pcp} >> {log} 2>&1 & p=$!; while kill -0 {pid} 2>/dev/null && kill -0 $p 2>/dev/null; do sleep 1; done; kill -INT $p",
-            run = if is_root() { "runuser -u postgres -- " } else { "" },
-            conf = conf.display(),
-            pcp = pcp.display(),
-            log = log.display(),
-            pid = std::process::id()
-        );
-    use std::os::unix::process::CommandExt;
-    #[allow(clippy::zombie_processes)] // outlives the tests; stops with them
-    Command::new("sh")
-        .args(["-c", &script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .unwrap();
+    let server = format!(
+        "{bin} -n -f {} -F {} >> {} 2>&1",
+        conf.display(),
+        pcp.display(),
+        log.display()
+    );
+    serve_while_tests_run(&server, "-INT ");
     let p = Pgpool { port, log, standby };
     // Up, with node 0 found as the primary and node 1 as the standby.
     let mut nodes = String::new();
