@@ -150,7 +150,7 @@ fn quiet_prints_nothing_on_success_and_verbose_more() {
 fn the_child_runs_with_pglock_cpu_affinity() {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     if cpus < 2 {
-        eprintln!("one CPU: nothing to check");
+        note("skipped: one CPU, so no affinity to compare");
         return;
     }
     let cpus_allowed = |status: &str| {
