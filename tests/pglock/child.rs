@@ -63,10 +63,7 @@ fn no_descriptor_of_pglock_reaches_the_child() {
         .output()
         .unwrap();
     let baseline = String::from_utf8_lossy(&baseline.stdout).into_owned();
-    let (out, err) = expect_code(
-        pglock(&["run", "--key", &name, "--", "ls", "/proc/self/fd"]),
-        0,
-    );
+    let (out, err) = expect_code(Run::new(&name).child(["ls", "/proc/self/fd"]), 0);
     let mut fds: Vec<&str> = out.split_whitespace().collect();
     let mut want: Vec<&str> = baseline.split_whitespace().collect();
     fds.sort();
@@ -82,17 +79,7 @@ fn no_descriptor_of_pglock_reaches_the_child() {
 fn json_logs_carry_the_contract_fields_and_the_last_event_the_totals() {
     let name = key("json");
     let (_, err) = expect_code(
-        pglock(&[
-            "run",
-            "--log-format",
-            "json",
-            "--key",
-            &name,
-            "--",
-            "sh",
-            "-c",
-            "exit 7",
-        ]),
+        Run::new(&name).args(["--log-format", "json"]).sh("exit 7"),
         7,
     );
     let lines: Vec<&str> = err.lines().collect();
@@ -122,18 +109,11 @@ fn json_logs_carry_the_contract_fields_and_the_last_event_the_totals() {
     assert!(lines[0].contains("\"event\":\"acquired\""), "{}", lines[0]);
     // A failure's last event carries them too.
     let id = lock_id(&name);
-    let holder = hold(pglock(&["run", "--key", &name, "--", "sleep", "30"]), id);
+    let holder = hold(Run::new(&name).child(["sleep", "30"]), id);
     let (_, err) = expect_code(
-        pglock(&[
-            "run",
-            "-n",
-            "--log-format",
-            "json",
-            "--key",
-            &name,
-            "--",
-            "true",
-        ]),
+        Run::new(&name)
+            .args(["-n", "--log-format", "json"])
+            .child(["true"]),
         75,
     );
     let last = err.lines().last().unwrap();
@@ -149,10 +129,10 @@ fn json_logs_carry_the_contract_fields_and_the_last_event_the_totals() {
 #[test]
 fn quiet_prints_nothing_on_success_and_verbose_more() {
     let name = key("quiet");
-    let (_, err) = expect_code(pglock(&["run", "-q", "--key", &name, "--", "true"]), 0);
+    let (_, err) = expect_code(Run::new(&name).args(["-q"]).child(["true"]), 0);
     assert_eq!(err, "");
-    let (_, normal) = expect_code(pglock(&["run", "--key", &name, "--", "true"]), 0);
-    let (_, verbose) = expect_code(pglock(&["run", "-v", "--key", &name, "--", "true"]), 0);
+    let (_, normal) = expect_code(Run::new(&name).child(["true"]), 0);
+    let (_, verbose) = expect_code(Run::new(&name).args(["-v"]).child(["true"]), 0);
     assert!(
         verbose.lines().count() > normal.lines().count(),
         "{normal}\n---\n{verbose}"
@@ -170,7 +150,7 @@ fn quiet_prints_nothing_on_success_and_verbose_more() {
 fn the_child_runs_with_pglock_cpu_affinity() {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     if cpus < 2 {
-        eprintln!("one CPU: nothing to check");
+        note("skipped: one CPU, so no affinity to compare");
         return;
     }
     let cpus_allowed = |status: &str| {
@@ -214,16 +194,7 @@ fn the_child_runs_with_pglock_cpu_affinity() {
 #[test]
 fn the_child_starts_with_no_signal_blocked_or_ignored_by_pglock() {
     let name = key("sigmask");
-    let mut cmd = pglock(&[
-        "run",
-        "--key",
-        &name,
-        "--",
-        "grep",
-        "-E",
-        "^Sig(Blk|Ign):",
-        "/proc/self/status",
-    ]);
+    let mut cmd = Run::new(&name).child(["grep", "-E", "^Sig(Blk|Ign):", "/proc/self/status"]);
     // pglock itself starts with SIGUSR2 and SIGALRM blocked; its child must not inherit that.
     // SAFETY: the closure runs in the forked child before exec and calls only async-signal-safe
     // functions (sigemptyset, sigaddset, sigprocmask) on a stack-local sigset_t.
@@ -316,7 +287,7 @@ fn sigkill_of_pglock_kills_the_whole_group_before_the_next_holder_starts() {
     let mut a = start_family(&name, &dir, &[]);
     let [g1, g2] = grandchildren(&dir);
     // B's child reports the grandchildren's states when it starts: gone, or zombies.
-    let b = pglock(&["run", "-q", "--key", &name, "--", "sh", "-c"])
+    let b = Run::new(&name).args(["-q"]).child(["sh", "-c"])
         .arg(format!(
             "for g in {g1} {g2}; do s=$(cut -d' ' -f3 /proc/$g/stat 2>/dev/null); echo \"$g ${{s:-gone}}\"; done"
         ))
@@ -355,23 +326,15 @@ fn sigkill_of_pglock_gives_the_child_sigterm_first() {
     let name = key("group-term");
     let dir = tmpdir("group-term");
     let f = dir.join("term");
-    let a = pglock(&[
-        "run",
-        "-q",
-        "--kill-after",
-        "2s",
-        "--key",
-        &name,
-        "--",
-        "sh",
-        "-c",
-    ])
-    .arg(format!(
-        "trap 'echo cleaned > {f}; exit 0' TERM; touch {f}.ready; sleep 30 & wait",
-        f = f.display()
-    ))
-    .spawn()
-    .unwrap();
+    let a = Run::new(&name)
+        .args(["-q", "--kill-after", "2s"])
+        .child(["sh", "-c"])
+        .arg(format!(
+            "trap 'echo cleaned > {f}; exit 0' TERM; touch {f}.ready; sleep 30 & wait",
+            f = f.display()
+        ))
+        .spawn()
+        .unwrap();
     let ready = dir.join("term.ready");
     assert!(wait_until(Duration::from_secs(10), || ready.exists()));
     signal(&a, nix::sys::signal::Signal::SIGKILL);
@@ -382,10 +345,7 @@ fn sigkill_of_pglock_gives_the_child_sigterm_first() {
     );
     let mut a = a;
     let _ = a.wait();
-    expect_code(
-        pglock(&["run", "-w", "5s", "--key", &name, "--", "true"]),
-        0,
-    );
+    expect_code(Run::new(&name).args(["-w", "5s"]).child(["true"]), 0);
 }
 
 /// A lost lock (pg_terminate_backend of pglock's session): the whole group is stopped, the
@@ -439,20 +399,7 @@ fn members_left_behind_by_the_child_are_stopped_before_the_release() {
         d = dir.display()
     );
     let t = std::time::Instant::now();
-    let (_, err) = expect_code(
-        pglock(&[
-            "run",
-            "--kill-after",
-            "1s",
-            "--key",
-            &name,
-            "--",
-            "sh",
-            "-c",
-            &script,
-        ]),
-        3,
-    );
+    let (_, err) = expect_code(Run::new(&name).args(["--kill-after", "1s"]).sh(&script), 3);
     let [g1, g2] = grandchildren(&dir);
     assert!(dead(g1) && dead(g2), "{err}");
     assert!(

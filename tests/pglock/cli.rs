@@ -165,7 +165,7 @@ fn key_sql_evaluated_by_the_server_equals_key() {
 }
 
 #[test]
-fn key_id_forms() {
+fn key_id_takes_hex_negative_and_i64_max_and_the_child_sees_the_id() {
     let k = "0x47524f4f";
     let dir = tmpdir("keyid");
     let f = dir.join("env");

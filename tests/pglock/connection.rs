@@ -13,19 +13,15 @@ fn run_env(
     env: &[(&str, &str)],
     child_sql: Option<&str>,
 ) -> (Option<i32>, String, String) {
-    let mut args = vec!["run", "--key", name, "--"];
-    let script;
-    if let Some(sql) = child_sql {
-        script = format!(
+    let run = Run::new(name).unconnected();
+    let mut c = match child_sql {
+        Some(sql) => run.sh(&format!(
             "{} -X -At -d '{}' -c \"{sql}\"",
             pg().bin.join("psql").display(),
             pg().socket_url()
-        );
-        args.extend(["sh", "-c", &script]);
-    } else {
-        args.push("true");
-    }
-    let mut c = pglock_bare(&args);
+        )),
+        None => run.child(["true"]),
+    };
     for (k, v) in env {
         c.env(k, v);
     }
@@ -59,19 +55,11 @@ fn libpq_environment_variables_are_used() {
 }
 
 #[test]
-fn the_url_sources_in_order() {
+fn database_url_flag_beats_pglock_database_url_beats_database_url_beats_pg_variables() {
     let name = key("urlorder");
     let bogus = "postgres://nobody:x@127.0.0.1:1/none";
     // --database-url beats PGLOCK_DATABASE_URL, which beats DATABASE_URL, which beats PG*.
-    let mut c = pglock_bare(&[
-        "run",
-        "--database-url",
-        &pg().url(),
-        "--key",
-        &name,
-        "--",
-        "true",
-    ]);
+    let mut c = Run::new(&name).database_url(&pg().url()).child(["true"]);
     c.env("PGLOCK_DATABASE_URL", bogus)
         .env("DATABASE_URL", bogus);
     expect_code(c, 0);
@@ -97,7 +85,7 @@ fn the_url_sources_in_order() {
 }
 
 #[test]
-fn key_value_strings_and_unix_socket_hosts() {
+fn key_value_strings_and_urls_reach_a_unix_socket_host() {
     let name = key("kv");
     let dir = pg().dir.display().to_string();
     let port = pg().port;
@@ -182,20 +170,12 @@ fn no_password_ever_appears_in_output() {
     for url in &urls {
         for verbosity in ["-v", "--log-format=json"] {
             // -w 1s: the retries of a refused connection are logged too, without a password.
-            let out = pglock_bare(&[
-                "run",
-                verbosity,
-                "-w",
-                "1s",
-                "--database-url",
-                url,
-                "--key",
-                &name,
-                "--",
-                "true",
-            ])
-            .output()
-            .unwrap();
+            let out = Run::new(&name)
+                .args([verbosity, "-w", "1s"])
+                .database_url(url)
+                .child(["true"])
+                .output()
+                .unwrap();
             let all = format!(
                 "{}{}",
                 String::from_utf8_lossy(&out.stdout),
@@ -283,7 +263,7 @@ fn a_failed_password_says_where_it_came_from_without_showing_it() {
 fn with_nothing_configured_and_no_local_server_one_line_says_what_to_set() {
     let sockets = ["/var/run/postgresql/.s.PGSQL.5432", "/tmp/.s.PGSQL.5432"];
     if sockets.iter().any(|s| std::path::Path::new(s).exists()) {
-        eprintln!("skipped: a local PostgreSQL listens on the default socket");
+        note("skipped: a local PostgreSQL listens on the default socket");
         return;
     }
     let (code, _, err) = run_env(&key("nothing"), &[], None);
@@ -343,7 +323,7 @@ fn application_name_is_pglock_name_unless_set_and_cut_to_63_bytes() {
     // each non-ASCII byte of application_name as '?').
     let long = format!("{name}-{}", "é".repeat(40));
     let lid = lock_id(&long);
-    let h = hold(pglock(&["run", "--key", &long, "--", "sleep", "30"]), lid);
+    let h = hold(Run::new(&long).child(["sleep", "30"]), lid);
     let app = pg().locks_on(lid)[0].split(',').nth(2).unwrap().to_string();
     let ascii_prefix = format!("pglock:{name}-");
     assert!(
@@ -373,15 +353,9 @@ fn server_and_role_timeouts_do_not_end_the_lock_session() {
     );
     // Idle for 1 s while the child runs: idle_session_timeout would have ended the session.
     let id = lock_id(&name);
-    let h = {
-        let mut c = pglock_bare(&["run", "--key", &name, "--", "sleep", "1"]);
-        c.env("PGLOCK_DATABASE_URL", &url);
-        hold(c, id)
-    };
+    let h = hold(Run::new(&name).url(&url).child(["sleep", "1"]), id);
     // Waits longer than lock_timeout and statement_timeout would allow.
-    let mut w = pglock_bare(&["run", "--key", &name, "--", "true"]);
-    w.env("PGLOCK_DATABASE_URL", &url);
-    expect_code(w, 0);
+    expect_code(Run::new(&name).url(&url).child(["true"]), 0);
     assert_eq!(h.wait_with_output().unwrap().status.code(), Some(0));
 }
 
@@ -484,9 +458,8 @@ pub fn certs() -> &'static Certs {
             std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(0o600)).unwrap();
         }
         if is_root() {
-            let u = nix::unistd::User::from_name("postgres").unwrap().unwrap();
             for f in ["", "server.crt", "server.key", "ca.crt"] {
-                nix::unistd::chown(dir.join(f).as_path(), Some(u.uid), Some(u.gid)).unwrap();
+                chown_pg(&dir.join(f));
             }
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
@@ -514,7 +487,7 @@ fn tls_cluster() -> &'static Cluster {
 }
 
 #[test]
-fn tls_require_prefer_disable() {
+fn sslmode_require_and_prefer_use_tls_and_disable_does_not() {
     let c = tls_cluster();
     let name = key("tls");
     let sql = format!("SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.application_name = 'pglock:{name}'");
@@ -528,9 +501,7 @@ fn tls_require_prefer_disable() {
             c.bin.join("psql").display(),
             c.socket_url()
         );
-        let mut cmd = pglock_bare(&["run", "--key", &name, "--", "sh", "-c", &script]);
-        cmd.env("PGLOCK_DATABASE_URL", &url);
-        let (out, _) = expect_code(cmd, 0);
+        let (out, _) = expect_code(Run::new(&name).url(url).sh(&script), 0);
         assert_eq!(out.trim(), want, "sslmode={mode}");
     }
     // The main cluster has no TLS: require fails with 69 naming the target, prefer goes plain.
@@ -556,8 +527,7 @@ fn tls_require_prefer_disable() {
 
 fn tls_run(url: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
     let name = key("tlsv");
-    let mut c = pglock_bare(&["run", "--key", &name, "--", "true"]);
-    c.env("PGLOCK_DATABASE_URL", url);
+    let mut c = Run::new(&name).url(url).child(["true"]);
     for (k, v) in env {
         c.env(k, v);
     }
@@ -629,7 +599,7 @@ fn tls_verify_full_and_verify_ca_check_the_ca_and_the_host() {
 }
 
 #[test]
-fn tls_client_certificates() {
+fn a_role_that_needs_a_client_certificate_connects_with_one_and_is_refused_without() {
     let cl = tls_cluster();
     let c = certs();
     let url = format!(
@@ -682,9 +652,7 @@ fn a_hot_standby_is_refused_and_a_host_list_picks_the_primary() {
         on(&format!("127.0.0.1:{},127.0.0.1:{}", standby.port, pg().port)),
         format!("host=127.0.0.1,127.0.0.1 port={},{} user=postgres password={SUPERUSER_PASSWORD} dbname=postgres sslmode=disable", standby.port, pg().port),
     ] {
-        let mut c = pglock_bare(&["run", "--key", &name, "--", "sleep", "30"]);
-        c.env("PGLOCK_DATABASE_URL", &url);
-        let h = c.spawn().unwrap();
+        let h = Run::new(&name).url(&url).child(["sleep", "30"]).spawn().unwrap();
         assert!(wait_until(Duration::from_secs(10), || pg().locks_on(id).len() == 1), "{url}: the lock is on the primary");
         stop(h);
     }
@@ -725,9 +693,12 @@ fn static_binary_runs_in_an_empty_root() {
         target_env = "gnu",
         target_arch = "x86_64"
     )) {
+        note("skipped: a static executable is built for x86_64 Linux with glibc only");
         return;
     }
-    assert!(is_root(), "this test needs root for chroot(8)");
+    if !require_root("chroot(8)") {
+        return;
+    }
     let elf = std::fs::read(bin()).unwrap();
     assert!(
         !has_interpreter(&elf),
@@ -786,7 +757,9 @@ fn silent_dns_root(name: &str) -> (std::path::PathBuf, std::net::UdpSocket) {
 /// itself can be neither: its own timeouts here add up to minutes).
 #[test]
 fn a_hanging_dns_lookup_obeys_connect_timeout_and_signals() {
-    assert!(is_root(), "this test needs root for chroot(8)");
+    if !require_root("chroot(8)") {
+        return;
+    }
     let (root, _dns) = silent_dns_root("dns-hang");
     let run = |url: &str| {
         let mut c = std::process::Command::new("/usr/sbin/chroot");

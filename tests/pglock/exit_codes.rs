@@ -8,21 +8,8 @@ fn every_child_exit_code_passes_through() {
     let name = key("codes");
     let url = pg().socket_url();
     for code in 0..=255 {
-        let c = {
-            let mut c = pglock_bare(&[
-                "run",
-                "-q",
-                "--key",
-                &name,
-                "--",
-                "sh",
-                "-c",
-                &format!("exit {code}"),
-            ]);
-            c.env("PGLOCK_DATABASE_URL", &url);
-            c
-        };
-        expect_code(c, code);
+        let c = Run::new(&name).args(["-q"]).url(&url);
+        expect_code(c.sh(&format!("exit {code}")), code);
     }
 }
 
@@ -38,35 +25,23 @@ fn a_child_killed_by_a_signal_gives_128_plus_n() {
 #[test]
 fn not_found_127_not_executable_126_and_the_lock_is_released() {
     let name = key("exec");
-    let (_, err) = expect_code(
-        pglock(&["run", "--key", &name, "--", "/no/such/program"]),
-        127,
-    );
+    let (_, err) = expect_code(Run::new(&name).child(["/no/such/program"]), 127);
     assert!(err.contains("command not found: /no/such/program"), "{err}");
-    let (_, err) = expect_code(
-        pglock(&["run", "--key", &name, "--", "no-such-program-in-path"]),
-        127,
-    );
+    let (_, err) = expect_code(Run::new(&name).child(["no-such-program-in-path"]), 127);
     assert!(err.contains("not found"), "{err}");
     let dir = tmpdir("exec");
     let f = dir.join("not-executable");
     std::fs::write(&f, "#!/bin/sh\necho hi\n").unwrap();
-    let (_, err) = expect_code(
-        pglock(&["run", "--key", &name, "--", f.to_str().unwrap()]),
-        126,
-    );
+    let (_, err) = expect_code(Run::new(&name).child([f.to_str().unwrap()]), 126);
     assert!(err.contains("cannot execute"), "{err}");
-    expect_code(
-        pglock(&["run", "--key", &name, "--", dir.to_str().unwrap()]),
-        126,
-    );
+    expect_code(Run::new(&name).child([dir.to_str().unwrap()]), 126);
     assert!(
         pg().locks_on(lock_id(&name)).is_empty(),
         "lock left behind: {:?}",
         pg().locks_on(lock_id(&name))
     );
     // And the next run takes it at once.
-    expect_code(pglock(&["run", "-n", "--key", &name, "--", "true"]), 0);
+    expect_code(Run::new(&name).args(["-n"]).child(["true"]), 0);
 }
 
 /// As execvp(3) and flock(1) do: an executable file in no executable format (a script without
@@ -79,12 +54,9 @@ fn a_script_without_shebang_runs_through_sh() {
     let f = dir.join("plain-script");
     std::fs::write(&f, "echo \"args: $1 $2\"\nexit 7\n").unwrap();
     std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let (out, _) = expect_code(
-        pglock(&["run", "--key", &name, "--", f.to_str().unwrap(), "a", "b"]),
-        7,
-    );
+    let (out, _) = expect_code(Run::new(&name).child([f.to_str().unwrap(), "a", "b"]), 7);
     assert_eq!(out.trim(), "args: a b");
-    let mut by_path = pglock(&["run", "--key", &name, "--", "plain-script", "c"]);
+    let mut by_path = Run::new(&name).child(["plain-script", "c"]);
     by_path.env("PATH", format!("{}:/usr/bin:/bin", dir.display()));
     let (out, _) = expect_code(by_path, 7);
     assert_eq!(out.trim(), "args: c");
@@ -99,16 +71,10 @@ fn unavailable_is_69_with_host_port_user() {
     };
     let refused = format!("postgres://postgres:pw@127.0.0.1:{port}/postgres");
     // -n: a waiting run would retry a refused connection (restart.rs).
-    let mut c = pglock_bare(&[
-        "run",
-        "-n",
-        "--key",
-        &name,
-        "--database-url",
-        &refused,
-        "--",
-        "true",
-    ]);
+    let mut c = Run::new(&name)
+        .args(["-n"])
+        .database_url(&refused)
+        .child(["true"]);
     c.env("HOME", "/nonexistent");
     let (_, err) = expect_code(c, 69);
     assert!(
@@ -118,36 +84,14 @@ fn unavailable_is_69_with_host_port_user() {
     assert_eq!(err.lines().count(), 1, "{err}");
 
     let unknown = "postgres://u:pw@no-such-host.invalid/db";
-    let (_, err) = expect_code(
-        pglock_bare(&[
-            "run",
-            "--key",
-            &name,
-            "--database-url",
-            unknown,
-            "--",
-            "true",
-        ]),
-        69,
-    );
+    let (_, err) = expect_code(Run::new(&name).database_url(unknown).child(["true"]), 69);
     assert!(err.contains("no-such-host.invalid"), "{err}");
 
     let bad_db = format!(
         "postgres://postgres:{SUPERUSER_PASSWORD}@127.0.0.1:{}/nodb?sslmode=disable",
         pg().port
     );
-    let (_, err) = expect_code(
-        pglock_bare(&[
-            "run",
-            "--key",
-            &name,
-            "--database-url",
-            &bad_db,
-            "--",
-            "true",
-        ]),
-        69,
-    );
+    let (_, err) = expect_code(Run::new(&name).database_url(&bad_db).child(["true"]), 69);
     assert!(err.contains("nodb"), "{err}");
 
     // With a host list, every host's reason is given, in order, on one line.
@@ -155,10 +99,7 @@ fn unavailable_is_69_with_host_port_user() {
         "host=127.0.0.1,no-such-host.invalid port={port},{} user=postgres password=pw dbname=postgres sslmode=disable",
         pg().port
     );
-    let (_, err) = expect_code(
-        pglock_bare(&["run", "--key", &name, "--database-url", &both, "--", "true"]),
-        69,
-    );
+    let (_, err) = expect_code(Run::new(&name).database_url(&both).child(["true"]), 69);
     let first = err.find(&format!("127.0.0.1:{port}"));
     let second = err.find("no-such-host.invalid");
     assert!(
@@ -173,45 +114,26 @@ fn unavailable_is_69_with_host_port_user() {
 fn not_acquired_is_75_or_the_conflict_exit_code() {
     let name = key("conflict");
     let id = lock_id(&name);
-    let holder = hold(pglock(&["run", "--key", &name, "--", "sleep", "5"]), id);
+    let holder = hold(Run::new(&name).child(["sleep", "5"]), id);
     let dir = tmpdir("conflict");
     let marker = dir.join("ran");
     let touch = format!("touch {}", marker.display());
-    let (_, err) = expect_code(
-        pglock(&["run", "-n", "--key", &name, "--", "sh", "-c", &touch]),
-        75,
-    );
+    let (_, err) = expect_code(Run::new(&name).args(["-n"]).sh(&touch), 75);
     assert!(
         err.contains("pid ")
             && err.contains(&format!("pglock:{name}"))
             && err.contains("127.0.0.1"),
         "holder not named: {err}"
     );
+    expect_code(Run::new(&name).args(["-n", "-E", "0"]).sh(&touch), 0);
     expect_code(
-        pglock(&[
-            "run", "-n", "-E", "0", "--key", &name, "--", "sh", "-c", &touch,
-        ]),
-        0,
-    );
-    expect_code(
-        pglock(&[
-            "run",
-            "--no-wait",
-            "--conflict-exit-code",
-            "3",
-            "--key",
-            &name,
-            "--",
-            "sh",
-            "-c",
-            &touch,
-        ]),
+        Run::new(&name)
+            .args(["--no-wait", "--conflict-exit-code", "3"])
+            .sh(&touch),
         3,
     );
     expect_code(
-        pglock(&[
-            "run", "-w", "300ms", "-E", "4", "--key", &name, "--", "sh", "-c", &touch,
-        ]),
+        Run::new(&name).args(["-w", "300ms", "-E", "4"]).sh(&touch),
         4,
     );
     assert!(!marker.exists(), "the command ran without the lock");
@@ -229,15 +151,7 @@ fn too_many_connections_is_69() {
         pg().port
     );
     let (_, err) = expect_code(
-        pglock_bare(&[
-            "run",
-            "--database-url",
-            &url,
-            "--key",
-            &key("nolimit"),
-            "--",
-            "true",
-        ]),
+        Run::new(&key("nolimit")).database_url(&url).child(["true"]),
         69,
     );
     assert!(err.contains("too many connections for role"), "{err}");
@@ -284,15 +198,7 @@ fn a_full_server_is_69_naming_max_connections() {
         "the server did not fill up"
     );
     let (_, err) = expect_code(
-        pglock_bare(&[
-            "run",
-            "--database-url",
-            &url,
-            "--key",
-            &key("full"),
-            "--",
-            "true",
-        ]),
+        Run::new(&key("full")).database_url(&url).child(["true"]),
         69,
     );
     assert!(
@@ -313,7 +219,10 @@ fn connect_timeout_bounds_a_server_that_never_answers() {
     let port = silent.local_addr().unwrap().port();
     let t = std::time::Instant::now();
     // -n: one attempt (a waiting run retries a server that does not answer, restart.rs).
-    let mut c = pglock_bare(&["run", "-n", "--key", &key("silent"), "--", "true"]);
+    let mut c = Run::new(&key("silent"))
+        .args(["-n"])
+        .unconnected()
+        .child(["true"]);
     c.env("PGHOST", "127.0.0.1")
         .env("PGPORT", port.to_string())
         .env("PGUSER", "u")

@@ -64,12 +64,6 @@ fn pid_alive(file: &std::path::Path) -> bool {
     state_of(pid).is_some_and(|s| s != 'Z')
 }
 
-fn pglock_on(c: &Cluster, args: &[&str]) -> std::process::Command {
-    let mut cmd = pglock_bare(args);
-    cmd.env("PGLOCK_DATABASE_URL", c.url());
-    cmd
-}
-
 /// A cluster of its own for the tests that restart the server.
 fn restart_cluster() -> &'static Cluster {
     static C: OnceLock<Cluster> = OnceLock::new();
@@ -82,37 +76,19 @@ fn server_ends_the_session(c: &Cluster, name: &str, end_it: impl FnOnce(&str)) -
     let id = lock_id(name);
     let dir = tmpdir("srvend");
     let file = dir.join("stamps");
-    let a = pglock_on(
-        c,
-        &[
-            "run",
-            "--key",
-            name,
-            "--",
-            "sh",
-            "-c",
-            &writer(&file, "a", false),
-        ],
-    )
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
+    let a = Run::new(name)
+        .on(c)
+        .sh(&writer(&file, "a", false))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let backend = backend_of(c, name);
-    let b = pglock_on(
-        c,
-        &[
-            "run",
-            "--key",
-            name,
-            "--",
-            "sh",
-            "-c",
-            &format!("echo b $(date +%s%N) >> {}", file.display()),
-        ],
-    )
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
+    let b = Run::new(name)
+        .on(c)
+        .sh(&format!("echo b $(date +%s%N) >> {}", file.display()))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     assert!(
         wait_until(Duration::from_secs(10), || waiting(c, id)),
         "B queued"
@@ -233,22 +209,11 @@ fn a_silent_partition_is_detected_within_the_heartbeat_bound_and_the_server_keep
     );
     let dir = tmpdir("partition");
     let file = dir.join("stamps");
-    let mut cmd = pglock_bare(&[
-        "run",
-        "--heartbeat",
-        "300ms",
-        "--kill-after",
-        "500ms",
-        "--release-after",
-        "3s",
-        "--key",
-        &name,
-        "--",
-        "sh",
-        "-c",
-        &writer(&file, "a", true),
-    ]);
-    cmd.env("PGLOCK_DATABASE_URL", &url);
+    let mut cmd = Run::new(&name)
+        .args(["--heartbeat", "300ms", "--kill-after", "500ms"])
+        .args(["--release-after", "3s"])
+        .url(url)
+        .sh(&writer(&file, "a", true));
     cmd.stderr(Stdio::piped());
     let a = hold(cmd, id);
     std::thread::sleep(Duration::from_millis(400));
@@ -297,36 +262,20 @@ fn sigkill_of_pglock_never_lets_the_next_child_overlap() {
         let dir = tmpdir("sigkill");
         let file = dir.join("stamps");
         // A's child ignores SIGTERM: the guard kills it after --kill-after.
-        let a = pglock(&[
-            "run",
-            "-q",
-            "--kill-after",
-            "200ms",
-            "--key",
-            &name,
-            "--",
-            "sh",
-            "-c",
-            &writer(&file, "a", true),
-        ])
-        .spawn()
-        .unwrap();
+        let a = Run::new(&name)
+            .args(["-q", "--kill-after", "200ms"])
+            .sh(&writer(&file, "a", true))
+            .spawn()
+            .unwrap();
         assert!(wait_until(Duration::from_secs(10), || std::fs::metadata(
             &file
         )
         .is_ok_and(|m| m.len() > 0)));
-        let b = pglock(&[
-            "run",
-            "-q",
-            "--key",
-            &name,
-            "--",
-            "sh",
-            "-c",
-            &format!("echo b $(date +%s%N) >> {}", file.display()),
-        ])
-        .spawn()
-        .unwrap();
+        let b = Run::new(&name)
+            .args(["-q"])
+            .sh(&format!("echo b $(date +%s%N) >> {}", file.display()))
+            .spawn()
+            .unwrap();
         kill_once_queued(a, id);
         let bout = b.wait_with_output().unwrap();
         assert_eq!(bout.status.code(), Some(0));
@@ -347,10 +296,9 @@ fn sigkill_of_pglock_never_lets_the_next_child_overlap() {
 /// must stay held until it is dead.
 #[test]
 fn sigkill_of_pglock_kills_a_set_uid_child_before_the_lock_is_freed() {
-    assert!(
-        is_root(),
-        "this test needs root to make a set-user-ID program"
-    );
+    if !require_root("a set-user-ID program of another user") {
+        return;
+    }
     let name = key("guard-suid");
     let id = lock_id(&name);
     let dir = tmpdir("guard-suid");
@@ -363,9 +311,9 @@ fn sigkill_of_pglock_kills_a_set_uid_child_before_the_lock_is_freed() {
         .as_raw();
     std::os::unix::fs::chown(&sleeper, Some(uid), None).unwrap();
     std::fs::set_permissions(&sleeper, std::fs::Permissions::from_mode(0o4755)).unwrap();
-    let a = pglock(&["run", "-q", "--key", &name, "--"])
-        .arg(&sleeper)
-        .arg("30")
+    let a = Run::new(&name)
+        .args(["-q"])
+        .child([sleeper.as_os_str(), "30".as_ref()])
         .spawn()
         .unwrap();
     let mut child = None;
@@ -382,8 +330,9 @@ fn sigkill_of_pglock_kills_a_set_uid_child_before_the_lock_is_freed() {
     );
     let child = child.unwrap();
     // B's child reports the state of A's child when it starts: gone, or a zombie.
-    let b = pglock(&["run", "-q", "--key", &name, "--", "sh", "-c"])
-        .arg(format!(
+    let b = Run::new(&name)
+        .args(["-q"])
+        .sh(&format!(
             "cut -d' ' -f3 /proc/{child}/stat 2>/dev/null; true"
         ))
         .stdout(Stdio::piped())
@@ -412,19 +361,9 @@ fn max_runtime_stops_the_child_exits_124_and_releases() {
     let file = dir.join("stamps");
     let t = Instant::now();
     let (_, err) = expect_code(
-        pglock(&[
-            "run",
-            "--max-runtime",
-            "500ms",
-            "--kill-after",
-            "300ms",
-            "--key",
-            &name,
-            "--",
-            "sh",
-            "-c",
-            &writer(&file, "a", true),
-        ]),
+        Run::new(&name)
+            .args(["--max-runtime", "500ms", "--kill-after", "300ms"])
+            .sh(&writer(&file, "a", true)),
         124,
     );
     assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
@@ -435,8 +374,7 @@ fn max_runtime_stops_the_child_exits_124_and_releases() {
 
 #[test]
 fn as_pid_1_it_reaps_orphans_and_forwards_sigterm() {
-    if !is_root() {
-        eprintln!("skipped: unshare --pid needs root");
+    if !require_root("unshare --pid") || !require_tool("unshare") {
         return;
     }
     let name = key("pid1");
@@ -444,28 +382,10 @@ fn as_pid_1_it_reaps_orphans_and_forwards_sigterm() {
     let ready = dir.join("ready");
     // The child leaves an orphan (the subshell's sleep) that is reparented to pglock as PID 1.
     let script = format!("trap 'echo TERM > {d}/term; exit 0' TERM; (sleep 0.2 &); touch {r}; while :; do sleep 0.05; done", d = dir.display(), r = ready.display());
-    let mut cmd = std::process::Command::new("unshare");
-    cmd.args([
-        "--pid",
-        "--fork",
-        "--kill-child",
-        bin(),
-        "run",
-        "--key",
-        &name,
-        "--",
-        "sh",
-        "-c",
-        &script,
-    ]);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("PG") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.env("PGLOCK_DATABASE_URL", pg().url())
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped());
+    let mut cmd = Run::new(&name)
+        .under(["unshare", "--pid", "--fork", "--kill-child"])
+        .sh(&script);
+    cmd.stderr(Stdio::piped());
     let unshare = cmd.spawn().unwrap();
     assert!(wait_until(Duration::from_secs(10), || ready.exists()));
     std::thread::sleep(Duration::from_millis(600));
@@ -520,49 +440,21 @@ fn nesting_runs_at_once_when_covered_and_fails_at_once_when_not() {
     let name = key("nest");
     let t = Instant::now();
     expect_code(
-        pglock(&[
-            "run",
-            "--key",
-            &name,
-            "--",
-            bin(),
-            "run",
-            "--key",
-            &name,
-            "--",
-            "true",
-        ]),
+        Run::new(&name).child([bin(), "run", "--key", &name, "--", "true"]),
         0,
     );
     // Through a shell in between, and with the key from the inherited PGLOCK_KEY.
     expect_code(pglock_sh(&name, &format!("{} run -- true", bin())), 0);
     expect_code(
-        pglock(&[
-            "run",
-            "--shared",
-            "--key",
-            &name,
-            "--",
-            "sh",
-            "-c",
-            &format!("{} run --shared -- true", bin()),
-        ]),
+        Run::new(&name)
+            .args(["--shared"])
+            .sh(&format!("{} run --shared -- true", bin())),
         0,
     );
     let (_, err) = expect_code(
-        pglock(&[
-            "run",
-            "--shared",
-            "--key",
-            &name,
-            "--",
-            bin(),
-            "run",
-            "--key",
-            &name,
-            "--",
-            "true",
-        ]),
+        Run::new(&name)
+            .args(["--shared"])
+            .child([bin(), "run", "--key", &name, "--", "true"]),
         2,
     );
     assert!(err.contains("shared") && err.contains("forever"), "{err}");
@@ -572,7 +464,7 @@ fn nesting_runs_at_once_when_covered_and_fails_at_once_when_not() {
 #[test]
 fn timing_values_that_break_the_rule_are_refused() {
     let (_, err) = expect_code(
-        pglock(&["run", "--heartbeat", "10s", "--key", "x", "--", "true"]),
+        Run::new("x").args(["--heartbeat", "10s"]).child(["true"]),
         2,
     );
     assert!(
@@ -580,22 +472,14 @@ fn timing_values_that_break_the_rule_are_refused() {
         "{err}"
     );
     let (_, err) = expect_code(
-        pglock(&["run", "--kill-after", "1m", "--key", "x", "--", "true"]),
+        Run::new("x").args(["--kill-after", "1m"]).child(["true"]),
         2,
     );
     assert!(err.contains("76s"), "{err}");
     expect_code(
-        pglock(&[
-            "run",
-            "--kill-after",
-            "1m",
-            "--release-after",
-            "2m",
-            "--key",
-            &key("rule"),
-            "--",
-            "true",
-        ]),
+        Run::new(&key("rule"))
+            .args(["--kill-after", "1m", "--release-after", "2m"])
+            .child(["true"]),
         0,
     );
 }

@@ -173,14 +173,14 @@ fn fenced(fence: &str, sql: &str) -> Result<(), String> {
 
 /// Starts `pglock ARGS` whose child writes its fence statement, run id and backend pid to files
 /// and stays; returns it once the statement is there, with (statement, run id, backend pid).
-fn holder(mut cmd: Command, dir: &Path) -> (std::process::Child, String, String, i32) {
+fn holder(run: Run, dir: &Path) -> (std::process::Child, String, String, i32) {
     let f = dir.join("fence.sql");
     let script = format!(
         "echo $PGLOCK_RUN_ID > {d}/run; echo $PGLOCK_BACKEND_PID > {d}/pid; echo \"$PGLOCK_FENCE_SQL\" > {f}.tmp; mv {f}.tmp {f}; sleep 30",
         d = dir.display(),
         f = f.display()
     );
-    cmd.args(["--", "sh", "-c", &script]);
+    let mut cmd = run.sh(&script);
     let child = cmd
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -199,7 +199,7 @@ fn a_lost_lock_fails_the_old_fence_and_the_new_holder_passes() {
     let name = key("fence-lost");
     let t = table(&name);
     let dir = tmpdir("fence-lost");
-    let (a, fence_a, run_a, backend_a) = holder(pglock(&["run", "--key", &name]), &dir);
+    let (a, fence_a, run_a, backend_a) = holder(Run::new(&name), &dir);
     fenced(&fence_a, &format!("INSERT INTO {t} VALUES (1, 'a')")).unwrap();
     pg().psql_super(&format!("SELECT pg_terminate_backend({backend_a})"));
     let out = a.wait_with_output().unwrap();
@@ -208,7 +208,7 @@ fn a_lost_lock_fails_the_old_fence_and_the_new_holder_passes() {
     assert!(err.contains("pglock") && err.contains(&run_a), "{err}");
     // The new holder's child writes; the old one still cannot.
     let dir_b = tmpdir("fence-lost-b");
-    let (b, fence_b, _, _) = holder(pglock(&["run", "--key", &name]), &dir_b);
+    let (b, fence_b, _, _) = holder(Run::new(&name), &dir_b);
     fenced(&fence_b, &format!("INSERT INTO {t} VALUES (3, 'b')")).unwrap();
     assert!(fenced(&fence_a, &format!("INSERT INTO {t} VALUES (4, 'a')")).is_err());
     assert_eq!(stop(b), Some(143));
@@ -224,7 +224,7 @@ fn a_lost_lock_fails_the_old_fence_and_the_new_holder_passes() {
 fn a_reused_backend_pid_does_not_pass() {
     let name = key("fence-forge");
     let dir = tmpdir("fence-forge");
-    let (a, fence_a, _, backend) = holder(pglock(&["run", "--key", &name]), &dir);
+    let (a, fence_a, _, backend) = holder(Run::new(&name), &dir);
     fenced(&fence_a, "SELECT 1").unwrap();
     // The right pid with another backend_start: a session that reused the pid.
     let start = fence_a
@@ -251,12 +251,13 @@ fn a_reused_backend_pid_does_not_pass() {
 }
 
 #[test]
-fn transaction_scope_through_pgbouncer_is_fenced() {
+fn through_pgbouncer_in_transaction_scope_a_lost_holders_fence_fails_and_the_next_waits() {
     let name = key("fence-pgb");
     let dir = tmpdir("fence-pgb");
-    let mut cmd = pglock_bare(&["run", "--scope", "transaction", "--key", &name]);
-    cmd.env("PGLOCK_DATABASE_URL", bouncer().url());
-    let (a, fence_a, run_a, _) = holder(cmd, &dir);
+    let run = Run::new(&name)
+        .args(["--scope", "transaction"])
+        .through(bouncer());
+    let (a, fence_a, run_a, _) = holder(run, &dir);
     // pglock's open transaction does not keep the fence lock.
     let id = lock_id(&name);
     assert!(!fence_held(lock_id(&format!("{id}:fence"))));
@@ -288,25 +289,17 @@ fn transaction_scope_through_pgbouncer_is_fenced() {
         .unwrap();
     wait_in_flight(&t, 1);
     let seen = dir.join("seen");
-    let mut b = pglock_bare(&[
-        "run",
-        "-q",
-        "--scope",
-        "transaction",
-        "--key",
-        &name,
-        "--",
-        "sh",
-        "-c",
-    ]);
-    b.arg(format!(
-        "{} -X -Atq -d '{url}' -c 'SELECT count(*) FROM {t}' > {}",
-        pg().bin.join("psql").display(),
-        seen.display()
-    ))
-    .env("PGLOCK_DATABASE_URL", &url)
-    .stderr(Stdio::null());
-    let b = b.spawn().unwrap();
+    let b = Run::new(&name)
+        .args(["-q", "--scope", "transaction"])
+        .url(&url)
+        .sh(&format!(
+            "{} -X -Atq -d '{url}' -c 'SELECT count(*) FROM {t}' > {}",
+            pg().bin.join("psql").display(),
+            seen.display()
+        ))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     assert!(wait_until(Duration::from_secs(10), || pg()
         .locks_on(id)
         .iter()
@@ -326,8 +319,8 @@ fn shared_holders_are_fenced_and_an_exclusive_waiter_waits_for_both() {
     let id = lock_id(&name);
     let t = table(&name);
     let (d1, d2) = (tmpdir("fence-sh1"), tmpdir("fence-sh2"));
-    let (s1, f1, _, _) = holder(pglock(&["run", "--shared", "--key", &name]), &d1);
-    let (s2, f2, _, _) = holder(pglock(&["run", "--shared", "--key", &name]), &d2);
+    let (s1, f1, _, _) = holder(Run::new(&name).args(["--shared"]), &d1);
+    let (s2, f2, _, _) = holder(Run::new(&name).args(["--shared"]), &d2);
     // Both shared holders' children leave a fenced transaction in flight (committed in 3 s)...
     let mut writers = Vec::new();
     for (i, f) in [(1, &f1), (2, &f2)] {
@@ -348,10 +341,7 @@ fn shared_holders_are_fenced_and_an_exclusive_waiter_waits_for_both() {
         == 2));
     // ...a third shared holder does not wait for them...
     let t0 = Instant::now();
-    expect_code(
-        pglock(&["run", "--shared", "--key", &name, "--", "true"]),
-        0,
-    );
+    expect_code(Run::new(&name).args(["--shared"]).child(["true"]), 0);
     assert!(
         t0.elapsed() < Duration::from_millis(1000),
         "{:?}",
@@ -382,8 +372,8 @@ fn limit_slots_are_fenced_each() {
     let name = key("fence-limit");
     let t = table(&name);
     let (d1, d2) = (tmpdir("fence-l1"), tmpdir("fence-l2"));
-    let (s1, f1, _, _) = holder(pglock(&["run", "--limit", "2", "--key", &name]), &d1);
-    let (s2, f2, _, _) = holder(pglock(&["run", "--limit", "2", "--key", &name]), &d2);
+    let (s1, f1, _, _) = holder(Run::new(&name).args(["--limit", "2"]), &d1);
+    let (s2, f2, _, _) = holder(Run::new(&name).args(["--limit", "2"]), &d2);
     assert_ne!(f1, f2);
     fenced(&f1, &format!("INSERT INTO {t} VALUES (1, 'x')")).unwrap();
     fenced(&f2, &format!("INSERT INTO {t} VALUES (2, 'x')")).unwrap();
@@ -401,20 +391,10 @@ fn limit_slots_are_fenced_each() {
     wait_in_flight(&t, 3);
     let dir = tmpdir("fence-l3");
     let seen = dir.join("seen");
-    let w = with_psql(pglock(&[
-        "run",
-        "--limit",
-        "2",
-        "--key",
-        &name,
-        "--",
-        "sh",
-        "-c",
-        &format!(
-            "$PSQL -c \"SELECT count(*) FROM {t} WHERE rep = 3\" > {}",
-            seen.display()
-        ),
-    ]))
+    let w = with_psql(Run::new(&name).args(["--limit", "2"]).sh(&format!(
+        "$PSQL -c \"SELECT count(*) FROM {t} WHERE rep = 3\" > {}",
+        seen.display()
+    )))
     .stderr(Stdio::null())
     .spawn()
     .unwrap();
@@ -527,10 +507,7 @@ fn a_nested_run_passes_its_ancestors_fence_on() {
         "echo \"$PGLOCK_FENCE_SQL\"; {} run -q --key {name} -- sh -c 'echo \"$PGLOCK_FENCE_SQL\"'",
         bin()
     );
-    let (out, _) = expect_code(
-        pglock(&["run", "-q", "--key", &name, "--", "sh", "-c", &script]),
-        0,
-    );
+    let (out, _) = expect_code(Run::new(&name).args(["-q"]).sh(&script), 0);
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 2, "{out}");
     // The same statement (lock, fence, session); the message names each run's own id.
@@ -562,7 +539,7 @@ fn the_fence_wait_keeps_no_wait_and_timeout() {
         .iter()
         .any(|l| l.contains(",t,"))));
     let t0 = Instant::now();
-    let (_, err) = expect_code(pglock(&["run", "-n", "--key", &name, "--", "true"]), 75);
+    let (_, err) = expect_code(Run::new(&name).args(["-n"]).child(["true"]), 75);
     assert!(
         t0.elapsed() < Duration::from_millis(1500),
         "{:?}",
@@ -570,10 +547,7 @@ fn the_fence_wait_keeps_no_wait_and_timeout() {
     );
     assert!(err.contains("fenced transaction"), "{err}");
     let t0 = Instant::now();
-    expect_code(
-        pglock(&["run", "-w", "500ms", "--key", &name, "--", "true"]),
-        75,
-    );
+    expect_code(Run::new(&name).args(["-w", "500ms"]).child(["true"]), 75);
     let took = t0.elapsed();
     assert!(
         took >= Duration::from_millis(450) && took < Duration::from_millis(2000),
@@ -619,12 +593,7 @@ fn a_nested_run_under_another_lock_fences_its_own_lock() {
     )
     .unwrap();
     let middle = format!("{} run -q --key {b} -- sh {}", bin(), inner.display());
-    expect_code(
-        with_psql(pglock(&[
-            "run", "-q", "--key", &a, "--", "sh", "-c", &middle,
-        ])),
-        0,
-    );
+    expect_code(with_psql(Run::new(&a).args(["-q"]).sh(&middle)), 0);
     let sql = read(&f);
     assert!(
         sql.contains(&lock_id(&format!("{ida}:fence")).to_string()),

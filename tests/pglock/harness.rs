@@ -68,6 +68,71 @@ pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
+/// Whether this is a CI run: `CI` set, non-empty, and neither `false` nor `0`.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+/// A note on the test binary's stderr itself, past libtest's capture of `eprintln!`, naming the
+/// test: a skipped check is seen in the output of a plain `cargo test`.
+pub fn note(what: &str) {
+    use std::io::Write;
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("a test")
+        .to_string();
+    let _ = writeln!(std::io::stderr(), "note: {test}: {what}");
+}
+
+/// The one policy for what a test needs of the machine: when `met` is false, the test fails in
+/// CI (`in_ci`), where everything is installed and the suite runs as root, so that nothing passes
+/// there without having run; elsewhere it says that it skips (`note`) and the caller returns:
+/// `if !require(cond, "what is missing") { return; }`.
+pub fn require(met: bool, what: &str) -> bool {
+    if met {
+        return true;
+    }
+    assert!(
+        !in_ci(),
+        "{what}: in CI (CI={:?}) this test must run, not skip",
+        std::env::var("CI").unwrap_or_default()
+    );
+    note(&format!("skipped: {what} (in CI this fails)"));
+    false
+}
+
+/// Root, under `require`'s policy: `if !require_root("unshare --pid") { return; }`.
+pub fn require_root(why: &str) -> bool {
+    require(is_root(), &format!("needs root for {why}"))
+}
+
+/// An external program, under `require`'s policy: `if !require_tool("groff") { return; }`.
+pub fn require_tool(tool: &str) -> bool {
+    require(
+        find_tool(tool).is_some(),
+        &format!("needs {tool}, which is not installed (scripts/setup test installs it)"),
+    )
+}
+
+/// Where `tool` is: on PATH, or in an sbin directory (not on a non-root PATH everywhere).
+pub fn find_tool(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(
+            [
+                "/usr/local/sbin",
+                "/usr/sbin",
+                "/sbin",
+                "/usr/local/bin",
+                "/usr/bin",
+                "/bin",
+            ]
+            .map(PathBuf::from),
+        )
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+}
+
 /// Runs a PostgreSQL server program, as `postgres` when we are root.
 fn as_pg(bin: &Path, prog: &str) -> Command {
     let mut c = Command::new(bin.join(prog));
@@ -326,18 +391,7 @@ impl Cluster {
 
     /// Runs SQL as the superuser; returns stdout, trimmed.
     pub fn psql_super(&self, sql: &str) -> String {
-        let out = self
-            .psql_cmd()
-            .args(["-c", sql])
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "psql {sql}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        psql_stdout(self.psql_cmd(), sql)
     }
 
     /// Advisory locks on `id` as (pid, mode, granted, application_name).
@@ -354,6 +408,18 @@ impl Cluster {
             .filter(|l| !l.is_empty())
             .collect()
     }
+}
+
+/// Runs `sql` with psql command `c` (`-c SQL`, no stdin), which must succeed; returns stdout,
+/// trimmed.
+fn psql_stdout(mut c: Command, sql: &str) -> String {
+    let out = c.args(["-c", sql]).stdin(Stdio::null()).output().unwrap();
+    assert!(
+        out.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// The main cluster of this test run: TCP with scram-sha-256, no TLS.
@@ -387,20 +453,128 @@ pub fn pglock(args: &[&str]) -> Command {
 
 /// `pglock run --key NAME -- sh -c SCRIPT` against the main cluster.
 pub fn pglock_sh(name: &str, script: &str) -> Command {
-    pglock(&["run", "--key", name, "--", "sh", "-c", script])
+    Run::new(name).sh(script)
 }
 
 /// `pglock ARGS` with no connection settings at all.
 pub fn pglock_bare(args: &[&str]) -> Command {
     let mut c = Command::new(bin());
     c.args(args);
+    clean_env(&mut c);
+    c
+}
+
+/// No PG* variable, no DATABASE_URL, no home (no ~/.pgpass...), no stdin.
+fn clean_env(c: &mut Command) {
     for (k, _) in std::env::vars() {
         if k.starts_with("PG") || k == "DATABASE_URL" {
             c.env_remove(k);
         }
     }
     c.env("HOME", "/nonexistent").stdin(Stdio::null());
-    c
+}
+
+/// `pglock run` the way the tests run it, built up: options, then where it connects (the main
+/// cluster as the superuser unless told otherwise), then the child, which gives the `Command`
+/// (`pglock_bare`'s clean environment):
+///
+/// ```ignore
+/// Run::new(&name).args(["-q", "--heartbeat", "300ms"]).on(&cluster).sh("echo hi")
+/// Run::new(&name).through(bouncer()).args(["--scope", "transaction"]).child(["sleep", "3"])
+/// Run::new(&name).url(&cluster.app_url()).child(["true"])  // another role, a relay, ...
+/// ```
+pub struct Run {
+    under: Vec<std::ffi::OsString>,
+    args: Vec<std::ffi::OsString>,
+    url: Option<String>,
+}
+
+impl Run {
+    /// `pglock run --key KEY`, against the main cluster as the superuser.
+    pub fn new(key: &str) -> Run {
+        Run::keyless().args(["--key", key])
+    }
+
+    /// `pglock run` with no `--key` (it comes from the environment, `PGLOCK_KEY`...).
+    pub fn keyless() -> Run {
+        Run {
+            under: Vec::new(),
+            args: vec!["run".into()],
+            url: Some(pg().url()),
+        }
+    }
+
+    /// More options, before the `--` of the child.
+    pub fn args<S: AsRef<std::ffi::OsStr>>(mut self, args: impl IntoIterator<Item = S>) -> Run {
+        self.args
+            .extend(args.into_iter().map(|a| a.as_ref().to_os_string()));
+        self
+    }
+
+    /// Directly to cluster `c`, as its superuser.
+    pub fn on(self, c: &Cluster) -> Run {
+        self.url(c.url())
+    }
+
+    /// Through PgBouncer `b`, to the superuser's database (`Bouncer::url`).
+    pub fn through(self, b: &Bouncer) -> Run {
+        self.url(b.url())
+    }
+
+    /// Through PgBouncer `b` as role `pglock_pooled` (`Bouncer::pooled_url`).
+    pub fn pooled(self, b: &Bouncer) -> Run {
+        self.url(b.pooled_url())
+    }
+
+    /// To this URL (`PGLOCK_DATABASE_URL`): another role, a relay, a pooler of the test's own.
+    pub fn url(mut self, url: impl Into<String>) -> Run {
+        self.url = Some(url.into());
+        self
+    }
+
+    /// pglock started by another program: `under(["unshare", "--pid", "--fork"])` runs
+    /// `unshare --pid --fork PGLOCK run ...` (with the same environment).
+    pub fn under<S: AsRef<std::ffi::OsStr>>(mut self, wrapper: impl IntoIterator<Item = S>) -> Run {
+        self.under = wrapper
+            .into_iter()
+            .map(|a| a.as_ref().to_os_string())
+            .collect();
+        self
+    }
+
+    /// `--database-url URL` on the command line, and nothing in the environment.
+    pub fn database_url(self, url: &str) -> Run {
+        self.args(["--database-url", url]).unconnected()
+    }
+
+    /// With no connection settings at all (the test sets them on the `Command`, or none).
+    pub fn unconnected(mut self) -> Run {
+        self.url = None;
+        self
+    }
+
+    /// `-- CHILD...`: the command to spawn or to give to `expect_code`.
+    pub fn child<S: AsRef<std::ffi::OsStr>>(self, child: impl IntoIterator<Item = S>) -> Command {
+        let mut c = match self.under.split_first() {
+            None => Command::new(bin()),
+            Some((wrapper, args)) => {
+                let mut c = Command::new(wrapper);
+                c.args(args).arg(bin());
+                c
+            }
+        };
+        c.args(&self.args).arg("--").args(child);
+        clean_env(&mut c);
+        if let Some(url) = &self.url {
+            c.env("PGLOCK_DATABASE_URL", url);
+        }
+        c
+    }
+
+    /// `-- sh -c SCRIPT`.
+    pub fn sh(self, script: &str) -> Command {
+        self.child(["sh", "-c", script])
+    }
 }
 
 pub fn show(cmd: &Command, out: &Output) -> String {
@@ -496,6 +670,27 @@ pub fn stamp_script(file: &Path, secs: &str) -> String {
     )
 }
 
+/// Runs the shell command `server` in the background, as `postgres` when we are root, until this
+/// test process is gone or the server has exited; then sends it `kill KILL_OPTS` (`""` for
+/// SIGTERM, `"-INT "`...).
+#[allow(clippy::zombie_processes)] // outlives the tests; stops with them
+pub fn serve_while_tests_run(server: &str, kill_opts: &str) {
+    use std::os::unix::process::CommandExt;
+    let script = format!(
+        "{run}{server} & p=$!; while kill -0 {pid} 2>/dev/null && kill -0 $p 2>/dev/null; do sleep 1; done; kill {kill_opts}$p",
+        run = if is_root() { "runuser -u postgres -- " } else { "" },
+        pid = std::process::id()
+    );
+    Command::new("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+}
+
 /// A real PgBouncer in front of the main cluster, with PgBouncer's own defaults except what a
 /// test sets (`pool_mode`, `default_pool_size`...): server connections reused last-in-first-out,
 /// as it comes. Run as the `postgres` user (PgBouncer refuses root); stopped when dropped, or with
@@ -511,14 +706,11 @@ impl Bouncer {
     /// Starts a PgBouncer with these `[pgbouncer]` settings (one `key = value` a line).
     pub fn start(name: &str, settings: &str) -> Bouncer {
         require_setup();
-        let bin = [
-            "/usr/sbin/pgbouncer",
-            "/usr/bin/pgbouncer",
-            "/usr/local/bin/pgbouncer",
-        ]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .expect("pgbouncer is not installed (apt-get install pgbouncer; .ci/run does it)");
+        // Always a failure when missing, in CI or not: the shared PgBouncer is one of the suite's
+        // own servers (scripts/setup test --check, above, stops the binary first anyway).
+        let bin = find_tool("pgbouncer")
+            .map(|p| p.display().to_string())
+            .expect("pgbouncer is not installed (apt-get install pgbouncer; .ci/run does it)");
         let dir = tmpdir(&format!("pgbouncer-{name}"));
         chown_pg(&dir);
         let port = free_port();
@@ -545,22 +737,7 @@ impl Bouncer {
         for f in ["pgbouncer.ini", "users.txt"] {
             chown_pg(&dir.join(f));
         }
-        let script = format!(
-            "{run}{bin} {ini} & p=$!; while kill -0 {pid} 2>/dev/null && kill -0 $p 2>/dev/null; do sleep 1; done; kill $p",
-            run = if is_root() { "runuser -u postgres -- " } else { "" },
-            ini = ini.display(),
-            pid = std::process::id()
-        );
-        use std::os::unix::process::CommandExt;
-        #[allow(clippy::zombie_processes)] // outlives the tests; stops with them or on drop
-        Command::new("sh")
-            .args(["-c", &script])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .unwrap();
+        serve_while_tests_run(&format!("{bin} {}", ini.display()), "");
         assert!(
             wait_until(Duration::from_secs(10), || std::net::TcpStream::connect((
                 "127.0.0.1",
@@ -601,26 +778,11 @@ impl Bouncer {
 
     /// psql through the pool (`url`), returning stdout trimmed.
     pub fn psql(&self, url: &str, sql: &str) -> String {
-        let out = Command::new(pg().bin.join("psql"))
-            .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-d", url, "-c", sql])
+        let mut c = Command::new(pg().bin.join("psql"));
+        c.args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-d", url])
             .env_remove("PGHOST")
-            .env_remove("PGPORT")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "psql {sql}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-
-    /// `pglock ARGS` connecting through this PgBouncer as role `pglock_pooled` (`pooled_url`).
-    pub fn pglock_pooled(&self, args: &[&str]) -> Command {
-        let mut c = pglock_bare(args);
-        c.env("PGLOCK_DATABASE_URL", self.pooled_url());
-        c
+            .env_remove("PGPORT");
+        psql_stdout(c, sql)
     }
 
     /// `pglock ARGS` connecting through this PgBouncer.

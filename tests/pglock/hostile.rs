@@ -793,19 +793,19 @@ fn malformed_answer(hostile: Vec<u8>, more: Vec<Step>) {
 }
 
 #[test]
-fn f2_negative_length() {
+fn f2_a_negative_length_at_connect_is_a_protocol_violation_and_runs_nothing() {
     malformed_at_connect(header(b'R', -1), vec![Step::Hold]);
 }
 
 #[test]
-fn f2_lengths_0_to_3() {
+fn f2_lengths_0_to_3_at_connect_are_a_protocol_violation_and_run_nothing() {
     for len in 0..=3 {
         malformed_at_connect(header(b'R', len), vec![Step::Hold]);
     }
 }
 
 #[test]
-fn f2_data_row_with_fewer_columns_than_announced() {
+fn f2_a_data_row_with_fewer_columns_than_announced_runs_nothing() {
     let mut m = row_description(3);
     m.extend(data_row(3, &[(1, b"t")]));
     m.extend(msg(b'C', b"SELECT 1\0"));
@@ -814,7 +814,7 @@ fn f2_data_row_with_fewer_columns_than_announced() {
 }
 
 #[test]
-fn f2_column_length_past_the_body() {
+fn f2_a_column_length_past_the_body_runs_nothing() {
     // The lock granted, and the pid column says 100 bytes where 4 are.
     let mut m = row_description(2);
     m.extend(data_row(2, &[(1, b"t"), (100, PID.to_string().as_bytes())]));
@@ -824,12 +824,12 @@ fn f2_column_length_past_the_body() {
 }
 
 #[test]
-fn f2_huge_length_during_authentication() {
+fn f2_a_huge_length_during_authentication_runs_nothing() {
     malformed_at_connect(header(b'R', i32::MAX), vec![Step::Flood(FLOOD), Step::Hold]);
 }
 
 #[test]
-fn f2_one_gib_data_row() {
+fn f2_a_one_gib_data_row_runs_nothing() {
     malformed_answer(
         [row_description(2), header(b'D', 1 << 30)].concat(),
         vec![Step::Flood(FLOOD), Step::Hold],
@@ -837,7 +837,7 @@ fn f2_one_gib_data_row() {
 }
 
 #[test]
-fn f2_message_cut_short_by_eof() {
+fn f2_a_message_cut_short_by_eof_runs_nothing() {
     // 100 bytes announced, 10 sent, then the server closes.
     malformed_at_connect([header(b'R', 100), vec![0; 10]].concat(), vec![]);
 }
@@ -859,19 +859,19 @@ fn malformed_while_the_child_runs(hostile: Vec<u8>, more: Vec<Step>) {
 }
 
 #[test]
-fn f2_negative_length_while_the_child_runs() {
+fn f2_a_negative_length_while_the_child_runs_stops_it_as_a_lost_lock() {
     malformed_while_the_child_runs(header(b'D', -1), vec![Step::Hold]);
 }
 
 #[test]
-fn f2_huge_length_while_the_child_runs() {
+fn f2_a_huge_length_while_the_child_runs_stops_it_as_a_lost_lock() {
     malformed_while_the_child_runs(header(b'D', i32::MAX), vec![Step::Flood(FLOOD), Step::Hold]);
 }
 
 /// Rows without end in answer to the lock statement: stopped by the result cap, in bounded
 /// memory, never buffered until the memory runs out.
 #[test]
-fn f2_rows_without_end() {
+fn f2_rows_without_end_are_cut_off_in_bounded_memory_and_run_nothing() {
     let one = data_row(2, &[(1, b"t"), (4, b"4242")]);
     let flood: Vec<u8> = std::iter::repeat_n(one, (8 << 20) / 19).flatten().collect();
     malformed_answer([row_description(2), flood].concat(), vec![Step::Hold]);

@@ -16,11 +16,8 @@ fn replica(url: &str, args: &[&str], name: &str, stamp: &Path) -> Command {
         "echo $$ > {s}.pid; date +%s%N > {s}; exec sleep 600",
         s = stamp.display()
     );
-    let mut all = vec!["run", "-q"];
-    all.extend_from_slice(args);
-    all.extend(["--key", name, "--", "sh", "-c", &script]);
-    let mut c = pglock_bare(&all);
-    c.env("PGLOCK_DATABASE_URL", url).stderr(Stdio::piped());
+    let mut c = Run::new(name).args(["-q"]).args(args).url(url).sh(&script);
+    c.stderr(Stdio::piped());
     c
 }
 
@@ -89,8 +86,7 @@ fn the_leader_killed_its_standby_starts_within_milliseconds() {
 /// starts.
 #[test]
 fn the_leaders_host_vanishes_the_lock_is_freed_after_release_after_never_before() {
-    if !is_root() {
-        eprintln!("skipped: a network namespace needs root");
+    if !require_root("a network namespace") || !require_tool("ip") {
         return;
     }
     // The namespace belongs to one thread and the processes it starts.
@@ -107,12 +103,9 @@ fn vanishing_host() {
         "unshare(CLONE_NEWNET): {}",
         std::io::Error::last_os_error()
     );
-    let ip_bin = ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .unwrap_or("ip");
+    let ip_bin = find_tool("ip").expect("ip (iproute2)");
     let ip = |args: &str| {
-        let out = Command::new(ip_bin)
+        let out = Command::new(&ip_bin)
             .args(args.split(' '))
             .output()
             .expect("ip (iproute2)");

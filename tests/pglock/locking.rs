@@ -12,7 +12,9 @@ fn eight_concurrent_runs_never_overlap_and_all_run() {
     let script = stamp_script(&file, "0.05");
     let children: Vec<_> = (0..8)
         .map(|_| {
-            pglock(&["run", "-q", "--key", &name, "--", "sh", "-c", &script])
+            Run::new(&name)
+                .args(["-q"])
+                .sh(&script)
                 .stderr(std::process::Stdio::piped())
                 .spawn()
                 .unwrap()
@@ -28,7 +30,7 @@ fn eight_concurrent_runs_never_overlap_and_all_run() {
 fn the_lock_shows_in_pg_locks_as_the_contract_says() {
     let name = key("pglocks");
     let id = lock_id(&name);
-    let holder = hold(pglock(&["run", "--key", &name, "--", "sleep", "30"]), id);
+    let holder = hold(Run::new(&name).child(["sleep", "30"]), id);
     // locks_on selects locktype advisory, classid = id >> 32, objid = id & 0xffffffff, objsubid 1.
     assert_eq!(
         pg().locks_on(id),
@@ -53,7 +55,7 @@ fn negative_ids_map_to_classid_and_objid() {
 fn no_wait_returns_at_once_and_timeout_waits_then_gives_up_server_side_too() {
     let name = key("timeout");
     let id = lock_id(&name);
-    let holder = hold(pglock(&["run", "--key", &name, "--", "sleep", "30"]), id);
+    let holder = hold(Run::new(&name).child(["sleep", "30"]), id);
 
     for once in [&["-n"][..], &["-w", "0"], &["--timeout", "0s"]] {
         let t = Instant::now();
@@ -71,10 +73,7 @@ fn no_wait_returns_at_once_and_timeout_waits_then_gives_up_server_side_too() {
     }
 
     let t = Instant::now();
-    let (_, err) = expect_code(
-        pglock(&["run", "-w", "1s", "--key", &name, "--", "true"]),
-        75,
-    );
+    let (_, err) = expect_code(Run::new(&name).args(["-w", "1s"]).child(["true"]), 75);
     let took = t.elapsed();
     assert!(
         took >= Duration::from_millis(950) && took < Duration::from_secs(4),
@@ -129,28 +128,20 @@ fn shared_holders_run_together_and_exclude_exclusive_ones() {
     let name = key("shared");
     let id = lock_id(&name);
     let s1 = hold(
-        pglock(&["run", "--shared", "--key", &name, "--", "sleep", "30"]),
+        Run::new(&name).args(["--shared"]).child(["sleep", "30"]),
         id,
     );
     // A second shared holder runs at once, beside the first.
-    expect_code(
-        pglock(&["run", "--shared", "-n", "--key", &name, "--", "true"]),
-        0,
-    );
+    expect_code(Run::new(&name).args(["--shared", "-n"]).child(["true"]), 0);
     // An exclusive one cannot.
-    let (_, err) = expect_code(pglock(&["run", "-n", "--key", &name, "--", "true"]), 75);
+    let (_, err) = expect_code(Run::new(&name).args(["-n"]).child(["true"]), 75);
     assert!(err.contains("shared"), "{err}");
     stop(s1);
     // And while an exclusive holder runs, a shared one cannot.
-    let x = pglock(&["run", "--key", &name, "--", "sleep", "30"])
-        .spawn()
-        .unwrap();
+    let x = Run::new(&name).child(["sleep", "30"]).spawn().unwrap();
     assert!(wait_until(Duration::from_secs(10), || pg().locks_on(id)
         == vec![format!("ExclusiveLock,t,pglock:{name}")]));
-    expect_code(
-        pglock(&["run", "--shared", "-n", "--key", &name, "--", "true"]),
-        75,
-    );
+    expect_code(Run::new(&name).args(["--shared", "-n"]).child(["true"]), 75);
     stop(x);
 }
 
@@ -167,7 +158,7 @@ fn application_sql_and_pglock_exclude_each_other() {
         "SELECT pg_sleep(30)",
     ]);
     let app = hold(app, id);
-    let (_, err) = expect_code(pglock(&["run", "-n", "--key", &name, "--", "true"]), 75);
+    let (_, err) = expect_code(Run::new(&name).args(["-n"]).child(["true"]), 75);
     assert!(err.contains("psql"), "holder's application named: {err}");
     // End the application's session (psql's own death would leave its backend in pg_sleep).
     pg().psql_super(&format!(
@@ -180,7 +171,7 @@ fn application_sql_and_pglock_exclude_each_other() {
         .is_empty()));
     // pglock holds it: application code's pg_try_advisory_lock(<id>) fails, using the SQL from
     // `pglock key --sql`.
-    let holder = hold(pglock(&["run", "--key", &name, "--", "sleep", "30"]), id);
+    let holder = hold(Run::new(&name).child(["sleep", "30"]), id);
     let (sql, _) = expect_code(pglock_bare(&["key", &name, "--sql"]), 0);
     assert_eq!(
         pg().psql_super(&format!("SELECT pg_try_advisory_lock({})", sql.trim())),
@@ -198,7 +189,7 @@ fn application_sql_and_pglock_exclude_each_other() {
 #[test]
 fn the_session_ends_with_the_run() {
     let name = key("session-ends");
-    let (_, err) = expect_code(pglock(&["run", "--key", &name, "--", "true"]), 0);
+    let (_, err) = expect_code(Run::new(&name).child(["true"]), 0);
     assert!(err.contains("released the lock"), "{err}");
     assert!(pg().locks_on(lock_id(&name)).is_empty());
     let sql =
@@ -218,7 +209,7 @@ fn a_blocked_waiter_names_the_holder_then_reports_again_later() {
     use std::sync::{Arc, Mutex};
     let name = key("names-holder");
     let id = lock_id(&name);
-    let holder = hold(pglock(&["run", "--key", &name, "--", "sleep", "60"]), id);
+    let holder = hold(Run::new(&name).child(["sleep", "60"]), id);
     let holder_pid = pg().psql_super(&format!(
         "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND classid = {} AND objid = {} AND granted",
         (id as u64) >> 32,
@@ -227,7 +218,8 @@ fn a_blocked_waiter_names_the_holder_then_reports_again_later() {
     let holder_port = pg().psql_super(&format!(
         "SELECT client_port FROM pg_stat_activity WHERE pid = {holder_pid}"
     ));
-    let mut waiter = pglock(&["run", "--key", &name, "--", "true"])
+    let mut waiter = Run::new(&name)
+        .child(["true"])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();

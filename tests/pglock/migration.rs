@@ -269,10 +269,7 @@ fn check(db: &str, c: &Case, tag: &str) {
         id = idf.display(),
         stop = stopf.display()
     );
-    let mut run_args = vec!["run"];
-    run_args.extend(&c.args);
-    run_args.extend(["--", "sh", "-c", &script]);
-    let mut cmd = pglock_in(db, &run_args);
+    let mut cmd = Run::keyless().args(&c.args).url(url_of(db)).sh(&script);
     let me = format!("pglock-{tag}");
     let holder = cmd
         .env("PGAPPNAME", &me)
@@ -331,10 +328,8 @@ fn check(db: &str, c: &Case, tag: &str) {
             == vec![c.lock.pg_locks()]),
         "{what}: the tool's session did not take its lock"
     );
-    let mut try_args = vec!["run", "-n"];
-    try_args.extend(&c.args);
-    try_args.extend(["--", "true"]);
-    let (_, err) = expect_code(pglock_in(db, &try_args), 75);
+    let try_it = Run::keyless().args(["-n"]).args(&c.args).url(url_of(db));
+    let (_, err) = expect_code(try_it.child(["true"]), 75);
     assert!(err.contains(&app), "{what}: the holder is not named: {err}");
     end_session(db, &app, tool);
 }
@@ -433,7 +428,7 @@ fn tool_locks_on_another_database_and_schema() {
 }
 
 #[test]
-fn hashtext_is_the_servers() {
+fn key_hashtext_takes_the_lock_the_servers_hashtext_names() {
     let db = &dbs().misc;
     for (i, name) in ["cron:status-sync:global", "migrate", "it's \\ odd"]
         .iter()
@@ -465,7 +460,10 @@ fn two_int4_keys_are_another_key_space() {
     let dir = tmpdir("pair");
     let stop = dir.join("stop");
     let script = format!("while [ ! -e {} ]; do sleep 0.02; done", stop.display());
-    let holder = pglock_in(db, &["run", "--key-id", "7,8", "--", "sh", "-c", &script])
+    let holder = Run::keyless()
+        .args(["--key-id", "7,8"])
+        .url(url_of(db))
+        .sh(&script)
         .env("PGAPPNAME", "pglock-pair")
         .spawn()
         .unwrap();
@@ -485,15 +483,18 @@ fn two_int4_keys_are_another_key_space() {
         "truetrue"
     );
     expect_code(
-        pglock_in(
-            db,
-            &["run", "-n", "--key-id", &big.to_string(), "--", "true"],
-        ),
+        Run::keyless()
+            .args(["-n", "--key-id", &big.to_string()])
+            .url(url_of(db))
+            .child(["true"]),
         0,
     );
     // ... and a nested pglock inherits the pair, not the bigint.
     let (_, err) = expect_code(
-        pglock_in(db, &["run", "-n", "--key-id", "7,8", "--", "true"]),
+        Run::keyless()
+            .args(["-n", "--key-id", "7,8"])
+            .url(url_of(db))
+            .child(["true"]),
         75,
     );
     assert!(err.contains("7,8"), "{err}");
@@ -697,16 +698,13 @@ fn forms_exclude_each_other_in_one_usage_error() {
 }
 
 #[test]
-fn options_from_the_environment() {
+fn lock_forms_come_from_the_environment_and_the_command_line_wins() {
     let db = &dbs().misc;
     let dir = tmpdir("envforms");
     let f = dir.join("id");
     let script = format!("echo \"$PGLOCK_LOCK_ID $PGLOCK_LOCK_OF\" > {}", f.display());
     let run = |env: &[(&str, &str)], args: &[&str]| {
-        let mut a = vec!["run"];
-        a.extend(args);
-        a.extend(["--", "sh", "-c", &script]);
-        let mut c = pglock_in(db, &a);
+        let mut c = Run::keyless().args(args).url(url_of(db)).sh(&script);
         for (k, v) in env {
             c.env(k, v);
         }
@@ -783,18 +781,15 @@ fn key_never_connects_where_no_server_is_needed() {
 fn json_logs_carry_the_computed_id() {
     let db = &dbs().misc;
     let (_, err) = expect_code(
-        pglock_in(
-            db,
-            &[
-                "run",
+        Run::keyless()
+            .args([
                 "--log-format",
                 "json",
                 "--lock-of",
                 "golang-migrate-with-instance",
-                "--",
-                "true",
-            ],
-        ),
+            ])
+            .url(url_of(db))
+            .child(["true"]),
         0,
     );
     let acquired = err
@@ -811,18 +806,10 @@ fn json_logs_carry_the_computed_id() {
         "{acquired}"
     );
     let (_, err) = expect_code(
-        pglock_in(
-            db,
-            &[
-                "run",
-                "--log-format",
-                "json",
-                "--key-id",
-                "1,2",
-                "--",
-                "true",
-            ],
-        ),
+        Run::keyless()
+            .args(["--log-format", "json", "--key-id", "1,2"])
+            .url(url_of(db))
+            .child(["true"]),
         0,
     );
     assert!(err.contains("\"lock_id\":\"1,2\""), "{err}");
@@ -831,7 +818,7 @@ fn json_logs_carry_the_computed_id() {
 /// Advisory locks are per database: an inner run for the same constant id (prisma's) in another
 /// database is not covered by its ancestor's lock, and takes its own there.
 #[test]
-fn nesting_is_per_database() {
+fn a_nested_run_in_another_database_is_not_covered_and_takes_its_own_lock() {
     let d = dbs();
     let inner_url = url_of(&d.orders);
     let script = format!(
@@ -839,24 +826,23 @@ fn nesting_is_per_database() {
          AND objid = 72707369 AND granted AND database = \
          (SELECT oid FROM pg_database WHERE datname = current_database())\" '{inner_url}'"
     );
-    let args = [
-        "run",
-        "--lock-of",
-        "prisma",
-        "--",
-        bin(),
+    let inner = [
         "run",
         "-n",
         "--lock-of",
         "prisma",
         "--database-url",
         &inner_url,
-        "--",
-        "sh",
-        "-c",
-        &script,
     ];
-    let mut cmd = pglock_in(&d.misc, &args);
+    let mut cmd = Run::keyless()
+        .args(["--lock-of", "prisma"])
+        .url(url_of(&d.misc))
+        .child(
+            [bin()]
+                .iter()
+                .chain(&inner)
+                .chain(&["--", "sh", "-c", &script]),
+        );
     cmd.env(
         "PATH",
         format!(
@@ -892,7 +878,7 @@ fn crc64_ecma(data: &[u8]) -> u64 {
 }
 
 #[test]
-fn crc64_ecma_matches_go() {
+fn the_reference_crc64_ecma_gives_gos_check_value_and_gooses_lock_id() {
     // Go: crc64.Checksum([]byte("123456789"), crc64.MakeTable(crc64.ECMA)) = 0x995dc9bbdf1939fa.
     assert_eq!(crc64_ecma(b"123456789"), 0x995d_c9bb_df19_39fa);
     // The value goose 3.16-3.25 wrote in lock/session_locker_options.go.

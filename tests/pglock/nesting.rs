@@ -76,8 +76,7 @@ fn expect_waits(name: &str, held: &str, dir: &std::path::Path) -> String {
 
 #[test]
 fn nesting_under_pid_1_of_a_pid_namespace_runs_at_once() {
-    if !is_root() {
-        eprintln!("skipped: unshare --pid needs root");
+    if !require_root("unshare --pid") || !require_tool("unshare") {
         return;
     }
     let name = key("nest-pid1");
@@ -88,28 +87,9 @@ fn nesting_under_pid_1_of_a_pid_namespace_runs_at_once() {
         bin(),
         file.display()
     );
-    let mut cmd = Command::new("unshare");
-    cmd.args([
-        "--pid",
-        "--fork",
-        "--mount-proc",
-        "--kill-child",
-        bin(),
-        "run",
-        "--key",
-        &name,
-        "--",
-        "sh",
-        "-c",
-        &inner,
-    ]);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("PG") || k == "DATABASE_URL" {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.env("PGLOCK_DATABASE_URL", pg().url())
-        .stdin(Stdio::null());
+    let cmd = Run::new(&name)
+        .under(["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"])
+        .sh(&inner);
     let t = Instant::now();
     let (_, err) = expect_code(cmd, 0);
     assert!(file.exists(), "{err}");
@@ -126,7 +106,7 @@ fn nesting_with_a_forged_variable_waits_for_the_real_holder() {
     let name = key("nest-forged");
     let id = lock_id(&name);
     let dir = tmpdir("nest-forged");
-    let holder = hold(pglock(&["run", "--key", &name, "--", "sleep", "30"]), id);
+    let holder = hold(Run::new(&name).child(["sleep", "30"]), id);
     let (hpid, hsess) = session_holding(id);
     let hstart = std::fs::read_to_string(format!("/proc/{}/stat", holder.id()))
         .unwrap()
@@ -197,18 +177,7 @@ fn nesting_with_a_forged_variable_waits_for_the_real_holder() {
 
 /// The database name in the main cluster's URL (what the entry must name).
 fn url_dbname() -> String {
-    let (out, _) = expect_code(
-        pglock(&[
-            "run",
-            "--key",
-            &key("nest-db"),
-            "--",
-            "sh",
-            "-c",
-            "echo \"$PGLOCK_HELD\"",
-        ]),
-        0,
-    );
+    let (out, _) = expect_code(pglock_sh(&key("nest-db"), "echo \"$PGLOCK_HELD\""), 0);
     out.trim()
         .split(':')
         .nth(3)
@@ -245,7 +214,7 @@ fn a_copied_entry_of_an_ancestor_that_exited_does_not_skip() {
     assert!(err.contains("acquired lock"), "{err}");
     assert!(!err.contains("already held"), "{err}");
     // With another session holding it, the run waits for that one.
-    let holder = hold(pglock(&["run", "--key", &name, "--", "sleep", "30"]), id);
+    let holder = hold(Run::new(&name).child(["sleep", "30"]), id);
     for p in ["1.$(st 1)", "$$.$(st $$)", "1", "$$"] {
         expect_waits(&name, &as_pid(p), &dir);
     }
@@ -264,25 +233,13 @@ fn nesting_is_confirmed_for_slots_and_transaction_scope() {
         )
     };
     let (exclusive, shared) = (inner(""), inner("--shared"));
-    for outer in [
-        vec![
-            "run", "--limit", "2", "--key", &name, "--", "sh", "-c", &exclusive,
-        ],
-        vec![
-            "run",
-            "--scope",
-            "transaction",
-            "--key",
-            &name,
-            "--",
-            "sh",
-            "-c",
-            &exclusive,
-        ],
-        vec!["run", "--shared", "--key", &name, "--", "sh", "-c", &shared],
+    for (outer, script) in [
+        (&["--limit", "2"][..], &exclusive),
+        (&["--scope", "transaction"][..], &exclusive),
+        (&["--shared"][..], &shared),
     ] {
         let t = Instant::now();
-        let (out, err) = expect_code(pglock(&outer), 0);
+        let (out, err) = expect_code(Run::new(&name).args(outer).sh(script), 0);
         assert!(err.contains("already held"), "{outer:?}: {err}");
         assert!(t.elapsed() < Duration::from_secs(4), "{outer:?}: {err}");
         let mut lines = out.lines();
@@ -305,18 +262,10 @@ fn nesting_through_pgbouncer_confirms_the_backend_that_ran_the_lock_statement() 
         "{} run -w 5s --scope transaction --key {name} -- sh -c 'echo \"$PGLOCK_HELD\"'",
         bin()
     );
-    let mut cmd = pglock_bare(&[
-        "run",
-        "--scope",
-        "transaction",
-        "--key",
-        &name,
-        "--",
-        "sh",
-        "-c",
-        &inner,
-    ]);
-    cmd.env("PGLOCK_DATABASE_URL", bouncer().url());
+    let cmd = Run::new(&name)
+        .args(["--scope", "transaction"])
+        .through(bouncer())
+        .sh(&inner);
     let t = Instant::now();
     let (out, err) = expect_code(cmd, 0);
     assert!(err.contains("already held"), "{err}");
@@ -337,20 +286,9 @@ fn a_nested_runs_command_dies_with_the_ancestors_group() {
         bin = bin(),
         p = pidfile.display()
     );
-    let mut outer = pglock(&[
-        "run",
-        "-q",
-        "--key",
-        &name,
-        "--max-runtime",
-        "1s",
-        "--kill-after",
-        "500ms",
-        "--",
-        "sh",
-        "-c",
-        &inner,
-    ]);
+    let mut outer = Run::new(&name)
+        .args(["-q", "--max-runtime", "1s", "--kill-after", "500ms"])
+        .sh(&inner);
     let out = outer.output().unwrap();
     assert_eq!(out.status.code(), Some(124), "{}", show(&outer, &out));
     let sleeper: i32 = std::fs::read_to_string(&pidfile)
@@ -367,7 +305,7 @@ fn a_nested_runs_command_dies_with_the_ancestors_group() {
         !alive(),
         "the nested command's grandchild {sleeper} outlived the ancestor's lock"
     );
-    expect_code(pglock(&["run", "-n", "--key", &name, "--", "true"]), 0);
+    expect_code(Run::new(&name).args(["-n"]).child(["true"]), 0);
 }
 
 #[test]
@@ -381,10 +319,7 @@ fn a_nested_run_that_cannot_see_its_ancestors_session_fails_at_once() {
         bin = bin()
     );
     let t = Instant::now();
-    let (out, err) = expect_code(
-        pglock(&["run", "-q", "--key", &name, "--", "sh", "-c", &inner]),
-        0,
-    );
+    let (out, err) = expect_code(Run::new(&name).args(["-q"]).sh(&inner), 0);
     assert!(out.contains("inner=2"), "{out}{err}");
     assert!(err.contains("would wait for the ancestor forever"), "{err}");
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
@@ -399,9 +334,6 @@ fn a_nested_run_execs_a_script_without_a_shebang_through_sh() {
     std::fs::write(&script, format!("touch {}\n", ran.display())).unwrap();
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let inner = format!("{} run -q --key {name} -- {}", bin(), script.display());
-    expect_code(
-        pglock(&["run", "-q", "--key", &name, "--", "sh", "-c", &inner]),
-        0,
-    );
+    expect_code(Run::new(&name).args(["-q"]).sh(&inner), 0);
     assert!(ran.exists());
 }

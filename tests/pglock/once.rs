@@ -13,16 +13,21 @@ fn ledger(test: &str) -> String {
 
 /// `pglock run --key NAME --ledger TABLE EXTRA... -- sh -c SCRIPT`, with `$PSQL` for the child.
 fn run(name: &str, table: &str, extra: &[&str], script: &str) -> Command {
-    let mut args = vec!["run", "--key", name, "--ledger", table];
-    args.extend_from_slice(extra);
-    args.extend_from_slice(&["--", "sh", "-c", script]);
-    let mut c = pglock(&args);
+    run_to(&pg().url(), name, table, extra, script)
+}
+
+/// `run` connecting to `url`, and `$PSQL` too.
+fn run_to(url: &str, name: &str, table: &str, extra: &[&str], script: &str) -> Command {
+    let mut c = Run::new(name)
+        .args(["--ledger", table])
+        .args(extra)
+        .url(url)
+        .sh(script);
     c.env(
         "PSQL",
         format!(
-            "{} -X -Atq -v ON_ERROR_STOP=1 -d {}",
+            "{} -X -Atq -v ON_ERROR_STOP=1 -d {url}",
             pg().bin.join("psql").display(),
-            pg().url()
         ),
     );
     c
@@ -152,38 +157,13 @@ fn sigkill_after_the_childs_commit_with_and_without_once_sql() {
 }
 
 #[test]
-fn transaction_scope_through_pgbouncer() {
+fn a_once_token_through_pgbouncer_in_transaction_scope_runs_its_child_once() {
     let name = key("once-bouncer");
     let t = ledger("bouncer");
     let dir = tmpdir("once-bouncer");
     let ran = dir.join("ran");
-    let b = bouncer();
-    let go = |script: &str| {
-        let mut c = b.pglock(&[
-            "run",
-            "--key",
-            &name,
-            "--scope",
-            "transaction",
-            "--once",
-            "x",
-            "--ledger",
-            &t,
-            "--",
-            "sh",
-            "-c",
-            script,
-        ]);
-        c.env(
-            "PSQL",
-            format!(
-                "{} -X -Atq -v ON_ERROR_STOP=1 -d {}",
-                pg().bin.join("psql").display(),
-                b.url()
-            ),
-        );
-        c
-    };
+    let extra = ["--scope", "transaction", "--once", "x"];
+    let go = |script: &str| run_to(&bouncer().url(), &name, &t, &extra, script);
     // The first run creates the ledger (committed before its child, which writes to it through
     // the pool), the second finds the token done.
     let script = format!("echo x >> {}; $PSQL -c \"$PGLOCK_ONCE_SQL\"", ran.display());
@@ -216,19 +196,10 @@ fn a_role_without_create_is_refused_before_the_child_until_a_dba_creates_the_led
     let dir = tmpdir("once-nocreate");
     let ran = dir.join("ran");
     let go = || {
-        let mut c = pglock(&[
-            "run",
-            "--key",
-            &name,
-            "--once",
-            "d1",
-            "--",
-            "sh",
-            "-c",
-            &format!("echo x >> {}", ran.display()),
-        ]);
-        c.env("PGLOCK_DATABASE_URL", &url);
-        c
+        Run::new(&name)
+            .args(["--once", "d1"])
+            .url(&url)
+            .sh(&format!("echo x >> {}", ran.display()))
     };
     let (_, err) = expect_code(go(), 69);
     assert!(

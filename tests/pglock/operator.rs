@@ -52,7 +52,7 @@ fn every_boolean_variable_takes_the_same_words_and_refuses_others_by_name() {
 fn boolean_words_mean_what_they_say() {
     let name = key("boolmean");
     let id = lock_id(&name);
-    let holder = hold(pglock(&["run", "--key", &name, "--", "sleep", "30"]), id);
+    let holder = hold(Run::new(&name).child(["sleep", "30"]), id);
     // PGLOCK_NO_WAIT: true words skip at once, false words wait (here up to --timeout).
     for word in ["yes", "1", "On"] {
         let start = Instant::now();
@@ -82,39 +82,32 @@ fn boolean_words_mean_what_they_say() {
 fn durations_take_bare_seconds_and_decimals() {
     let name = key("durations");
     let id = lock_id(&name);
-    let holder = hold(pglock(&["run", "--key", &name, "--", "sleep", "30"]), id);
+    let holder = hold(Run::new(&name).child(["sleep", "30"]), id);
     for (t, at_least, below) in [("1.5", 1400, 4000), ("0.4s", 350, 3000), ("1", 900, 3500)] {
         let start = Instant::now();
-        let (_, err) = expect_code(pglock(&["run", "-w", t, "--key", &name, "--", "true"]), 75);
+        let (_, err) = expect_code(Run::new(&name).args(["-w", t]).child(["true"]), 75);
         let took = start.elapsed().as_millis();
         assert!(
             (at_least..below).contains(&took),
             "-w {t} gave up after {took} ms: {err}"
         );
     }
-    let mut c = pglock(&["run", "--key", &name, "--", "true"]);
+    let mut c = Run::new(&name).child(["true"]);
     c.env("PGLOCK_TIMEOUT", "0.3");
     expect_code(c, 75);
     stop(holder);
     let (_, err) = expect_code(
-        pglock(&[
-            "run",
-            "--max-runtime",
-            "0.5",
-            "--key",
-            &name,
-            "--",
-            "sleep",
-            "10",
-        ]),
+        Run::new(&name)
+            .args(["--max-runtime", "0.5"])
+            .child(["sleep", "10"]),
         124,
     );
     assert!(err.contains("--max-runtime 500ms"), "{err}");
     for bad in ["1m30", "1..5s", "3d", "ten"] {
-        let (_, err) = expect_code(pglock(&["run", "-w", bad, "--key", &name, "--", "true"]), 2);
+        let (_, err) = expect_code(Run::new(&name).args(["-w", bad]).child(["true"]), 2);
         assert!(err.contains("10 (seconds), 1.5s, 250ms"), "{bad}: {err}");
     }
-    let mut c = pglock(&["run", "--key", &name, "--", "true"]);
+    let mut c = Run::new(&name).child(["true"]);
     c.env("PGLOCK_HEARTBEAT", "1 s");
     let (_, err) = expect_code(c, 2);
     assert!(
@@ -129,30 +122,21 @@ fn durations_take_bare_seconds_and_decimals() {
 fn quiet_skips_that_exit_0_print_nothing_but_errors_still_print() {
     let name = key("quietskip");
     let id = lock_id(&name);
-    let holder = hold(pglock(&["run", "--key", &name, "--", "sleep", "30"]), id);
+    let holder = hold(Run::new(&name).child(["sleep", "30"]), id);
     let (out, err) = expect_code(
-        pglock(&[
-            "run", "-q", "-n", "-E", "0", "--key", &name, "--", "echo", "ran",
-        ]),
+        Run::new(&name)
+            .args(["-q", "-n", "-E", "0"])
+            .child(["echo", "ran"]),
         0,
     );
     assert!(out.is_empty() && err.is_empty(), "{out}{err}");
     // Without -E 0 the skip is a failure, reported under -q too; without -q it is reported.
-    let (_, err) = expect_code(
-        pglock(&["run", "-q", "-n", "--key", &name, "--", "true"]),
-        75,
-    );
+    let (_, err) = expect_code(Run::new(&name).args(["-q", "-n"]).child(["true"]), 75);
     assert!(err.contains("not acquired"), "{err}");
-    let (_, err) = expect_code(
-        pglock(&["run", "-n", "-E", "0", "--key", &name, "--", "true"]),
-        0,
-    );
+    let (_, err) = expect_code(Run::new(&name).args(["-n", "-E", "0"]).child(["true"]), 0);
     assert!(err.contains("not acquired"), "{err}");
     stop(holder);
-    let (_, err) = expect_code(
-        pglock(&["run", "-q", "-w", "x", "--key", &name, "--", "true"]),
-        2,
-    );
+    let (_, err) = expect_code(Run::new(&name).args(["-q", "-w", "x"]).child(["true"]), 2);
     assert!(err.contains("invalid duration"), "{err}");
 }
 
@@ -163,7 +147,7 @@ fn the_acquired_line_is_written_before_the_child_starts() {
     let log = dir.join("log");
     let file = std::fs::File::create(&log).unwrap();
     // The child's first act: count the acquired lines already in pglock's stderr.
-    let mut c = pglock(&["run", "--key", &name, "--", "grep", "-c", "acquired lock"]);
+    let mut c = Run::new(&name).child(["grep", "-c", "acquired lock"]);
     c.arg(&log).stderr(file);
     let (out, _) = expect_code(c, 0);
     assert_eq!(out, "1\n", "{}", std::fs::read_to_string(&log).unwrap());
@@ -184,8 +168,8 @@ fn status(args: &[&str]) -> (Option<i32>, String) {
 fn status_of_a_lock_answers_like_grep() {
     let (name, other) = (key("stgrep"), key("stgrep-other"));
     let (id, oid) = (lock_id(&name), lock_id(&other));
-    let holder = hold(pglock(&["run", "--key", &name, "--", "sleep", "30"]), id);
-    let bystander = hold(pglock(&["run", "--key", &other, "--", "sleep", "30"]), oid);
+    let holder = hold(Run::new(&name).child(["sleep", "30"]), id);
+    let bystander = hold(Run::new(&other).child(["sleep", "30"]), oid);
     let (code, out) = status(&["--key", &name]);
     assert_eq!(code, Some(0), "{out}");
     assert_eq!(
@@ -215,10 +199,14 @@ fn status_shows_a_limit_waiter_waiting() {
     let id = lock_id(&name);
     let slot0 = lock_id(&format!("{id}:0"));
     let holder = hold(
-        pglock(&["run", "--limit", "1", "--key", &name, "--", "sleep", "30"]),
+        Run::new(&name)
+            .args(["--limit", "1"])
+            .child(["sleep", "30"]),
         slot0,
     );
-    let waiter = pglock(&["run", "--limit", "1", "--key", &name, "--", "true"])
+    let waiter = Run::new(&name)
+        .args(["--limit", "1"])
+        .child(["true"])
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
@@ -253,20 +241,13 @@ fn json_writes_lock_ids_as_strings_of_digits() {
     // 1851639526980669642 > 2^53: jq 1.6 and JavaScript would round it as a number.
     let name = key("jsonid");
     let id = lock_id(&name);
-    let holder = hold(pglock(&["run", "--key", &name, "--", "sleep", "30"]), id);
+    let holder = hold(Run::new(&name).child(["sleep", "30"]), id);
     let (_, out) = status(&["--key", &name, "--json"]);
     assert!(out.contains(&format!("\"lock_id\":\"{id}\"")), "{out}");
     let (_, err) = expect_code(
-        pglock(&[
-            "run",
-            "--log-format",
-            "json",
-            "-n",
-            "--key",
-            &name,
-            "--",
-            "true",
-        ]),
+        Run::new(&name)
+            .args(["--log-format", "json", "-n"])
+            .child(["true"]),
         75,
     );
     assert!(err.contains(&format!("\"lock_id\":\"{id}\"")), "{err}");
@@ -301,9 +282,7 @@ fn server_text_reaches_no_output_raw() {
         pg().port,
         role.replace('\\', "\\\\").replace('\'', "\\'")
     );
-    let mut c = pglock_bare(&["run", "--key", &name, "--", "sleep", "30"]);
-    c.env("PGLOCK_DATABASE_URL", &url);
-    let holder = hold(c, id);
+    let holder = hold(Run::new(&name).url(&url).child(["sleep", "30"]), id);
     let clean = |what: &str, text: &str, lines: usize| {
         assert!(
             !text.contains(['\u{1b}', '\u{7}']) && text.lines().count() == lines,
@@ -323,12 +302,9 @@ fn server_text_reaches_no_output_raw() {
     let (_, json) = status(&["--key", &name, "--json"]);
     assert!(!json.contains("\\u001b") && !json.contains("\\n"), "{json}");
     clean("status --json", &json, 3);
-    let (_, err) = expect_code(pglock(&["run", "-n", "--key", &name, "--", "true"]), 75);
+    let (_, err) = expect_code(Run::new(&name).args(["-n"]).child(["true"]), 75);
     clean("-n", &err, 1);
-    let (_, err) = expect_code(
-        pglock(&["run", "-w", "0.5", "--key", &name, "--", "true"]),
-        75,
-    );
+    let (_, err) = expect_code(Run::new(&name).args(["-w", "0.5"]).child(["true"]), 75);
     assert!(err.contains("waiting for lock"), "{err}");
     clean("waiting", &err, 2);
     stop(holder);
@@ -363,7 +339,7 @@ fn children_of(pid: u32) -> Vec<(u32, String)> {
 fn the_guard_is_named_pglock_guard_and_a_nested_run_leaves_none() {
     let name = key("guardname");
     let id = lock_id(&name);
-    let run = hold(pglock(&["run", "--key", &name, "--", "sleep", "30"]), id);
+    let run = hold(Run::new(&name).child(["sleep", "30"]), id);
     let kids = children_of(run.id());
     let guards: Vec<_> = kids.iter().filter(|(_, c)| c == "pglock-guard").collect();
     assert_eq!(guards.len(), 1, "{kids:?}");
@@ -377,22 +353,11 @@ fn the_guard_is_named_pglock_guard_and_a_nested_run_leaves_none() {
     stop(run);
 
     // The nested run becomes `sleep` (exec): no guard of its own may be left as its child.
-    let outer = pglock(&[
-        "run",
-        "--key",
-        &name,
-        "--",
-        bin(),
-        "run",
-        "--key",
-        &name,
-        "--",
-        "sleep",
-        "30",
-    ])
-    .stderr(Stdio::null())
-    .spawn()
-    .unwrap();
+    let outer = Run::new(&name)
+        .child([bin(), "run", "--key", &name, "--", "sleep", "30"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let mut sleep = None;
     assert!(wait_until(Duration::from_secs(10), || {
         sleep = children_of(outer.id())

@@ -98,14 +98,9 @@ pub fn pgpool_one_child() -> &'static Pgpool {
 /// check and no replication-delay check (`sr_check_period = 0`; `sr_check_user` only lets it find
 /// the primary at start), no failover.
 fn start_pgpool(name: &str, children: u32) -> Pgpool {
-    let bin = [
-        "/usr/sbin/pgpool",
-        "/usr/bin/pgpool",
-        "/usr/local/bin/pgpool",
-    ]
-    .into_iter()
-    .find(|p| Path::new(p).exists())
-    .expect("pgpool-II is not installed (apt-get install pgpool2; scripts/setup test does it)");
+    let bin = find_tool("pgpool")
+        .map(|p| p.display().to_string())
+        .expect("pgpool-II is not installed (apt-get install pgpool2; scripts/setup test does it)");
     let primary = pg();
     let standby = standby();
     assert!(wait_until(Duration::from_secs(30), || standby.psql_super(
@@ -145,24 +140,13 @@ fn start_pgpool(name: &str, children: u32) -> Pgpool {
     }
     let log = dir.join("pgpool.log");
     // -n: in the foreground, logging to stderr. SIGINT is pgpool's fast shutdown.
-    let script = format!(
-            "{run}{bin} -n -f {conf} -F {pcp} >> {log} 2>&1 & p=$!; while kill -0 {pid} 2>/dev/null && kill -0 $p 2>/dev/null; do sleep 1; done; kill -INT $p",
-            run = if is_root() { "runuser -u postgres -- " } else { "" },
-            conf = conf.display(),
-            pcp = pcp.display(),
-            log = log.display(),
-            pid = std::process::id()
-        );
-    use std::os::unix::process::CommandExt;
-    #[allow(clippy::zombie_processes)] // outlives the tests; stops with them
-    Command::new("sh")
-        .args(["-c", &script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .unwrap();
+    let server = format!(
+        "{bin} -n -f {} -F {} >> {} 2>&1",
+        conf.display(),
+        pcp.display(),
+        log.display()
+    );
+    serve_while_tests_run(&server, "-INT ");
     let p = Pgpool { port, log, standby };
     // Up, with node 0 found as the primary and node 1 as the standby.
     let mut nodes = String::new();
@@ -189,36 +173,19 @@ fn start_pgpool(name: &str, children: u32) -> Pgpool {
 fn warm(p: &Pgpool, db: &str, children: usize) {
     let kids: Vec<_> = (0..children)
         .map(|_| {
-            via_pgpool(
-                p,
-                db,
-                &[
-                    "run",
-                    "-q",
-                    "--scope",
-                    "transaction",
-                    "--key",
-                    &key("pgpool-warm"),
-                    "--",
-                    "sleep",
-                    "0.5",
-                ],
-            )
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
+            Run::new(&key("pgpool-warm"))
+                .args(["-q", "--scope", "transaction"])
+                .url(p.url(db))
+                .child(["sleep", "0.5"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
         })
         .collect();
     for mut k in kids {
         k.wait().unwrap();
     }
-}
-
-fn via_pgpool(p: &Pgpool, db: &str, args: &[&str]) -> Command {
-    let mut c = pglock_bare(args);
-    c.env("PGLOCK_DATABASE_URL", p.url(db));
-    c
 }
 
 /// The last `n` lines of pgpool's log (which node ran each statement).
@@ -255,14 +222,14 @@ fn five_at_once(extra: &[&str]) {
     let dir = tmpdir("pgpool5");
     let file = dir.join("stamps");
     let script = stamp_script(&file, "0.7");
-    let mut args = vec!["run", "--heartbeat", "100ms", "-w", "60s"];
-    args.extend_from_slice(extra);
-    args.extend_from_slice(&["--key", &name, "--", "sh", "-c", &script]);
-    let cmds: Vec<Command> = (0..5).map(|_| via_pgpool(p, APP_DB, &args)).collect();
-    let mut runs: Vec<_> = cmds
-        .into_iter()
-        .map(|mut c| {
-            c.stdout(Stdio::piped())
+    let mut runs: Vec<_> = (0..5)
+        .map(|_| {
+            Run::new(&name)
+                .args(["--heartbeat", "100ms", "-w", "60s"])
+                .args(extra)
+                .url(p.url(APP_DB))
+                .sh(&script)
+                .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
                 .unwrap()
@@ -348,7 +315,7 @@ fn pgpool_declared_session_pooler_five_at_once_lock_on_the_primary_never_two() {
 fn session_scope_is_refused(p: &Pgpool, db: &str, name: &str) {
     let id = lock_id(name);
     for _ in 0..3 {
-        let cmd = via_pgpool(p, db, &["run", "--key", name, "--", "true"]);
+        let cmd = Run::new(name).url(p.url(db)).child(["true"]);
         let mut shown = format!("{cmd:?}");
         let out = {
             let mut c = cmd;
@@ -387,7 +354,7 @@ fn session_scope_is_refused(p: &Pgpool, db: &str, name: &str) {
 /// Database `postgres`: pgpool never caches its backend connections, so every client gets fresh
 /// ones (and the cancel key of the last node, the standby).
 #[test]
-fn pgpool_session_scope_is_refused_fresh_connections() {
+fn pgpool_session_scope_on_fresh_connections_is_refused() {
     session_scope_is_refused(pgpool(), "postgres", &key("pgpool-sess"));
 }
 
@@ -405,37 +372,20 @@ fn pgpool_session_scope_on_cached_connections_locks_the_primary_or_is_refused() 
     let name = key("pgpool-sess-cached");
     let id = lock_id(&name);
     expect_code(
-        via_pgpool(
-            p,
-            APP_DB,
-            &[
-                "run",
-                "--scope",
-                "transaction",
-                "--key",
-                &name,
-                "--",
-                "true",
-            ],
-        ),
+        Run::new(&name)
+            .args(["--scope", "transaction"])
+            .url(p.url(APP_DB))
+            .child(["true"]),
         0,
     );
     for _ in 0..3 {
-        let mut c = via_pgpool(
-            p,
-            APP_DB,
-            &[
-                "run",
-                "--heartbeat",
-                "100ms",
-                "--key",
-                &name,
-                "--",
-                "sleep",
-                "0.6",
-            ],
-        );
-        let run = c.stderr(Stdio::piped()).spawn().unwrap();
+        let run = Run::new(&name)
+            .args(["--heartbeat", "100ms"])
+            .url(p.url(APP_DB))
+            .child(["sleep", "0.6"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
         let mut on_primary = false;
         let end = Instant::now() + Duration::from_secs(3);
         while Instant::now() < end {

@@ -20,10 +20,10 @@ fn start_runs(b: &Bouncer, n: usize, args: &[&str], file: &std::path::Path) -> V
     let script = stamp_script(file, "0.2");
     (0..n)
         .map(|_| {
-            let mut a = vec!["run"];
-            a.extend_from_slice(args);
-            a.extend_from_slice(&["--", "sh", "-c", &script]);
-            b.pglock(&a)
+            Run::keyless()
+                .args(args)
+                .through(b)
+                .sh(&script)
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
                 .spawn()
@@ -50,19 +50,12 @@ fn warm(b: &Bouncer) {
     let name = key("warm");
     let runs: Vec<_> = (0..5)
         .map(|_| {
-            b.pglock(&[
-                "run",
-                "-q",
-                "--scope",
-                "transaction",
-                "--key",
-                &name,
-                "--",
-                "sleep",
-                "0.2",
-            ])
-            .spawn()
-            .unwrap()
+            Run::new(&name)
+                .args(["-q", "--scope", "transaction"])
+                .through(b)
+                .child(["sleep", "0.2"])
+                .spawn()
+                .unwrap()
         })
         .collect();
     all_succeed(runs);
@@ -167,10 +160,10 @@ fn a_declared_session_pooler_runs_session_locks_one_at_a_time() {
         }
         // Undeclared, it is refused like any pooler: nothing tells pglock how it pools.
         let lock = key("pgb-sess");
-        let (_, err) = expect_code(b.pglock(&["run", "--key", &lock, "--", "true"]), 69);
+        let (_, err) = expect_code(Run::new(&lock).through(&b).child(["true"]), 69);
         assert!(err.contains("--pooler session"), "{err}");
         // Session pooling with the environment variable.
-        let mut c = b.pglock(&["run", "--key", &lock, "--", "true"]);
+        let mut c = Run::new(&lock).through(&b).child(["true"]);
         c.env("PGLOCK_POOLER", "session");
         let (_, err) = expect_code(c, 0);
         assert!(!err.contains("pooler"), "no warning once declared: {err}");
@@ -213,11 +206,15 @@ fn a_lock_the_serving_session_holds_is_never_granted_again() {
     let b = Bouncer::start("held1", "pool_mode = transaction\ndefault_pool_size = 1");
     for extra in [&[][..], &["--shared"][..], &["--limit", "2"][..]] {
         let lock = key("pgb-held");
-        let mut holder_args = vec!["run", "--pooler", "session", "--key", &lock];
-        holder_args.extend_from_slice(extra);
-        holder_args.extend_from_slice(&["--", "sleep", "3"]);
-        let holder = b
-            .pglock(&holder_args)
+        let session = |wait: &[&str]| {
+            Run::new(&lock)
+                .args(["--pooler", "session"])
+                .args(extra)
+                .args(wait)
+                .through(&b)
+        };
+        let holder = session(&[])
+            .child(["sleep", "3"])
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
@@ -228,11 +225,7 @@ fn a_lock_the_serving_session_holds_is_never_granted_again() {
             )
             .is_empty()));
         for wait in [&["-n"][..], &["-w", "1s"][..]] {
-            let mut a = vec!["run", "--pooler", "session", "--key", &lock];
-            a.extend_from_slice(extra);
-            a.extend_from_slice(wait);
-            a.extend_from_slice(&["--", "touch", "/nonexistent/ran"]);
-            let (_, err) = expect_code(b.pglock(&a), 75);
+            let (_, err) = expect_code(session(wait).child(["touch", "/nonexistent/ran"]), 75);
             assert!(
                 err.contains("already holds it"),
                 "{extra:?} {wait:?}: {err}"
@@ -283,51 +276,26 @@ fn nothing_is_left_on_a_pooled_server_connection() {
     let b = Bouncer::start("leak1", "pool_mode = transaction\ndefault_pool_size = 1");
     let role = "2s 1500ms 2s";
     assert_eq!(pooled_settings(&b), role);
-    let run = |args: &[&str]| b.pglock_pooled(args);
     let lock = key("pgb-leak");
+    let run = |args: &[&str]| Run::new(&lock).args(args).pooled(&b);
     // Refused, and nothing left.
-    expect_code(run(&["run", "--key", &lock, "--", "true"]), 69);
+    expect_code(run(&[]).child(["true"]), 69);
     assert_eq!(pooled_settings(&b), role);
     // A transaction lock held longer than the role's idle_in_transaction_session_timeout.
-    expect_code(
-        run(&[
-            "run",
-            "--scope",
-            "transaction",
-            "--key",
-            &lock,
-            "--",
-            "sleep",
-            "2.5",
-        ]),
-        0,
-    );
+    expect_code(run(&["--scope", "transaction"]).child(["sleep", "2.5"]), 0);
     assert_eq!(pooled_settings(&b), role);
     // A session lock (declared session pooler) waited for longer than the role's
     // statement_timeout and lock_timeout, then held.
     let id = lock_id(&lock);
     let mut direct = hold_directly(id, "2.5");
-    let (_, err) = expect_code(
-        run(&["run", "--pooler", "session", "--key", &lock, "--", "true"]),
-        0,
-    );
+    let (_, err) = expect_code(run(&["--pooler", "session"]).child(["true"]), 0);
     assert!(err.contains("waiting for lock"), "{err}");
     direct.wait().unwrap();
     assert_eq!(pooled_settings(&b), role);
     // A wait with --timeout: its lock_timeout is the statement's alone.
     let mut direct = hold_directly(id, "2");
     expect_code(
-        run(&[
-            "run",
-            "--scope",
-            "transaction",
-            "-w",
-            "500ms",
-            "--key",
-            &lock,
-            "--",
-            "true",
-        ]),
+        run(&["--scope", "transaction", "-w", "500ms"]).child(["true"]),
         75,
     );
     assert_eq!(pooled_settings(&b), role);
@@ -352,16 +320,10 @@ fn transaction_scope_through_pgbouncer_excludes_and_leaves_nothing_behind() {
         .iter()
         .any(|l| l.contains(",t,"))));
     let (_, err) = expect_code(
-        bouncer().pglock(&[
-            "run",
-            "-n",
-            "--scope",
-            "transaction",
-            "--key",
-            &name,
-            "--",
-            "true",
-        ]),
+        Run::new(&name)
+            .args(["-n", "--scope", "transaction"])
+            .through(bouncer())
+            .child(["true"]),
         75,
     );
     assert!(err.contains("held by pid"), "{err}");
@@ -374,15 +336,9 @@ fn transaction_scope_through_pgbouncer_excludes_and_leaves_nothing_behind() {
     assert_nothing_left(id);
     // Transaction scope works directly too.
     expect_code(
-        pglock(&[
-            "run",
-            "--scope",
-            "transaction",
-            "--key",
-            &name,
-            "--",
-            "true",
-        ]),
+        Run::new(&name)
+            .args(["--scope", "transaction"])
+            .child(["true"]),
         0,
     );
 }
@@ -393,15 +349,10 @@ fn transaction_scope_through_pgbouncer_excludes_and_leaves_nothing_behind() {
 fn through_pgbouncer_the_session_ends_with_terminate() {
     let name = key("pgb-terminate");
     expect_code(
-        bouncer().pglock(&[
-            "run",
-            "--scope",
-            "transaction",
-            "--key",
-            &name,
-            "--",
-            "true",
-        ]),
+        Run::new(&name)
+            .args(["--scope", "transaction"])
+            .through(bouncer())
+            .child(["true"]),
         0,
     );
     let log = || std::fs::read_to_string(&bouncer().log).unwrap_or_default();
@@ -422,16 +373,10 @@ fn status_through_the_pooler_says_the_client_and_age_are_the_poolers() {
     let name = key("pgb-status");
     let id = lock_id(&name);
     let holder = hold(
-        bouncer().pglock(&[
-            "run",
-            "--scope",
-            "transaction",
-            "--key",
-            &name,
-            "--",
-            "sleep",
-            "3",
-        ]),
+        Run::new(&name)
+            .args(["--scope", "transaction"])
+            .through(bouncer())
+            .child(["sleep", "3"]),
         id,
     );
     let (out, _) = expect_code(bouncer().pglock(&["status", "--key", &name]), 0);
@@ -457,19 +402,10 @@ fn a_misdeclared_pooler_whose_lock_another_client_frees_stops_the_child_at_the_n
     let b = Bouncer::start("discard1", "pool_mode = transaction\ndefault_pool_size = 1");
     let name = key("pgb-discard");
     let id = lock_id(&name);
-    let run = b
-        .pglock(&[
-            "run",
-            "--pooler",
-            "session",
-            "--heartbeat",
-            "1s",
-            "--key",
-            &name,
-            "--",
-            "sleep",
-            "20",
-        ])
+    let run = Run::new(&name)
+        .args(["--pooler", "session", "--heartbeat", "1s"])
+        .through(&b)
+        .child(["sleep", "20"])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -497,37 +433,14 @@ fn settings_dropped_silently_by_a_pooler_do_not_let_role_defaults_end_the_run() 
         "ignore2",
         "pool_mode = transaction\ndefault_pool_size = 2\nignore_startup_parameters = options",
     );
-    let run = |args: &[&str]| b.pglock_pooled(args);
     let lock = key("pgb-ignore");
     let id = lock_id(&lock);
+    let run = || Run::new(&lock).args(["--scope", "transaction"]).pooled(&b);
     // Held longer than the role's idle_in_transaction_session_timeout (2s).
-    expect_code(
-        run(&[
-            "run",
-            "--scope",
-            "transaction",
-            "--key",
-            &lock,
-            "--",
-            "sleep",
-            "2.5",
-        ]),
-        0,
-    );
+    expect_code(run().child(["sleep", "2.5"]), 0);
     // A wait longer than the role's statement_timeout (2s) and lock_timeout (1.5s).
     let mut direct = hold_directly(id, "2.5");
-    expect_code(
-        run(&[
-            "run",
-            "--scope",
-            "transaction",
-            "--key",
-            &lock,
-            "--",
-            "true",
-        ]),
-        0,
-    );
+    expect_code(run().child(["true"]), 0);
     direct.wait().unwrap();
     assert_eq!(pooled_settings(&b), "2s 1500ms 2s");
 }

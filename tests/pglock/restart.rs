@@ -21,14 +21,8 @@ fn closed_port() -> u16 {
 /// `pglock run ARGS --key NAME -- sh -c 'echo ran > FILE'` against `url`.
 fn run_writing(url: &str, args: &[&str], file: &std::path::Path) -> Command {
     let script = format!("echo ran > '{}'", file.display());
-    let mut all = vec!["run"];
-    all.extend_from_slice(args);
-    let name = key("retry");
-    all.extend(["--key", &name, "--", "sh", "-c", &script]);
-    let mut c = pglock_bare(&all);
-    c.env("PGLOCK_DATABASE_URL", url)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    let mut c = Run::new(&key("retry")).args(args).url(url).sh(&script);
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
     c
 }
 

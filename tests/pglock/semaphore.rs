@@ -25,12 +25,12 @@ fn ten_runs_with_limit_3_run_exactly_3_at_a_time() {
     );
     let runs: Vec<_> = (0..10)
         .map(|_| {
-            pglock(&[
-                "run", "-q", "--limit", "3", "--key", &name, "--", "sh", "-c", &script,
-            ])
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
+            Run::new(&name)
+                .args(["-q", "--limit", "3"])
+                .sh(&script)
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
         })
         .collect();
     all_succeed(runs);
@@ -69,7 +69,9 @@ fn ten_runs_with_limit_3_run_exactly_3_at_a_time() {
 fn a_killed_holders_slot_is_taken_over() {
     let name = key("limitkill");
     let id = lock_id(&name);
-    let holder = pglock(&["run", "--limit", "1", "--key", &name, "--", "sleep", "60"])
+    let holder = Run::new(&name)
+        .args(["--limit", "1"])
+        .child(["sleep", "60"])
         .spawn()
         .unwrap();
     let slot0 = {
@@ -85,18 +87,11 @@ fn a_killed_holders_slot_is_taken_over() {
         .is_empty()));
     let dir = tmpdir("limitkill");
     let marker = dir.join("ran");
-    let waiter = pglock(&[
-        "run",
-        "--limit",
-        "1",
-        "--key",
-        &name,
-        "--",
-        "touch",
-        marker.to_str().unwrap(),
-    ])
-    .spawn()
-    .unwrap();
+    let waiter = Run::new(&name)
+        .args(["--limit", "1"])
+        .child(["touch", marker.to_str().unwrap()])
+        .spawn()
+        .unwrap();
     // The waiter is first in line (holds the queue lock) before the holder dies.
     assert!(wait_until(Duration::from_secs(10), || !pg()
         .locks_on(crate::harness::lock_id_of_queue(id))
@@ -128,7 +123,7 @@ fn application_sql_takes_the_same_slots() {
         .locks_on(slot0)
         .is_empty()));
     let (_, err) = expect_code(
-        pglock(&["run", "-n", "--limit", "1", "--key", &name, "--", "true"]),
+        Run::new(&name).args(["-n", "--limit", "1"]).child(["true"]),
         75,
     );
     assert!(err.contains("slots") && err.contains("psql"), "{err}");
@@ -141,7 +136,7 @@ fn application_sql_takes_the_same_slots() {
         .locks_on(slot0)
         .is_empty()));
     expect_code(
-        pglock(&["run", "-n", "--limit", "1", "--key", &name, "--", "true"]),
+        Run::new(&name).args(["-n", "--limit", "1"]).child(["true"]),
         0,
     );
 }
@@ -162,7 +157,7 @@ fn bad_limit_combinations_are_usage_errors() {
         assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
     }
     expect_code(
-        pglock(&["run", "--key", "k", "--scope", "sometimes", "--", "true"]),
+        Run::new("k").args(["--scope", "sometimes"]).child(["true"]),
         2,
     );
 }

@@ -114,24 +114,18 @@ fn a_signal_while_waiting_cancels_the_wait_at_once() {
     let id = lock_id(&name);
     let dir = tmpdir("waitsig");
     let marker = dir.join("ran");
-    let holder = hold(pglock(&["run", "--key", &name, "--", "sleep", "60"]), id);
+    let holder = hold(Run::new(&name).child(["sleep", "60"]), id);
     for (sig, n) in [
         (Signal::SIGINT, 2),
         (Signal::SIGTERM, 15),
         (Signal::SIGHUP, 1),
         (Signal::SIGQUIT, 3),
     ] {
-        let waiter = pglock(&[
-            "run",
-            "--key",
-            &name,
-            "--",
-            "touch",
-            marker.to_str().unwrap(),
-        ])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        let waiter = Run::new(&name)
+            .child(["touch", marker.to_str().unwrap()])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
         assert!(
             wait_until(Duration::from_secs(10), || pg().locks_on(id).len() == 2),
             "waiter queued"
@@ -200,6 +194,24 @@ fn spawn_cmd_on_pty(mut cmd: std::process::Command) -> (std::process::Child, std
     (child, master)
 }
 
+/// Types Ctrl-C on the terminal; the child's trap must log exactly one `INT` (within 5 s, and
+/// none more 300 ms later).
+fn ctrl_c_reaches_the_child_once(master: &mut std::fs::File, log: &std::path::Path) {
+    use std::io::Write;
+    master.write_all(&[0x03]).unwrap(); // Ctrl-C
+    assert!(
+        wait_until(Duration::from_secs(5), || count(log, "INT") >= 1),
+        "Ctrl-C did not reach the child"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        count(log, "INT"),
+        1,
+        "Ctrl-C reached the child {} times",
+        count(log, "INT")
+    );
+}
+
 #[test]
 fn ctrl_c_on_a_terminal_reaches_the_child_once_and_the_child_reads_the_terminal() {
     use std::io::Write;
@@ -225,18 +237,7 @@ fn ctrl_c_on_a_terminal_reaches_the_child_once_and_the_child_reads_the_terminal(
         ) == 1),
         "the child could not read the terminal"
     );
-    master.write_all(&[0x03]).unwrap(); // Ctrl-C
-    assert!(
-        wait_until(Duration::from_secs(5), || count(&log, "INT") >= 1),
-        "Ctrl-C did not reach the child"
-    );
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(
-        count(&log, "INT"),
-        1,
-        "Ctrl-C reached the child {} times",
-        count(&log, "INT")
-    );
+    ctrl_c_reaches_the_child_once(&mut master, &log);
     std::fs::write(&stopf, "").unwrap();
     let status = child.wait_with_output().unwrap().status;
     assert_eq!(status.code(), Some(0));
@@ -401,18 +402,7 @@ fn ctrl_z_suspends_the_whole_job_and_fg_resumes_it_in_a_job_control_shell() {
             == 1),
         "the child could not read the terminal after fg"
     );
-    master.write_all(&[0x03]).unwrap(); // Ctrl-C
-    assert!(
-        wait_until(Duration::from_secs(5), || count(&log, "INT") >= 1),
-        "Ctrl-C did not reach the child"
-    );
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(
-        count(&log, "INT"),
-        1,
-        "Ctrl-C reached the child {} times",
-        count(&log, "INT")
-    );
+    ctrl_c_reaches_the_child_once(&mut master, &log);
     std::fs::write(&stopf, "").unwrap();
     // The shell reads this once its foreground job, pglock, has ended: `$?` is pglock's status.
     let status = format!("echo status $? >> {}\n", log.display());

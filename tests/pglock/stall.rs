@@ -13,7 +13,6 @@ use crate::harness::*;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::ExitStatusExt;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -717,7 +716,7 @@ fn tls_cluster() -> &'static Cluster {
         std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
             .unwrap();
         for p in [dir.as_path(), key.as_path(), &dir.join("server.crt")] {
-            chown_postgres(p);
+            chown_pg(p);
         }
         Cluster::start(
             "stall-tls",
@@ -728,13 +727,6 @@ fn tls_cluster() -> &'static Cluster {
             ),
         )
     })
-}
-
-fn chown_postgres(p: &Path) {
-    if is_root() {
-        let u = nix::unistd::User::from_name("postgres").unwrap().unwrap();
-        nix::unistd::chown(p, Some(u.uid), Some(u.gid)).unwrap();
-    }
 }
 
 /// One run of the loop test: its outcome and whether its command ran.

@@ -16,12 +16,16 @@ fn status(url: &str, args: &[&str]) -> String {
 fn status_shows_held_waiting_and_shared_locks_with_key_names() {
     let (x, s) = (key("stx"), key("sts"));
     let (xid, sid) = (lock_id(&x), lock_id(&s));
-    let holder = hold(pglock(&["run", "--key", &x, "--", "sleep", "30"]), xid);
-    let waiter = pglock(&["run", "--key", &x, "--", "true"]).spawn().unwrap();
-    let s1 = pglock(&["run", "--shared", "--key", &s, "--", "sleep", "30"])
+    let holder = hold(Run::new(&x).child(["sleep", "30"]), xid);
+    let waiter = Run::new(&x).child(["true"]).spawn().unwrap();
+    let s1 = Run::new(&s)
+        .args(["--shared"])
+        .child(["sleep", "30"])
         .spawn()
         .unwrap();
-    let s2 = pglock(&["run", "--shared", "--key", &s, "--", "sleep", "30"])
+    let s2 = Run::new(&s)
+        .args(["--shared"])
+        .child(["sleep", "30"])
         .spawn()
         .unwrap();
     // Application code's lock, taken with the raw id: no key name.
@@ -125,11 +129,11 @@ fn status_works_for_a_role_without_superuser_rights() {
     let name = key("stapp");
     let id = lock_id(&name);
     // Held by the superuser; looked at by the unprivileged role "app".
-    let holder = hold(pglock(&["run", "--key", &name, "--", "sleep", "30"]), id);
+    let holder = hold(Run::new(&name).child(["sleep", "30"]), id);
     let mine = key("stapp-own");
     let mid = lock_id(&mine);
     let own = {
-        let mut c = pglock_bare(&["run", "--key", &mine, "--", "sleep", "30"]);
+        let mut c = Run::new(&mine).unconnected().child(["sleep", "30"]);
         c.env("PGLOCK_DATABASE_URL", pg().app_url());
         hold(c, mid)
     };

@@ -74,15 +74,6 @@ fn openssl(dir: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn chown_to_postgres(p: &Path) {
-    if is_root() {
-        let u = nix::unistd::User::from_name("postgres")
-            .unwrap()
-            .expect("a postgres OS user");
-        nix::unistd::chown(p, Some(u.uid), Some(u.gid)).unwrap();
-    }
-}
-
 fn chmod(p: &Path, mode: u32) {
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
 }
@@ -183,7 +174,7 @@ fn pki() -> &'static Pki {
         // The server reads its certificate, key and CA as the postgres user.
         chmod(&dir, 0o755);
         for f in ["", "server.crt", "server.key", "ca.crt"] {
-            chown_to_postgres(&dir.join(f));
+            chown_pg(&dir.join(f));
         }
         Pki { dir }
     })
@@ -244,7 +235,7 @@ fn san_cluster() -> &'static Cluster {
         std::fs::copy(p.dir.join("san.key"), serve.join("server.key")).unwrap();
         chmod(&serve.join("server.key"), 0o600);
         for f in ["", "server.crt", "server.key"] {
-            chown_to_postgres(&serve.join(f));
+            chown_pg(&serve.join(f));
         }
         Cluster::start(
             "trust-san",
@@ -1000,7 +991,7 @@ fn a_client_key_readable_by_others_is_refused() {
 /// libpq accepts a key owned by root with mode 0640 (a system-wide key readable by a group).
 #[test]
 fn a_root_owned_client_key_may_be_group_readable() {
-    if !is_root() {
+    if !require_root("a client key owned by root") {
         return;
     }
     let dir = tmpdir("trust-key-root");
