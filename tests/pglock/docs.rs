@@ -377,12 +377,20 @@ fn classify(line: &str) -> Line {
     }
 }
 
-/// The directory examples run in: `./NAME` in `text` is a script that exits with
+/// The directory examples run in: `./NAME` (or `bin/NAME`) in `text` is a script that exits with
 /// `$EXAMPLE_EXIT` (0 when unset), so that `-- ./seed.sh` runs as written.
 fn stage(dir: &std::path::Path, text: &str) {
     use std::os::unix::fs::PermissionsExt;
     for word in text.split(|c: char| c.is_whitespace() || c == '"' || c == ',') {
-        let Some(rel) = word.strip_prefix("./") else {
+        // `./NAME`, or a program of the project such as `bin/rails`.
+        let project = word.split_once('/').is_some_and(|(d, f)| {
+            !d.is_empty()
+                && d.chars().all(|c| c.is_ascii_lowercase())
+                && !f.is_empty()
+                && f.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        });
+        let Some(rel) = word.strip_prefix("./").or(project.then_some(word)) else {
             continue;
         };
         let path = dir.join(rel);
