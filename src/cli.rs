@@ -33,7 +33,7 @@ pub struct Cli {
 pub enum Command {
     /// Take the lock, run COMMAND, release the lock, exit with COMMAND's status
     #[command(
-        after_help = RUN_EXAMPLES,
+        after_help = run_after_help(),
         override_usage = "pglock run [OPTIONS] LOCK -- COMMAND [ARG]...\n       \
             LOCK: --key NAME | --key-id ID | --key-id A,B | --key-hashtext NAME | --lock-of TOOL"
     )]
@@ -76,10 +76,13 @@ const RUN_EXAMPLES: &str = "Examples:\n  \
     pglock run -w 10m --lock-of golang-migrate -- ./seed.sh # wait while `migrate up` runs\n\n\
     Durations: a bare number is seconds (10, 2.5, as flock -w 10), or 250ms, 1.5s, 5m, 1h, 1m30s. \
     Boolean variables (PGLOCK_NO_WAIT, PGLOCK_SHARED, PGLOCK_FENCING_TOKEN, PGLOCK_QUIET, \
-    PGLOCK_VERBOSE) take 1/0, true/false, yes/no, on/off in any case; empty is false.\n\n\
-    Exit status: COMMAND's own; 128+N if a signal N killed it; 2 usage error; 69 PostgreSQL \
-    unavailable; 70 internal error; 74 lock lost while COMMAND ran; 75 lock not acquired (see -E); \
-    124 --max-runtime elapsed; 126 COMMAND not executable; 127 COMMAND not found.";
+    PGLOCK_VERBOSE) take 1/0, true/false, yes/no, on/off in any case; empty is false.";
+
+/// The examples and notes after `pglock run --help`'s options, ending with the exit status
+/// (from the one table, `error::EXIT_STATUS`).
+fn run_after_help() -> String {
+    format!("{RUN_EXAMPLES}\n\n{}", crate::error::exit_status_help())
+}
 
 /// The lock forms (contract §2), one declaration for `run`, `status`, `history` and `key`.
 /// [`command`] gives them their environment variables in `run`; which form wins, and what goes
@@ -113,7 +116,7 @@ pub struct LockArgs {
     ///
     /// golang-migrate is the migrate CLI and migrate.New (opened from a database URL: its database
     /// name is the URL's path with the leading slash); golang-migrate-with-instance is
-    /// postgres.WithInstance (current_database()). See the README for each tool's formula and what
+    /// postgres.WithInstance (current_database()). See docs/migration-tools.md for each tool's formula and what
     /// it does while pglock holds its lock.
     #[arg(
         long,

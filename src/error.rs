@@ -25,6 +25,87 @@ pub mod code {
     pub const NOT_FOUND: i32 = 127;
 }
 
+/// One row of the exit-status table: the code as the reader sees it, a short name for `--help`,
+/// and its meaning (Markdown: `code` spans only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitStatus {
+    pub code: &'static str,
+    pub name: &'static str,
+    pub meaning: &'static str,
+}
+
+/// The exit-status table (contract §7), the one copy: `pglock run --help`, the man page's EXIT
+/// STATUS and the Markdown tables of the README and docs/ are made from it or held equal to it
+/// (tests/pglock/docs.rs).
+pub const EXIT_STATUS: &[ExitStatus] = &[
+    ExitStatus {
+        code: "child's code",
+        name: "COMMAND's own",
+        meaning: "the child exited normally",
+    },
+    ExitStatus {
+        code: "128+N",
+        name: "a signal N killed COMMAND",
+        meaning: "the child was killed by signal N (or pglock was, while waiting)",
+    },
+    ExitStatus {
+        code: "2",
+        name: "usage error",
+        meaning: "usage error",
+    },
+    ExitStatus {
+        code: "69",
+        name: "PostgreSQL unavailable",
+        meaning: "PostgreSQL unavailable: cannot connect, authentication or TLS failed, a hot \
+            standby, the run ledger unusable, or no answer in time before the command started \
+            (`connect_timeout`, 10 s without it; with `-n` 2 x that in all; with `-w D`, D + 2 s)",
+    },
+    ExitStatus {
+        code: "70",
+        name: "internal error",
+        meaning: "internal error (a bug in pglock)",
+    },
+    ExitStatus {
+        code: "74",
+        name: "lock lost while COMMAND ran",
+        meaning: "the lock was lost while the child ran; the child was stopped",
+    },
+    ExitStatus {
+        code: "75",
+        name: "lock not acquired (see -E)",
+        meaning: "the lock was not acquired (busy, or `--timeout` reached), or the `--once` token \
+            was already done; see `--conflict-exit-code`",
+    },
+    ExitStatus {
+        code: "124",
+        name: "--max-runtime elapsed",
+        meaning: "`--max-runtime` elapsed; the child was stopped",
+    },
+    ExitStatus {
+        code: "126",
+        name: "COMMAND not executable",
+        meaning: "COMMAND was found but is not executable",
+    },
+    ExitStatus {
+        code: "127",
+        name: "COMMAND not found",
+        meaning: "COMMAND was not found",
+    },
+];
+
+/// The exit-status paragraph of `pglock run --help`, from [`EXIT_STATUS`].
+pub fn exit_status_help() -> String {
+    let items: Vec<String> = EXIT_STATUS
+        .iter()
+        .map(|e| match e.code {
+            "child's code" => e.name.to_string(),
+            "128+N" => format!("128+N if {}", e.name),
+            c => format!("{c} {}", e.name),
+        })
+        .collect();
+    format!("Exit status: {}.", items.join("; "))
+}
+
 /// Why pglock stops without having run the child to completion.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {
@@ -110,3 +191,45 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exit_status_table_has_every_code_of_pglock_once() {
+        let codes: Vec<&str> = EXIT_STATUS.iter().map(|e| e.code).collect();
+        for c in [
+            code::USAGE,
+            code::SOFTWARE,
+            code::UNAVAILABLE,
+            code::LOCK_LOST,
+            code::MAX_RUNTIME,
+            code::NOT_ACQUIRED,
+            code::NOT_EXECUTABLE,
+            code::NOT_FOUND,
+        ] {
+            let c = c.to_string();
+            assert_eq!(codes.iter().filter(|x| **x == c).count(), 1, "code {c}");
+        }
+        assert!(codes.contains(&"child's code") && codes.contains(&"128+N"));
+        assert_eq!(codes.len(), 10);
+        for e in EXIT_STATUS {
+            assert!(
+                !e.meaning.contains('|') && !e.meaning.contains("  "),
+                "{e:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_help_lists_every_code() {
+        let help = exit_status_help();
+        assert!(help.starts_with(
+            "Exit status: COMMAND's own; 128+N if a signal N killed COMMAND; 2 usage error; 69 "
+        ));
+        for e in EXIT_STATUS {
+            assert!(help.contains(e.name), "{help}");
+        }
+    }
+}

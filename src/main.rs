@@ -46,6 +46,10 @@ fn real_main() -> Result<i32, Error> {
             let mut out = std::io::stdout().lock();
             match what.as_str() {
                 "man" => docs::man(&mut out).map_err(|e| Error::internal(e.to_string()))?,
+                // The exit-status table as the README and docs/ have it (the docs test compares).
+                "exit-status" => out
+                    .write_all(docs::exit_status_markdown().as_bytes())
+                    .map_err(|e| Error::internal(e.to_string()))?,
                 shell => docs::completion(shell, &mut out).map_err(Error::usage)?,
             }
             Ok(0)

@@ -123,7 +123,7 @@ fn parse_int4(t: &str) -> Option<i32> {
 }
 
 /// A migration tool whose advisory lock pglock can take (`--lock-of`), computed exactly as the tool
-/// computes it. The sources are in the README's "Working with your migration tool".
+/// computes it. The sources are in docs/migration-tools.md.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tool {
     /// golang-migrate opened from a database URL (the `migrate` CLI, `migrate.New`): its database

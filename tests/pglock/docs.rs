@@ -1,4 +1,6 @@
-//! The committed man page and completions are what the clap definition generates now.
+//! The committed man page and completions are what the clap definition and the docs generate
+//! now; the exit-status tables of the README and docs/ are the one table of `src/error.rs`; the
+//! internal links resolve; every shell example of the README, docs/ and the man page runs.
 
 use crate::harness::*;
 
@@ -29,8 +31,15 @@ fn the_man_page_has_every_section_and_renders() {
         "DESCRIPTION",
         "OPTIONS",
         "\"EXIT STATUS\"",
-        "ENVIRONMENT",
-        "SIGNALS",
+        "\"LOCKS, KEYS AND OPTIONS\"",
+        "\"CONNECTION AND TLS\"",
+        "\"THE CHILD AND SIGNALS\"",
+        "\"LOSING THE LOCK AND FENCING\"",
+        "\"POOLERS AND HIGH AVAILABILITY\"",
+        "\"MIGRATION TOOLS\"",
+        "\"ONCE, AND THE RUN LEDGER\"",
+        "\"STATUS, HISTORY AND LOGS\"",
+        "\"HOW IT WORKS\"",
         "EXAMPLES",
         "\"SEE ALSO\"",
     ] {
@@ -48,24 +57,157 @@ fn the_man_page_has_every_section_and_renders() {
     ] {
         assert!(man.contains(needle), "man page lacks {needle}");
     }
-    // groff, when present, renders it without warnings.
-    if let Ok(out) = std::process::Command::new("groff")
-        .args(["-man", "-ww", "-z"])
+    // groff renders it without warnings. Without groff the check is skipped with a note, but
+    // not in CI (CI set), where a missing groff fails.
+    let groff = std::process::Command::new("groff")
+        .args(["-man", "-Tutf8", "-ww", "-z"])
         .stdin(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write;
-            c.stdin.take().unwrap().write_all(man.as_bytes())?;
-            c.wait_with_output()
-        })
+        .spawn();
+    let mut child = match groff {
+        Ok(child) => child,
+        Err(e) => {
+            assert!(
+                std::env::var_os("CI").is_none_or(|v| v.is_empty()),
+                "groff is missing ({e}) and CI is set: install it (scripts/setup test)"
+            );
+            eprintln!("note: groff not found ({e}): the man page's rendering is not checked");
+            return;
+        }
+    };
     {
-        assert!(
-            out.stderr.is_empty(),
-            "groff warnings: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(man.as_bytes())
+            .unwrap();
     }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "groff warnings: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The Markdown files whose examples run and whose tables and links are checked.
+fn markdown_files() -> Vec<std::path::PathBuf> {
+    let mut files = vec![root().join("README.md")];
+    let mut docs: Vec<_> = std::fs::read_dir(root().join("docs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "md"))
+        .collect();
+    docs.sort();
+    files.extend(docs);
+    files
+}
+
+fn relative(path: &std::path::Path) -> String {
+    path.strip_prefix(root()).unwrap().display().to_string()
+}
+
+#[test]
+fn every_exit_status_table_is_the_one_of_the_source() {
+    let (table, _) = expect_code(pglock_bare(&["generate", "exit-status"]), 0);
+    assert!(table.starts_with("| code | meaning |\n"), "{table}");
+    let mut found = Vec::new();
+    for file in markdown_files() {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        for (n, line) in lines.iter().enumerate() {
+            if line.trim() != "| code | meaning |" {
+                continue;
+            }
+            let copy: Vec<&str> = lines[n..]
+                .iter()
+                .take_while(|l| l.starts_with('|'))
+                .copied()
+                .collect();
+            assert_eq!(
+                copy.join("\n"),
+                table.trim_end(),
+                "{}:{}: the exit-status table differs from src/error.rs's EXIT_STATUS; it must read:\n{table}",
+                relative(&file),
+                n + 1
+            );
+            found.push(relative(&file));
+        }
+    }
+    assert!(
+        found.iter().any(|f| f == "README.md"),
+        "the README has no exit-status table: {found:?}"
+    );
+}
+
+/// GitHub's anchor of a heading: lower case, punctuation dropped, spaces to hyphens.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_'))
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+/// The anchors of a Markdown file's headings, outside code fences.
+fn anchors(text: &str) -> Vec<String> {
+    let mut fenced = false;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+        } else if !fenced && line.starts_with('#') {
+            out.push(anchor(line.trim_start_matches('#')));
+        }
+    }
+    out
+}
+
+#[test]
+fn every_internal_link_resolves() {
+    assert_eq!(
+        anchor("Who holds what: `pglock status`"),
+        "who-holds-what-pglock-status"
+    );
+    assert_eq!(anchor("Semaphores: `--limit N`"), "semaphores---limit-n");
+    let mut bad = Vec::new();
+    for file in markdown_files() {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let dir = file.parent().unwrap();
+        for (n, line) in text.lines().enumerate() {
+            for part in line.split("](").skip(1) {
+                let Some(target) = part.split(')').next() else {
+                    continue;
+                };
+                if target.contains("://") || target.is_empty() {
+                    continue;
+                }
+                let (path, frag) = target.split_once('#').unwrap_or((target, ""));
+                let dest = if path.is_empty() {
+                    file.clone()
+                } else {
+                    dir.join(path)
+                };
+                let ok = dest.exists()
+                    && (frag.is_empty()
+                        || anchors(&std::fs::read_to_string(&dest).unwrap_or_default())
+                            .iter()
+                            .any(|a| a == frag));
+                if !ok {
+                    bad.push(format!("{}:{}: {target}", relative(&file), n + 1));
+                }
+            }
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "links that do not resolve:\n{}",
+        bad.join("\n")
+    );
 }
 
 #[test]
@@ -99,22 +241,35 @@ fn root() -> &'static std::path::Path {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The README's fenced code blocks.
-fn readme_examples() -> Vec<Example> {
-    let text = std::fs::read_to_string(root().join("README.md")).unwrap();
+/// The fenced code blocks of the README and the docs/ pages.
+fn markdown_examples() -> Vec<Example> {
+    markdown_files()
+        .iter()
+        .flat_map(|f| examples_of(f))
+        .collect()
+}
+
+/// A Markdown file's fenced code blocks (also those indented in a list item).
+fn examples_of(file: &std::path::Path) -> Vec<Example> {
+    let text = std::fs::read_to_string(file).unwrap();
+    let name = relative(file);
     let mut out = Vec::new();
-    let mut open: Option<(usize, String, Vec<&str>)> = None;
+    // The open block: its first line, its fence's indentation, its language, its lines.
+    let mut open: Option<(usize, usize, String, Vec<&str>)> = None;
     for (n, line) in text.lines().enumerate() {
-        match (line.strip_prefix("```"), open.take()) {
-            (Some(lang), None) => open = Some((n + 1, lang.trim().to_string(), Vec::new())),
-            (Some(_), Some((at, lang, lines))) => out.push(Example {
-                at: format!("README.md:{at}"),
+        let t = line.trim_start();
+        let indent = line.len() - t.len();
+        match (t.strip_prefix("```"), open.take()) {
+            (Some(lang), None) => open = Some((n + 1, indent, lang.trim().to_string(), Vec::new())),
+            (Some(_), Some((at, _, lang, lines))) => out.push(Example {
+                at: format!("{name}:{at}"),
                 lang,
                 text: lines.join("\n"),
             }),
-            (None, Some((at, lang, mut lines))) => {
-                lines.push(line);
-                open = Some((at, lang, lines));
+            (None, Some((at, ind, lang, mut lines))) => {
+                let cut = indent.min(ind);
+                lines.push(&line[cut..]);
+                open = Some((at, ind, lang, lines));
             }
             (None, None) => {}
         }
@@ -199,6 +354,14 @@ fn classify(line: &str) -> Line {
     if let Some(cmd) = l.strip_prefix("run: ") {
         return Line::Run(command(cmd));
     }
+    // A host that is a placeholder (db.example.com) cannot be reached from the test.
+    if l.contains(".example.com") {
+        return Line::Skip("a placeholder host");
+    }
+    // A pglock command after environment assignments (PGLOCK_KEY=seed pglock run ...).
+    if first.contains('=') && l.contains(" pglock ") {
+        return Line::Run(command(l));
+    }
     // A synopsis: placeholders in capitals (LOCK, [OPTIONS], [--ledger TABLE]).
     if l.contains(" LOCK") || l.contains("[OPTIONS]") || l.contains(" TABLE]") {
         return Line::Skip("a synopsis");
@@ -214,12 +377,20 @@ fn classify(line: &str) -> Line {
     }
 }
 
-/// The directory examples run in: `./NAME` in `text` is a script that exits with
+/// The directory examples run in: `./NAME` (or `bin/NAME`) in `text` is a script that exits with
 /// `$EXAMPLE_EXIT` (0 when unset), so that `-- ./seed.sh` runs as written.
 fn stage(dir: &std::path::Path, text: &str) {
     use std::os::unix::fs::PermissionsExt;
     for word in text.split(|c: char| c.is_whitespace() || c == '"' || c == ',') {
-        let Some(rel) = word.strip_prefix("./") else {
+        // `./NAME`, or a program of the project such as `bin/rails`.
+        let project = word.split_once('/').is_some_and(|(d, f)| {
+            !d.is_empty()
+                && d.chars().all(|c| c.is_ascii_lowercase())
+                && !f.is_empty()
+                && f.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        });
+        let Some(rel) = word.strip_prefix("./").or(project.then_some(word)) else {
             continue;
         };
         let path = dir.join(rel);
@@ -380,14 +551,14 @@ fn run_export_script(ex: &Example, dir: &std::path::Path, script: &str) -> usize
 }
 
 #[test]
-fn every_shell_example_of_the_readme_and_the_man_page_runs_as_written() {
+fn every_shell_example_of_the_readme_the_docs_and_the_man_page_runs_as_written() {
     // The fencing example updates this table.
     pg().psql_super(
         "CREATE TABLE IF NOT EXISTS invoices (batch int, state text); \
          INSERT INTO invoices VALUES (42, 'new')",
     );
     let mut ran = Vec::new();
-    for ex in readme_examples().into_iter().chain(man_examples()) {
+    for ex in markdown_examples().into_iter().chain(man_examples()) {
         let dir = tmpdir("example");
         let n = match ex.lang.as_str() {
             "sh" => run_script(&ex, &dir),
@@ -397,7 +568,7 @@ fn every_shell_example_of_the_readme_and_the_man_page_runs_as_written() {
                 assert!(!out.contains("ERROR"), "{}: {out}", ex.at);
                 1
             }
-            // Not shell: a Dockerfile, Python, a diagram.
+            // Not shell: a Dockerfile, Python, a diagram, a formula (text).
             _ => 0,
         };
         if n > 0 {
@@ -410,7 +581,7 @@ fn every_shell_example_of_the_readme_and_the_man_page_runs_as_written() {
         "1",
         "the fencing example's UPDATE did not commit"
     );
-    assert!(ran.len() >= 15, "too few examples ran: {ran:?}");
+    assert!(ran.len() >= 25, "too few examples ran: {ran:?}");
 }
 
 #[test]
