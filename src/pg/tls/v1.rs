@@ -99,7 +99,7 @@ impl Verifier {
 
 /// An error pglock states itself, shown as its message (rustls prints an `OtherError` through
 /// `Debug`).
-pub(super) struct Refusal(&'static str);
+pub(super) struct Refusal(pub(super) &'static str);
 
 impl std::fmt::Debug for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -121,13 +121,15 @@ pub(super) fn refusal(message: &'static str) -> rustls::Error {
     ))))
 }
 
-/// webpki's `UnsupportedCertVersion`, as rustls passes it on (an `OtherError`, the webpki type
-/// being private to rustls: recognised by its name).
+/// webpki's `UnsupportedCertVersion`, as rustls passes it on: `CertificateError::Other` holding
+/// the `webpki::Error` itself (rustls-webpki is a direct dependency at rustls's version for this
+/// downcast; a version mismatch would make it `false`, which the unit tests catch).
 pub(super) fn is_unsupported_version(e: &rustls::Error) -> bool {
     match e {
-        rustls::Error::InvalidCertificate(CertificateError::Other(other)) => {
-            format!("{:?}", other.0) == "UnsupportedCertVersion"
-        }
+        rustls::Error::InvalidCertificate(CertificateError::Other(other)) => matches!(
+            other.0.downcast_ref::<webpki::Error>(),
+            Some(webpki::Error::UnsupportedCertVersion)
+        ),
         _ => false,
     }
 }

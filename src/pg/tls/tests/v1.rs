@@ -3,7 +3,7 @@ use super::*;
 fn is_refusal(r: &Result<(), rustls::Error>, want: &str) -> bool {
     match r {
         Err(rustls::Error::InvalidCertificate(CertificateError::Other(e))) => {
-            format!("{:?}", e.0).contains(want)
+            matches!(e.0.downcast_ref::<Refusal>(), Some(Refusal(m)) if m.contains(want))
         }
         _ => false,
     }
