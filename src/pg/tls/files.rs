@@ -64,6 +64,8 @@ pub(super) fn load_roots(root: &str) -> Result<Roots, String> {
 /// system bundle found) and the hashed directories of `SSL_CERT_DIR` (a `:` list; else, when no
 /// bundle was found, the usual directories). Unlike OpenSSL, the default directory is not added
 /// beside an `SSL_CERT_FILE`: setting it narrows the trust to that file, as one would expect.
+/// Not rustls-native-certs: it trusts every file of a directory (OpenSSL, so libpq, only looks
+/// up `<hash>.<n>` names) and made the static release binary 16,096 bytes larger.
 pub(super) fn system_roots(
     cert_file: Option<std::ffi::OsString>,
     cert_dir: Option<std::ffi::OsString>,
