@@ -5,6 +5,7 @@ use super::v1::{is_unsupported_version, refusal, CertParts};
 use super::{mode_name, Check, HostId};
 use crate::pg::conninfo::{SslMode, TlsFiles};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::VerifierBuilderError;
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, ServerName, SubjectPublicKeyInfoDer, UnixTime};
@@ -331,11 +332,25 @@ pub(super) fn server_verifier(
     let mut builder = WebPkiServerVerifier::builder_with_provider(store.clone(), provider.clone());
     let have_crls = !crls.is_empty();
     if have_crls {
-        builder = builder.with_crls(crls).enforce_revocation_expiration();
+        let ders = crls.iter().map(|(_, der)| der.clone());
+        builder = builder.with_crls(ders).enforce_revocation_expiration();
     }
-    let webpki = builder
-        .build()
-        .map_err(|e| format!("sslrootcert/sslcrl: {e}"))?;
+    let webpki = builder.build().map_err(|e| {
+        // The builder parses the CRLs (webpki) and names none: the file of the first one webpki
+        // refuses is found by parsing them again, on this error path only.
+        let bad = crls.iter().find_map(|(path, der)| {
+            webpki::BorrowedCertRevocationList::from_der(der.as_ref())
+                .err()
+                .map(|e| (path, e))
+        });
+        match (e, bad) {
+            (VerifierBuilderError::InvalidCrl(_), Some((path, e))) => format!(
+                "{}: invalid certificate revocation list: {e}",
+                path.display()
+            ),
+            (e, _) => format!("sslrootcert/sslcrl: {e}"),
+        }
+    })?;
     Ok(Arc::new(Verifier {
         webpki,
         pinned: roots.pinned,
