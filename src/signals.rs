@@ -113,11 +113,14 @@ fn handle(sig: Signal) -> nix::Result<SigAction> {
     unsafe { signal::sigaction(sig, &action) }
 }
 
-/// Sets `sig` back to the default action.
-fn default_action(sig: Signal) -> nix::Result<SigAction> {
+/// Sets each of `sigs` back to the default action. Async-signal-safe (sigemptyset, sigaction,
+/// no allocation, no lock): the vfork-style child calls it before it execs (spawn.rs).
+pub fn reset_to_default(sigs: &[Signal]) {
     let dfl = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
-    // SAFETY: SIG_DFL installs no handler of ours: no code of pglock's runs for it.
-    unsafe { signal::sigaction(sig, &dfl) }
+    for &sig in sigs {
+        // SAFETY: SIG_DFL installs no handler of ours: no code of pglock's runs for it.
+        let _ = unsafe { signal::sigaction(sig, &dfl) };
+    }
 }
 
 /// SIGTSTP and SIGCONT handled while this lives (`Signals::catch_job_control`).
@@ -127,9 +130,7 @@ pub struct JobControl<'a>(std::marker::PhantomData<&'a Signals>);
 impl Drop for JobControl<'_> {
     /// Back to the defaults: a Ctrl-Z after the child's end suspends pglock the ordinary way.
     fn drop(&mut self) {
-        for sig in JOB_CONTROL {
-            let _ = default_action(sig);
-        }
+        reset_to_default(&JOB_CONTROL);
     }
 }
 
@@ -141,7 +142,7 @@ pub fn stop_self(sig: Signal) -> bool {
     let before = CONTINUED.load(Ordering::SeqCst);
     let handled = JOB_CONTROL.contains(&sig);
     if handled {
-        let _ = default_action(sig);
+        reset_to_default(&[sig]);
     }
     // Delivered before kill returns: the signal is not blocked, and pglock sends it to itself.
     // A SIGCONT that continues pglock runs `on_signal`, which counts it, before kill returns.

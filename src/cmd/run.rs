@@ -326,7 +326,7 @@ fn run_inner(mut req: RunRequest, run_id: &str) -> Result<(i32, bool)> {
     let guard = std::cell::OnceCell::new();
     let kill_after = req.kill_after;
     let start_guard = || {
-        guard.get_or_init(|| Guard::start(kill_after));
+        guard.get_or_init(|| Guard::start(kill_after).inspect_err(|why| why.log()).ok());
     };
     // A run below another pglock may become its command (run_nested's exec), which must not
     // leave a guard behind as the command's child: it starts its guard once it knows it will not.

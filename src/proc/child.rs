@@ -46,7 +46,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use std::ffi::OsString;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 /// Repeats of one signal from one sender within this count once (see the module's comment).
@@ -83,10 +83,7 @@ pub fn start(command: &[OsString], exec: &Exec, slot: Option<&ChildSlot>) -> Res
     #[cfg(target_os = "linux")]
     let _ = nix::sys::prctl::set_child_subreaper(true);
     let mut terminal = Terminal::open();
-    let tty = terminal
-        .as_ref()
-        .filter(|t| t.ours())
-        .map(|t| t.fd.as_raw_fd());
+    let tty = terminal.as_ref().filter(|t| t.ours()).map(|t| t.fd.as_fd());
     // No signal is lost around the spawn: one that arrives meanwhile waits in the pipe (or, while
     // the child is being started, in the blocked mask) and is forwarded once the pid is known.
     match exec.spawn(slot, tty) {
@@ -148,10 +145,9 @@ impl Terminal {
     }
 
     fn foreground(&self) -> Option<Pid> {
-        // SAFETY: tcgetpgrp(3) is an ioctl on a descriptor this value owns; it reads no memory
-        // of ours. (nix wraps it only with its "term" feature, which pglock does not build.)
-        let pgrp = unsafe { libc::tcgetpgrp(self.fd.as_raw_fd()) };
-        (pgrp > 0).then(|| Pid::from_raw(pgrp))
+        nix::unistd::tcgetpgrp(&self.fd)
+            .ok()
+            .filter(|p| p.as_raw() > 0)
     }
 
     /// Whether pglock's group is the terminal's foreground.
@@ -166,10 +162,7 @@ impl Terminal {
         ttou.add(Signal::SIGTTOU);
         let mut old = SigSet::empty();
         let _ = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&ttou), Some(&mut old));
-        // SAFETY: tcsetpgrp(3) is an ioctl on a descriptor this value owns; it only reads its
-        // arguments.
-        if unsafe { libc::tcsetpgrp(self.fd.as_raw_fd(), pgrp.as_raw()) } != 0 {
-            let e = std::io::Error::last_os_error();
+        if let Err(e) = nix::unistd::tcsetpgrp(&self.fd, pgrp) {
             log::debug(
                 "terminal",
                 &format!("cannot hand the terminal to group {pgrp}: {e}"),

@@ -50,48 +50,30 @@ pub mod group {
     /// A process of group `pgid` that is not a zombie, from /proc (`None`: /proc unreadable).
     #[cfg(target_os = "linux")]
     fn live_member(pgid: i32) -> Option<bool> {
-        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-        // SAFETY: open(2) reads a static NUL-terminated path and returns a new descriptor or -1.
-        let fd = unsafe {
-            libc::open(
-                c"/proc".as_ptr(),
-                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return None;
-        }
-        // SAFETY: `fd` was just opened here and nothing else owns it.
-        let dir = unsafe { OwnedFd::from_raw_fd(fd) };
-        let mut buf = [0u8; 4096];
+        use nix::fcntl::{open, OFlag};
+        let dir = open(
+            c"/proc",
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .ok()?;
+        // getdents64(2) into a local buffer: the guard must not allocate, which rules out
+        // std::fs::read_dir (and nix's Dir, which is libc's opendir).
+        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
+        let mut entries = rustix::fs::RawDir::new(&dir, &mut buf);
         loop {
-            // SAFETY: getdents64(2) writes at most `buf.len()` bytes into `buf`, a live local
-            // array. (The guard must not allocate, which rules out std::fs::read_dir.)
-            let n = unsafe {
-                libc::syscall(
-                    libc::SYS_getdents64,
-                    dir.as_raw_fd(),
-                    buf.as_mut_ptr(),
-                    buf.len(),
-                )
-            };
-            if n <= 0 {
-                return (n == 0).then_some(false);
-            }
-            let mut at = 0;
-            // linux_dirent64: d_ino (8 bytes), d_off (8), d_reclen (2), d_type (1), d_name.
-            while at + 19 <= n as usize {
-                let len = usize::from(u16::from_ne_bytes([buf[at + 16], buf[at + 17]]));
-                if len < 19 {
-                    // Not a record the kernel writes: stop reading rather than misread.
-                    return Some(true);
+            match entries.next() {
+                None => return Some(false),
+                Some(Err(_)) => return None,
+                Some(Ok(entry)) => {
+                    let name = entry.file_name().to_bytes();
+                    if !name.is_empty()
+                        && name.iter().all(u8::is_ascii_digit)
+                        && live_in(name, pgid)
+                    {
+                        return Some(true);
+                    }
                 }
-                let name = &buf[at + 19..(at + len).min(n as usize)];
-                let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
-                if !name.is_empty() && name.iter().all(u8::is_ascii_digit) && live_in(name, pgid) {
-                    return Some(true);
-                }
-                at += len;
             }
         }
     }
@@ -99,7 +81,7 @@ pub mod group {
     /// Whether process `pid` (its decimal digits) is in group `pgid` and not a zombie.
     #[cfg(target_os = "linux")]
     fn live_in(pid: &[u8], pgid: i32) -> bool {
-        use std::os::fd::{FromRawFd, OwnedFd};
+        use nix::fcntl::{open, OFlag};
         let mut path = [0u8; 40];
         let parts: [&[u8]; 3] = [b"/proc/", pid, b"/stat\0"];
         let mut len = 0;
@@ -110,13 +92,17 @@ pub mod group {
             path[len..len + p.len()].copy_from_slice(p);
             len += p.len();
         }
-        // SAFETY: `path` is NUL-terminated (the last part ends with a NUL); open(2) only reads it.
-        let fd = unsafe { libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC) };
-        if fd < 0 {
+        // NUL-terminated by its last part: a &CStr, which nix's open passes on as it is.
+        let Ok(path) = std::ffi::CStr::from_bytes_until_nul(&path[..len]) else {
             return false;
-        }
-        // SAFETY: `fd` was just opened here and nothing else owns it.
-        let file = unsafe { OwnedFd::from_raw_fd(fd) };
+        };
+        let Ok(file) = open(
+            path,
+            OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        ) else {
+            return false;
+        };
         // "pid (comm) S ppid pgrp ...": comm is at most 16 bytes, the fields after it are
         // numbers, so the last ')' of the line's start closes comm.
         let mut stat = [0u8; 128];
@@ -146,17 +132,81 @@ pub mod group {
     }
 }
 
+/// Why a run has no guard (`Guard::start`). The child then dies with pglock by its parent-death
+/// signal alone (SIGKILL, see spawn.rs; none outside Linux): the rest of its process group is
+/// not stopped, and the server may free the lock before the child is dead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoGuard {
+    /// Not Linux: no guard process exists there.
+    #[cfg(not(target_os = "linux"))]
+    Unsupported,
+    /// A guard was started in this process already (it has one stack, for one guard).
+    AlreadyStarted,
+    /// No pidfd of pglock: ENOSYS before Linux 5.3 (or under a seccomp filter older than
+    /// pidfd_open, which may answer EPERM).
+    Pidfd(nix::errno::Errno),
+    /// No pipe to tell the guard to go (out of descriptors).
+    Pipe(nix::errno::Errno),
+    /// No guard process (a process limit, EAGAIN; memory, ENOMEM).
+    Clone(nix::errno::Errno),
+}
+
+impl NoGuard {
+    /// Whether it is the system's limitation (said at the debug level) rather than a failure
+    /// (a warning).
+    pub fn expected(self) -> bool {
+        use nix::errno::Errno;
+        #[cfg(not(target_os = "linux"))]
+        if self == NoGuard::Unsupported {
+            return true;
+        }
+        matches!(self, NoGuard::Pidfd(Errno::ENOSYS | Errno::EPERM))
+    }
+
+    /// Says why the run has no guard, and what that means; the caller says it once.
+    pub fn log(&self) {
+        let msg = if cfg!(target_os = "linux") {
+            format!(
+                "no guard process ({self}): should pglock be killed, the command dies with it, \
+                 but the rest of its process group does not"
+            )
+        } else {
+            format!("no guard process ({self}): should pglock be killed, the command goes on")
+        };
+        if self.expected() {
+            crate::log::debug("guard", &msg);
+        } else {
+            crate::log::warn("guard", &msg, &[]);
+        }
+    }
+}
+
+impl std::fmt::Display for NoGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            #[cfg(not(target_os = "linux"))]
+            NoGuard::Unsupported => f.write_str("not available on this system"),
+            NoGuard::AlreadyStarted => f.write_str("one was started already"),
+            NoGuard::Pidfd(e) => write!(f, "pidfd_open: {e}"),
+            NoGuard::Pipe(e) => write!(f, "pipe: {e}"),
+            NoGuard::Clone(e) => write!(f, "clone: {e}"),
+        }
+    }
+}
+
 #[cfg(target_os = "linux")]
 mod imp {
+    use super::NoGuard;
     use crate::proc::spawn::ChildSlot;
+    use crate::proc::stack::Stack;
     use nix::errno::Errno;
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow};
     use nix::sys::wait::{waitpid, WaitPidFlag};
     use nix::unistd::Pid;
     use std::cell::Cell;
-    use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
-    use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+    use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
+    use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
     use std::time::{Duration, Instant};
 
     /// What the guard reads from memory it shares with pglock: pglock's pidfd, the child's pidfd
@@ -170,19 +220,15 @@ mod imp {
     /// The read end of a pipe whose write end pglock closes to tell the guard to go.
     static STOP_FD: AtomicI32 = AtomicI32::new(-1);
 
-    const STACK: usize = 64 * 1024;
+    /// The guard's stack, in pglock's memory, which outlives pglock as long as the guard does.
+    /// For one guard, for good: STACK_TAKEN, once set by a guard's start, stays set.
+    static STACK: Stack<{ 64 * 1024 }> = Stack::new();
+    static STACK_TAKEN: AtomicBool = AtomicBool::new(false);
 
     /// Holds the write end of the guard's stop pipe.
     pub struct Guard {
         stop: Cell<Option<OwnedFd>>,
         pid: libc::pid_t,
-    }
-
-    /// A pidfd of `pid`, or -1. Neither nix nor std wraps pidfd_open(2), hence the raw call.
-    fn pidfd_open(pid: i32) -> RawFd {
-        // SAFETY: pidfd_open(2) takes a pid and flags (0) by value and returns a new descriptor
-        // or -1: no memory of ours is read or written.
-        unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) as RawFd }
     }
 
     /// Waits on `fds` until poll reports at least one of them ready.
@@ -273,54 +319,33 @@ mod imp {
         // slot; pglock is gone, so that drop never runs any more, and the descriptor stays open
         // while this process lives.
         let child = unsafe { BorrowedFd::borrow_raw(child) };
-        // SAFETY: pidfd_send_signal(2) takes a descriptor, a signal number, a null siginfo
-        // pointer (meaning none) and flags (0): no memory of ours is read or written. nix and
-        // std have no wrapper for it.
-        unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                child.as_raw_fd(),
-                libc::SIGKILL,
-                std::ptr::null::<libc::siginfo_t>(),
-                0,
-            )
-        };
+        let _ = rustix::process::pidfd_send_signal(child, rustix::process::Signal::KILL);
         wait_ready(&mut [PollFd::new(child, PollFlags::POLLIN)]);
     }
 
     impl Guard {
         /// Starts the guard, which gives the child's group `kill_after` between SIGTERM and
-        /// SIGKILL. `None` when it cannot be started (no pidfd before Linux 5.3): the child then
-        /// dies with pglock by PDEATHSIG alone.
-        pub fn start(kill_after: Duration) -> Option<Guard> {
+        /// SIGKILL, or says why there is none: the child then dies with pglock by PDEATHSIG
+        /// alone. Whatever it made before a failure is closed again, and the guard's statics are
+        /// left as they were.
+        pub fn start(kill_after: Duration) -> Result<Guard, NoGuard> {
+            let errno = |e: rustix::io::Errno| Errno::from_raw(e.raw_os_error());
+            let me = rustix::process::pidfd_open(
+                rustix::process::getpid(),
+                rustix::process::PidfdFlags::empty(),
+            )
+            .map_err(|e| NoGuard::Pidfd(errno(e)))?;
+            let (read, write) =
+                nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(NoGuard::Pipe)?;
+            if STACK_TAKEN.swap(true, Ordering::SeqCst) {
+                return Err(NoGuard::AlreadyStarted);
+            }
             KILL_AFTER_MS.store(
                 kill_after.as_millis().try_into().unwrap_or(u64::MAX),
                 Ordering::SeqCst,
             );
-            let me = pidfd_open(std::process::id() as i32);
-            if me < 0 {
-                return None;
-            }
-            PGLOCK_PIDFD.store(me, Ordering::SeqCst);
-            let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).ok()?;
-            // The read end stays open for pglock's whole life: the guard polls it.
-            STOP_FD.store(read.into_raw_fd(), Ordering::SeqCst);
-            // SAFETY: an anonymous private mapping at an address of the kernel's choice (null
-            // hint, no MAP_FIXED) creates fresh memory and touches no existing mapping or Rust
-            // object. It is never unmapped: it is the guard's stack for the guard's whole life.
-            let stack = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    STACK,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
-                    -1,
-                    0,
-                )
-            };
-            if stack == libc::MAP_FAILED {
-                return None;
-            }
+            PGLOCK_PIDFD.store(me.as_raw_fd(), Ordering::SeqCst);
+            STOP_FD.store(read.as_raw_fd(), Ordering::SeqCst);
             // Every signal blocked in the guard: a terminal's Ctrl-C or a process-group kill
             // must neither end it nor run pglock's handlers in it.
             let mut old = SigSet::empty();
@@ -329,35 +354,42 @@ mod imp {
                 Some(&SigSet::all()),
                 Some(&mut old),
             );
-            // One past the mapping's end (page-aligned, so 16-byte aligned): stacks grow down.
-            let top = stack
-                .cast::<u8>()
-                .wrapping_add(STACK)
-                .cast::<libc::c_void>();
             // Not pinned to a CPU: the guard wakes where the scheduler finds room, so that its
             // wake-up and exit do not queue behind pglock's own work during the handoff.
             // No exit signal: see the module's comment. (pglock's own reaping, a
             // `waitpid(-1)` without `__WALL`, leaves such a child alone.)
-            // SAFETY: the new process runs `guard_main` on `top`, the end of the 64 KiB mapping
-            // above, which nothing else uses and which is never unmapped. It shares pglock's
-            // memory (CLONE_VM) but writes only to its own stack, and reads only that and the
-            // atomics above: it allocates nothing, takes no lock, has no reachable panic
-            // (its descriptors are never -1) and ends by _exit without returning, so it can
-            // neither corrupt nor race with pglock's state. It has no thread-local storage of its
-            // own (no CLONE_SETTLS): the one thread-local it could write is errno, by a failing
-            // call, and while pglock lives its calls (prctl, setpgid of itself, a poll of valid
-            // descriptors with every signal blocked) do not fail. Every signal is blocked across the clone, so no
-            // handler of pglock's runs on that stack; pglock's mask is restored just after.
+            // SAFETY: the new process runs `guard_main` on STACK's top, a static that no other
+            // process uses (STACK_TAKEN) and that lives as long as the memory the guard shares.
+            // It shares pglock's memory (CLONE_VM) but writes only to its own stack, and reads
+            // only that and the atomics above: it allocates nothing, takes no lock, has no
+            // reachable panic (its descriptors, stored above, are never -1) and ends by _exit
+            // without returning, so it can neither corrupt nor race with pglock's state. It has
+            // no thread-local storage of its own (no CLONE_SETTLS): the one thread-local it could
+            // write is errno, by a failing call, and while pglock lives its calls (prctl, setpgid
+            // of itself, a poll of valid descriptors with every signal blocked) do not fail.
+            // Every signal is blocked across the clone, so no handler of pglock's runs on that
+            // stack; pglock's mask is restored just after.
             let pid = unsafe {
                 libc::clone(
                     guard_main,
-                    top,
+                    STACK.top(),
                     libc::CLONE_VM | libc::CLONE_FILES,
                     std::ptr::null_mut(),
                 )
             };
+            let clone_err = Errno::last();
             let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
-            (pid > 0).then_some(Guard {
+            if pid < 0 {
+                // No guard runs: `me` and `read` are closed on return, the statics forget them.
+                PGLOCK_PIDFD.store(-1, Ordering::SeqCst);
+                STOP_FD.store(-1, Ordering::SeqCst);
+                STACK_TAKEN.store(false, Ordering::SeqCst);
+                return Err(NoGuard::Clone(clone_err));
+            }
+            // The guard polls both for its whole life, which may outlast pglock's: from here on
+            // the statics hold them, open until the last of pglock and the guard exits.
+            let _ = (me.into_raw_fd(), read.into_raw_fd());
+            Ok(Guard {
                 stop: Cell::new(Some(write)),
                 pid,
             })
@@ -409,8 +441,8 @@ mod imp {
     pub struct Guard;
 
     impl Guard {
-        pub fn start(_kill_after: std::time::Duration) -> Option<Guard> {
-            None
+        pub fn start(_kill_after: std::time::Duration) -> Result<Guard, super::NoGuard> {
+            Err(super::NoGuard::Unsupported)
         }
         pub fn stop(&self) {}
         pub fn child_slot(&self) -> &'static ChildSlot {

@@ -4,3 +4,5 @@
 pub mod child;
 pub mod guard;
 pub mod spawn;
+#[cfg(target_os = "linux")]
+mod stack;

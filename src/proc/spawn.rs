@@ -119,6 +119,7 @@ impl Exec {
     }
 }
 
+#[cfg(target_os = "linux")]
 fn pointers(v: &[CString]) -> Vec<*const libc::c_char> {
     v.iter()
         .map(|c| c.as_ptr())
@@ -129,11 +130,13 @@ fn pointers(v: &[CString]) -> Vec<*const libc::c_char> {
 #[cfg(target_os = "linux")]
 mod imp {
     use super::{pointers, ChildSlot, Exec};
+    use crate::proc::stack::Stack;
     use nix::errno::Errno;
     use nix::sys::signal::{pthread_sigmask, sigprocmask, SigSet, SigmaskHow, Signal};
     use nix::sys::wait::waitpid;
     use nix::unistd::Pid;
     use std::io;
+    use std::os::fd::BorrowedFd;
     use std::sync::atomic::{AtomicBool, Ordering};
 
     /// Shared between pglock and the child, which writes `errno` here when it cannot exec.
@@ -150,22 +153,17 @@ mod imp {
         parent: Pid,
         /// Where the child writes its process group for the guard, if there is a guard.
         slot: Option<&'a ChildSlot>,
-        /// The controlling terminal, to be handed to the child's group; -1 for none.
-        tty: libc::c_int,
+        /// The controlling terminal, to be handed to the child's group.
+        tty: Option<BorrowedFd<'a>>,
         errno: libc::c_int,
     }
 
     const STACK_SIZE: usize = 32 * 1024;
 
-    /// The child's stack until it execs: one at a time, in pglock's memory (CLONE_VM). Static,
-    /// so nothing is allocated or zeroed for it; the child touches a page or two.
-    struct Stack(std::cell::UnsafeCell<[u8; STACK_SIZE]>);
-    // SAFETY: the bytes are reached only through the raw pointer `spawn` hands to clone as the
-    // child's stack (no reference to them is ever made), and `spawn` lets one child at a time
-    // run on them: it holds STACK_IN_USE until clone has returned, which CLONE_VFORK holds back
-    // until that child has exec'd or exited.
-    unsafe impl Sync for Stack {}
-    static STACK: Stack = Stack(std::cell::UnsafeCell::new([0; STACK_SIZE]));
+    /// The child's stack until it execs: one at a time (STACK_IN_USE), in pglock's memory
+    /// (CLONE_VM). Static, so nothing is allocated or zeroed for it; the child touches a page
+    /// or two.
+    static STACK: Stack<STACK_SIZE> = Stack::new();
     /// Set while a child runs on STACK (pglock spawns from one thread, so it is never found set).
     static STACK_IN_USE: AtomicBool = AtomicBool::new(false);
 
@@ -186,15 +184,7 @@ mod imp {
         let sh = unsafe { &mut *arg.cast::<Shared>() };
         // pglock's handlers would write into its signal pipe: the child gets the defaults
         // back, and SIGPIPE too, which Rust's runtime ignores (as std's Command does).
-        // SAFETY: all zeroes is a valid `libc::sigaction` (integers, an empty mask, no
-        // restorer); with SIG_DFL it installs no handler, and sigaction(2) only reads it.
-        unsafe {
-            let mut dfl: libc::sigaction = std::mem::zeroed();
-            dfl.sa_sigaction = libc::SIG_DFL;
-            for &sig in sh.reset {
-                libc::sigaction(sig as libc::c_int, &dfl, std::ptr::null_mut());
-            }
-        }
+        crate::signals::reset_to_default(sh.reset);
         // A process group of its own, led by the child (a job, as a shell starts one): a signal
         // to pglock's group does not reach it, and its whole group can be stopped (child.rs).
         if nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0)).is_err() {
@@ -210,10 +200,8 @@ mod imp {
         // the terminal, and Ctrl-C, Ctrl-Z reach its group alone. Every signal is still blocked,
         // so this background process gets no SIGTTOU for it. A failure leaves the command in the
         // background, where pglock hands it the terminal when it stops on it (child.rs).
-        if sh.tty >= 0 {
-            // SAFETY: tcsetpgrp(3) is an ioctl on a descriptor number that pglock keeps open
-            // until clone has returned (child.rs's Terminal); it only reads its arguments.
-            unsafe { libc::tcsetpgrp(sh.tty, libc::getpid()) };
+        if let Some(tty) = sh.tty {
+            let _ = nix::unistd::tcsetpgrp(tty, nix::unistd::getpid());
         }
         // No signal blocked in the child, whatever pglock inherited (as std's Command did).
         let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
@@ -261,7 +249,11 @@ mod imp {
         exit(127)
     }
 
-    pub fn spawn(prep: &Exec, slot: Option<&ChildSlot>, tty: Option<i32>) -> io::Result<i32> {
+    pub fn spawn(
+        prep: &Exec,
+        slot: Option<&ChildSlot>,
+        tty: Option<BorrowedFd<'_>>,
+    ) -> io::Result<i32> {
         let paths = pointers(&prep.paths);
         let argv = pointers(&prep.argv);
         let envp = pointers(&prep.envp);
@@ -288,7 +280,7 @@ mod imp {
             reset: &reset,
             parent: nix::unistd::getpid(),
             slot,
-            tty: tty.unwrap_or(-1),
+            tty,
             errno: 0,
         };
         if STACK_IN_USE.swap(true, Ordering::Acquire) {
@@ -302,8 +294,7 @@ mod imp {
             Some(&SigSet::all()),
             Some(&mut mask),
         );
-        let end = STACK.0.get().cast::<u8>().wrapping_add(STACK_SIZE);
-        let top = end.wrapping_sub(end as usize & 15).cast::<libc::c_void>();
+        let top = STACK.top();
         // With CLONE_PIDFD the kernel stores the child's pidfd in `pidfd` before the child
         // runs: the guard, which reads it from shared memory, knows the child at once.
         let flags = libc::CLONE_VM
@@ -359,7 +350,7 @@ mod imp {
     pub fn spawn(
         prep: &Exec,
         _slot: Option<&super::ChildSlot>,
-        _tty: Option<i32>,
+        _tty: Option<std::os::fd::BorrowedFd<'_>>,
     ) -> io::Result<i32> {
         use std::os::unix::process::CommandExt;
         Ok(prep.command().process_group(0).spawn()?.id() as i32)
@@ -389,35 +380,34 @@ impl Exec {
     /// error of a command that could not be run. (Not through `std::process::Command`, whose code
     /// would sit in the binary for this one rare path.)
     pub fn exec_in_place(&self) -> io::Error {
-        use nix::sys::signal::{signal, sigprocmask, SigHandler, SigSet, SigmaskHow, Signal};
+        use nix::errno::Errno;
+        use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
+        use nix::unistd::execve;
         let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
-        // SAFETY: setting a signal's disposition to the default installs no handler.
-        let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
-        let argv = pointers(&self.argv);
-        let envp = pointers(&self.envp);
-        let mut err = io::Error::from_raw_os_error(libc::ENOENT);
+        crate::signals::reset_to_default(&[Signal::SIGPIPE]);
+        let mut err = Errno::ENOENT;
         for path in &self.paths {
-            // SAFETY: execve(2) only reads: `path` is a NUL-terminated string, `argv` and `envp`
-            // null-terminated arrays of such strings, all alive until it returns (on failure).
-            unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
-            let e = io::Error::last_os_error();
-            match e.raw_os_error() {
-                Some(
-                    libc::ENOENT | libc::ENOTDIR | libc::ESTALE | libc::ENODEV | libc::ETIMEDOUT,
-                ) => {}
-                Some(libc::EACCES) => err = e,
+            let Err(e) = execve(path, &self.argv, &self.envp);
+            match e {
+                Errno::ENOENT
+                | Errno::ENOTDIR
+                | Errno::ESTALE
+                | Errno::ENODEV
+                | Errno::ETIMEDOUT => {}
+                Errno::EACCES => err = e,
                 // A script without `#!`: /bin/sh runs it, as execvp does (and the spawn above).
-                Some(libc::ENOEXEC) => {
-                    let mut sh_argv = vec![c"/bin/sh".as_ptr(), path.as_ptr()];
-                    sh_argv.extend(argv.iter().skip(1));
-                    // SAFETY: as above; `sh_argv` is null-terminated (the tail of `argv`).
-                    unsafe { libc::execve(c"/bin/sh".as_ptr(), sh_argv.as_ptr(), envp.as_ptr()) };
-                    return io::Error::last_os_error();
+                Errno::ENOEXEC => {
+                    let sh_argv: Vec<&std::ffi::CStr> = [c"/bin/sh", path.as_c_str()]
+                        .into_iter()
+                        .chain(self.argv[1..].iter().map(CString::as_c_str))
+                        .collect();
+                    let Err(e) = execve(c"/bin/sh", &sh_argv, &self.envp);
+                    return e.into();
                 }
-                _ => return e,
+                _ => return e.into(),
             }
         }
-        err
+        err.into()
     }
 }
 
@@ -425,7 +415,11 @@ impl Exec {
     /// Starts the child in a process group of its own; `slot`, where the kernel and the child
     /// leave its pidfd and group for the guard (Linux); `tty`, the controlling terminal whose
     /// foreground the child's group takes. Returns the child's pid, which is its group's id.
-    pub fn spawn(&self, slot: Option<&ChildSlot>, tty: Option<i32>) -> io::Result<i32> {
+    pub fn spawn(
+        &self,
+        slot: Option<&ChildSlot>,
+        tty: Option<std::os::fd::BorrowedFd<'_>>,
+    ) -> io::Result<i32> {
         imp::spawn(self, slot, tty)
     }
 }
