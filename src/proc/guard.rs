@@ -165,31 +165,26 @@ impl NoGuard {
 
     /// Says why the run has no guard, and what that means; the caller says it once.
     pub fn log(&self) {
-        let msg = if cfg!(target_os = "linux") {
-            format!(
-                "no guard process ({self}): should pglock be killed, the command dies with it, \
-                 but the rest of its process group does not"
-            )
-        } else {
-            format!("no guard process ({self}): should pglock be killed, the command goes on")
+        let (call, errno) = match *self {
+            #[cfg(not(target_os = "linux"))]
+            NoGuard::Unsupported => ("guard", nix::errno::Errno::ENOSYS),
+            NoGuard::AlreadyStarted => ("guard stack in use", nix::errno::Errno::EBUSY),
+            NoGuard::Pidfd(e) => ("pidfd_open", e),
+            NoGuard::Pipe(e) => ("pipe", e),
+            NoGuard::Clone(e) => ("clone", e),
         };
+        let msg = format!(
+            "no guard process ({call}: {errno}): should pglock be killed, {}",
+            if cfg!(target_os = "linux") {
+                "the command dies with it, but the rest of its process group does not"
+            } else {
+                "the command goes on"
+            }
+        );
         if self.expected() {
             crate::log::debug("guard", &msg);
         } else {
             crate::log::warn("guard", &msg, &[]);
-        }
-    }
-}
-
-impl std::fmt::Display for NoGuard {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            #[cfg(not(target_os = "linux"))]
-            NoGuard::Unsupported => f.write_str("not available on this system"),
-            NoGuard::AlreadyStarted => f.write_str("one was started already"),
-            NoGuard::Pidfd(e) => write!(f, "pidfd_open: {e}"),
-            NoGuard::Pipe(e) => write!(f, "pipe: {e}"),
-            NoGuard::Clone(e) => write!(f, "clone: {e}"),
         }
     }
 }
