@@ -164,7 +164,7 @@ impl Terminal {
         let mut old = SigSet::empty();
         let _ = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&ttou), Some(&mut old));
         let to = rustix::process::Pid::from_raw(pgrp.as_raw());
-        if let Err(e) = to.map_or(Err(rustix::io::Errno::SRCH), |to| {
+        if let Err(e) = to.map_or(Err(rustix::io::Errno::INVAL), |to| {
             rustix::termios::tcsetpgrp(&self.fd, to)
         }) {
             log::debug(
