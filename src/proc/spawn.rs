@@ -11,9 +11,9 @@
 //!
 //! Between `clone` and `execve` the child runs with every signal blocked until it has reset the
 //! handlers (pglock's handlers must not run in it), and calls only async-signal-safe functions:
-//! `sigaction`, `setpgid`, `getpid`, `tcsetpgrp`, `sigprocmask`, `prctl`, `getppid`, `execve`,
-//! `_exit`. It reports a failed `execve` through memory it shares with pglock, which reads it once
-//! `clone` has returned.
+//! `sigemptyset` and `sigaction` (signals::reset_to_default), `setpgid`, `getpid`, `tcsetpgrp`
+//! (rustix's bare ioctl), `sigprocmask`, `prctl`, `getppid`, `execve`, `_exit`. It reports a
+//! failed `execve` through memory it shares with pglock, which reads it once `clone` has returned.
 //!
 //! A shell calls `setpgid` for a job in both the parent and the child, because either may run
 //! first after `fork`. Here pglock runs again only once the child has exec'd (`CLONE_VFORK`), so
