@@ -372,9 +372,10 @@ mod imp {
                     std::ptr::null_mut(),
                 )
             };
-            let clone_err = Errno::last();
+            // (pthread_sigmask returns its error rather than set errno: clone's errno stays.)
             let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
             if pid < 0 {
+                let clone_err = Errno::last();
                 // No guard runs: `me` and `read` are closed on return, the statics forget them.
                 PGLOCK_PIDFD.store(-1, Ordering::SeqCst);
                 STOP_FD.store(-1, Ordering::SeqCst);
