@@ -115,6 +115,7 @@ fn handle(sig: Signal) -> nix::Result<SigAction> {
 
 /// Sets each of `sigs` back to the default action. Async-signal-safe (sigemptyset, sigaction,
 /// no allocation, no lock): the vfork-style child calls it before it execs (spawn.rs).
+#[inline(never)]
 pub fn reset_to_default(sigs: &[Signal]) {
     let dfl = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
     for &sig in sigs {

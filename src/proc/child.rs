@@ -144,10 +144,11 @@ impl Terminal {
         })
     }
 
+    #[inline(never)]
     fn foreground(&self) -> Option<Pid> {
-        nix::unistd::tcgetpgrp(&self.fd)
-            .ok()
-            .filter(|p| p.as_raw() > 0)
+        // rustix's, a bare ioctl: no errno to read on the way.
+        let pgrp = rustix::termios::tcgetpgrp(&self.fd).ok()?;
+        Some(Pid::from_raw(pgrp.as_raw_nonzero().get()))
     }
 
     /// Whether pglock's group is the terminal's foreground.
@@ -162,7 +163,10 @@ impl Terminal {
         ttou.add(Signal::SIGTTOU);
         let mut old = SigSet::empty();
         let _ = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&ttou), Some(&mut old));
-        if let Err(e) = nix::unistd::tcsetpgrp(&self.fd, pgrp) {
+        let to = rustix::process::Pid::from_raw(pgrp.as_raw());
+        if let Err(e) = to.map_or(Err(rustix::io::Errno::INVAL), |to| {
+            rustix::termios::tcsetpgrp(&self.fd, to)
+        }) {
             log::debug(
                 "terminal",
                 &format!("cannot hand the terminal to group {pgrp}: {e}"),

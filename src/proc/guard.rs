@@ -165,31 +165,26 @@ impl NoGuard {
 
     /// Says why the run has no guard, and what that means; the caller says it once.
     pub fn log(&self) {
-        let msg = if cfg!(target_os = "linux") {
-            format!(
-                "no guard process ({self}): should pglock be killed, the command dies with it, \
-                 but the rest of its process group does not"
-            )
-        } else {
-            format!("no guard process ({self}): should pglock be killed, the command goes on")
+        let (call, errno) = match *self {
+            #[cfg(not(target_os = "linux"))]
+            NoGuard::Unsupported => ("guard", nix::errno::Errno::ENOSYS),
+            NoGuard::AlreadyStarted => ("guard stack in use", nix::errno::Errno::EBUSY),
+            NoGuard::Pidfd(e) => ("pidfd_open", e),
+            NoGuard::Pipe(e) => ("pipe", e),
+            NoGuard::Clone(e) => ("clone", e),
         };
+        let msg = format!(
+            "no guard process ({call}: {errno}): should pglock be killed, {}",
+            if cfg!(target_os = "linux") {
+                "the command dies with it, but the rest of its process group does not"
+            } else {
+                "the command goes on"
+            }
+        );
         if self.expected() {
             crate::log::debug("guard", &msg);
         } else {
             crate::log::warn("guard", &msg, &[]);
-        }
-    }
-}
-
-impl std::fmt::Display for NoGuard {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            #[cfg(not(target_os = "linux"))]
-            NoGuard::Unsupported => f.write_str("not available on this system"),
-            NoGuard::AlreadyStarted => f.write_str("one was started already"),
-            NoGuard::Pidfd(e) => write!(f, "pidfd_open: {e}"),
-            NoGuard::Pipe(e) => write!(f, "pipe: {e}"),
-            NoGuard::Clone(e) => write!(f, "clone: {e}"),
         }
     }
 }
@@ -211,14 +206,14 @@ mod imp {
 
     /// What the guard reads from memory it shares with pglock: pglock's pidfd, the child's pidfd
     /// and process group, `--kill-after`.
-    static PGLOCK_PIDFD: AtomicI32 = AtomicI32::new(-1);
+    pub(super) static PGLOCK_PIDFD: AtomicI32 = AtomicI32::new(-1);
     static CHILD: ChildSlot = ChildSlot::new();
     static KILL_AFTER_MS: AtomicU64 = AtomicU64::new(10_000);
     /// How long the guard waits for the group's end once it has sent SIGKILL: a process in an
     /// uninterruptible sleep dies when it leaves it, and it runs no code of its own meanwhile.
     const AFTER_KILL: Duration = Duration::from_secs(1);
     /// The read end of a pipe whose write end pglock closes to tell the guard to go.
-    static STOP_FD: AtomicI32 = AtomicI32::new(-1);
+    pub(super) static STOP_FD: AtomicI32 = AtomicI32::new(-1);
 
     /// The guard's stack, in pglock's memory, which outlives pglock as long as the guard does.
     /// For one guard, for good: STACK_TAKEN, once set by a guard's start, stays set.
@@ -377,9 +372,10 @@ mod imp {
                     std::ptr::null_mut(),
                 )
             };
-            let clone_err = Errno::last();
+            // (pthread_sigmask returns its error rather than set errno: clone's errno stays.)
             let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
             if pid < 0 {
+                let clone_err = Errno::last();
                 // No guard runs: `me` and `read` are closed on return, the statics forget them.
                 PGLOCK_PIDFD.store(-1, Ordering::SeqCst);
                 STOP_FD.store(-1, Ordering::SeqCst);
@@ -453,3 +449,51 @@ mod imp {
 }
 
 pub use imp::Guard;
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::{Guard, NoGuard};
+    use nix::errno::Errno;
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    #[test]
+    fn a_missing_pidfd_is_the_systems_limit_other_failures_are_not() {
+        assert!(NoGuard::Pidfd(Errno::ENOSYS).expected());
+        assert!(NoGuard::Pidfd(Errno::EPERM).expected());
+        assert!(!NoGuard::Pidfd(Errno::EMFILE).expected());
+        assert!(!NoGuard::Pipe(Errno::EMFILE).expected());
+        assert!(!NoGuard::Clone(Errno::EAGAIN).expected());
+        assert!(!NoGuard::AlreadyStarted.expected());
+    }
+
+    /// The one test that starts a guard: a process has one guard stack.
+    #[test]
+    fn a_second_guard_is_refused_and_leaves_the_first_ones_descriptors_alone() {
+        let first = match Guard::start(Duration::from_secs(1)) {
+            Ok(g) => g,
+            // A kernel without pidfd_open: nothing to start, nothing to check.
+            Err(NoGuard::Pidfd(_)) => return,
+            Err(e) => panic!("no guard: {e:?}"),
+        };
+        let fds = (
+            super::imp::PGLOCK_PIDFD.load(Ordering::SeqCst),
+            super::imp::STOP_FD.load(Ordering::SeqCst),
+        );
+        assert!(fds.0 >= 0 && fds.1 >= 0);
+        assert_eq!(
+            Guard::start(Duration::from_secs(1)).err(),
+            Some(NoGuard::AlreadyStarted)
+        );
+        let after = (
+            super::imp::PGLOCK_PIDFD.load(Ordering::SeqCst),
+            super::imp::STOP_FD.load(Ordering::SeqCst),
+        );
+        assert_eq!(after, fds);
+        // Still open: the refused start closed only what it had opened itself.
+        for fd in [fds.0, fds.1] {
+            assert!(std::fs::symlink_metadata(format!("/proc/self/fd/{fd}")).is_ok());
+        }
+        drop(first);
+    }
+}

@@ -11,9 +11,9 @@
 //!
 //! Between `clone` and `execve` the child runs with every signal blocked until it has reset the
 //! handlers (pglock's handlers must not run in it), and calls only async-signal-safe functions:
-//! `sigaction`, `setpgid`, `getpid`, `tcsetpgrp`, `sigprocmask`, `prctl`, `getppid`, `execve`,
-//! `_exit`. It reports a failed `execve` through memory it shares with pglock, which reads it once
-//! `clone` has returned.
+//! `sigemptyset` and `sigaction` (signals::reset_to_default), `setpgid`, `getpid`, `tcsetpgrp`
+//! (rustix's bare ioctl), `sigprocmask`, `prctl`, `getppid`, `execve`, `_exit`. It reports a
+//! failed `execve` through memory it shares with pglock, which reads it once `clone` has returned.
 //!
 //! A shell calls `setpgid` for a job in both the parent and the child, because either may run
 //! first after `fork`. Here pglock runs again only once the child has exec'd (`CLONE_VFORK`), so
@@ -119,7 +119,6 @@ impl Exec {
     }
 }
 
-#[cfg(target_os = "linux")]
 fn pointers(v: &[CString]) -> Vec<*const libc::c_char> {
     v.iter()
         .map(|c| c.as_ptr())
@@ -131,6 +130,7 @@ fn pointers(v: &[CString]) -> Vec<*const libc::c_char> {
 mod imp {
     use super::{pointers, ChildSlot, Exec};
     use crate::proc::stack::Stack;
+    use crate::signals::{FORWARDED, JOB_CONTROL};
     use nix::errno::Errno;
     use nix::sys::signal::{pthread_sigmask, sigprocmask, SigSet, SigmaskHow, Signal};
     use nix::sys::wait::waitpid;
@@ -157,6 +157,32 @@ mod imp {
         tty: Option<BorrowedFd<'a>>,
         errno: libc::c_int,
     }
+
+    /// The signals with a handler in pglock, and SIGPIPE, which Rust's runtime ignores: the
+    /// child sets them back to the default. A constant: nothing is built for it on the way from
+    /// a lock grant to the child's start.
+    const RESET: [Signal; FORWARDED.len() + JOB_CONTROL.len() + 4] = {
+        let rest = [
+            Signal::SIGCHLD,
+            Signal::SIGSEGV,
+            Signal::SIGBUS,
+            Signal::SIGPIPE,
+        ];
+        let (f, j) = (FORWARDED.len(), JOB_CONTROL.len());
+        let mut all = [Signal::SIGPIPE; FORWARDED.len() + JOB_CONTROL.len() + 4];
+        let mut i = 0;
+        while i < all.len() {
+            all[i] = if i < f {
+                FORWARDED[i]
+            } else if i < f + j {
+                JOB_CONTROL[i - f]
+            } else {
+                rest[i - f - j]
+            };
+            i += 1;
+        }
+        all
+    };
 
     const STACK_SIZE: usize = 32 * 1024;
 
@@ -201,7 +227,7 @@ mod imp {
         // so this background process gets no SIGTTOU for it. A failure leaves the command in the
         // background, where pglock hands it the terminal when it stops on it (child.rs).
         if let Some(tty) = sh.tty {
-            let _ = nix::unistd::tcsetpgrp(tty, nix::unistd::getpid());
+            let _ = rustix::termios::tcsetpgrp(tty, rustix::process::getpid());
         }
         // No signal blocked in the child, whatever pglock inherited (as std's Command did).
         let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
@@ -261,23 +287,12 @@ mod imp {
             .into_iter()
             .chain(argv[1..].iter().copied())
             .collect();
-        let reset: Vec<Signal> = crate::signals::FORWARDED
-            .iter()
-            .chain(&crate::signals::JOB_CONTROL)
-            .copied()
-            .chain([
-                Signal::SIGCHLD,
-                Signal::SIGSEGV,
-                Signal::SIGBUS,
-                Signal::SIGPIPE,
-            ])
-            .collect();
         let mut shared = Shared {
             paths: &paths,
             argv: argv.as_ptr(),
             envp: envp.as_ptr(),
             sh_argv: &mut sh_argv,
-            reset: &reset,
+            reset: &RESET,
             parent: nix::unistd::getpid(),
             slot,
             tty,
@@ -380,34 +395,35 @@ impl Exec {
     /// error of a command that could not be run. (Not through `std::process::Command`, whose code
     /// would sit in the binary for this one rare path.)
     pub fn exec_in_place(&self) -> io::Error {
-        use nix::errno::Errno;
         use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
-        use nix::unistd::execve;
         let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
         crate::signals::reset_to_default(&[Signal::SIGPIPE]);
-        let mut err = Errno::ENOENT;
+        let argv = pointers(&self.argv);
+        let envp = pointers(&self.envp);
+        let mut err = io::Error::from_raw_os_error(libc::ENOENT);
         for path in &self.paths {
-            let Err(e) = execve(path, &self.argv, &self.envp);
-            match e {
-                Errno::ENOENT
-                | Errno::ENOTDIR
-                | Errno::ESTALE
-                | Errno::ENODEV
-                | Errno::ETIMEDOUT => {}
-                Errno::EACCES => err = e,
+            // SAFETY: execve(2) only reads: `path` is a NUL-terminated string, `argv` and `envp`
+            // null-terminated arrays of such strings, all alive until it returns (on failure).
+            // (nix's execve would build both arrays again for each path tried.)
+            unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(
+                    libc::ENOENT | libc::ENOTDIR | libc::ESTALE | libc::ENODEV | libc::ETIMEDOUT,
+                ) => {}
+                Some(libc::EACCES) => err = e,
                 // A script without `#!`: /bin/sh runs it, as execvp does (and the spawn above).
-                Errno::ENOEXEC => {
-                    let sh_argv: Vec<&std::ffi::CStr> = [c"/bin/sh", path.as_c_str()]
-                        .into_iter()
-                        .chain(self.argv[1..].iter().map(CString::as_c_str))
-                        .collect();
-                    let Err(e) = execve(c"/bin/sh", &sh_argv, &self.envp);
-                    return e.into();
+                Some(libc::ENOEXEC) => {
+                    let mut sh_argv = vec![c"/bin/sh".as_ptr(), path.as_ptr()];
+                    sh_argv.extend(argv.iter().skip(1));
+                    // SAFETY: as above; `sh_argv` is null-terminated (the tail of `argv`).
+                    unsafe { libc::execve(c"/bin/sh".as_ptr(), sh_argv.as_ptr(), envp.as_ptr()) };
+                    return io::Error::last_os_error();
                 }
-                _ => return e.into(),
+                _ => return e,
             }
         }
-        err.into()
+        err
     }
 }
 
