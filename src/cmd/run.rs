@@ -327,6 +327,8 @@ fn run_inner(mut req: RunRequest, run_id: &str) -> Result<(i32, bool)> {
     let kill_after = req.kill_after;
     let start_guard = || {
         guard.get_or_init(|| Guard::start(kill_after).inspect_err(|why| why.log()).ok());
+        // Read now, while the server starts the session, not between its answer and the lock.
+        nesting::own_start();
     };
     // A run below another pglock may become its command (run_nested's exec), which must not
     // leave a guard behind as the command's child: it starts its guard once it knows it will not.

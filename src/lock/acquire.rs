@@ -188,12 +188,12 @@ pub enum Refusal {
 ///   locks are re-entrant within a session (and a session lock and a transaction lock of one
 ///   session never conflict), so the lock call alone would grant it a second time.
 ///
-/// The settings are `LOCAL_SETTINGS`, 0 each, local to the round trip's transaction, and
-/// `lock_timeout` set to `lock_timeout_ms` when given. They take effect
+/// With `Settings::Local`, the settings are `LOCAL_SETTINGS`, 0 each, local to the round trip's
+/// transaction, and `lock_timeout` set to `lock_timeout_ms` when given. They take effect
 /// for the statements after this one: `statement_timeout` is armed as a statement starts.
 ///
 /// `mine` is the condition on `pg_locks l` that selects the locks to refuse (`lock_match`).
-fn guard_from(expect_pid: Option<i32>, mine: &str, lock_timeout_ms: Option<u128>) -> String {
+fn guard_from(expect_pid: Option<i32>, mine: &str, settings: Settings) -> String {
     let pooler = match expect_pid {
         Some(pid) => format!("WHEN pg_backend_pid() <> {pid} THEN '{REFUSED_POOLER}' "),
         None => String::new(),
@@ -210,21 +210,34 @@ fn guard_from(expect_pid: Option<i32>, mine: &str, lock_timeout_ms: Option<u128>
              THEN '{REFUSED_HELD}' "
         ),
     };
-    let settings: String = LOCAL_SETTINGS
-        .iter()
-        .map(|k| {
-            let v = match (*k, lock_timeout_ms) {
-                ("lock_timeout", Some(ms)) => ms.to_string(),
-                _ => "0".into(),
-            };
-            format!("set_config('{k}', '{v}', true), ")
-        })
-        .collect();
+    let settings: String = match settings {
+        Settings::None => String::new(),
+        Settings::Local { lock_timeout_ms } => LOCAL_SETTINGS
+            .iter()
+            .map(|k| {
+                let v = match (*k, lock_timeout_ms) {
+                    ("lock_timeout", Some(ms)) => ms.to_string(),
+                    _ => "0".into(),
+                };
+                format!("set_config('{k}', '{v}', true), ")
+            })
+            .collect(),
+    };
     // OFFSET 0 keeps the subquery whole: evaluated once, before the statement that reads `g`,
     // and never merged into it or given its conditions.
     format!(
         "(SELECT {settings}CASE {pooler}WHEN pg_is_in_recovery() THEN '{REFUSED_STANDBY}' {held}END AS r OFFSET 0) AS g"
     )
+}
+
+/// Whether the guard carries the round trip's settings (`LOCAL_SETTINGS`).
+#[derive(Clone, Copy)]
+pub enum Settings {
+    /// A session lock's try: one statement that waits for nothing, in a transaction of its own;
+    /// settings made local to it would end with it, unused.
+    None,
+    /// Statements that wait, or a transaction that stays open.
+    Local { lock_timeout_ms: Option<u128> },
 }
 
 /// The condition on `g` (see `guard_from`) of a statement behind the guard: true, or a failure
@@ -238,7 +251,7 @@ const GUARD_PASSES: &str = "CASE WHEN g.r IS NULL THEN true ELSE current_setting
 pub fn guard_sql(expect_pid: Option<i32>, mine: &str, lock_timeout_ms: Option<u128>) -> String {
     format!(
         "SELECT FROM {} WHERE NOT {GUARD_PASSES}",
-        guard_from(expect_pid, mine, lock_timeout_ms)
+        guard_from(expect_pid, mine, Settings::Local { lock_timeout_ms })
     )
 }
 
@@ -339,7 +352,8 @@ pub struct Acquire<'a> {
 }
 
 /// The session settings that a transaction may carry, set to 0 and local (`set_config(k, v, true)`,
-/// as `SET LOCAL`) in the guard of every lock statement (`guard_from`). The startup packet sets
+/// as `SET LOCAL`) in the guard of every lock statement that waits or opens the lock's
+/// transaction (`guard_from`, `Settings`). The startup packet sets
 /// them for the session, but a pooler may refuse them there (then pglock connects without) or
 /// drop them silently (PgBouncer's `ignore_startup_parameters = options`): made local to each
 /// of pglock's own transactions, a role's defaults cannot end a wait or the lock's transaction
@@ -383,11 +397,22 @@ fn lock_sql(
         // committed before they let the lock go, not a snapshot from before the grant.
         sql.push_str("BEGIN ISOLATION LEVEL READ COMMITTED; ");
     }
-    let guard = guard_from(expected_backend(conn, a), &lock_match(key.id), timeout_ms);
+    let settings = match (try_once, scope) {
+        (true, Scope::Session) => Settings::None,
+        _ => Settings::Local {
+            lock_timeout_ms: timeout_ms,
+        },
+    };
+    let guard = guard_from(expected_backend(conn, a), &lock_match(key.id), settings);
+    // A try names the session in the server's own text (cheaper on a new backend), which
+    // `Holder::from_row` reads, or `holder` asks again for.
+    let start = match try_once {
+        true => fence::BACKEND_START_TEXT_SQL.to_string(),
+        false => fence::backend_start_sql(known),
+    };
     let lock = format!(
-        "SELECT {func}({}) AS got, pg_backend_pid(), {}",
-        key.id.sql_args(),
-        fence::backend_start_sql(known)
+        "SELECT {func}({}) AS got, pg_backend_pid(), {start}",
+        key.id.sql_args()
     );
     match (try_once, scope, a.fence) {
         // The common case in one statement: a try does not wait, so the settings need not
@@ -471,6 +496,23 @@ fn holder_of(rows: &Rows) -> Result<fence::Holder> {
                 "the server's answer to the lock statement did not name its backend (pid and start)",
             )
         })
+}
+
+/// The session that took the lock in a try: as its row names it, or, where the session's
+/// DateStyle is not ISO (`fence::BACKEND_START_TEXT_SQL`), as it answers on the same session
+/// (the pid the try's row names: the guard proved it, or the transaction keeps it).
+fn holder(conn: &mut Conn, rows: &Rows, signals: &Signals) -> Result<fence::Holder> {
+    if let Ok(h) = holder_of(rows) {
+        return Ok(h);
+    }
+    let h = holder_of(&query(conn, &fence::holder_sql(), signals)?)?;
+    let named = rows.first().and_then(|r| r.get(1)).cloned().flatten();
+    if named.as_deref() != Some(h.pid.to_string().as_str()) {
+        return Err(Error::unavailable(
+            "the lock statement and the next one ran on different backends (a pooler or proxy?)",
+        ));
+    }
+    Ok(h)
 }
 
 /// How `acquire` ended well: the backend that took the lock (it differs from the connection's
@@ -569,7 +611,7 @@ fn try_take(conn: &mut Conn, a: &Acquire, signals: &Signals) -> Result<(Try, Row
         return Ok((Try::Fenced, rows));
     }
     let got = Acquired {
-        holder: holder_of(&rows)?,
+        holder: holder(conn, &rows, signals)?,
     };
     Ok((Try::Got(got), rows))
 }

@@ -31,6 +31,19 @@ use crate::lock::Mode;
 pub const BACKEND_START_SQL: &str = "(SELECT to_char(a.backend_start AT TIME ZONE 'UTC', \
      'YYYY-MM-DD HH24:MI:SS.US') FROM pg_stat_get_activity(pg_backend_pid()) a)";
 
+/// This session's `backend_start` as the server writes a timestamptz (`::text`): cheaper on a
+/// new backend than [`BACKEND_START_SQL`] (no `to_char` and no time zone to look up), for the
+/// first lock statement of a run. [`Holder::from_row`] brings it to `BACKEND_START_SQL`'s form
+/// when the session's DateStyle is ISO (the default), whatever its TimeZone; in another DateStyle
+/// it is not accepted, and the run asks again with `BACKEND_START_SQL` ([`holder_sql`]).
+pub const BACKEND_START_TEXT_SQL: &str =
+    "(SELECT a.backend_start::text FROM pg_stat_get_activity(pg_backend_pid()) a)";
+
+/// A statement whose row [`Holder::from_row`] reads: this session, in `BACKEND_START_SQL`'s form.
+pub fn holder_sql() -> String {
+    format!("SELECT NULL, pg_backend_pid(), {BACKEND_START_SQL}")
+}
+
 /// [`BACKEND_START_SQL`], or `known`'s start without asking when the statement runs on `known`'s
 /// backend (a pooler may run it on another).
 pub fn backend_start_sql(known: Option<&Holder>) -> String {
@@ -99,16 +112,98 @@ impl Holder {
     /// server sent goes into SQL that the child runs: only the expected shapes are accepted.
     pub fn from_row(row: &[Option<String>]) -> Option<Holder> {
         let pid = row.get(1)?.as_deref()?.parse::<i32>().ok()?;
-        let start = row.get(2)?.as_deref()?;
-        let shape = start.len() <= 32
-            && start
-                .bytes()
-                .all(|b| b.is_ascii_digit() || b" -:.".contains(&b));
-        (pid > 0 && shape && !start.is_empty()).then(|| Holder {
-            pid,
-            start: start.to_string(),
-        })
+        let start = utc_start(row.get(2)?.as_deref()?)?;
+        (pid > 0).then_some(Holder { pid, start })
     }
+}
+
+/// A backend start in [`BACKEND_START_SQL`]'s form (`YYYY-MM-DD HH:MM:SS.ffffff`, UTC), from
+/// that form or from a timestamptz written in DateStyle ISO with its offset
+/// (`2026-12-07 11:52:25.06+01`, `... 16:37:25.060123+05:45`); `None` for anything else.
+fn utc_start(text: &str) -> Option<String> {
+    let b = text.as_bytes();
+    if b.len() > 40 || !text.is_ascii() {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let d = b.get(r)?;
+        (!d.is_empty() && d.iter().all(u8::is_ascii_digit))
+            .then(|| d.iter().fold(0, |n, c| n * 10 + i64::from(c - b'0')))
+    };
+    let seps = [(4, b'-'), (7, b'-'), (10, b' '), (13, b':'), (16, b':')];
+    if seps.iter().any(|&(i, c)| b.get(i) != Some(&c)) {
+        return None;
+    }
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, s) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let mut rest = &text[19..];
+    let mut micros = 0;
+    if let Some(f) = rest.strip_prefix('.') {
+        let n = f.bytes().take_while(u8::is_ascii_digit).count();
+        if n == 0 || n > 6 {
+            return None;
+        }
+        micros = f[..n].parse::<i64>().ok()? * 10_i64.pow(6 - n as u32);
+        rest = &f[n..];
+    }
+    let offset = match rest.as_bytes().first() {
+        None => 0,
+        Some(&sign @ (b'+' | b'-')) => {
+            let parts: Vec<&str> = rest[1..].split(':').collect();
+            if parts.is_empty() || parts.len() > 3 || parts.iter().any(|p| p.len() != 2) {
+                return None;
+            }
+            let mut secs = 0;
+            for (p, unit) in parts.iter().zip([3600, 60, 1]) {
+                secs += p.parse::<i64>().ok().filter(|v| *v < 60 || unit == 3600)? * unit;
+            }
+            if sign == b'-' {
+                -secs
+            } else {
+                secs
+            }
+        }
+        Some(_) => return None,
+    };
+    let valid = (1..=12).contains(&mo) && (1..=31).contains(&d) && h < 24 && mi < 60 && s < 60;
+    if !valid || y == 0 {
+        return None;
+    }
+    let t = days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + s - offset;
+    let (days, secs) = (t.div_euclid(86_400), t.rem_euclid(86_400));
+    let (y, mo, d) = civil_from_days(days);
+    if !(1..=9999).contains(&y) {
+        return None;
+    }
+    Some(format!(
+        "{y:04}-{mo:02}-{d:02} {:02}:{:02}:{:02}.{micros:06}",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    ))
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's `days_from_civil`).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The date of a day since 1970-01-01 (H. Hinnant's `civil_from_days`).
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 /// The fence statement (`PGLOCK_FENCE_SQL`): takes the fence lock of a holder in `mode` shared
@@ -232,6 +327,49 @@ mod tests {
             row(&["t", "4", &"1".repeat(33)]),
         ] {
             assert_eq!(Holder::from_row(&bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_start_in_datestyle_iso_is_brought_to_utc_with_microseconds() {
+        let utc = |t: &str| utc_start(t);
+        let same = "2026-11-30 23:01:02.123456";
+        assert_eq!(utc(same).as_deref(), Some(same));
+        for (text, want) in [
+            ("2026-11-30 23:01:02.123456+00", same),
+            ("2026-12-01 00:01:02.123456+01", same),
+            ("2026-12-01 04:46:02.123456+05:45", same),
+            ("2026-11-30 19:31:02.123456-03:30", same),
+            ("2026-11-30 23:54:30.123456+00:53:28", same),
+            ("2026-11-30 23:01:02+00", "2026-11-30 23:01:02.000000"),
+            ("2026-11-30 23:01:02.5+00", "2026-11-30 23:01:02.500000"),
+            (
+                "2024-02-29 23:30:00.000001-01",
+                "2024-03-01 00:30:00.000001",
+            ),
+            ("2027-01-01 00:30:00+01", "2026-12-31 23:30:00.000000"),
+        ] {
+            assert_eq!(utc(text).as_deref(), Some(want), "{text}");
+        }
+        for bad in [
+            "Mon Nov 30 23:01:02.123456 2026 UTC",
+            "30/11/2026 23:01:02.123456 UTC",
+            "30.11.2026 23:01:02.123456 UTC",
+            "2026-11-30T23:01:02+00",
+            "2026-11-30 23:01:02.1234567+00",
+            "2026-11-30 23:01:02.+00",
+            "2026-11-30 23:01:02+0",
+            "2026-11-30 23:01:02+00:61",
+            "2026-13-30 23:01:02+00",
+            "2026-11-30 24:01:02+00",
+            "0000-11-30 23:01:02+00",
+            "2026-11-30 23:01:02 BC",
+            "2026-11-30 23:01:02+00 BC",
+            "2026-11-30 23:01",
+            "",
+            "2026-11-30 23:01:02.123456'; DROP TABLE x; --",
+        ] {
+            assert_eq!(utc(bad), None, "{bad}");
         }
     }
 

@@ -401,7 +401,9 @@ fn ancestors() -> Vec<Proc> {
 
 /// When this process started (see [`Held::pid_start`]).
 pub fn own_start() -> Option<u64> {
-    stat_of(std::process::id() as i32).and_then(|(_, start)| start)
+    // Read once: a run asks while the server starts its session (run.rs), off the lock's path.
+    static START: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *START.get_or_init(|| stat_of(std::process::id() as i32).and_then(|(_, start)| start))
 }
 
 /// Process `pid`'s parent and start time (`/proc/PID/stat` fields 4 and 22).
