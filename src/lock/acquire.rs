@@ -271,6 +271,18 @@ pub fn refusal(code: Option<&str>, msg: &str) -> Option<Refusal> {
     }
 }
 
+/// The refusal a session lock's try reports in its row's fifth column (see `lock_sql`).
+fn refusal_in(rows: &Rows) -> Option<Refusal> {
+    let named = rows.first()?.get(4)?.as_deref()?;
+    [
+        (REFUSED_POOLER, Refusal::Pooler),
+        (REFUSED_HELD, Refusal::Held),
+        (REFUSED_STANDBY, Refusal::Standby),
+    ]
+    .into_iter()
+    .find_map(|(name, r)| (name == named).then_some(r))
+}
+
 /// The error of a refused lock: a pooler in front of a session lock is exit 69 (nothing could be
 /// proven), a lock the serving session already holds is "not acquired".
 pub fn refused(conn: &Conn, r: Refusal, label: &str, exit_code: i32) -> Error {
@@ -410,23 +422,33 @@ fn lock_sql(
         true => fence::BACKEND_START_TEXT_SQL.to_string(),
         false => fence::backend_start_sql(known),
     };
-    let lock = format!(
-        "SELECT {func}({}) AS got, pg_backend_pid(), {start}",
-        key.id.sql_args()
-    );
+    let call = format!("{func}({})", key.id.sql_args());
+    let lock = format!("SELECT {call} AS got, pg_backend_pid(), {start}");
     match (try_once, scope, a.fence) {
-        // The common case in one statement: a try does not wait, so the settings need not
-        // precede it, and the fence of a session lock is tried in the same row (a fourth
-        // column: `f` when a fenced transaction of an earlier holder is still open, NULL when
-        // the lock was not ours). The fence locks go with the round trip's implicit transaction.
+        // The common case in one statement, with no settings (see `Settings::None`). The
+        // fence of the session lock is tried in the same row (a fourth column: `f` when a
+        // fenced transaction of an earlier holder is still open, NULL when the lock was not
+        // ours); the fence locks go with the round trip's implicit transaction. Nothing follows
+        // in the round trip, so a refusal need not end it: the lock is tried only when the
+        // guard found nothing (CASE evaluates its branch only then), and the refusal's name is
+        // the fifth column (`refusal_in`).
         (true, Scope::Session, true) => sql.push_str(&format!(
-            "SELECT s.*, CASE WHEN s.got THEN {} END FROM ({lock} FROM {guard} WHERE {GUARD_PASSES} OFFSET 0) AS s",
+            "SELECT s.got, s.pid, s.start, CASE WHEN s.got THEN {} END, s.r FROM \
+             (SELECT CASE WHEN g.r IS NULL THEN {call} END AS got, pg_backend_pid() AS pid, \
+             {start} AS start, g.r FROM {guard} OFFSET 0) AS s",
             fence::try_list(key.id, mode)
         )),
         (true, _, _) => sql.push_str(&format!("{lock} FROM {guard} WHERE {GUARD_PASSES}")),
         // A wait needs its settings in force as it starts: the guard goes first, on its own.
         // The fence follows the lock, within the same timeout (a waiter's fence wait is part of
-        // its wait for the lock: --timeout and a cancelling signal end it too).
+        // its wait for the lock: --timeout and a cancelling signal end it too). For a session
+        // lock it is in the lock's own statement, evaluated on the lock's row once granted
+        // (OFFSET 0 keeps the subquery whole), so that nothing is left to parse or plan between
+        // the grant and the answer.
+        (false, Scope::Session, true) => sql.push_str(&format!(
+            "SELECT FROM {guard} WHERE NOT {GUARD_PASSES}; SELECT s.*, {} FROM ({lock} OFFSET 0) AS s",
+            fence::acquire_list(key.id, mode)
+        )),
         (false, _, fence) => {
             sql.push_str(&format!("SELECT FROM {guard} WHERE NOT {GUARD_PASSES}; {lock}"));
             if fence {
@@ -590,6 +612,9 @@ fn try_take(conn: &mut Conn, a: &Acquire, signals: &Signals) -> Result<(Try, Row
     let sql = lock_sql(conn, a, true, None, None);
     let r = query(conn, &sql, signals);
     let rows = guarded(conn, a, r, signals)?;
+    if let Some(why) = refusal_in(&rows) {
+        return Err(refused(conn, why, &a.key.label(), a.conflict_exit_code));
+    }
     if !first_bool(&rows) {
         return Ok((Try::Held, rows));
     }
