@@ -195,7 +195,9 @@ pub enum Refusal {
 /// `mine` is the condition on `pg_locks l` that selects the locks to refuse (`lock_match`).
 fn guard_from(expect_pid: Option<i32>, mine: &str, settings: Settings) -> String {
     let pooler = match expect_pid {
-        Some(pid) => format!("WHEN pg_backend_pid() <> {pid} THEN '{REFUSED_POOLER}' "),
+        // `NOT (.. = ..)`: the operator of the unlock's pin (`unlock_pin`), which a new backend
+        // then finds already looked up when the child has exited.
+        Some(pid) => format!("WHEN NOT (pg_backend_pid() = {pid}) THEN '{REFUSED_POOLER}' "),
         None => String::new(),
     };
     // The held check reads pg_locks, whose cost grows with the server's lock table: it is left
