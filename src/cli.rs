@@ -163,13 +163,29 @@ const RUN_LOCK_ENV: [(&str, &str); 6] = [
 pub fn command() -> clap::Command {
     use clap::CommandFactory;
     Cli::command()
-        .mut_subcommand("run", |run| {
-            RUN_LOCK_ENV
-                .iter()
-                .fold(run, |c, (id, var)| c.mut_arg(*id, |a| a.env(*var)))
-                .mut_arg("database_url", |a| a.help_heading("Connection"))
-        })
+        .mut_subcommand("run", run_env)
         .mut_subcommand("key", |key| key.mut_arg("key", |a| a.hide(true)))
+}
+
+/// `run` as [`command`] has it: its lock forms read from the environment too.
+fn run_env(run: clap::Command) -> clap::Command {
+    RUN_LOCK_ENV
+        .iter()
+        .fold(run, |c, (id, var)| c.mut_arg(*id, |a| a.env(*var)))
+        .mut_arg("database_url", |a| a.help_heading("Connection"))
+}
+
+/// The command line of an argument list that starts with `run`: `pglock` with its `run`
+/// subcommand alone, which parses what [`command`] parses, to the same matches, without building
+/// the other subcommands (their arguments and help texts: about a tenth of a run's client time
+/// before it connects). Help, version and errors are [`command`]'s: on any error the caller
+/// parses again with it.
+pub fn run_command() -> clap::Command {
+    clap::Command::new("pglock")
+        .version(env!("CARGO_PKG_VERSION"))
+        .propagate_version(true)
+        .disable_help_subcommand(true)
+        .subcommand(run_env(RunArgs::augment_args(clap::Command::new("run"))))
 }
 
 #[derive(Debug, Args)]
@@ -483,6 +499,71 @@ mod tests {
     #[test]
     fn clap_definition_is_consistent() {
         command().debug_assert();
+    }
+
+    #[test]
+    fn run_alone_parses_what_the_whole_command_line_parses() {
+        use clap::FromArgMatches;
+        let parse = |cmd: clap::Command, args: &[&str]| {
+            let argv = std::iter::once("pglock").chain(args.iter().copied());
+            cmd.try_get_matches_from(argv)
+                .map(|m| format!("{:?}", Cli::from_arg_matches(&m).map_err(|e| e.kind())))
+                .map_err(|e| e.kind())
+        };
+        for args in [
+            &["run", "--key", "seed", "--", "./seed.sh", "-x"][..],
+            &[
+                "run", "-n", "-w", "5m", "--shared", "--key-id", "1,2", "--", "true",
+            ],
+            &[
+                "run",
+                "--scope",
+                "transaction",
+                "--lock-of",
+                "rails",
+                "--",
+                "x",
+            ],
+            &[
+                "run", "--limit", "3", "--once", "tok", "--key", "k", "--", "x",
+            ],
+            &[
+                "run",
+                "--key",
+                "k",
+                "--database-url",
+                "postgres://h/d",
+                "--",
+                "x",
+            ],
+            &[
+                "run",
+                "--key",
+                "k",
+                "-q",
+                "-v",
+                "--log-format",
+                "json",
+                "--",
+                "x",
+            ],
+        ] {
+            let fast = parse(run_command(), args);
+            assert!(fast.is_ok(), "{args:?}: {fast:?}");
+            assert_eq!(fast, parse(command(), args), "{args:?}");
+        }
+        // What `run` alone cannot parse is left to the whole command line (main.rs).
+        for args in [
+            &["run", "--version"][..],
+            &["run", "-V"],
+            &["run", "--key", "-V", "--", "true"],
+            &["run", "--key", "--version", "--", "true"],
+            &["run", "--help"],
+            &["run", "--no-such-option"],
+            &["run"],
+        ] {
+            assert!(parse(run_command(), args).is_err(), "{args:?}");
+        }
     }
 
     #[test]

@@ -33,9 +33,16 @@ fn main() {
 }
 
 fn real_main() -> Result<i32, Error> {
-    let matches = match cli::command().try_get_matches() {
-        Ok(m) => m,
-        Err(e) => return clap_error(e),
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // `pglock run` is parsed by its subcommand alone; anything else, and whatever that cannot
+    // parse (help, version, errors), by the whole command line.
+    let run = args.get(1).is_some_and(|a| a == "run");
+    let matches = match run.then(|| cli::run_command().try_get_matches_from(&args)) {
+        Some(Ok(m)) => m,
+        _ => match cli::command().try_get_matches_from(&args) {
+            Ok(m) => m,
+            Err(e) => return clap_error(e),
+        },
     };
     let parsed = cli::Cli::from_arg_matches(&matches).map_err(|e| Error::usage(first_line(&e)))?;
     match parsed.command {
