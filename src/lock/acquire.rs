@@ -161,6 +161,7 @@ pub fn heartbeat_sql(holder: &fence::Holder, scope: Scope, owned: Option<&str>) 
 
 /// The settings whose names make the guard's refusals: `current_setting` of a parameter that no
 /// server knows fails naming it, and the failure ends the round trip before the lock statement.
+/// (A session lock's try, alone in its round trip, reads the name from its row: `refusal_in`.)
 const REFUSED_POOLER: &str = "pglock.refused_statement_ran_on_another_backend";
 const REFUSED_HELD: &str = "pglock.refused_lock_already_held_by_the_serving_session";
 const REFUSED_STANDBY: &str = "pglock.refused_statement_ran_on_a_hot_standby";
@@ -418,9 +419,12 @@ fn lock_sql(
         },
     };
     let guard = guard_from(expected_backend(conn, a), &lock_match(key.id), settings);
-    // A try names the session in the server's own text (cheaper on a new backend), which
-    // `Holder::from_row` reads, or `holder` asks again for.
-    let start = match try_once {
+    // A try on the connection's own backend (the guard checks the pid) names the session in the
+    // server's own text, cheaper on a new backend, which `Holder::from_row` reads, or `holder`
+    // asks again for in a DateStyle it does not read. Elsewhere (--scope transaction, --pooler
+    // session) the try names it as every other statement does, so that whatever the try's
+    // outcome, the session that may hold the lock is known to unlock it (`let_go`).
+    let start = match try_once && expected_backend(conn, a).is_some() {
         true => fence::BACKEND_START_TEXT_SQL.to_string(),
         false => fence::backend_start_sql(known),
     };
@@ -453,15 +457,16 @@ fn lock_sql(
         )),
         (false, _, fence) => {
             sql.push_str(&format!("SELECT FROM {guard} WHERE NOT {GUARD_PASSES}; {lock}"));
+            // (Reached with the fence at transaction scope only: a session lock's is above.)
             if fence {
                 sql.push_str("; ");
-                sql.push_str(&fence_sql(key, mode, scope, false));
+                sql.push_str(&xact_fence_sql(key, mode, false));
             }
         }
     }
     if try_once && scope == Scope::Transaction && a.fence {
         sql.push_str("; ");
-        sql.push_str(&fence_sql(key, mode, scope, true));
+        sql.push_str(&xact_fence_sql(key, mode, true));
     }
     // The lock's transaction stays open: the timeout was for these statements only.
     if timeout_ms.is_some() && scope == Scope::Transaction {
@@ -470,11 +475,12 @@ fn lock_sql(
     sql
 }
 
-/// The holder's side of the fence (contract §11, see fence.rs), in the lock statement's round
-/// trip: the fence locks taken at transaction scope and so let go when the implicit transaction
-/// of the round trip ends; at `--scope transaction` inside a savepoint rolled back at once. After
-/// a try, only when the lock is ours (taking it again at transaction scope is then a no-op).
-fn fence_sql(key: &LockKey, mode: Mode, scope: Scope, try_once: bool) -> String {
+/// The holder's side of the fence (contract §11, see fence.rs) at `--scope transaction`, in the
+/// lock statement's round trip: the fence locks taken inside a savepoint rolled back at once, so
+/// that the lock's open transaction does not keep them. After a try, only when the lock is ours
+/// (taking it again at transaction scope is then a no-op). (A session lock's fence is a part of
+/// its lock statement: see `lock_sql`.)
+fn xact_fence_sql(key: &LockKey, mode: Mode, try_once: bool) -> String {
     // A try does not wait for the fence either: one row, `f` when a fenced transaction of an
     // earlier holder is still open (see `acquire`), none when the lock was not ours.
     let take = if try_once {
@@ -487,12 +493,9 @@ fn fence_sql(key: &LockKey, mode: Mode, scope: Scope, try_once: bool) -> String 
     } else {
         format!("SELECT {}", fence::acquire_list(key.id, mode))
     };
-    match scope {
-        Scope::Session => take,
-        Scope::Transaction => format!(
-            "SAVEPOINT pglock_fence; {take}; ROLLBACK TO SAVEPOINT pglock_fence; RELEASE SAVEPOINT pglock_fence"
-        ),
-    }
+    format!(
+        "SAVEPOINT pglock_fence; {take}; ROLLBACK TO SAVEPOINT pglock_fence; RELEASE SAVEPOINT pglock_fence"
+    )
 }
 
 /// Reads on the lock connection what the lock's id needs (`hashtext`, `current_database()`,
@@ -524,7 +527,7 @@ fn holder_of(rows: &Rows) -> Result<fence::Holder> {
 
 /// The session that took the lock in a try: as its row names it, or, where the session's
 /// DateStyle is not ISO (`fence::BACKEND_START_TEXT_SQL`), as it answers on the same session
-/// (the pid the try's row names: the guard proved it, or the transaction keeps it).
+/// (the pid the try's row names, which the guard checked against the cancel key's).
 fn holder(conn: &mut Conn, rows: &Rows, signals: &Signals) -> Result<fence::Holder> {
     if let Ok(h) = holder_of(rows) {
         return Ok(h);

@@ -150,7 +150,8 @@ fn utc_start(text: &str) -> Option<String> {
         None => 0,
         Some(&sign @ (b'+' | b'-')) => {
             let parts: Vec<&str> = rest[1..].split(':').collect();
-            if parts.is_empty() || parts.len() > 3 || parts.iter().any(|p| p.len() != 2) {
+            let two_digits = |p: &&str| p.len() == 2 && p.bytes().all(|c| c.is_ascii_digit());
+            if parts.is_empty() || parts.len() > 3 || !parts.iter().all(two_digits) {
                 return None;
             }
             let mut secs = 0;
@@ -166,7 +167,8 @@ fn utc_start(text: &str) -> Option<String> {
         Some(_) => return None,
     };
     let valid = (1..=12).contains(&mo) && (1..=31).contains(&d) && h < 24 && mi < 60 && s < 60;
-    if !valid || y == 0 {
+    // A day the month does not have (2026-02-31) does not come back from the day count.
+    if !valid || y == 0 || civil_from_days(days_from_civil(y, mo, d)) != (y, mo, d) {
         return None;
     }
     let t = days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + s - offset;
@@ -360,6 +362,11 @@ mod tests {
             "2026-11-30 23:01:02.+00",
             "2026-11-30 23:01:02+0",
             "2026-11-30 23:01:02+00:61",
+            "2026-11-30 23:01:02+-1",
+            "2026-11-30 23:01:02++1",
+            "2026-11-30 23:01:02+05:-1",
+            "2026-02-31 23:01:02+00",
+            "2025-02-29 23:01:02+00",
             "2026-13-30 23:01:02+00",
             "2026-11-30 24:01:02+00",
             "0000-11-30 23:01:02+00",

@@ -606,8 +606,9 @@ fn a_nested_run_under_another_lock_fences_its_own_lock() {
 }
 
 /// The session that holds the lock is named in the fence statement and checked by the heartbeat
-/// whatever the lock session's TimeZone and DateStyle (the server writes its start in them), and
-/// the child's own session may have other settings again.
+/// whatever the lock session's TimeZone and DateStyle (the server writes its start in them), at
+/// either scope and behind a declared session pooler; the child's own session may have other
+/// settings again.
 #[test]
 fn the_fence_and_the_heartbeat_hold_whatever_the_sessions_time_zone_and_date_style() {
     for (i, options) in [
@@ -619,20 +620,26 @@ fn the_fence_and_the_heartbeat_hold_whatever_the_sessions_time_zone_and_date_sty
     .iter()
     .enumerate()
     {
-        let name = key(&format!("fence-tz-{i}"));
-        let script = "$PSQL -c \"BEGIN; $PGLOCK_FENCE_SQL; SELECT 1; COMMIT;\" && sleep 1";
-        let mut cmd = with_psql(
-            Run::new(&name)
-                .args(["--heartbeat", "200ms"])
-                .sh(&format!("PGOPTIONS='-c TimeZone=Pacific/Chatham' {script}")),
-        );
-        cmd.env("PGOPTIONS", options);
-        let out = cmd.output().unwrap();
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{options}: {}",
-            show(&cmd, &out)
-        );
+        for (j, how) in [
+            &[][..],
+            &["--pooler", "session"],
+            &["--scope", "transaction"],
+        ]
+        .iter()
+        .enumerate()
+        {
+            let name = key(&format!("fence-tz-{i}-{j}"));
+            let script = "$PSQL -c \"BEGIN; $PGLOCK_FENCE_SQL; SELECT 1; COMMIT;\" && sleep 0.7";
+            let mut cmd = with_psql(
+                Run::new(&name)
+                    .args(["--heartbeat", "200ms"])
+                    .args(*how)
+                    .sh(&format!("PGOPTIONS='-c TimeZone=Pacific/Chatham' {script}")),
+            );
+            cmd.env("PGOPTIONS", options);
+            let out = cmd.output().unwrap();
+            let shown = show(&cmd, &out);
+            assert_eq!(out.status.code(), Some(0), "{options} {how:?}: {shown}");
+        }
     }
 }
