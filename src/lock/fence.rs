@@ -23,6 +23,7 @@ use crate::error::{Error, Result};
 use crate::lock::key::locks_filter;
 use crate::lock::key::{self, LockId};
 use crate::lock::Mode;
+use crate::log::civil_from_days;
 
 /// The SQL expression that yields this session's `backend_start` in a fixed text form (UTC,
 /// microseconds), whatever the session's DateStyle and TimeZone.
@@ -193,19 +194,6 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     era * 146_097 + doe - 719_468
-}
-
-/// The date of a day since 1970-01-01 (H. Hinnant's `civil_from_days`).
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 /// The fence statement (`PGLOCK_FENCE_SQL`): takes the fence lock of a holder in `mode` shared
