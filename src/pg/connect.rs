@@ -327,7 +327,7 @@ fn connect_target(
         &format!(
             "{}; sslmode={} tries again {} TLS",
             e.msg,
-            sslmode_name(params.sslmode),
+            params.sslmode.as_str(),
             if mode == SslMode::Disable {
                 "without"
             } else {
@@ -442,7 +442,7 @@ fn negotiate_tls(
         b'N' => {
             return Err(fail(format!(
                 "the server does not accept TLS, and sslmode={} requires it",
-                sslmode_name(params.sslmode)
+                params.sslmode.as_str()
             )))
         }
         // An ErrorResponse: a server too old for SSLRequest, or not PostgreSQL.
@@ -765,17 +765,6 @@ fn startup_error(who: &str, e: &super::ServerError) -> Error {
     Error {
         transient: transient_sqlstate(&e.code),
         ..err
-    }
-}
-
-fn sslmode_name(m: SslMode) -> &'static str {
-    match m {
-        SslMode::Disable => "disable",
-        SslMode::Allow => "allow",
-        SslMode::Prefer => "prefer",
-        SslMode::Require => "require",
-        SslMode::VerifyCa => "verify-ca",
-        SslMode::VerifyFull => "verify-full",
     }
 }
 

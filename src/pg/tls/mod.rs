@@ -118,17 +118,6 @@ enum Check {
     ChainAndName,
 }
 
-fn mode_name(mode: SslMode) -> &'static str {
-    match mode {
-        SslMode::Disable => "disable",
-        SslMode::Allow => "allow",
-        SslMode::Prefer => "prefer",
-        SslMode::Require => "require",
-        SslMode::VerifyCa => "verify-ca",
-        SslMode::VerifyFull => "verify-full",
-    }
-}
-
 fn check_for(mode: SslMode, root: Option<&str>) -> Result<Check, String> {
     match mode {
         SslMode::VerifyFull => Ok(Check::ChainAndName),
@@ -136,7 +125,7 @@ fn check_for(mode: SslMode, root: Option<&str>) -> Result<Check, String> {
         // already does so; this keeps a weaker mode from ever checking less with system roots).
         _ if root == Some("system") => Err(format!(
             "weak sslmode \"{}\" may not be used with sslrootcert=system (use \"verify-full\")",
-            mode_name(mode)
+            mode.as_str()
         )),
         SslMode::VerifyCa => Ok(Check::Chain),
         _ => match root {

@@ -2,7 +2,7 @@
 
 use super::files::{load_crls, load_roots};
 use super::v1::{is_unsupported_version, refusal, CertParts};
-use super::{mode_name, Check, HostId};
+use super::{Check, HostId};
 use crate::pg::conninfo::{SslMode, TlsFiles};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::VerifierBuilderError;
@@ -317,7 +317,7 @@ pub(super) fn server_verifier(
     let root = files.root.as_deref().ok_or_else(|| {
         format!(
             "sslmode={} needs the CA that signed the server's certificate: set sslrootcert=/path/to/ca.crt (or sslrootcert=system)",
-            mode_name(mode)
+            mode.as_str()
         )
     })?;
     let roots = load_roots(root)?;

@@ -90,7 +90,7 @@ fn sslmode_and_root_file_decide_the_check() {
         let e = check_for(weak, Some("system")).expect_err("weak mode");
         let want = format!(
             "weak sslmode \"{}\" may not be used with sslrootcert=system (use \"verify-full\")",
-            mode_name(weak)
+            weak.as_str()
         );
         assert_eq!(e, want);
     }
