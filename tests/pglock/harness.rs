@@ -318,35 +318,17 @@ impl Cluster {
     }
 
     /// Stops the server and removes the directory once this test process is gone.
-    #[allow(clippy::zombie_processes)] // it must outlive this process; init reaps it
     fn watchdog(&self) {
         let script = format!(
-            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {stop}; rm -rf '{dir}'",
+            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; \
+             {run}'{bin}/pg_ctl' -D '{data}' -m immediate stop >/dev/null 2>&1; rm -rf '{dir}'",
             pid = std::process::id(),
-            stop = if is_root() {
-                format!(
-                    "runuser -u postgres -- '{}/pg_ctl' -D '{}' -m immediate stop >/dev/null 2>&1",
-                    self.bin.display(),
-                    self.data().display()
-                )
-            } else {
-                format!(
-                    "'{}/pg_ctl' -D '{}' -m immediate stop >/dev/null 2>&1",
-                    self.bin.display(),
-                    self.data().display()
-                )
-            },
+            run = as_postgres(),
+            bin = self.bin.display(),
+            data = self.data().display(),
             dir = self.dir.display()
         );
-        use std::os::unix::process::CommandExt;
-        Command::new("sh")
-            .args(["-c", &script])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .expect("watchdog");
+        spawn_detached(&script);
     }
 
     pub fn url(&self) -> String {
@@ -673,22 +655,36 @@ pub fn stamp_script(file: &Path, secs: &str) -> String {
 /// Runs the shell command `server` in the background, as `postgres` when we are root, until this
 /// test process is gone or the server has exited; then sends it `kill KILL_OPTS` (`""` for
 /// SIGTERM, `"-INT "`...).
-#[allow(clippy::zombie_processes)] // outlives the tests; stops with them
 pub fn serve_while_tests_run(server: &str, kill_opts: &str) {
-    use std::os::unix::process::CommandExt;
     let script = format!(
         "{run}{server} & p=$!; while kill -0 {pid} 2>/dev/null && kill -0 $p 2>/dev/null; do sleep 1; done; kill {kill_opts}$p",
-        run = if is_root() { "runuser -u postgres -- " } else { "" },
+        run = as_postgres(),
         pid = std::process::id()
     );
+    spawn_detached(&script);
+}
+
+/// The prefix that runs a shell command as `postgres` when we are root (PostgreSQL refuses root).
+fn as_postgres() -> &'static str {
+    if is_root() {
+        "runuser -u postgres -- "
+    } else {
+        ""
+    }
+}
+
+/// Starts `sh -c SCRIPT` in a process group of its own, with no stdio, and leaves it running.
+#[allow(clippy::zombie_processes)] // it must outlive this process; init reaps it
+fn spawn_detached(script: &str) {
+    use std::os::unix::process::CommandExt;
     Command::new("sh")
-        .args(["-c", &script])
+        .args(["-c", script])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .process_group(0)
         .spawn()
-        .unwrap();
+        .expect("sh");
 }
 
 /// A real PgBouncer in front of the main cluster, with PgBouncer's own defaults except what a
