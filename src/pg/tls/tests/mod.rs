@@ -83,29 +83,40 @@ impl Pki {
     fn run(&self, args: &[&str]) -> Vec<u8> {
         openssl(&self.dir.0, args)
     }
+    /// `openssl req` with a new P-256 key in `{name}.key`, writing `{name}.{out}`: a self-signed
+    /// certificate (`how` = `-x509`, 30 days) or a signing request (`-new`).
+    fn req(&self, how: &str, name: &str, out: &str, subj: &str) {
+        let (key, out) = (format!("{name}.key"), format!("{name}.{out}"));
+        let days: &[&str] = if how == "-x509" {
+            &["-days", "30"]
+        } else {
+            &[]
+        };
+        let args = [
+            &[
+                "req",
+                how,
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+            ][..],
+            &["-keyout", &key, "-out", &out, "-subj", subj],
+            days,
+        ];
+        self.run(&args.concat());
+    }
+    /// A self-signed root `{name}.crt` with subject `subj` and its key.
+    fn self_signed(&self, name: &str, subj: &str) {
+        self.req("-x509", name, "crt", subj);
+    }
+    /// A signing request `{name}.csr` with subject `subj` and its key.
+    fn csr(&self, name: &str, subj: &str) {
+        self.req("-new", name, "csr", subj);
+    }
     fn ca(&self, name: &str) {
-        let (key, crt, subj) = (
-            format!("{name}.key"),
-            format!("{name}.crt"),
-            format!("/CN=pglock test {name}"),
-        );
-        self.run(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &crt,
-            "-subj",
-            &subj,
-            "-days",
-            "30",
-        ]);
+        self.self_signed(name, &format!("/CN=pglock test {name}"));
         std::fs::write(
             self.path(&format!("{name}.cnf")),
             format!(
@@ -120,8 +131,7 @@ impl Pki {
     /// A server certificate `name` signed by `ca`, with subject `subj` and, if given, a
     /// subjectAltName (`DNS:a,IP:1.2.3.4`).
     fn leaf(&self, ca: &str, name: &str, subj: &str, san: Option<&str>) -> CertificateDer<'static> {
-        let (key, csr, crt, ext) = (
-            format!("{name}.key"),
+        let (csr, crt, ext) = (
             format!("{name}.csr"),
             format!("{name}.crt"),
             format!("{name}.ext"),
@@ -131,21 +141,7 @@ impl Pki {
             exts.push_str(&format!("subjectAltName={san}\n"));
         }
         std::fs::write(self.path(&ext), exts).expect("write the extensions");
-        self.run(&[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &csr,
-            "-subj",
-            subj,
-        ]);
+        self.csr(name, subj);
         let serial = self.serial.fetch_add(1, Ordering::Relaxed).to_string();
         self.run(&[
             "x509",
@@ -209,32 +205,21 @@ impl Pki {
     fn der(&self, name: &str) -> CertificateDer<'static> {
         CertificateDer::from_pem_file(self.path(&format!("{name}.crt"))).expect("a PEM certificate")
     }
+    /// `openssl ca` as CA `ca` (see `ca`), then `rest`.
+    fn as_ca(&self, ca: &str, rest: &[&str]) {
+        let (cnf, key, crt) = (
+            format!("{ca}.cnf"),
+            format!("{ca}.key"),
+            format!("{ca}.crt"),
+        );
+        let head = ["ca", "-config", &cnf, "-keyfile", &key, "-cert", &crt];
+        self.run(&[&head[..], rest].concat());
+    }
     fn revoke(&self, ca: &str, name: &str) {
-        self.run(&[
-            "ca",
-            "-config",
-            &format!("{ca}.cnf"),
-            "-keyfile",
-            &format!("{ca}.key"),
-            "-cert",
-            &format!("{ca}.crt"),
-            "-revoke",
-            &format!("{name}.crt"),
-        ]);
+        self.as_ca(ca, &["-revoke", &format!("{name}.crt")]);
     }
     fn crl(&self, ca: &str, out: &str) -> PathBuf {
-        self.run(&[
-            "ca",
-            "-config",
-            &format!("{ca}.cnf"),
-            "-keyfile",
-            &format!("{ca}.key"),
-            "-cert",
-            &format!("{ca}.crt"),
-            "-gencrl",
-            "-out",
-            out,
-        ]);
+        self.as_ca(ca, &["-gencrl", "-out", out]);
         self.path(out)
     }
     fn files(&self, root: &str) -> TlsFiles {

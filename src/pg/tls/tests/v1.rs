@@ -94,23 +94,7 @@ fn the_docs_ca_signed_recipe_a_version_1_certificate_verifies_under_its_root() {
         );
     }
     // A root with the issuer's name but another key: the signature does not verify.
-    pki.run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        "twin.key",
-        "-out",
-        "twin.crt",
-        "-subj",
-        "/CN=pglock test ca",
-        "-days",
-        "30",
-    ]);
+    pki.self_signed("twin", "/CN=pglock test ca");
     let twin = verifier(SslMode::VerifyCa, &pki.files("twin.crt"), "db.test");
     assert_eq!(
         verify(&twin, &ec, "db.test"),
@@ -158,21 +142,7 @@ fn the_docs_ca_signed_recipe_a_version_1_certificate_verifies_under_its_root() {
 fn a_version_1_certificate_under_an_intermediate_is_refused() {
     let pki = Pki::new();
     // An intermediate CA signed by `ca`, and a version 1 leaf it signs.
-    pki.run(&[
-        "req",
-        "-new",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        "inter.key",
-        "-out",
-        "inter.csr",
-        "-subj",
-        "/CN=pglock test inter",
-    ]);
+    pki.csr("inter", "/CN=pglock test inter");
     std::fs::write(
         pki.path("inter.ext"),
         "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n",
