@@ -166,6 +166,13 @@ const REFUSED_POOLER: &str = "pglock.refused_statement_ran_on_another_backend";
 const REFUSED_HELD: &str = "pglock.refused_lock_already_held_by_the_serving_session";
 const REFUSED_STANDBY: &str = "pglock.refused_statement_ran_on_a_hot_standby";
 
+/// Each refusal's name, as the guard writes it.
+const REFUSALS: [(&str, Refusal); 3] = [
+    (REFUSED_POOLER, Refusal::Pooler),
+    (REFUSED_HELD, Refusal::Held),
+    (REFUSED_STANDBY, Refusal::Standby),
+];
+
 /// Why the guard refused the lock (see `guard_sql`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
@@ -235,7 +242,7 @@ fn guard_from(expect_pid: Option<i32>, mine: &str, settings: Settings) -> String
 
 /// Whether the guard carries the round trip's settings (`LOCAL_SETTINGS`).
 #[derive(Clone, Copy)]
-pub enum Settings {
+enum Settings {
     /// A session lock's try: one statement that waits for nothing, in a transaction of its own;
     /// settings made local to it would end with it, unused.
     None,
@@ -263,27 +270,17 @@ pub fn refusal(code: Option<&str>, msg: &str) -> Option<Refusal> {
     if code != Some("42704") {
         return None;
     }
-    if msg.contains(REFUSED_POOLER) {
-        Some(Refusal::Pooler)
-    } else if msg.contains(REFUSED_HELD) {
-        Some(Refusal::Held)
-    } else if msg.contains(REFUSED_STANDBY) {
-        Some(Refusal::Standby)
-    } else {
-        None
-    }
+    REFUSALS
+        .into_iter()
+        .find_map(|(name, r)| msg.contains(name).then_some(r))
 }
 
 /// The refusal a session lock's try reports in its row's fifth column (see `lock_sql`).
 fn refusal_in(rows: &Rows) -> Option<Refusal> {
     let named = rows.first()?.get(4)?.as_deref()?;
-    [
-        (REFUSED_POOLER, Refusal::Pooler),
-        (REFUSED_HELD, Refusal::Held),
-        (REFUSED_STANDBY, Refusal::Standby),
-    ]
-    .into_iter()
-    .find_map(|(name, r)| (name == named).then_some(r))
+    REFUSALS
+        .into_iter()
+        .find_map(|(name, r)| (name == named).then_some(r))
 }
 
 /// The error of a refused lock: a pooler in front of a session lock is exit 69 (nothing could be
@@ -418,13 +415,14 @@ fn lock_sql(
             lock_timeout_ms: timeout_ms,
         },
     };
-    let guard = guard_from(expected_backend(conn, a), &lock_match(key.id), settings);
+    let expect_pid = expected_backend(conn, a);
+    let guard = guard_from(expect_pid, &lock_match(key.id), settings);
     // A try on the connection's own backend (the guard checks the pid) names the session in the
     // server's own text, cheaper on a new backend, which `Holder::from_row` reads, or `holder`
     // asks again for in a DateStyle it does not read. Elsewhere (--scope transaction, --pooler
     // session) the try names it as every other statement does, so that whatever the try's
     // outcome, the session that may hold the lock is known to unlock it (`let_go`).
-    let start = match try_once && expected_backend(conn, a).is_some() {
+    let start = match try_once && expect_pid.is_some() {
         true => fence::BACKEND_START_TEXT_SQL.to_string(),
         false => fence::backend_start_sql(known),
     };
