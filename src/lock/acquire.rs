@@ -161,7 +161,7 @@ pub fn heartbeat_sql(holder: &fence::Holder, scope: Scope, owned: Option<&str>) 
 
 /// The settings whose names make the guard's refusals: `current_setting` of a parameter that no
 /// server knows fails naming it, and the failure ends the round trip before the lock statement.
-/// (A session lock's try, alone in its round trip, reads the name from its row: `refusal_in`.)
+/// (A session lock's try, alone in its round trip, names it in its row: `session_try_sql`.)
 const REFUSED_POOLER: &str = "pglock.refused_statement_ran_on_another_backend";
 const REFUSED_HELD: &str = "pglock.refused_lock_already_held_by_the_serving_session";
 const REFUSED_STANDBY: &str = "pglock.refused_statement_ran_on_a_hot_standby";
@@ -196,12 +196,33 @@ pub enum Refusal {
 ///   locks are re-entrant within a session (and a session lock and a transaction lock of one
 ///   session never conflict), so the lock call alone would grant it a second time.
 ///
-/// With `Settings::Local`, the settings are `LOCAL_SETTINGS`, 0 each, local to the round trip's
-/// transaction, and `lock_timeout` set to `lock_timeout_ms` when given. They take effect
+/// The settings are `LOCAL_SETTINGS`, 0 each, local to the round trip's transaction, and
+/// `lock_timeout` set to `lock_timeout_ms` when given. They take effect
 /// for the statements after this one: `statement_timeout` is armed as a statement starts.
 ///
 /// `mine` is the condition on `pg_locks l` that selects the locks to refuse (`lock_match`).
-fn guard_from(expect_pid: Option<i32>, mine: &str, settings: Settings) -> String {
+fn guard_from(expect_pid: Option<i32>, mine: &str, lock_timeout_ms: Option<u128>) -> String {
+    let settings: String = LOCAL_SETTINGS
+        .iter()
+        .map(|k| {
+            let v = match (*k, lock_timeout_ms) {
+                ("lock_timeout", Some(ms)) => ms.to_string(),
+                _ => "0".into(),
+            };
+            format!("set_config('{k}', '{v}', true), ")
+        })
+        .collect();
+    // OFFSET 0 keeps the subquery whole: evaluated once, before the statement that reads `g`,
+    // and never merged into it or given its conditions.
+    format!(
+        "(SELECT {settings}CASE {}END AS r OFFSET 0) AS g",
+        refusal_branches(expect_pid, mine)
+    )
+}
+
+/// The guard's conditions (see `guard_from`), as the `WHEN` branches of a CASE that names the
+/// refusal of the first that holds.
+fn refusal_branches(expect_pid: Option<i32>, mine: &str) -> String {
     let pooler = match expect_pid {
         // `NOT (.. = ..)`: the operator of the unlock's pin (`unlock_pin`), which a new backend
         // then finds already looked up when the child has exited.
@@ -220,34 +241,7 @@ fn guard_from(expect_pid: Option<i32>, mine: &str, settings: Settings) -> String
              THEN '{REFUSED_HELD}' "
         ),
     };
-    let settings: String = match settings {
-        Settings::None => String::new(),
-        Settings::Local { lock_timeout_ms } => LOCAL_SETTINGS
-            .iter()
-            .map(|k| {
-                let v = match (*k, lock_timeout_ms) {
-                    ("lock_timeout", Some(ms)) => ms.to_string(),
-                    _ => "0".into(),
-                };
-                format!("set_config('{k}', '{v}', true), ")
-            })
-            .collect(),
-    };
-    // OFFSET 0 keeps the subquery whole: evaluated once, before the statement that reads `g`,
-    // and never merged into it or given its conditions.
-    format!(
-        "(SELECT {settings}CASE {pooler}WHEN pg_is_in_recovery() THEN '{REFUSED_STANDBY}' {held}END AS r OFFSET 0) AS g"
-    )
-}
-
-/// Whether the guard carries the round trip's settings (`LOCAL_SETTINGS`).
-#[derive(Clone, Copy)]
-enum Settings {
-    /// A session lock's try: one statement that waits for nothing, in a transaction of its own;
-    /// settings made local to it would end with it, unused.
-    None,
-    /// Statements that wait, or a transaction that stays open.
-    Local { lock_timeout_ms: Option<u128> },
+    format!("{pooler}WHEN pg_is_in_recovery() THEN '{REFUSED_STANDBY}' {held}")
 }
 
 /// The condition on `g` (see `guard_from`) of a statement behind the guard: true, or a failure
@@ -261,7 +255,7 @@ const GUARD_PASSES: &str = "CASE WHEN g.r IS NULL THEN true ELSE current_setting
 pub fn guard_sql(expect_pid: Option<i32>, mine: &str, lock_timeout_ms: Option<u128>) -> String {
     format!(
         "SELECT FROM {} WHERE NOT {GUARD_PASSES}",
-        guard_from(expect_pid, mine, Settings::Local { lock_timeout_ms })
+        guard_from(expect_pid, mine, lock_timeout_ms)
     )
 }
 
@@ -273,14 +267,6 @@ pub fn refusal(code: Option<&str>, msg: &str) -> Option<Refusal> {
     REFUSALS
         .into_iter()
         .find_map(|(name, r)| msg.contains(name).then_some(r))
-}
-
-/// The refusal a session lock's try reports in its row's fifth column (see `lock_sql`).
-fn refusal_in(rows: &Rows) -> Option<Refusal> {
-    let named = rows.first()?.get(4)?.as_deref()?;
-    REFUSALS
-        .into_iter()
-        .find_map(|(name, r)| (name == named).then_some(r))
 }
 
 /// The error of a refused lock: a pooler in front of a session lock is exit 69 (nothing could be
@@ -365,7 +351,7 @@ pub struct Acquire<'a> {
 
 /// The session settings that a transaction may carry, set to 0 and local (`set_config(k, v, true)`,
 /// as `SET LOCAL`) in the guard of every lock statement that waits or opens the lock's
-/// transaction (`guard_from`, `Settings`). The startup packet sets
+/// transaction (`guard_from`). The startup packet sets
 /// them for the session, but a pooler may refuse them there (then pglock connects without) or
 /// drop them silently (PgBouncer's `ignore_startup_parameters = options`): made local to each
 /// of pglock's own transactions, a role's defaults cannot end a wait or the lock's transaction
@@ -391,6 +377,10 @@ fn lock_sql(
     known: Option<&fence::Holder>,
 ) -> String {
     let (key, mode, scope) = (a.key, a.mode, a.scope);
+    let expect_pid = expected_backend(conn, a);
+    if try_once && scope == Scope::Session {
+        return session_try_sql(a, expect_pid);
+    }
     let func = format!(
         "pg_{}advisory{}_lock{}",
         if try_once { "try_" } else { "" },
@@ -409,39 +399,11 @@ fn lock_sql(
         // committed before they let the lock go, not a snapshot from before the grant.
         sql.push_str("BEGIN ISOLATION LEVEL READ COMMITTED; ");
     }
-    let settings = match (try_once, scope) {
-        (true, Scope::Session) => Settings::None,
-        _ => Settings::Local {
-            lock_timeout_ms: timeout_ms,
-        },
-    };
-    let expect_pid = expected_backend(conn, a);
-    let guard = guard_from(expect_pid, &lock_match(key.id), settings);
-    // A try on the connection's own backend (the guard checks the pid) names the session in the
-    // server's own text, cheaper on a new backend, which `Holder::from_row` reads, or `holder`
-    // asks again for in a DateStyle it does not read. Elsewhere (--scope transaction, --pooler
-    // session) the try names it as every other statement does, so that whatever the try's
-    // outcome, the session that may hold the lock is known to unlock it (`let_go`).
-    let start = match try_once && expect_pid.is_some() {
-        true => fence::BACKEND_START_TEXT_SQL.to_string(),
-        false => fence::backend_start_sql(known),
-    };
+    let guard = guard_from(expect_pid, &lock_match(key.id), timeout_ms);
+    let start = fence::backend_start_sql(known);
     let call = format!("{func}({})", key.id.sql_args());
     let lock = format!("SELECT {call} AS got, pg_backend_pid(), {start}");
     match (try_once, scope, a.fence) {
-        // The common case in one statement, with no settings (see `Settings::None`). The
-        // fence of the session lock is tried in the same row (a fourth column: `f` when a
-        // fenced transaction of an earlier holder is still open, NULL when the lock was not
-        // ours); the fence locks go with the round trip's implicit transaction. Nothing follows
-        // in the round trip, so a refusal need not end it: the lock is tried only when the
-        // guard found nothing (CASE evaluates its branch only then), and the refusal's name is
-        // the fifth column (`refusal_in`).
-        (true, Scope::Session, true) => sql.push_str(&format!(
-            "SELECT s.got, s.pid, s.start, CASE WHEN s.got THEN {} END, s.r FROM \
-             (SELECT CASE WHEN g.r IS NULL THEN {call} END AS got, pg_backend_pid() AS pid, \
-             {start} AS start, g.r FROM {guard} OFFSET 0) AS s",
-            fence::try_list(key.id, mode)
-        )),
         (true, _, _) => sql.push_str(&format!("{lock} FROM {guard} WHERE {GUARD_PASSES}")),
         // A wait needs its settings in force as it starts: the guard goes first, on its own.
         // The fence follows the lock, within the same timeout (a waiter's fence wait is part of
@@ -471,6 +433,92 @@ fn lock_sql(
         sql.push_str("; SET LOCAL lock_timeout = 0");
     }
     sql
+}
+
+/// The outcomes a session lock's try names in its row's first column (`session_try_sql`), besides
+/// the guard's refusals.
+const TRY_GOT: &str = "got";
+const TRY_HELD: &str = "held";
+const TRY_FENCED: &str = "fenced";
+
+/// A session lock's try: one statement, alone in its round trip and its implicit transaction,
+/// that waits for nothing, so it carries no settings (any would end with it, unused). It is one
+/// query level over one function scan: on a new backend, each nested subquery costs about as much
+/// planning as the lock call itself (docs/performance.md). Its row is `outcome, pid, start`:
+/// - the session that ran it, as `pg_stat_get_activity` names it: `start` in the server's own
+///   text where the guard checks the pid, cheaper on a new backend (`Holder::from_row` reads it,
+///   and `holder` asks again in a DateStyle it does not read), else in the form every other
+///   statement uses, so that whatever the try's outcome the session that may hold the lock is
+///   known to unlock it (`let_go`);
+/// - the outcome, from one CASE, whose branches the server evaluates in order and stops at the
+///   first that holds: a refusal of the guard (`refusal_branches`), `held` when the lock is taken
+///   elsewhere, `fenced` when it was free but the fence (contract §11) was not (a fenced
+///   transaction of an earlier holder is still open), else `got`. So the lock is tried only when
+///   the guard found nothing and the fence only once the lock is taken, each once; the fence
+///   locks go with the implicit transaction.
+fn session_try_sql(a: &Acquire, expect_pid: Option<i32>) -> String {
+    let start = match expect_pid {
+        Some(_) => "a.backend_start::text",
+        None => fence::START_UTC_OF_A,
+    };
+    let fence = match a.fence {
+        true => format!(
+            "WHEN NOT ({}) THEN '{TRY_FENCED}' ",
+            fence::try_list(a.key.id, a.mode)
+        ),
+        false => String::new(),
+    };
+    format!(
+        "SELECT CASE {}WHEN NOT pg_try_advisory_lock{}({}) THEN '{TRY_HELD}' {fence}ELSE '{TRY_GOT}' END, \
+         a.pid, {start} FROM pg_stat_get_activity(pg_backend_pid()) a",
+        refusal_branches(expect_pid, &lock_match(a.key.id)),
+        fn_suffix(a.mode),
+        a.key.id.sql_args()
+    )
+}
+
+/// What a try found (see `try_take`).
+#[derive(Debug, PartialEq)]
+enum Found {
+    Refused(Refusal),
+    Held,
+    /// The lock is taken, but not the fence: it is to be let go again.
+    Fenced,
+    Got,
+}
+
+/// The outcome a session lock's try names (`session_try_sql`). Its row names the session that
+/// ran it; no row, or a word the statement does not write, is the server's error: with no row,
+/// nothing was tried.
+fn session_found(rows: &Rows) -> Result<Found> {
+    let named = rows.first().and_then(|r| r.first()).cloned().flatten();
+    let found = match named.as_deref() {
+        Some(TRY_GOT) => Some(Found::Got),
+        Some(TRY_HELD) => Some(Found::Held),
+        Some(TRY_FENCED) => Some(Found::Fenced),
+        Some(other) => REFUSALS
+            .into_iter()
+            .find_map(|(name, r)| (name == other).then_some(Found::Refused(r))),
+        None => None,
+    };
+    found.ok_or_else(|| {
+        Error::unavailable(
+            "the server's answer to the lock statement was not one it can give (no row, or an unknown outcome)",
+        )
+    })
+}
+
+/// The outcome of a transaction lock's try: the lock statement's first column, then the fence
+/// statement's row (`xact_fence_sql`: none when the fence was not free).
+fn xact_found(rows: &Rows, fence: bool) -> Found {
+    if !first_bool(rows) {
+        return Found::Held;
+    }
+    let fenced = rows.get(1).and_then(|r| r.first()).cloned().flatten();
+    match fence && fenced.as_deref() != Some("t") {
+        true => Found::Fenced,
+        false => Found::Got,
+    }
 }
 
 /// The holder's side of the fence (contract §11, see fence.rs) at `--scope transaction`, in the
@@ -524,7 +572,7 @@ fn holder_of(rows: &Rows) -> Result<fence::Holder> {
 }
 
 /// The session that took the lock in a try: as its row names it, or, where the session's
-/// DateStyle is not ISO (`fence::BACKEND_START_TEXT_SQL`), as it answers on the same session
+/// DateStyle is not ISO (see `session_try_sql`), as it answers on the same session
 /// (the pid the try's row names, which the guard checked against the cancel key's).
 fn holder(conn: &mut Conn, rows: &Rows, signals: &Signals) -> Result<fence::Holder> {
     if let Ok(h) = holder_of(rows) {
@@ -615,33 +663,25 @@ fn try_take(conn: &mut Conn, a: &Acquire, signals: &Signals) -> Result<(Try, Row
     let sql = lock_sql(conn, a, true, None, None);
     let r = query(conn, &sql, signals);
     let rows = guarded(conn, a, r, signals)?;
-    if let Some(why) = refusal_in(&rows) {
-        return Err(refused(conn, why, &a.key.label(), a.conflict_exit_code));
-    }
-    if !first_bool(&rows) {
-        return Ok((Try::Held, rows));
-    }
-    // The fence's answer: the lock row's fourth column (a session lock's try, see `lock_sql`),
-    // else the first column of the fence statement's row.
-    let fenced = match rows.first() {
-        Some(r) if r.len() > 3 => r.get(3),
-        _ => rows.get(1).and_then(|r| r.first()),
-    }
-    .cloned()
-    .flatten();
-    if a.fence && fenced.as_deref() != Some("t") {
-        let_go(
-            conn,
-            a,
-            fence::Holder::from_row(rows.first().map_or(&[][..], |r| &r[..])).as_ref(),
-            signals,
-        )?;
-        return Ok((Try::Fenced, rows));
-    }
-    let got = Acquired {
-        holder: holder(conn, &rows, signals)?,
+    let found = match a.scope {
+        Scope::Session => session_found(&rows)?,
+        Scope::Transaction => xact_found(&rows, a.fence),
     };
-    Ok((Try::Got(got), rows))
+    let tried = match found {
+        Found::Refused(why) => {
+            return Err(refused(conn, why, &a.key.label(), a.conflict_exit_code))
+        }
+        Found::Held => Try::Held,
+        Found::Fenced => {
+            let on = fence::Holder::from_row(rows.first().map_or(&[][..], |r| &r[..]));
+            let_go(conn, a, on.as_ref(), signals)?;
+            Try::Fenced
+        }
+        Found::Got => Try::Got(Acquired {
+            holder: holder(conn, &rows, signals)?,
+        }),
+    };
+    Ok((tried, rows))
 }
 
 /// A lock statement's result, with a refusal of its guard turned into the run's error (and the
@@ -1360,6 +1400,44 @@ pub fn release(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn one_row(cells: &[Option<&str>]) -> Rows {
+        vec![cells.iter().map(|c| c.map(str::to_string)).collect()]
+    }
+
+    #[test]
+    fn a_session_try_reads_only_the_outcomes_its_statement_writes() {
+        let start = Some("2026-12-07 12:00:00.000001");
+        let found = |outcome: Option<&str>| session_found(&one_row(&[outcome, Some("42"), start]));
+        assert_eq!(found(Some(TRY_GOT)).unwrap(), Found::Got);
+        assert_eq!(found(Some(TRY_HELD)).unwrap(), Found::Held);
+        assert_eq!(found(Some(TRY_FENCED)).unwrap(), Found::Fenced);
+        for (name, r) in REFUSALS {
+            assert_eq!(found(Some(name)).unwrap(), Found::Refused(r));
+        }
+        // The old boolean, garbage, a prefix, NULL, and no row at all: the server's error.
+        for bad in [
+            Some("t"),
+            Some("gotx"),
+            Some("pglock.refused"),
+            Some(""),
+            None,
+        ] {
+            assert!(found(bad).is_err(), "{bad:?}");
+        }
+        assert!(session_found(&Vec::new()).is_err());
+        assert!(session_found(&vec![Vec::new()]).is_err());
+    }
+
+    #[test]
+    fn a_transaction_try_is_got_only_with_its_fence_row() {
+        let lock = |got: &str| vec![Some(got.to_string()), Some("42".into()), None];
+        let fence = vec![Some("t".to_string())];
+        assert_eq!(xact_found(&vec![lock("f")], true), Found::Held);
+        assert_eq!(xact_found(&vec![lock("t")], true), Found::Fenced);
+        assert_eq!(xact_found(&vec![lock("t"), fence], true), Found::Got);
+        assert_eq!(xact_found(&vec![lock("t")], false), Found::Got);
+    }
 
     #[test]
     fn reconnecting_stops_at_the_deadline_or_after_a_minute() {

@@ -32,13 +32,9 @@ use crate::log::civil_from_days;
 pub const BACKEND_START_SQL: &str = "(SELECT to_char(a.backend_start AT TIME ZONE 'UTC', \
      'YYYY-MM-DD HH24:MI:SS.US') FROM pg_stat_get_activity(pg_backend_pid()) a)";
 
-/// This session's `backend_start` as the server writes a timestamptz (`::text`): cheaper on a
-/// new backend than [`BACKEND_START_SQL`] (no `to_char` and no time zone to look up), for the
-/// first lock statement of a run. [`Holder::from_row`] brings it to `BACKEND_START_SQL`'s form
-/// when the session's DateStyle is ISO (the default), whatever its TimeZone; in another DateStyle
-/// it is not accepted, and the run asks again with `BACKEND_START_SQL` ([`holder_sql`]).
-pub const BACKEND_START_TEXT_SQL: &str =
-    "(SELECT a.backend_start::text FROM pg_stat_get_activity(pg_backend_pid()) a)";
+/// [`BACKEND_START_SQL`]'s form of the `backend_start` of `a`, a row of `pg_stat_get_activity`.
+pub const START_UTC_OF_A: &str =
+    "to_char(a.backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')";
 
 /// A statement whose row [`Holder::from_row`] reads: this session, in `BACKEND_START_SQL`'s form.
 pub fn holder_sql() -> String {
@@ -288,6 +284,14 @@ mod tests {
 
     fn row(cells: &[&str]) -> Vec<Option<String>> {
         cells.iter().map(|c| Some(c.to_string())).collect()
+    }
+
+    #[test]
+    fn the_start_of_a_row_and_of_the_session_are_written_alike() {
+        assert_eq!(
+            BACKEND_START_SQL,
+            format!("(SELECT {START_UTC_OF_A} FROM pg_stat_get_activity(pg_backend_pid()) a)")
+        );
     }
 
     #[test]

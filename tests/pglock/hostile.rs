@@ -109,16 +109,10 @@ fn rows(values: &[&str]) -> Vec<u8> {
 /// The `backend_start` the fake server gives its session.
 const START: &str = "2026-11-30 12:00:00.000001";
 
-/// The lock statement's answer: its row, then the fence's (free).
+/// The answer to a session lock's try (`session_try_sql` in src/lock/acquire.rs): the lock and
+/// its fence taken, on this session.
 fn lock_rows(pid: &str) -> Vec<u8> {
-    let mut m = rows(&["t", pid, START]);
-    // One ReadyForQuery for the whole query: drop the first, add the fence's result before it.
-    m.truncate(m.len() - ready().len());
-    m.extend(row_description(1));
-    m.extend(data_row(1, &[(1, b"t".as_slice())]));
-    m.extend(msg(b'C', b"SELECT 1\0"));
-    m.extend(ready());
-    m
+    rows(&["got", pid, START])
 }
 
 /// What a server that grants every lock answers to pglock's statement `sql` (see src/lock/acquire.rs).

@@ -316,14 +316,17 @@ fn row(values: &[&str]) -> Vec<u8> {
 
 /// Rows that satisfy what pglock asks before and while its child runs: the first column `t`
 /// (lock taken, still held, released, fence free), this backend's pid and start; `f` for the
-/// standby check, and for the try when the lock is busy.
+/// standby check, and for the try when the lock is busy. A session lock's try names its
+/// outcome instead (`session_try_sql` in src/lock/acquire.rs): `got`, or `held` when busy.
 fn answer_to(sql: &str, busy: bool) -> Vec<u8> {
     // The standby check alone (the lock statement's guard also names pg_is_in_recovery).
     let standby_check = sql.contains("pg_is_in_recovery") && !sql.contains("advisory");
-    let first = if standby_check || (busy && sql.contains("pg_try_advisory")) {
-        "f"
-    } else {
-        "t"
+    let session_try = sql.contains("THEN 'held'");
+    let first = match (session_try, busy) {
+        (true, true) => "held",
+        (true, false) => "got",
+        _ if standby_check || (busy && sql.contains("pg_try_advisory")) => "f",
+        _ => "t",
     };
     let r = row(&[first, PID, "2026-12-07 03:00:00.000000"]);
     let mut a = r.clone();
