@@ -717,7 +717,14 @@ impl Settings {
 
     /// libpq's certificate files, with its defaults in `~/.postgresql`.
     fn tls_files(&self, env: Env) -> TlsFiles {
-        let home = |name: &str| home_path(env, &[".postgresql", name]).filter(|p| p.exists());
+        // sslmode=disable never starts TLS: as libpq, nothing looks for the default files then.
+        let plain = self.get("sslmode") == Some("disable");
+        let home = |name: &str| {
+            (!plain)
+                .then(|| home_path(env, &[".postgresql", name]))
+                .flatten()
+                .filter(|p| p.exists())
+        };
         let root = self
             .get("sslrootcert")
             .map(String::from)

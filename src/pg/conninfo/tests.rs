@@ -270,6 +270,29 @@ fn require_verifies_with_a_root_certificate() {
 }
 
 #[test]
+fn sslmode_disable_looks_for_no_default_certificate_file() {
+    let home = Dir::new(&[
+        (".postgresql/root.crt", "x"),
+        (".postgresql/root.crl", "x"),
+        (".postgresql/postgresql.crt", "x"),
+        (".postgresql/postgresql.key", "x"),
+    ]);
+    let env = [("PGUSER", "u"), ("HOME", home.s())];
+    let p = resolve(Some("host=h sslmode=disable"), &env).unwrap();
+    assert_eq!(p.sslmode, SslMode::Disable);
+    let f = &p.tls_files;
+    assert_eq!(
+        (&f.root, &f.cert, &f.key, &f.crl),
+        (&None, &None, &None, &None)
+    );
+    // The same files are found in any other mode, and a file named explicitly is kept.
+    let p = resolve(Some("host=h sslmode=allow"), &env).unwrap();
+    assert!(p.tls_files.root.is_some() && p.tls_files.cert.is_some());
+    let p = resolve(Some("host=h sslmode=disable sslcert=/c"), &env).unwrap();
+    assert_eq!(p.tls_files.cert, Some("/c".into()));
+}
+
+#[test]
 fn client_certificates_and_sslcertmode() {
     let home = Dir::new(&[
         (".postgresql/postgresql.crt", "x"),
