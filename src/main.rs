@@ -4,6 +4,8 @@
 //! work is in the modules.
 
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+// On Linux with glibc the C runtime calls pglock's own `main` (start.rs), not Rust's start-up.
+#![cfg_attr(all(target_os = "linux", target_env = "gnu", not(test)), no_main)]
 
 mod cli;
 mod cmd;
@@ -15,12 +17,20 @@ mod log;
 mod pg;
 mod proc;
 mod signals;
+#[cfg(all(target_os = "linux", target_env = "gnu", not(test)))]
+mod start;
 
 use clap::FromArgMatches;
 use error::{Error, Kind};
 use std::io::Write;
 
+#[cfg(not(all(target_os = "linux", target_env = "gnu", not(test))))]
 fn main() {
+    std::process::exit(run());
+}
+
+/// The whole of pglock: what it does, reported, and the status it exits with.
+fn run() -> i32 {
     let code = match real_main() {
         Ok(code) => code,
         Err(e) => {
@@ -29,7 +39,7 @@ fn main() {
         }
     };
     let _ = std::io::stdout().flush();
-    std::process::exit(code);
+    code
 }
 
 fn real_main() -> Result<i32, Error> {

@@ -113,6 +113,14 @@ fn handle(sig: Signal) -> nix::Result<SigAction> {
     unsafe { signal::sigaction(sig, &action) }
 }
 
+/// Ignores `sig` (SIG_IGN).
+#[cfg(all(target_os = "linux", target_env = "gnu", not(test)))]
+pub fn ignore(sig: Signal) {
+    let ign = SigAction::new(SigHandler::SigIgn, SaFlags::SA_RESTART, SigSet::empty());
+    // SAFETY: SIG_IGN installs no handler of ours: no code of pglock's runs for it.
+    let _ = unsafe { signal::sigaction(sig, &ign) };
+}
+
 /// Sets each of `sigs` back to the default action. Async-signal-safe (sigemptyset, sigaction,
 /// no allocation, no lock): the vfork-style child calls it before it execs (spawn.rs).
 #[inline(never)]
