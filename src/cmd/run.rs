@@ -325,10 +325,22 @@ fn run_inner(mut req: RunRequest, run_id: &str) -> Result<(i32, bool)> {
     // Declared before the session, it outlives it: the session stops it, its drop reaps it.
     let guard = std::cell::OnceCell::new();
     let kill_after = req.kill_after;
+    // So is the child's start, when nothing it needs waits for the server (a key whose id the
+    // server computes, a --limit slot): the first attempt takes it (see lock_session).
+    let prepared = std::cell::RefCell::new(None);
+    let early = (req.key.pending.is_none() && req.limit.is_none())
+        .then(|| (req.key.clone(), req.command.clone(), req.mode));
     let start_guard = || {
         guard.get_or_init(|| Guard::start(kill_after).inspect_err(|why| why.log()).ok());
         // Read now, while the server starts the session, not between its answer and the lock.
         nesting::own_start();
+        if let Some((key, command, mode)) = &early {
+            let mut p = prepared.borrow_mut();
+            if p.is_none() {
+                let me = own_entry(key, *mode, &params.dbname);
+                *p = Some(prepare_child((key, command), run_id, &held, &me, None));
+            }
+        }
     };
     // A run below another pglock may become its command (run_nested's exec), which must not
     // leave a guard behind as the command's child: it starts its guard once it knows it will not.
@@ -365,13 +377,14 @@ fn run_inner(mut req: RunRequest, run_id: &str) -> Result<(i32, bool)> {
             }
         }
         let guard = guard.get().and_then(Option::as_ref);
+        let ready = prepared.borrow_mut().take().transpose()?;
         let locked = lock_session(
             conn,
             &req,
             wait,
             guard,
             (&params, &startup),
-            (&held, run_id),
+            (&held, run_id, ready),
             &signals,
         );
         match locked {
@@ -408,25 +421,18 @@ fn lock_session<'a>(
     wait: Wait,
     guard: Option<&'a Guard>,
     (params, startup): (&ConnParams, &Startup),
-    (held, run_id): (&[Held], &str),
+    (held, run_id, prepared): (&[Held], &str, Option<Exec>),
     signals: &'a Signals,
 ) -> Result<(Session<'a>, Exec, Option<Book>)> {
     let mut session = Session::open(conn, req, guard, signals)?;
-    // This run's entry for its child. The session that holds the lock (and the slot) is known
-    // once it is taken: PGLOCK_HELD is set again then, before the child starts.
-    let mut me = Held {
-        id: req.key.id,
-        mode: req.mode,
-        pid: std::process::id() as i32,
-        pid_start: nesting::own_start(),
-        db: Some(params.dbname.clone()),
-        holder: None,
-        slot: None,
-    };
-    // The child's start is prepared before the wait (with --limit, once the slot is known).
-    let prepared = match req.limit {
-        None => Some(prepare_child(req, run_id, held, &me, None)?),
-        Some(_) => None,
+    let mut me = own_entry(&req.key, req.mode, &params.dbname);
+    let child = (&req.key, &req.command[..]);
+    // The child's start is prepared before the wait (with --limit, once the slot is known):
+    // while the server started the session, or now.
+    let prepared = match (prepared, req.limit) {
+        (Some(exec), _) => Some(exec),
+        (None, None) => Some(prepare_child(child, run_id, held, &me, None)?),
+        (None, Some(_)) => None,
     };
     let acquire = Acquire {
         key: &req.key,
@@ -449,7 +455,7 @@ fn lock_session<'a>(
     }
     let mut exec = match prepared {
         Some(exec) => exec,
-        None => prepare_child(req, run_id, held, &me, session.slot())?,
+        None => prepare_child(child, run_id, held, &me, session.slot())?,
     };
     let mut vars = session.lock_vars(held, &mut me, run_id)?;
     if let (Some(b), Some(t)) = (&mut book, &session.lock) {
@@ -624,16 +630,16 @@ const FENCE_VARS: [&str; 3] = [
 
 /// Prepares the child's start with the pglock variables.
 fn prepare_child(
-    req: &RunRequest,
+    (key, command): (&LockKey, &[std::ffi::OsString]),
     run_id: &str,
     held: &[Held],
     me: &Held,
     slot: Option<u32>,
 ) -> Result<Exec> {
-    let (set, mut remove) = req.key.child_vars();
+    let (set, mut remove) = key.child_vars();
     let env = [
         set,
-        ("PGLOCK_LOCK_ID", req.key.id.to_string()),
+        ("PGLOCK_LOCK_ID", key.id.to_string()),
         ("PGLOCK_RUN_ID", run_id.to_string()),
         (nesting::VAR, nesting::child_value(held, me)),
     ];
@@ -646,7 +652,21 @@ fn prepare_child(
     // nested_fence_vars); inherited ones belong to another run, and so do the ledger's.
     remove.extend(FENCE_VARS);
     remove.extend(ledger::CHILD_VARS);
-    child::prepare(&req.command, &env, &remove)
+    child::prepare(command, &env, &remove)
+}
+
+/// This run's `PGLOCK_HELD` entry for its child before the lock is taken: the session that
+/// holds it (and the slot) are known once it is, and the entry is set again then.
+fn own_entry(key: &LockKey, mode: Mode, dbname: &str) -> Held {
+    Held {
+        id: key.id,
+        mode,
+        pid: std::process::id() as i32,
+        pid_start: nesting::own_start(),
+        db: Some(dbname.to_string()),
+        holder: None,
+        slot: None,
+    }
 }
 
 /// The fencing variables of a nested run, for the ancestor's lock and session that the server
@@ -758,7 +778,7 @@ fn run_nested(req: &RunRequest, h: &Held, held: &[Held], run_id: &str) -> Result
             &[],
         );
     }
-    let mut exec = prepare_child(req, run_id, held, &me, None)?;
+    let mut exec = prepare_child((&req.key, &req.command), run_id, held, &me, None)?;
     for (k, v) in vars {
         exec.add_env(k, &v)
             .map_err(|e| Error::internal(format!("cannot pass {k} to the command: {e}")))?;
