@@ -223,7 +223,7 @@ pub fn check_body(lock: LockId, mode: Mode, pid: &str, start: &str, run_id: &str
     format!(
         "PERFORM pg_advisory_xact_lock_shared({fence}); \
          IF NOT EXISTS (SELECT FROM pg_locks l, pg_stat_get_activity({pid}) a \
-         WHERE l.pid = {pid} AND a.pid = {pid} AND to_char(a.backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') = {start} \
+         WHERE l.pid = {pid} AND a.pid = {pid} AND {START_UTC_OF_A} = {start} \
          AND l.granted AND l.mode = '{pg_mode}' AND {filter}) THEN \
          RAISE EXCEPTION 'pglock: run {run_id} no longer holds lock {lock} (backend pid {pid}); this transaction must not commit' \
          USING ERRCODE = 'P0001'; END IF;",

@@ -33,7 +33,7 @@
 
 use crate::error::Result;
 use crate::lock;
-use crate::lock::fence::Holder;
+use crate::lock::fence::{self, Holder};
 use crate::lock::key::{self, LockId, LockKey};
 use crate::lock::Mode;
 use crate::log::{self, V};
@@ -229,10 +229,10 @@ fn confirm_sql(entries: &[&Held]) -> Option<String> {
         return None;
     }
     Some(format!(
-        "SELECT l.pid, to_char(a.backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US'), \
-         l.mode, l.classid, l.objid, l.objsubid \
+        "SELECT l.pid, {}, l.mode, l.classid, l.objid, l.objsubid \
          FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid \
          WHERE l.granted AND ({})",
+        fence::START_UTC_OF_A,
         conds.join(" OR ")
     ))
 }
