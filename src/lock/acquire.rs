@@ -445,8 +445,10 @@ const TRY_FENCED: &str = "fenced";
 /// that waits for nothing, so it carries no settings (any would end with it, unused). It is one
 /// query level over one function scan: on a new backend, each nested subquery costs about as much
 /// planning as the lock call itself (docs/performance.md). Its row is `outcome, pid, start`:
-/// - the session that ran it, as `pg_stat_get_activity` names it: `start` in the server's own
-///   text where the guard checks the pid, cheaper on a new backend (`Holder::from_row` reads it,
+/// - the session that ran it, as `pg_stat_get_activity` names it: `start` as the column itself,
+///   in the server's own text, where the guard checks the pid: cheaper on a new backend than
+///   `to_char`, and than a `::text` cast, whose look-up in `pg_cast` a new backend pays for
+///   (the same text: the cast is the type's output function) (`Holder::from_row` reads it,
 ///   and `holder` asks again in a DateStyle it does not read), else in the form every other
 ///   statement uses, so that whatever the try's outcome the session that may hold the lock is
 ///   known to unlock it (`let_go`);
@@ -458,7 +460,7 @@ const TRY_FENCED: &str = "fenced";
 ///   locks go with the implicit transaction.
 fn session_try_sql(a: &Acquire, expect_pid: Option<i32>) -> String {
     let start = match expect_pid {
-        Some(_) => "a.backend_start::text",
+        Some(_) => "a.backend_start",
         None => fence::START_UTC_OF_A,
     };
     let fence = match a.fence {
