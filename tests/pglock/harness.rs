@@ -653,11 +653,13 @@ pub fn stamp_script(file: &Path, secs: &str) -> String {
 }
 
 /// Runs the shell command `server` in the background, as `postgres` when we are root, until this
-/// test process is gone or the server has exited; then sends it `kill KILL_OPTS` (`""` for
-/// SIGTERM, `"-INT "`...).
-pub fn serve_while_tests_run(server: &str, kill_opts: &str) {
+/// test process is gone or the server has exited; then sends signal `sig` (`"TERM"`, `"INT"`...)
+/// to the script's whole process group (`kill 0`), the server's included. Sent to `runuser`
+/// alone, SIGINT left pgpool-II running: a background job of `sh` ignores SIGINT, and `runuser`
+/// passes on only the signals it catches.
+pub fn serve_while_tests_run(server: &str, sig: &str) {
     let script = format!(
-        "{run}{server} & p=$!; while kill -0 {pid} 2>/dev/null && kill -0 $p 2>/dev/null; do sleep 1; done; kill {kill_opts}$p",
+        "{run}{server} & p=$!; while kill -0 {pid} 2>/dev/null && kill -0 $p 2>/dev/null; do sleep 1; done; kill -s {sig} 0",
         run = as_postgres(),
         pid = std::process::id()
     );
@@ -733,7 +735,7 @@ impl Bouncer {
         for f in ["pgbouncer.ini", "users.txt"] {
             chown_pg(&dir.join(f));
         }
-        serve_while_tests_run(&format!("{bin} {}", ini.display()), "");
+        serve_while_tests_run(&format!("{bin} {}", ini.display()), "TERM");
         assert!(
             wait_until(Duration::from_secs(10), || std::net::TcpStream::connect((
                 "127.0.0.1",

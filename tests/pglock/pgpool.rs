@@ -146,7 +146,7 @@ fn start_pgpool(name: &str, children: u32) -> Pgpool {
         pcp.display(),
         log.display()
     );
-    serve_while_tests_run(&server, "-INT ");
+    serve_while_tests_run(&server, "INT");
     let p = Pgpool { port, log, standby };
     // Up, with node 0 found as the primary and node 1 as the standby.
     let mut nodes = String::new();
