@@ -445,13 +445,12 @@ const TRY_FENCED: &str = "fenced";
 /// that waits for nothing, so it carries no settings (any would end with it, unused). It is one
 /// query level over one function scan: on a new backend, each nested subquery costs about as much
 /// planning as the lock call itself (docs/performance.md). Its row is `outcome, pid, start`:
-/// - the session that ran it, as `pg_stat_get_activity` names it: `start` as the column itself,
-///   in the server's own text, where the guard checks the pid: cheaper on a new backend than
-///   `to_char`, and than a `::text` cast, whose look-up in `pg_cast` a new backend pays for
-///   (the same text: the cast is the type's output function) (`Holder::from_row` reads it,
-///   and `holder` asks again in a DateStyle it does not read), else in the form every other
-///   statement uses, so that whatever the try's outcome the session that may hold the lock is
-///   known to unlock it (`let_go`);
+/// - the session that ran it, as `pg_stat_get_activity` names it. Where the guard checks the
+///   pid, `start` is the bare column in the server's own text: on a new backend that is cheaper
+///   than `to_char`, and than a `::text` cast, which gives the same text but costs a look-up in
+///   `pg_cast` (`Holder::from_row` reads it; `holder` asks again in a DateStyle it does not
+///   read). Elsewhere it is in the form every other statement uses, so that whatever the try's
+///   outcome the session that may hold the lock is known to unlock it (`let_go`);
 /// - the outcome, from one CASE, whose branches the server evaluates in order and stops at the
 ///   first that holds: a refusal of the guard (`refusal_branches`), `held` when the lock is taken
 ///   elsewhere, `fenced` when it was free but the fence (contract §11) was not (a fenced
