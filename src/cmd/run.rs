@@ -543,6 +543,9 @@ fn run_child(
     // precede it in a log that has both (contract §8).
     log_acquired(req, session.slot());
     let child = start_child(req, exec, session.guard.map(Guard::child_slot))?;
+    // Its exit is to be answered at once: the unlock goes out then (see proc/sched.rs).
+    #[cfg(target_os = "linux")]
+    crate::proc::sched::prefer_short_slice();
     let end = child::supervise(
         child,
         Watch {

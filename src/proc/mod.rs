@@ -3,6 +3,8 @@
 
 pub mod child;
 pub mod guard;
+#[cfg(target_os = "linux")]
+pub mod sched;
 pub mod spawn;
 #[cfg(target_os = "linux")]
 mod stack;

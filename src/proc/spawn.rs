@@ -211,6 +211,8 @@ mod imp {
         // pglock's handlers would write into its signal pipe: the child gets the defaults
         // back, and SIGPIPE too, which Rust's runtime ignores (as std's Command does).
         crate::signals::reset_to_default(sh.reset);
+        // And pglock's scheduler slice goes: COMMAND runs as it would without pglock.
+        crate::proc::sched::restore_in_child();
         // A process group of its own, led by the child (a job, as a shell starts one): a signal
         // to pglock's group does not reach it, and its whole group can be stopped (child.rs).
         if nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0)).is_err() {
@@ -398,6 +400,8 @@ impl Exec {
         use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
         let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
         crate::signals::reset_to_default(&[Signal::SIGPIPE]);
+        #[cfg(target_os = "linux")]
+        crate::proc::sched::restore_in_child();
         let argv = pointers(&self.argv);
         let envp = pointers(&self.envp);
         let mut err = io::Error::from_raw_os_error(libc::ENOENT);

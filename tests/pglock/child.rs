@@ -191,6 +191,56 @@ fn the_child_runs_with_pglock_cpu_affinity() {
     assert_eq!(allowed(Some(&[1])), "1");
 }
 
+/// The scheduling lines of /proc/self/sched that pglock could change: policy, priority (the
+/// nice value) and the EEVDF slice (Linux 6.6+; pglock shortens its own, see proc/sched.rs).
+const SCHED_LINES: &str = "grep -E '^(policy|prio|se.slice) ' /proc/self/sched";
+
+#[test]
+fn the_child_runs_with_the_scheduling_pglock_was_started_with() {
+    let direct = |nice: i32| {
+        let mut c = std::process::Command::new("sh");
+        c.args(["-c", SCHED_LINES]);
+        expect_code(under_nice(c, nice), 0).0
+    };
+    if !direct(0).contains("se.slice") {
+        note("skipped: this kernel shows no se.slice in /proc/self/sched");
+        return;
+    }
+    let name = key("sched");
+    for nice in [0, 7] {
+        let want = direct(nice);
+        // Without a wait the slice changes after the spawn; a waiting run changes it before.
+        let (out, err) = expect_code(under_nice(pglock_sh(&name, SCHED_LINES), nice), 0);
+        assert_eq!(out, want, "a run that took the lock at once: {err}");
+        let mut holder = under_nice(pglock_sh(&name, "sleep 1"), nice)
+            .spawn()
+            .unwrap();
+        assert!(wait_until(Duration::from_secs(10), || pg()
+            .locks_on(lock_id(&name))
+            .iter()
+            .any(|l| l.contains(",t,"))));
+        let (out, err) = expect_code(under_nice(pglock_sh(&name, SCHED_LINES), nice), 0);
+        assert!(err.contains("waiting for lock"), "{err}");
+        assert_eq!(out, want, "a run that waited for the lock: {err}");
+        assert!(holder.wait().unwrap().success());
+    }
+}
+
+/// `cmd` started with nice value `nice` (0: as this test runs).
+fn under_nice(mut cmd: std::process::Command, nice: i32) -> std::process::Command {
+    if nice != 0 {
+        // SAFETY: the closure runs in the forked child before exec and calls only
+        // async-signal-safe functions (nice).
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                libc::nice(nice);
+                Ok(())
+            });
+        }
+    }
+    cmd
+}
+
 #[test]
 fn the_child_starts_with_no_signal_blocked_or_ignored_by_pglock() {
     let name = key("sigmask");
