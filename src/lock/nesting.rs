@@ -409,7 +409,16 @@ pub fn own_start() -> Option<u64> {
 /// Process `pid`'s parent and start time (`/proc/PID/stat` fields 4 and 22).
 #[cfg(target_os = "linux")]
 fn stat_of(pid: i32) -> Option<(i32, Option<u64>)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    use std::io::Read;
+    // One read(2) into room for the whole file (about 300 bytes; fields 4 and 22 come within
+    // the first 150 after the comm). `fs::read_to_string` would stat the file (size 0, for
+    // /proc) and read it in five growing pieces.
+    let mut buf = [0u8; 1024];
+    let n = std::fs::File::open(format!("/proc/{pid}/stat"))
+        .ok()?
+        .read(&mut buf)
+        .ok()?;
+    let stat = std::str::from_utf8(buf.get(..n)?).ok()?;
     // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
     let mut rest = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
     let ppid = rest.nth(1)?.parse().ok()?;
