@@ -17,7 +17,7 @@
 //! Nothing else changes:
 //! - The policy and the nice value pglock inherited are kept.
 //! - A slice that is already as short is left alone, and so are the real-time, batch and idle
-//!   policies.
+//!   policies and a process with the reset-on-fork flag.
 //! - The child gets back the attributes pglock started with before it execs
 //!   (`restore_in_child`). So COMMAND runs as it would have without pglock. The kernel reports
 //!   any normal task's slice, the default one too, and takes the same value back.
@@ -46,6 +46,9 @@ struct SchedAttr {
 
 const SIZE: u32 = std::mem::size_of::<SchedAttr>() as u32;
 const SCHED_OTHER: u32 = 0;
+/// What the child would get under this flag (its nice value reset when negative) is the
+/// kernel's doing at fork: pglock leaves a process that has it alone.
+const SCHED_FLAG_RESET_ON_FORK: u64 = 0x01;
 
 /// Set once pglock runs with its short slice: the child then takes back the nice value and the
 /// slice (0 from a kernel that reports none) that pglock started with.
@@ -73,7 +76,11 @@ fn set(attr: &SchedAttr) -> bool {
 /// finds the slice short already.
 pub fn prefer_short_slice() {
     let Some(mut attr) = get() else { return };
-    if attr.policy != SCHED_OTHER || (attr.runtime != 0 && attr.runtime <= SLICE_NS) {
+    let reset_on_fork = attr.flags & SCHED_FLAG_RESET_ON_FORK != 0;
+    if attr.policy != SCHED_OTHER
+        || reset_on_fork
+        || (attr.runtime != 0 && attr.runtime <= SLICE_NS)
+    {
         return;
     }
     ORIGINAL_NICE.store(attr.nice, Ordering::Relaxed);
