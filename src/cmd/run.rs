@@ -544,7 +544,6 @@ fn run_child(
     log_acquired(req, session.slot());
     let child = start_child(req, exec, session.guard.map(Guard::child_slot))?;
     // Its exit is to be answered at once: the unlock goes out then (see proc/sched.rs).
-    #[cfg(target_os = "linux")]
     crate::proc::sched::prefer_short_slice();
     let end = child::supervise(
         child,

@@ -836,7 +836,6 @@ impl Waiter<'_> {
     fn wait(&mut self, conn: &mut Conn, signals: &Signals) -> Result<Acquired> {
         let label = self.a.key.label();
         // The grant is to be answered at once: the child starts then (see proc/sched.rs).
-        #[cfg(target_os = "linux")]
         crate::proc::sched::prefer_short_slice();
         self.send(conn, signals)?;
         let mut next_report = self.next_report();

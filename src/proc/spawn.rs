@@ -400,7 +400,6 @@ impl Exec {
         use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
         let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
         crate::signals::reset_to_default(&[Signal::SIGPIPE]);
-        #[cfg(target_os = "linux")]
         crate::proc::sched::restore_in_child();
         let argv = pointers(&self.argv);
         let envp = pointers(&self.envp);

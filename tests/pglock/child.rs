@@ -167,16 +167,14 @@ fn the_child_runs_with_pglock_cpu_affinity() {
             "grep ^Cpus_allowed_list: /proc/self/status",
         );
         if let Some(cpus) = mask {
-            // SAFETY: the closure runs in the forked child before exec and calls only
-            // async-signal-safe functions (sched_setaffinity) on a stack-local cpu_set_t.
+            // SAFETY: sched_setaffinity is async-signal-safe; the cpu_set_t is a stack local.
             unsafe {
-                std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                before_exec(&mut cmd, move || {
                     let mut set: libc::cpu_set_t = std::mem::zeroed();
                     for &c in cpus {
                         libc::CPU_SET(c, &mut set);
                     }
                     libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-                    Ok(())
                 });
             }
         }
@@ -212,31 +210,42 @@ fn the_child_runs_with_the_scheduling_pglock_was_started_with() {
         // Without a wait the slice changes after the spawn; a waiting run changes it before.
         let (out, err) = expect_code(under_nice(pglock_sh(&name, SCHED_LINES), nice), 0);
         assert_eq!(out, want, "a run that took the lock at once: {err}");
-        let mut holder = under_nice(pglock_sh(&name, "sleep 1"), nice)
+        let holder = under_nice(pglock_sh(&name, "exec sleep 60"), nice)
             .spawn()
             .unwrap();
         assert!(wait_until(Duration::from_secs(10), || pg()
             .locks_on(lock_id(&name))
             .iter()
             .any(|l| l.contains(",t,"))));
-        let (out, err) = expect_code(under_nice(pglock_sh(&name, SCHED_LINES), nice), 0);
+        let mut waiter = under_nice(pglock_sh(&name, SCHED_LINES), nice);
+        waiter.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let waiter = waiter.spawn().unwrap();
+        assert!(wait_until(Duration::from_secs(10), || pg()
+            .locks_on(lock_id(&name))
+            .iter()
+            .any(|l| l.contains(",f,"))));
+        // The holder's child ends at SIGTERM, and with it the holder (143).
+        assert_eq!(stop(holder), Some(143));
+        let done = waiter.wait_with_output().unwrap();
+        let (out, err) = (
+            String::from_utf8_lossy(&done.stdout),
+            String::from_utf8_lossy(&done.stderr),
+        );
+        assert!(done.status.success(), "{err}");
         assert!(err.contains("waiting for lock"), "{err}");
         assert_eq!(out, want, "a run that waited for the lock: {err}");
-        assert!(holder.wait().unwrap().success());
     }
 }
 
 /// `cmd` started with nice value `nice` (0: as this test runs).
 fn under_nice(mut cmd: std::process::Command, nice: i32) -> std::process::Command {
     if nice != 0 {
-        // SAFETY: the closure runs in the forked child before exec and calls only
-        // async-signal-safe functions (nice).
+        // SAFETY: nice(2) is async-signal-safe.
         unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            before_exec(&mut cmd, move || {
                 libc::nice(nice);
-                Ok(())
-            });
-        }
+            })
+        };
     }
     cmd
 }
@@ -246,16 +255,15 @@ fn the_child_starts_with_no_signal_blocked_or_ignored_by_pglock() {
     let name = key("sigmask");
     let mut cmd = Run::new(&name).child(["grep", "-E", "^Sig(Blk|Ign):", "/proc/self/status"]);
     // pglock itself starts with SIGUSR2 and SIGALRM blocked; its child must not inherit that.
-    // SAFETY: the closure runs in the forked child before exec and calls only async-signal-safe
-    // functions (sigemptyset, sigaddset, sigprocmask) on a stack-local sigset_t.
+    // SAFETY: sigemptyset, sigaddset and sigprocmask are async-signal-safe; the sigset_t is a
+    // stack local.
     unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+        before_exec(&mut cmd, || {
             let mut set: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut set);
             libc::sigaddset(&mut set, libc::SIGUSR2);
             libc::sigaddset(&mut set, libc::SIGALRM);
             libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-            Ok(())
         });
     }
     let (out, err) = expect_code(cmd, 0);

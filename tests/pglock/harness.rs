@@ -615,6 +615,22 @@ pub fn signal(child: &std::process::Child, sig: nix::sys::signal::Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
 }
 
+/// Runs `f` in `cmd`'s forked child before it execs: a process attribute set the way a parent
+/// sets it for pglock (a CPU mask, a blocked signal, a nice value).
+///
+/// # Safety
+/// `f` runs between fork and exec of this multi-threaded process: it may call only
+/// async-signal-safe functions and must not allocate.
+pub unsafe fn before_exec(cmd: &mut Command, mut f: impl FnMut() + Send + Sync + 'static) {
+    // SAFETY: the caller's promise about `f` is pre_exec's requirement.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(cmd, move || {
+            f();
+            Ok(())
+        });
+    }
+}
+
 /// SIGTERM, then waits; returns the exit code.
 pub fn stop(mut child: std::process::Child) -> Option<i32> {
     let _ = nix::sys::signal::kill(
