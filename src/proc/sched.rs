@@ -93,11 +93,7 @@ fn set(attr: &SchedAttr) -> bool {
 /// the kernel reports no slice and ignores it: each call then makes both system calls again.
 pub fn prefer_short_slice() {
     let Some(mut attr) = get() else { return };
-    let reset_on_fork = attr.flags & SCHED_FLAG_RESET_ON_FORK != 0;
-    if attr.policy != SCHED_OTHER
-        || reset_on_fork
-        || (attr.runtime != 0 && attr.runtime <= SLICE_NS)
-    {
+    if !may_shorten(&attr) || (attr.runtime != 0 && attr.runtime <= SLICE_NS) {
         return;
     }
     attr.size = SIZE;
@@ -108,10 +104,16 @@ pub fn prefer_short_slice() {
     }
 }
 
+/// Whether pglock may shorten a slice under `attr`: the normal policy, without the reset-on-fork
+/// flag.
+fn may_shorten(attr: &SchedAttr) -> bool {
+    attr.policy == SCHED_OTHER && attr.flags & SCHED_FLAG_RESET_ON_FORK == 0
+}
+
 /// In the child before it execs (or in pglock before it becomes the command): the kernel's
 /// default slice again (`runtime` 0, which also clears the mark of a custom slice), under the
-/// normal, batch or idle policy and nice value the process has now, so that a renice while pglock waited holds and
-/// needs no privilege. Async-signal-safe: two system calls on a stack local; the only memory
+/// normal, batch or idle policy and the nice value the process has now, so that a renice while
+/// pglock waited holds and needs no privilege. Async-signal-safe: two system calls on a stack local; the only memory
 /// of pglock's it may write (the child shares it until it execs) is errno, on a failure, as
 /// every call of the child's does.
 pub fn restore_in_child() {
@@ -146,10 +148,7 @@ mod tests {
             let Some(before) = get() else { return };
             prefer_short_slice();
             let short = get().map(|a| a.runtime);
-            let eligible = before.policy == SCHED_OTHER
-                && before.flags & SCHED_FLAG_RESET_ON_FORK == 0
-                && before.runtime != 0;
-            match eligible {
+            match may_shorten(&before) && before.runtime != 0 {
                 true => assert_eq!(short, Some(SLICE_NS.min(before.runtime))),
                 false => assert_eq!(short, Some(before.runtime)),
             }
@@ -170,11 +169,7 @@ mod tests {
     fn a_renice_while_waiting_holds_in_the_child() {
         std::thread::spawn(|| {
             let Some(before) = get() else { return };
-            if before.policy != SCHED_OTHER
-                || before.flags & SCHED_FLAG_RESET_ON_FORK != 0
-                || before.runtime == 0
-                || before.nice > 15
-            {
+            if !may_shorten(&before) || before.runtime == 0 || before.nice > 15 {
                 return;
             }
             prefer_short_slice();

@@ -213,17 +213,12 @@ fn the_child_runs_with_the_scheduling_pglock_was_started_with() {
         let holder = under_nice(pglock_sh(&name, "exec sleep 60"), nice)
             .spawn()
             .unwrap();
-        assert!(wait_until(Duration::from_secs(10), || pg()
-            .locks_on(lock_id(&name))
-            .iter()
-            .any(|l| l.contains(",t,"))));
+        let id = lock_id(&name);
+        assert!(wait_until(Duration::from_secs(10), || someone_holds(id)));
         let mut waiter = under_nice(pglock_sh(&name, SCHED_LINES), nice);
         waiter.stdout(Stdio::piped()).stderr(Stdio::piped());
         let waiter = waiter.spawn().unwrap();
-        assert!(wait_until(Duration::from_secs(10), || pg()
-            .locks_on(lock_id(&name))
-            .iter()
-            .any(|l| l.contains(",f,"))));
+        assert!(wait_until(Duration::from_secs(10), || someone_waits(id)));
         // The holder's child ends at SIGTERM, and with it the holder (143).
         assert_eq!(stop(holder), Some(143));
         let done = waiter.wait_with_output().unwrap();
@@ -353,10 +348,7 @@ fn sigkill_of_pglock_kills_the_whole_group_before_the_next_holder_starts() {
         .spawn()
         .unwrap();
     assert!(
-        wait_until(Duration::from_secs(10), || pg()
-            .locks_on(id)
-            .iter()
-            .any(|l| l.contains(",f,"))),
+        wait_until(Duration::from_secs(10), || someone_waits(id)),
         "B queued"
     );
     let t = std::time::Instant::now();

@@ -47,16 +47,6 @@ fn wait_in_flight(t: &str, rep: u32) {
     );
 }
 
-/// Whether some session holds fence lock `fence` (granted, in any mode).
-fn fence_held(fence: i64) -> bool {
-    pg().locks_on(fence).iter().any(|l| l.contains(",t,"))
-}
-
-/// Whether a session waits for lock `id`.
-fn someone_waits(id: i64) -> bool {
-    pg().locks_on(id).iter().any(|l| l.contains(",f,"))
-}
-
 fn read(p: &Path) -> String {
     std::fs::read_to_string(p)
         .unwrap_or_default()
@@ -260,7 +250,7 @@ fn through_pgbouncer_in_transaction_scope_a_lost_holders_fence_fails_and_the_nex
     let (a, fence_a, run_a, _) = holder(run, &dir);
     // pglock's open transaction does not keep the fence lock.
     let id = lock_id(&name);
-    assert!(!fence_held(lock_id(&format!("{id}:fence"))));
+    assert!(!someone_holds(lock_id(&format!("{id}:fence"))));
     // A fenced transaction through the pooler too.
     let through_bouncer = |sql: &str| {
         Command::new(pg().bin.join("psql"))

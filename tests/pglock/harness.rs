@@ -615,6 +615,16 @@ pub fn signal(child: &std::process::Child, sig: nix::sys::signal::Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
 }
 
+/// Whether some session holds lock `id` (granted, in any mode).
+pub fn someone_holds(id: i64) -> bool {
+    pg().locks_on(id).iter().any(|l| l.contains(",t,"))
+}
+
+/// Whether a session waits for lock `id`.
+pub fn someone_waits(id: i64) -> bool {
+    pg().locks_on(id).iter().any(|l| l.contains(",f,"))
+}
+
 /// Runs `f` in `cmd`'s forked child before it execs: a process attribute set the way a parent
 /// sets it for pglock (a CPU mask, a blocked signal, a nice value).
 ///
