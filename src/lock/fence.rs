@@ -36,6 +36,20 @@ pub const BACKEND_START_SQL: &str = "(SELECT to_char(a.backend_start AT TIME ZON
 pub const START_UTC_OF_A: &str =
     "to_char(a.backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')";
 
+/// A scan of the server's backend table (the per-backend statistics functions) whose one row,
+/// `s`, is this session's entry: the functions take the entry's position, which only the server
+/// knows, so the scan finds it by pid.
+pub const THIS_BACKEND_AS_S: &str = "FROM pg_stat_get_backend_idset() s \
+     WHERE int4eq(pg_stat_get_backend_pid(s), pg_backend_pid())";
+
+/// The `backend_start` of `s`, a position in the backend table (see [`THIS_BACKEND_AS_S`]), in the
+/// server's own text.
+pub const START_OF_S: &str = "pg_stat_get_backend_start(s)";
+
+/// [`BACKEND_START_SQL`]'s form of the `backend_start` of `s` (see [`START_OF_S`]).
+pub const START_UTC_OF_S: &str =
+    "to_char(pg_stat_get_backend_start(s) AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')";
+
 /// A statement whose row [`Holder::from_row`] reads: this session, in `BACKEND_START_SQL`'s form.
 pub fn holder_sql() -> String {
     format!("SELECT NULL, pg_backend_pid(), {BACKEND_START_SQL}")
@@ -291,6 +305,10 @@ mod tests {
         assert_eq!(
             BACKEND_START_SQL,
             format!("(SELECT {START_UTC_OF_A} FROM pg_stat_get_activity(pg_backend_pid()) a)")
+        );
+        assert_eq!(
+            START_UTC_OF_S,
+            START_UTC_OF_A.replace("a.backend_start", START_OF_S)
         );
     }
 
