@@ -20,6 +20,11 @@ mod signals;
 #[cfg(all(target_os = "linux", target_env = "gnu", not(test)))]
 mod start;
 
+// musl's allocator returns memory to the kernel at each turn (Cargo.toml); dlmalloc keeps it.
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOC: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
+
 use clap::FromArgMatches;
 use error::{Error, Kind};
 use std::io::Write;
