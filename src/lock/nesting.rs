@@ -28,8 +28,8 @@
 //! holds that lock, granted, in the entry's mode, in the current database. The variable is
 //! untrusted input: a stale or copied one never skips the lock, it only costs the query. (A
 //! deliberate forger who writes an ancestor's true pid and start beside the holder's session
-//! passes; the README says so.) Entries of an older pglock (`ID:MODE:PID[:DB]`, no session) are
-//! ignored.
+//! passes; docs/child-and-signals.md says so.) Entries of an older pglock (`ID:MODE:PID[:DB]`,
+//! no session) are ignored.
 
 use crate::error::Result;
 use crate::lock;

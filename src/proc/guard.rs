@@ -25,7 +25,7 @@
 //! cancelling a job, `timeout -s KILL`), ends it before it has stopped the child's group.
 //!
 //! Reach: the child's process group. A process that leaves it (`setsid`, a job-control shell's
-//! jobs) is out of reach; see the README.
+//! jobs) is out of reach; see docs/child-and-signals.md.
 
 /// The child's process group, as the supervisor (child.rs) and the guard stop it.
 pub mod group {
@@ -433,7 +433,8 @@ mod imp {
 mod imp {
     use crate::proc::spawn::ChildSlot;
 
-    /// Elsewhere there is no guard: the child is not killed when pglock dies (see the README).
+    /// Elsewhere there is no guard: the child is not killed when pglock dies (docs/install.md,
+    /// Platforms).
     pub struct Guard;
 
     impl Guard {

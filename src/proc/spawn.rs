@@ -361,7 +361,8 @@ mod imp {
     use super::Exec;
     use std::io;
 
-    /// Elsewhere: the standard library's spawn, with no parent-death signal (see the README).
+    /// Elsewhere: the standard library's spawn, with no parent-death signal (docs/install.md,
+    /// Platforms).
     /// The child leads a process group of its own; pglock hands it the terminal when it stops
     /// on it (child.rs).
     pub fn spawn(
