@@ -446,13 +446,11 @@ const TRY_FENCED: &str = "fenced";
 /// that waits for nothing, so it carries no settings (any would end with it, unused). It is one
 /// query level over one function scan: on a new backend, each nested subquery costs about as much
 /// planning as the lock call itself (docs/performance.md). Its row is `outcome, pid, start`:
-/// - the session that ran it: its pid, and its `backend_start` from the per-backend statistics
-///   functions, the scan's one row being this backend's entry. On a new backend that costs about
-///   70 us less than `pg_stat_get_activity(pg_backend_pid())` (the same start, from the same
-///   snapshot of the server's backend table), whose 30-column row type is built at planning.
-///   The scan's condition is evaluated before its output, so the outcome below is evaluated once,
-///   on that row (no row: nothing was tried, and `session_found` says so).
-///   Where the guard checks the pid, `start` is the bare value in the server's own text: cheaper
+/// - the session that ran it: its pid, and its `backend_start` from the scan of the backend
+///   table that every statement reads this session's start from (`fence::THIS_BACKEND_AS_S`),
+///   here as the statement's own `FROM`. The scan's condition is evaluated before its output,
+///   so the outcome below is evaluated once, on that row (no row: nothing was tried, and
+///   `session_found` says so). Where the guard checks the pid, `start` is the bare value in the server's own text: cheaper
 ///   than `to_char`, and than a `::text` cast, which gives the same text but costs a look-up in
 ///   `pg_cast` (`Holder::from_row` reads it; `holder` asks again in a DateStyle it does not
 ///   read). Elsewhere it is in the form every other statement uses, so that whatever the try's

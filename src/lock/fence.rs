@@ -25,20 +25,11 @@ use crate::lock::key::{self, LockId};
 use crate::lock::Mode;
 use crate::log::civil_from_days;
 
-/// The SQL expression that yields this session's `backend_start` in a fixed text form (UTC,
-/// microseconds), whatever the session's DateStyle and TimeZone.
-/// (`pg_stat_get_activity(pid)`, the function behind the `pg_stat_activity` view, without the
-/// view's joins: about a tenth of the cost.)
-pub const BACKEND_START_SQL: &str = "(SELECT to_char(a.backend_start AT TIME ZONE 'UTC', \
-     'YYYY-MM-DD HH24:MI:SS.US') FROM pg_stat_get_activity(pg_backend_pid()) a)";
-
-/// [`BACKEND_START_SQL`]'s form of the `backend_start` of `a`, a row of `pg_stat_get_activity`.
-pub const START_UTC_OF_A: &str =
-    "to_char(a.backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')";
-
 /// A scan of the server's backend table (the per-backend statistics functions) whose one row,
 /// `s`, is this session's entry: the functions take the entry's position, which only the server
-/// knows, so the scan finds it by pid.
+/// knows, so the scan finds it by pid. On a new backend it costs about 70 us less than
+/// `pg_stat_get_activity(pg_backend_pid())`, whose 30-column row type is built at planning (and
+/// about a tenth of the `pg_stat_activity` view); the start is the same, from the same snapshot.
 pub const THIS_BACKEND_AS_S: &str = "FROM pg_stat_get_backend_idset() s \
      WHERE int4eq(pg_stat_get_backend_pid(s), pg_backend_pid())";
 
@@ -46,9 +37,20 @@ pub const THIS_BACKEND_AS_S: &str = "FROM pg_stat_get_backend_idset() s \
 /// server's own text.
 pub const START_OF_S: &str = "pg_stat_get_backend_start(s)";
 
-/// [`BACKEND_START_SQL`]'s form of the `backend_start` of `s` (see [`START_OF_S`]).
+/// [`START_OF_S`] in a fixed text form (UTC, microseconds), whatever the session's DateStyle and
+/// TimeZone.
 pub const START_UTC_OF_S: &str =
     "to_char(pg_stat_get_backend_start(s) AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')";
+
+/// The SQL expression that yields this session's `backend_start` in [`START_UTC_OF_S`]'s form.
+pub const BACKEND_START_SQL: &str = "(SELECT to_char(pg_stat_get_backend_start(s) AT TIME ZONE \
+     'UTC', 'YYYY-MM-DD HH24:MI:SS.US') FROM pg_stat_get_backend_idset() s \
+     WHERE int4eq(pg_stat_get_backend_pid(s), pg_backend_pid()))";
+
+/// [`BACKEND_START_SQL`]'s form of the `backend_start` of `a`, a row of `pg_stat_get_activity`
+/// (the fence's check reads another backend's row, by its pid).
+pub const START_UTC_OF_A: &str =
+    "to_char(a.backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')";
 
 /// A statement whose row [`Holder::from_row`] reads: this session, in `BACKEND_START_SQL`'s form.
 pub fn holder_sql() -> String {
@@ -304,7 +306,7 @@ mod tests {
     fn the_start_of_a_row_and_of_the_session_are_written_alike() {
         assert_eq!(
             BACKEND_START_SQL,
-            format!("(SELECT {START_UTC_OF_A} FROM pg_stat_get_activity(pg_backend_pid()) a)")
+            format!("(SELECT {START_UTC_OF_S} {THIS_BACKEND_AS_S})")
         );
         assert_eq!(
             START_UTC_OF_S,

@@ -113,9 +113,9 @@ fn may_shorten(attr: &SchedAttr) -> bool {
 /// In the child before it execs (or in pglock before it becomes the command): the kernel's
 /// default slice again (`runtime` 0, which also clears the mark of a custom slice), under the
 /// normal, batch or idle policy and the nice value the process has now, so that a renice while
-/// pglock waited holds and needs no privilege. Async-signal-safe: two system calls on a stack local; the only memory
-/// of pglock's it may write (the child shares it until it execs) is errno, on a failure, as
-/// every call of the child's does.
+/// pglock waited holds and needs no privilege. Async-signal-safe: two system calls on a stack
+/// local; the only memory of pglock's it may write (the child shares it until it execs) is
+/// errno, on a failure, as every call of the child's does.
 pub fn restore_in_child() {
     if !CHANGED.load(Ordering::Relaxed) {
         return;
